@@ -1,0 +1,234 @@
+/* ioloop.h — one event loop (Tornado's IOLoop in C).
+ *
+ * Threading rule, in one line: a loop belongs to the thread that runs it; from
+ * any other thread the only calls allowed on it are the ones marked "any thread"
+ * below (ioloop_add_callback, ioloop_stop, the handler calls, future
+ * completion). Everything else is for the loop's own thread, or for a loop that
+ * is not running yet.
+ *
+ * Errors: functions return 0 or a negative errno (-EEXIST, -EINVAL, -ESHUTDOWN,
+ * -ETIMEDOUT, ...). Nothing aborts on bad input.
+ */
+#ifndef IOLOOP_IOLOOP_H
+#define IOLOOP_IOLOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ioloop ioloop_t;
+/* A timer handle: a slot number and a generation, so a stale handle (a timer
+ * that already ran or was removed) is recognised and ignored, never touched. 0
+ * is never a valid handle. */
+typedef uint64_t ioloop_timer_t;
+typedef struct ioloop_periodic ioloop_periodic_t;
+typedef struct ioloop_future ioloop_future_t;
+
+/* Time: monotonic nanoseconds. Integer so that deadlines compare exactly. */
+typedef int64_t ioloop_time_t;
+#define IOLOOP_NSEC(n) ((ioloop_time_t)(n))
+#define IOLOOP_USEC(n) ((ioloop_time_t)(n) * 1000)
+#define IOLOOP_MSEC(n) ((ioloop_time_t)(n) * 1000000)
+#define IOLOOP_SEC(n) ((ioloop_time_t)(n) * 1000000000)
+
+/* Events a handler asks for and is called with. ERROR (hang-up or error on the
+ * fd) is always delivered, whether asked for or not. */
+enum {
+    IOLOOP_READ = 0x1,
+    IOLOOP_WRITE = 0x4,
+    IOLOOP_ERROR = 0x8,
+};
+
+typedef enum {
+    IOLOOP_BACKEND_DEFAULT = 0, /* IOLOOP_BACKEND env var, else the best one */
+    IOLOOP_BACKEND_EPOLL,
+    IOLOOP_BACKEND_POLL,
+    IOLOOP_BACKEND_KQUEUE,
+} ioloop_backend_t;
+
+/* A callback run on the loop's thread. */
+typedef void (*ioloop_callback_fn)(ioloop_t *loop, void *arg);
+
+/* An fd handler: called on the loop's thread with the ready events. A negative
+ * errno return reaches the loop's error hook; the loop goes on. */
+typedef int (*ioloop_handler_fn)(ioloop_t *loop, int fd, unsigned events, void *arg);
+
+/* The error hook: where failures that have no caller to return to go (a handler
+ * that returned an error, a callback that could not run). `what` names the
+ * failing thing, `err` is a negative errno. Default: one line on stderr. */
+typedef void (*ioloop_error_fn)(ioloop_t *loop, const char *what, int err, void *arg);
+
+/* A clock for tests and simulations: must be monotonic-ish (the loop tolerates
+ * steps back). NULL means CLOCK_MONOTONIC. */
+typedef ioloop_time_t (*ioloop_clock_fn)(void *arg);
+
+typedef struct {
+    ioloop_backend_t backend;
+    ioloop_clock_fn clock;
+    void *clock_arg;
+} ioloop_options_t;
+
+/* ---- life cycle --------------------------------------------------------- */
+
+/* Creates a loop (opts may be NULL). Returns NULL and sets errno on failure.
+ * Any thread. The loop is registered (see ioloop_registry_foreach). */
+ioloop_t *ioloop_new(const ioloop_options_t *opts);
+
+/* Closes a loop that is not running: pending callbacks and timers are dropped
+ * without running, later posts return -ESHUTDOWN, and with all_fds every fd
+ * still registered is close()d. Call from the thread that owns the loop after
+ * ioloop_start returned (or before it ever ran). Returns 0, or -EBUSY while the
+ * loop runs. */
+int ioloop_close(ioloop_t *loop, bool all_fds);
+
+/* Runs the loop on this thread until ioloop_stop. Returns 0 when stopped,
+ * -EBUSY if the loop is already running (nested start), -EINVAL if another
+ * loop is already running on this thread, -ESHUTDOWN if closed. While it runs,
+ * ioloop_current() on this thread returns it. */
+int ioloop_start(ioloop_t *loop);
+
+/* Asks the loop to return from ioloop_start after the current iteration. Any
+ * thread. A stop before start makes the next start return at once. */
+void ioloop_stop(ioloop_t *loop);
+
+/* The loop's time, cached at the start of each iteration. Loop thread. */
+ioloop_time_t ioloop_time(ioloop_t *loop);
+
+/* This thread's loop: the one running here, else one created for this thread
+ * on first use (freed at thread exit if never started). NULL only on ENOMEM. */
+ioloop_t *ioloop_current(void);
+
+/* The global loop, created exactly once (double-checked locking). Any thread. */
+ioloop_t *ioloop_instance(void);
+
+/* A small number naming the loop in logs; unique for the process's lifetime. */
+unsigned ioloop_id(const ioloop_t *loop);
+
+/* Loops are reference counted so that another thread may keep a pointer to a
+ * loop across its close: posting to a closed loop it still references returns
+ * -ESHUTDOWN instead of touching freed memory. ioloop_new returns one
+ * reference, which ioloop_close drops. Any thread. */
+void ioloop_ref(ioloop_t *loop);
+void ioloop_unref(ioloop_t *loop);
+
+/* Counters, readable from any thread while the loop runs (each is exact; the
+ * set is not one atomic snapshot). */
+typedef struct {
+    uint64_t iterations;        /* loop iterations completed */
+    uint64_t events_dispatched; /* handler calls */
+    uint64_t callbacks_run;     /* callbacks run, own-thread and posted */
+    uint64_t posts_received;    /* callbacks posted from other threads */
+    uint64_t wakeups_written;   /* eventfd/pipe writes made by posters */
+    uint64_t wakeups_received;  /* times the loop woke on its eventfd/pipe */
+    uint64_t timers_fired;      /* timer callbacks run */
+    int64_t live_connections;   /* maintained by listeners / servers */
+    ioloop_time_t longest_busy; /* longest stretch of one iteration spent
+                                   running work (not waiting in poll), ns */
+} ioloop_stats_t;
+
+void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out);
+
+/* Which backend the loop uses: "epoll", "poll" or "kqueue". */
+const char *ioloop_backend_name(const ioloop_t *loop);
+
+/* Calls fn for every live loop. Any thread; runs under an RCU read-side lock,
+ * so fn must not block or create/close loops. */
+void ioloop_registry_foreach(void (*fn)(ioloop_t *loop, void *arg), void *arg);
+
+/* Sets the error hook (NULL restores the default). Loop thread, or before start. */
+void ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg);
+
+/* Reports an error through the loop's hook. Loop thread. */
+void ioloop_report_error(ioloop_t *loop, const char *what, int err);
+
+/* ---- fd handlers (any thread) -------------------------------------------- */
+
+/* Watches fd for events. -EEXIST if fd already has a handler, -EBADF/-EINVAL
+ * for a bad fd or events, -ESHUTDOWN if the loop is closed. */
+int ioloop_add_handler(ioloop_t *loop, int fd, unsigned events, ioloop_handler_fn fn, void *arg);
+
+/* Changes the events watched. -ENOENT if fd has no handler. */
+int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events);
+
+/* Stops watching fd (does not close it). An event for it already collected in
+ * this iteration is dropped. Unknown fd: a no-op returning 0. Call before
+ * close(fd). */
+int ioloop_remove_handler(ioloop_t *loop, int fd);
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+/* Runs fn(loop, arg) on the loop's thread in a later iteration. Any thread.
+ * Returns -ESHUTDOWN (and fn never runs) once the loop is closing or closed,
+ * -ENOMEM when out of memory. */
+int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
+
+/* ---- timers (loop thread) ------------------------------------------------ */
+
+/* Runs fn at the loop time `deadline` (or soon after). Timers with equal
+ * deadlines run in the order they were added. Returns a handle for
+ * ioloop_remove_timeout, or 0 with errno set (ENOMEM, ESHUTDOWN). */
+ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg);
+
+/* Same, `delay` after ioloop_time(loop). */
+ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg);
+
+/* Cancels a timer: it will not run. Harmless (a no-op) after it ran or was
+ * removed, and for 0. O(1). */
+void ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
+
+/* ---- periodic callbacks (loop thread), Tornado's PeriodicCallback --------- */
+
+/* Creates a periodic callback: fn runs every `period`, measured start to start.
+ * A run that overruns skips the periods it missed (no catch-up burst). jitter in
+ * [0,1): each period is scaled by a random factor in [1-jitter/2, 1+jitter/2].
+ * Not started. NULL with errno set on failure. */
+ioloop_periodic_t *ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter,
+                                       ioloop_callback_fn fn, void *arg);
+int ioloop_periodic_start(ioloop_periodic_t *pc);
+void ioloop_periodic_stop(ioloop_periodic_t *pc);
+bool ioloop_periodic_is_running(const ioloop_periodic_t *pc);
+/* The deadline the current (or last) run was scheduled for. */
+ioloop_time_t ioloop_periodic_scheduled(const ioloop_periodic_t *pc);
+/* Stops and frees. */
+void ioloop_periodic_free(ioloop_periodic_t *pc);
+
+/* ---- futures ------------------------------------------------------------ */
+
+/* A one-shot result that any thread may complete and whose done callback
+ * always runs later, on the loop the future belongs to. */
+typedef void (*ioloop_future_done_fn)(ioloop_future_t *f, void *arg);
+
+/* A future bound to loop. Reference counted: the creator holds one reference. */
+ioloop_future_t *ioloop_future_new(ioloop_t *loop);
+void ioloop_future_ref(ioloop_future_t *f);
+void ioloop_future_unref(ioloop_future_t *f);
+
+/* Completes with a result (status: 0 or negative errno). Any thread. Returns
+ * -EALREADY if already completed (the first completion wins). */
+int ioloop_future_complete(ioloop_future_t *f, int status, void *result);
+
+/* Sets the done callback (loop thread). If the future is already complete the
+ * callback is scheduled for the next iteration, never called inline. */
+int ioloop_future_on_done(ioloop_future_t *f, ioloop_future_done_fn fn, void *arg);
+
+bool ioloop_future_done(const ioloop_future_t *f); /* any thread */
+int ioloop_future_status(const ioloop_future_t *f); /* after done */
+void *ioloop_future_result(const ioloop_future_t *f); /* after done */
+ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
+
+/* Runs the loop until the future that fn returns completes, then stops it.
+ * fn(loop, arg) runs on the loop and returns a future it keeps a reference to
+ * (ownership passes to run_sync). timeout 0 means none. Returns the future's
+ * status and stores its result in *result (if not NULL); -ETIMEDOUT if the
+ * timeout passed first. Must not be called on a running loop (-EBUSY). */
+int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
+                    ioloop_time_t timeout, void **result);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,143 @@
+/* backend_poll.c — the portable fallback on poll(2), selectable on Linux too
+ * (IOLOOP_BACKEND=poll) so that the fallback runs the whole test suite.
+ *
+ * Threading rule: add/mod/del (any thread, under loop->handlers_lock) only mark
+ * the pollfd set dirty; the loop thread rebuilds it from the handler table,
+ * under the same lock, before it polls. A change made from another thread while
+ * the loop sleeps wakes it (wake_on_foreign_change) so it polls the new set.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+
+typedef struct {
+    struct pollfd *fds;
+    uint64_t *tokens;
+    size_t count, capacity;
+    bool dirty; /* under handlers_lock */
+} poll_set_t;
+
+static int poll_init(ioloop_t *loop)
+{
+    poll_set_t *set = calloc(1, sizeof(*set));
+    if (!set)
+        return -ENOMEM;
+    set->dirty = true;
+    loop->backend_data = set;
+    return 0;
+}
+
+static void poll_destroy(ioloop_t *loop)
+{
+    poll_set_t *set = loop->backend_data;
+    if (set) {
+        free(set->fds);
+        free(set->tokens);
+        free(set);
+    }
+    loop->backend_data = NULL;
+}
+
+static int mark_dirty(ioloop_t *loop)
+{
+    ((poll_set_t *)loop->backend_data)->dirty = true;
+    return 0;
+}
+
+static int poll_add(ioloop_t *loop, int fd, unsigned events, uint64_t token)
+{
+    (void)fd, (void)events, (void)token;
+    return mark_dirty(loop);
+}
+
+static int poll_del(ioloop_t *loop, int fd)
+{
+    (void)fd;
+    return mark_dirty(loop);
+}
+
+static void append_handler(ioloop__handler_t *h, void *arg)
+{
+    poll_set_t *set = arg;
+    if (set->count == set->capacity)
+        return; /* sized by count_handler beforehand; never hit */
+    unsigned events = atomic_load_explicit(&h->events, memory_order_relaxed);
+    set->fds[set->count] = (struct pollfd){
+        .fd = h->fd,
+        .events = (short)(((events & IOLOOP_READ) ? POLLIN : 0) | ((events & IOLOOP_WRITE) ? POLLOUT : 0)),
+    };
+    set->tokens[set->count] = h->token;
+    set->count++;
+}
+
+static void count_handler(ioloop__handler_t *h, void *arg)
+{
+    (void)h;
+    ++*(size_t *)arg;
+}
+
+/* handlers_lock held. */
+static int rebuild(ioloop_t *loop, poll_set_t *set)
+{
+    size_t needed = 0;
+    ioloop__handlers_foreach_locked(loop, count_handler, &needed);
+    if (needed > set->capacity) {
+        size_t capacity = needed * 2;
+        struct pollfd *fds = realloc(set->fds, capacity * sizeof(*fds));
+        if (!fds)
+            return -ENOMEM;
+        set->fds = fds;
+        uint64_t *tokens = realloc(set->tokens, capacity * sizeof(*tokens));
+        if (!tokens)
+            return -ENOMEM;
+        set->tokens = tokens;
+        set->capacity = capacity;
+    }
+    set->count = 0;
+    ioloop__handlers_foreach_locked(loop, append_handler, set);
+    set->dirty = false;
+    return 0;
+}
+
+static int poll_wait_ready(ioloop_t *loop, int timeout_ms, ioloop__ready_t *out, int max)
+{
+    poll_set_t *set = loop->backend_data;
+    int err = 0;
+    pthread_mutex_lock(&loop->handlers_lock);
+    if (set->dirty)
+        err = rebuild(loop, set);
+    pthread_mutex_unlock(&loop->handlers_lock);
+    if (err)
+        return err;
+    int n = poll(set->fds, (nfds_t)set->count, timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    int filled = 0;
+    for (size_t i = 0; i < set->count && filled < max && n > 0; i++) {
+        short r = set->fds[i].revents;
+        if (!r)
+            continue;
+        n--;
+        out[filled++] = (ioloop__ready_t){
+            .fd = set->fds[i].fd,
+            .token = set->tokens[i],
+            .events = ((r & POLLIN) ? IOLOOP_READ : 0u) | ((r & POLLOUT) ? IOLOOP_WRITE : 0u) |
+                      ((r & (POLLERR | POLLHUP | POLLNVAL)) ? IOLOOP_ERROR : 0u),
+        };
+    }
+    return filled;
+}
+
+const ioloop__backend_ops_t ioloop__backend_poll = {
+    .name = "poll",
+    .init = poll_init,
+    .destroy = poll_destroy,
+    .add = poll_add,
+    .mod = poll_add,
+    .del = poll_del,
+    .wait = poll_wait_ready,
+    .wake_on_foreign_change = true,
+};

@@ -1,0 +1,184 @@
+/* future.c — ioloop_future_*: a one-shot result bound to a loop, and
+ * ioloop_run_sync on top of it.
+ *
+ * Threading rule: complete, done, ref/unref from any thread; on_done and the
+ * done callback on the loop's thread. Completion never calls the done callback
+ * inline: it posts a "settle" callback to the loop (holding a reference), and
+ * only the loop thread touches the done-callback fields, so completing from
+ * another thread and setting the callback on the loop cannot race.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+enum { PENDING, COMPLETING, DONE };
+
+struct ioloop_future {
+    ioloop_t *loop;
+    _Atomic int refcount;
+    _Atomic int state;
+    int status;
+    void *result;
+    /* loop thread only */
+    bool settled; /* the settle callback ran */
+    ioloop_future_done_fn done_fn;
+    void *done_arg;
+};
+
+ioloop_future_t *ioloop_future_new(ioloop_t *loop)
+{
+    ioloop_future_t *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->loop = loop;
+    atomic_init(&f->refcount, 1);
+    atomic_init(&f->state, PENDING);
+    ioloop_ref(loop);
+    return f;
+}
+
+void ioloop_future_ref(ioloop_future_t *f)
+{
+    atomic_fetch_add_explicit(&f->refcount, 1, memory_order_relaxed);
+}
+
+void ioloop_future_unref(ioloop_future_t *f)
+{
+    if (!f || atomic_fetch_sub_explicit(&f->refcount, 1, memory_order_acq_rel) != 1)
+        return;
+    ioloop_unref(f->loop);
+    free(f);
+}
+
+static void call_done(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    ioloop_future_t *f = arg;
+    ioloop_future_done_fn fn = f->done_fn;
+    f->done_fn = NULL;
+    if (fn)
+        fn(f, f->done_arg);
+    ioloop_future_unref(f);
+}
+
+static void settle(ioloop_t *loop, void *arg)
+{
+    ioloop_future_t *f = arg;
+    f->settled = true;
+    call_done(loop, f);
+}
+
+int ioloop_future_complete(ioloop_future_t *f, int status, void *result)
+{
+    int expected = PENDING;
+    if (!atomic_compare_exchange_strong(&f->state, &expected, COMPLETING))
+        return -EALREADY;
+    f->status = status;
+    f->result = result;
+    atomic_store_explicit(&f->state, DONE, memory_order_release);
+    ioloop_future_ref(f);
+    if (ioloop_add_callback(f->loop, settle, f) < 0)
+        ioloop_future_unref(f); /* the loop is closed: the result stays readable */
+    return 0;
+}
+
+int ioloop_future_on_done(ioloop_future_t *f, ioloop_future_done_fn fn, void *arg)
+{
+    f->done_fn = fn;
+    f->done_arg = arg;
+    if (!f->settled)
+        return 0; /* settle will call it */
+    ioloop_future_ref(f);
+    int err = ioloop_add_callback(f->loop, call_done, f);
+    if (err)
+        ioloop_future_unref(f);
+    return err;
+}
+
+bool ioloop_future_done(const ioloop_future_t *f)
+{
+    return atomic_load_explicit(&f->state, memory_order_acquire) == DONE;
+}
+
+int ioloop_future_status(const ioloop_future_t *f)
+{
+    return ioloop_future_done(f) ? f->status : -EAGAIN;
+}
+
+void *ioloop_future_result(const ioloop_future_t *f)
+{
+    return ioloop_future_done(f) ? f->result : NULL;
+}
+
+ioloop_t *ioloop_future_loop(const ioloop_future_t *f)
+{
+    return f->loop;
+}
+
+/* ---- run_sync ------------------------------------------------------------ */
+
+typedef struct {
+    ioloop_future_t *(*fn)(ioloop_t *loop, void *arg);
+    void *arg;
+    ioloop_future_t *future;
+    bool timed_out;
+} run_sync_t;
+
+static void run_sync_done(ioloop_future_t *f, void *arg)
+{
+    (void)arg;
+    ioloop_stop(ioloop_future_loop(f));
+}
+
+static void run_sync_timeout(ioloop_t *loop, void *arg)
+{
+    ((run_sync_t *)arg)->timed_out = true;
+    ioloop_stop(loop);
+}
+
+static void run_sync_begin(ioloop_t *loop, void *arg)
+{
+    run_sync_t *rs = arg;
+    rs->future = rs->fn(loop, rs->arg);
+    if (!rs->future) {
+        ioloop_stop(loop);
+        return;
+    }
+    ioloop_future_on_done(rs->future, run_sync_done, rs);
+}
+
+int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
+                    ioloop_time_t timeout, void **result)
+{
+    if (atomic_load(&loop->running))
+        return -EBUSY;
+    run_sync_t rs = {.fn = fn, .arg = arg};
+    int err = ioloop_add_callback(loop, run_sync_begin, &rs);
+    if (err)
+        return err;
+    ioloop_timer_t timer = 0;
+    if (timeout > 0) {
+        timer = ioloop_call_at(loop, ioloop__clock_now(loop) + timeout, run_sync_timeout, &rs);
+        if (!timer)
+            return -errno;
+    }
+    err = ioloop_start(loop);
+    ioloop_remove_timeout(loop, timer);
+    if (err)
+        return err;
+    if (!rs.future)
+        return -ENOMEM; /* fn could not make its future */
+    if (!ioloop_future_done(rs.future)) {
+        /* A done callback may still be due: detach it, rs is on our stack. */
+        rs.future->done_fn = NULL;
+        ioloop_future_unref(rs.future);
+        return -ETIMEDOUT;
+    }
+    if (result)
+        *result = rs.future->result;
+    err = rs.future->status;
+    rs.future->done_fn = NULL;
+    ioloop_future_unref(rs.future);
+    return err;
+}

@@ -1,0 +1,210 @@
+/* internal.h — the loop's private structure and the seams between runtime/
+ * files (backends, handler table, callback queue, timers, registry).
+ *
+ * Threading rule: fields are grouped by who writes them. "loop thread" fields
+ * are touched only by the thread running the loop (or by any thread while the
+ * loop is not running); "shared" fields are atomics or guarded by the named
+ * mutex. Nothing in here is public API.
+ */
+#ifndef IOLOOP_RUNTIME_INTERNAL_H
+#define IOLOOP_RUNTIME_INTERNAL_H
+
+#include "ioloop/ioloop.h"
+#include "rcu.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* ---- ready events, as a backend reports them ------------------------------ */
+
+typedef struct {
+    int fd;
+    unsigned events; /* IOLOOP_READ | IOLOOP_WRITE | IOLOOP_ERROR */
+    uint64_t token;  /* the handler's token when the fd was armed */
+} ioloop__ready_t;
+
+/* Extra flag for add: one of several loops watching a shared listening socket
+ * (EPOLLEXCLUSIVE). Not in the public event set. */
+#define IOLOOP__EXCLUSIVE 0x100u
+
+/* ---- backends -------------------------------------------------------------- */
+
+typedef struct ioloop__backend_ops {
+    const char *name;
+    /* add/mod/del are called with loop->handlers_lock held, from any thread. */
+    int (*init)(ioloop_t *loop);
+    void (*destroy)(ioloop_t *loop);
+    int (*add)(ioloop_t *loop, int fd, unsigned events, uint64_t token);
+    int (*mod)(ioloop_t *loop, int fd, unsigned events, uint64_t token);
+    int (*del)(ioloop_t *loop, int fd);
+    /* Loop thread. Fills up to max entries; returns the count or -errno.
+     * timeout_ms < 0 waits forever. EINTR returns 0. */
+    int (*wait)(ioloop_t *loop, int timeout_ms, ioloop__ready_t *out, int max);
+    /* True when a change made from another thread needs the sleeping loop
+     * woken to take effect (poll rebuilds its set; epoll does not need it). */
+    bool wake_on_foreign_change;
+} ioloop__backend_ops_t;
+
+extern const ioloop__backend_ops_t ioloop__backend_epoll;
+extern const ioloop__backend_ops_t ioloop__backend_poll;
+extern const ioloop__backend_ops_t ioloop__backend_kqueue;
+
+/* ---- handler table (handlers.c) ------------------------------------------- */
+
+typedef struct ioloop__handler {
+    ioloop__rcu_head_t rcu;
+    int fd;
+    _Atomic unsigned events;
+    uint64_t token; /* generation << 32 | fd: identifies this registration */
+    ioloop_handler_fn fn;
+    void *arg;
+} ioloop__handler_t;
+
+typedef struct ioloop__fdtable {
+    ioloop__rcu_head_t rcu;
+    int capacity;
+    _Atomic(ioloop__handler_t *) slots[];
+} ioloop__fdtable_t;
+
+/* ---- callbacks (callbacks.c) ---------------------------------------------- */
+
+typedef struct ioloop__post {
+    struct ioloop__post *next;
+    ioloop_callback_fn fn;
+    void *arg;
+} ioloop__post_t;
+
+typedef struct {
+    ioloop_callback_fn fn;
+    void *arg;
+} ioloop__call_t;
+
+typedef struct {
+    ioloop__call_t *items;
+    size_t count, capacity;
+} ioloop__calls_t;
+
+/* ---- timers (timers.c) ----------------------------------------------------- */
+
+typedef struct {
+    ioloop_time_t deadline;
+    uint64_t seq; /* insertion order: FIFO among equal deadlines */
+    uint32_t slot;
+} ioloop__heap_entry_t;
+
+typedef struct {
+    ioloop_callback_fn fn; /* NULL: slot free or cancelled */
+    void *arg;
+    uint32_t generation;
+    uint32_t next_free; /* free-list link while free */
+    bool in_heap;
+} ioloop__timer_slot_t;
+
+typedef struct {
+    ioloop__heap_entry_t *heap;
+    size_t count, capacity;
+    ioloop__timer_slot_t *slots;
+    uint32_t slot_count, slot_capacity, free_head;
+    size_t cancelled; /* cancelled entries still in the heap */
+    uint64_t next_seq;
+} ioloop__timers_t;
+
+/* ---- the loop -------------------------------------------------------------- */
+
+enum { IOLOOP__OPEN = 0, IOLOOP__CLOSING = 1, IOLOOP__CLOSED = 2 };
+
+struct ioloop {
+    /* identity and configuration (immutable after ioloop_new) */
+    unsigned id;
+    const ioloop__backend_ops_t *backend;
+    ioloop_clock_fn clock;
+    void *clock_arg;
+    ioloop__rcu_head_t rcu; /* frees the struct after the registry lets go */
+
+    /* shared */
+    _Atomic int refcount;
+    _Atomic int state;    /* IOLOOP__OPEN / CLOSING / CLOSED */
+    _Atomic bool running; /* inside ioloop_start */
+    _Atomic bool stop_requested;
+    _Atomic(struct ioloop *) registry_next; /* registry.c, guarded by its mutex */
+    bool registered;
+
+    /* posting (callbacks.c) */
+    _Atomic(ioloop__post_t *) posts;     /* LIFO stack of posts, any thread */
+    _Atomic int posters_inside;          /* posters between check and push */
+    _Atomic bool polling;                /* about to block, or blocked, in poll */
+    _Atomic bool wakeup_pending;         /* a waker write is made or on its way */
+    int wake_read_fd, wake_write_fd;     /* eventfd: both the same */
+
+    /* loop thread */
+    ioloop__calls_t calls, running_calls;
+    ioloop__timers_t timers;
+    ioloop_time_t now;
+    ioloop_error_fn error_fn;
+    void *error_arg;
+    uint64_t rng;
+    pthread_t thread;
+
+    /* handler table */
+    pthread_mutex_t handlers_lock;
+    _Atomic(ioloop__fdtable_t *) fdtable; /* read by the loop thread, no lock */
+    _Atomic(ioloop__rcu_head_t *) retired; /* written under handlers_lock: to free after a grace period */
+    uint32_t next_generation;             /* under handlers_lock */
+
+    /* backend private state */
+    int epoll_fd;
+    void *backend_data;
+
+    /* stats: each field has a single writer, read with relaxed loads */
+    struct {
+        _Atomic uint64_t iterations, events_dispatched, callbacks_run, posts_received,
+            wakeups_written, wakeups_received, timers_fired;
+        _Atomic int64_t live_connections;
+        _Atomic ioloop_time_t longest_busy;
+    } stats;
+};
+
+/* Single-writer counter bump: a relaxed load and store, no locked instruction. */
+#define IOLOOP__STAT_ADD(loop, field, n)                                                           \
+    atomic_store_explicit(&(loop)->stats.field,                                                    \
+                          atomic_load_explicit(&(loop)->stats.field, memory_order_relaxed) + (n),  \
+                          memory_order_relaxed)
+
+/* loop.c */
+bool ioloop__on_loop_thread(const ioloop_t *loop);
+ioloop_time_t ioloop__clock_now(ioloop_t *loop); /* refreshes loop->now */
+uint64_t ioloop__random(ioloop_t *loop);
+
+/* handlers.c */
+int ioloop__handlers_init(ioloop_t *loop);
+int ioloop__handler_add(ioloop_t *loop, int fd, unsigned events, ioloop_handler_fn fn, void *arg);
+void ioloop__handlers_dispatch(ioloop_t *loop, const ioloop__ready_t *ready, int n);
+void ioloop__handlers_retire(ioloop_t *loop); /* loop thread, end of iteration */
+void ioloop__handlers_close(ioloop_t *loop, bool close_fds);
+/* For the poll backend: visit every live handler (handlers_lock held). */
+void ioloop__handlers_foreach_locked(ioloop_t *loop, void (*fn)(ioloop__handler_t *h, void *arg), void *arg);
+
+/* callbacks.c */
+int ioloop__callbacks_init(ioloop_t *loop);
+bool ioloop__callbacks_pending(ioloop_t *loop);
+void ioloop__callbacks_run(ioloop_t *loop);
+void ioloop__wake(ioloop_t *loop); /* any thread: make a sleeping loop return from poll */
+void ioloop__waker_drain(ioloop_t *loop);
+bool ioloop__prepare_to_sleep(ioloop_t *loop); /* true: may block */
+void ioloop__woke_up(ioloop_t *loop);
+void ioloop__callbacks_close(ioloop_t *loop); /* runs what was accepted, then frees */
+
+/* timers.c */
+void ioloop__timers_run_due(ioloop_t *loop);
+int ioloop__timers_poll_timeout_ms(ioloop_t *loop); /* -1: no timer */
+void ioloop__timers_init(ioloop__timers_t *timers);
+void ioloop__timers_free(ioloop__timers_t *timers);
+
+/* registry.c */
+void ioloop__registry_add(ioloop_t *loop);
+void ioloop__registry_remove(ioloop_t *loop);
+ioloop_t *ioloop__thread_running_loop(void);
+void ioloop__set_thread_running_loop(ioloop_t *loop);
+
+#endif

@@ -1,0 +1,295 @@
+/* loop.c — the loop's life cycle and its iteration (Tornado 4 PollIOLoop.start).
+ *
+ * One iteration: take the callbacks queued so far and run them; run the timers
+ * that are due; poll (timeout 0 if callbacks are pending, else until the next
+ * timer); dispatch the ready fds; pass an RCU quiescent state.
+ *
+ * Threading rule: ioloop_start runs on one thread at a time (a second start
+ * fails with -EBUSY); ioloop_stop and the stats are for any thread; the rest is
+ * for the loop's thread, or any thread while the loop is not running.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { MAX_EVENTS_PER_POLL = 256 };
+
+static _Atomic unsigned next_loop_id = 1;
+
+static ioloop_time_t monotonic_now(void *unused)
+{
+    (void)unused;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return IOLOOP_SEC(ts.tv_sec) + ts.tv_nsec;
+}
+
+static const ioloop__backend_ops_t *choose_backend(ioloop_backend_t wanted)
+{
+    if (wanted == IOLOOP_BACKEND_DEFAULT) {
+        const char *env = getenv("IOLOOP_BACKEND");
+        if (env && strcmp(env, "poll") == 0)
+            wanted = IOLOOP_BACKEND_POLL;
+        else if (env && strcmp(env, "epoll") == 0)
+            wanted = IOLOOP_BACKEND_EPOLL;
+        else if (env && strcmp(env, "kqueue") == 0)
+            wanted = IOLOOP_BACKEND_KQUEUE;
+    }
+    switch (wanted) {
+    case IOLOOP_BACKEND_POLL:
+        return &ioloop__backend_poll;
+    case IOLOOP_BACKEND_EPOLL:
+        return ioloop__backend_epoll.init ? &ioloop__backend_epoll : NULL;
+    case IOLOOP_BACKEND_KQUEUE:
+        return ioloop__backend_kqueue.init ? &ioloop__backend_kqueue : NULL;
+    case IOLOOP_BACKEND_DEFAULT:
+        break;
+    }
+    /* Best available, as Tornado's configurable_default does. */
+    if (ioloop__backend_epoll.init)
+        return &ioloop__backend_epoll;
+    if (ioloop__backend_kqueue.init)
+        return &ioloop__backend_kqueue;
+    return &ioloop__backend_poll;
+}
+
+static void default_error_hook(ioloop_t *loop, const char *what, int err, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "ioloop[%u]: %s: %s\n", loop->id, what ? what : "error", strerror(-err));
+}
+
+ioloop_t *ioloop_new(const ioloop_options_t *opts)
+{
+    ioloop_options_t defaults = {0};
+    if (!opts)
+        opts = &defaults;
+    const ioloop__backend_ops_t *backend = choose_backend(opts->backend);
+    if (!backend) {
+        errno = ENOSYS;
+        return NULL;
+    }
+    ioloop_t *loop = calloc(1, sizeof(*loop));
+    if (!loop)
+        return NULL;
+    loop->id = atomic_fetch_add(&next_loop_id, 1);
+    loop->backend = backend;
+    loop->clock = opts->clock ? opts->clock : monotonic_now;
+    loop->clock_arg = opts->clock_arg;
+    loop->error_fn = default_error_hook;
+    ioloop__timers_init(&loop->timers);
+    loop->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)loop->id << 17) ^ (uint64_t)(uintptr_t)loop;
+    loop->epoll_fd = -1;
+    loop->wake_read_fd = loop->wake_write_fd = -1;
+    atomic_init(&loop->refcount, 1);
+    pthread_mutex_init(&loop->handlers_lock, NULL);
+    loop->now = loop->clock(loop->clock_arg);
+
+    int err = ioloop__handlers_init(loop);
+    if (!err)
+        err = backend->init(loop);
+    if (!err)
+        err = ioloop__callbacks_init(loop);
+    if (err) {
+        /* Nothing was registered yet: tear down what init built. */
+        ioloop__callbacks_close(loop);
+        if (loop->backend_data || loop->epoll_fd >= 0)
+            backend->destroy(loop);
+        ioloop__handlers_close(loop, false);
+        pthread_mutex_destroy(&loop->handlers_lock);
+        free(loop);
+        errno = -err;
+        return NULL;
+    }
+    ioloop__registry_add(loop);
+    return loop;
+}
+
+static void free_loop(ioloop__rcu_head_t *head)
+{
+    ioloop_t *loop = (ioloop_t *)((char *)head - offsetof(ioloop_t, rcu));
+    pthread_mutex_destroy(&loop->handlers_lock);
+    free(loop);
+}
+
+void ioloop_ref(ioloop_t *loop)
+{
+    atomic_fetch_add_explicit(&loop->refcount, 1, memory_order_relaxed);
+}
+
+void ioloop_unref(ioloop_t *loop)
+{
+    if (atomic_fetch_sub_explicit(&loop->refcount, 1, memory_order_acq_rel) != 1)
+        return;
+    /* Registry readers may still hold the pointer: free after a grace period. */
+    ioloop__rcu_defer_free(&loop->rcu, free_loop);
+}
+
+int ioloop_close(ioloop_t *loop, bool all_fds)
+{
+    if (atomic_load(&loop->running))
+        return -EBUSY;
+    int expected = IOLOOP__OPEN;
+    if (!atomic_compare_exchange_strong(&loop->state, &expected, IOLOOP__CLOSING))
+        return -ESHUTDOWN;
+    ioloop__registry_remove(loop);
+    /* Accepted posts run once more here: dropping them would leak what their
+     * arguments own, and a poster was told they would run. */
+    ioloop__callbacks_close(loop);
+    ioloop__timers_free(&loop->timers);
+    ioloop__handlers_close(loop, all_fds);
+    loop->backend->destroy(loop);
+    free(loop->calls.items);
+    free(loop->running_calls.items);
+    loop->calls = loop->running_calls = (ioloop__calls_t){0};
+    atomic_store(&loop->state, IOLOOP__CLOSED);
+    ioloop_unref(loop);
+    return 0;
+}
+
+bool ioloop__on_loop_thread(const ioloop_t *loop)
+{
+    return ioloop__thread_running_loop() == loop;
+}
+
+ioloop_time_t ioloop__clock_now(ioloop_t *loop)
+{
+    loop->now = loop->clock(loop->clock_arg);
+    return loop->now;
+}
+
+ioloop_time_t ioloop_time(ioloop_t *loop)
+{
+    return loop->now;
+}
+
+uint64_t ioloop__random(ioloop_t *loop)
+{
+    /* xorshift64*: jitter needs spread, not cryptographic quality. */
+    uint64_t x = loop->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    loop->rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+unsigned ioloop_id(const ioloop_t *loop)
+{
+    return loop->id;
+}
+
+const char *ioloop_backend_name(const ioloop_t *loop)
+{
+    return loop->backend->name;
+}
+
+void ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg)
+{
+    loop->error_fn = fn ? fn : default_error_hook;
+    loop->error_arg = fn ? arg : NULL;
+}
+
+void ioloop_report_error(ioloop_t *loop, const char *what, int err)
+{
+    /* A peer resetting or closing is a normal end of a connection. */
+    if (err == -EPIPE || err == -ECONNRESET)
+        return;
+    loop->error_fn(loop, what, err, loop->error_arg);
+}
+
+void ioloop_stop(ioloop_t *loop)
+{
+    atomic_store(&loop->stop_requested, true);
+    if (!ioloop__on_loop_thread(loop))
+        ioloop__wake(loop);
+}
+
+void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out)
+{
+#define READ_STAT(f) out->f = atomic_load_explicit(&loop->stats.f, memory_order_relaxed)
+    READ_STAT(iterations);
+    READ_STAT(events_dispatched);
+    READ_STAT(callbacks_run);
+    READ_STAT(posts_received);
+    READ_STAT(wakeups_written);
+    READ_STAT(wakeups_received);
+    READ_STAT(timers_fired);
+    READ_STAT(live_connections);
+    READ_STAT(longest_busy);
+#undef READ_STAT
+}
+
+static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready)
+{
+    int timeout_ms = 0;
+    if (!ioloop__callbacks_pending(loop) && !atomic_load_explicit(&loop->stop_requested, memory_order_relaxed)) {
+        timeout_ms = ioloop__timers_poll_timeout_ms(loop);
+        if (timeout_ms != 0 && !ioloop__prepare_to_sleep(loop))
+            timeout_ms = 0;
+    }
+    if (timeout_ms != 0)
+        ioloop__rcu_offline(); /* a sleeping loop must not hold up grace periods */
+    int n = loop->backend->wait(loop, timeout_ms, ready, MAX_EVENTS_PER_POLL);
+    if (timeout_ms != 0) {
+        ioloop__rcu_online();
+        ioloop__woke_up(loop);
+    }
+    ioloop__clock_now(loop);
+    if (n < 0) {
+        ioloop_report_error(loop, "poll", n);
+        return;
+    }
+    ioloop__handlers_dispatch(loop, ready, n);
+}
+
+int ioloop_start(ioloop_t *loop)
+{
+    if (atomic_load(&loop->state) != IOLOOP__OPEN)
+        return -ESHUTDOWN;
+    ioloop_t *outer = ioloop__thread_running_loop();
+    if (outer == loop)
+        return -EBUSY;
+    if (outer)
+        return -EINVAL; /* another loop runs on this thread */
+    bool was_running = false;
+    if (!atomic_compare_exchange_strong(&loop->running, &was_running, true))
+        return -EBUSY; /* running on another thread */
+
+    /* A stop that came before start makes this start return at once. */
+    if (atomic_exchange(&loop->stop_requested, false)) {
+        atomic_store(&loop->running, false);
+        return 0;
+    }
+    loop->thread = pthread_self();
+    ioloop__set_thread_running_loop(loop);
+    int rcu_previous = ioloop__rcu_enter();
+
+    ioloop__ready_t ready[MAX_EVENTS_PER_POLL];
+    ioloop__clock_now(loop);
+    while (!atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
+        ioloop_time_t busy_start = loop->now;
+        ioloop__callbacks_run(loop);
+        ioloop__timers_run_due(loop);
+        ioloop_time_t busy = ioloop__clock_now(loop) - busy_start;
+        if (busy > atomic_load_explicit(&loop->stats.longest_busy, memory_order_relaxed))
+            atomic_store_explicit(&loop->stats.longest_busy, busy, memory_order_relaxed);
+        if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed))
+            break;
+        poll_and_dispatch(loop, ready);
+        ioloop__handlers_retire(loop);
+        IOLOOP__STAT_ADD(loop, iterations, 1);
+        ioloop__rcu_quiescent();
+    }
+    atomic_store(&loop->stop_requested, false);
+    ioloop__handlers_retire(loop);
+    ioloop__rcu_leave(rcu_previous);
+    ioloop__set_thread_running_loop(NULL);
+    atomic_store(&loop->running, false);
+    return 0;
+}

@@ -1,0 +1,130 @@
+/* rcu.c — liburcu (qsbr) glue: thread registration, quiescent states and
+ * deferred frees, with ThreadSanitizer annotations. See rcu.h for the why.
+ * Threading rule: per-thread state lives in thread-locals; nothing here is
+ * shared except liburcu's own state and the TSan token.
+ */
+#define _LGPL_SOURCE
+#include "rcu.h"
+
+#include <pthread.h>
+#include <stddef.h>
+#include <urcu/urcu-qsbr.h>
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define IOLOOP_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define IOLOOP_TSAN 1
+#endif
+
+#ifdef IOLOOP_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char grace_period_token;
+#define TSAN_RELEASE() __tsan_release(&grace_period_token)
+#define TSAN_ACQUIRE() __tsan_acquire(&grace_period_token)
+#else
+#define TSAN_RELEASE() ((void)0)
+#define TSAN_ACQUIRE() ((void)0)
+#endif
+
+_Static_assert(sizeof(struct rcu_head) <= sizeof(((ioloop__rcu_head_t *)0)->opaque),
+               "ioloop__rcu_head_t.opaque too small for struct rcu_head");
+
+enum { RCU_UNREGISTERED, RCU_OFFLINE, RCU_ONLINE };
+static _Thread_local int rcu_state = RCU_UNREGISTERED;
+static pthread_key_t unregister_key;
+static pthread_once_t unregister_key_once = PTHREAD_ONCE_INIT;
+
+/* liburcu requires a registered thread to unregister before it exits. */
+static void unregister_at_exit(void *unused)
+{
+    (void)unused;
+    if (rcu_state == RCU_UNREGISTERED)
+        return;
+    if (rcu_state == RCU_OFFLINE)
+        urcu_qsbr_thread_online();
+    TSAN_RELEASE();
+    urcu_qsbr_unregister_thread();
+    rcu_state = RCU_UNREGISTERED;
+}
+
+static void make_unregister_key(void)
+{
+    pthread_key_create(&unregister_key, unregister_at_exit);
+}
+
+int ioloop__rcu_enter(void)
+{
+    int previous = rcu_state;
+    if (previous == RCU_UNREGISTERED) {
+        pthread_once(&unregister_key_once, make_unregister_key);
+        urcu_qsbr_register_thread(); /* registers online */
+        pthread_setspecific(unregister_key, (void *)1);
+    } else if (previous == RCU_OFFLINE) {
+        urcu_qsbr_thread_online();
+    }
+    rcu_state = RCU_ONLINE;
+    return previous;
+}
+
+void ioloop__rcu_leave(int previous)
+{
+    if (previous == RCU_ONLINE || rcu_state != RCU_ONLINE)
+        return;
+    /* Stay registered (registration is costly), but never stay online while
+     * not inside a loop: an online thread that does not pass quiescent states
+     * would stall every grace period. */
+    TSAN_RELEASE();
+    urcu_qsbr_thread_offline();
+    rcu_state = RCU_OFFLINE;
+}
+
+void ioloop__rcu_quiescent(void)
+{
+    TSAN_RELEASE();
+    urcu_qsbr_quiescent_state();
+}
+
+void ioloop__rcu_offline(void)
+{
+    if (rcu_state != RCU_ONLINE)
+        return;
+    TSAN_RELEASE();
+    urcu_qsbr_thread_offline();
+    rcu_state = RCU_OFFLINE;
+}
+
+void ioloop__rcu_online(void)
+{
+    if (rcu_state != RCU_OFFLINE)
+        return;
+    urcu_qsbr_thread_online();
+    rcu_state = RCU_ONLINE;
+}
+
+static void run_deferred_free(struct rcu_head *rh)
+{
+    ioloop__rcu_head_t *head = (ioloop__rcu_head_t *)((char *)rh - offsetof(ioloop__rcu_head_t, opaque));
+    TSAN_ACQUIRE();
+    head->free_fn(head);
+}
+
+void ioloop__rcu_defer_free(ioloop__rcu_head_t *head, void (*free_fn)(ioloop__rcu_head_t *))
+{
+    head->free_fn = free_fn;
+    urcu_qsbr_call_rcu((struct rcu_head *)(void *)head->opaque, run_deferred_free);
+}
+
+void ioloop__rcu_barrier(void)
+{
+    int was_online = rcu_state == RCU_ONLINE;
+    if (was_online)
+        ioloop__rcu_offline();
+    urcu_qsbr_barrier();
+    TSAN_ACQUIRE();
+    if (was_online)
+        ioloop__rcu_online();
+}
