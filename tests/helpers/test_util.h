@@ -1,0 +1,30 @@
+/* test_util.h — helpers shared by the cmocka suites: time, sockets, threads.
+ * Threading rule: every helper is safe from any thread unless it says so.
+ */
+#ifndef IOLOOP_TEST_UTIL_H
+#define IOLOOP_TEST_UTIL_H
+
+#include <setjmp.h> /* cmocka needs these before cmocka.h */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "ioloop/ioloop.h"
+
+/* CLOCK_MONOTONIC now, in ns. */
+int64_t tu_now_ns(void);
+/* Sleeps ms milliseconds. */
+void tu_sleep_ms(int ms);
+/* A connected AF_UNIX stream pair, both ends non-blocking and close-on-exec. */
+void tu_socketpair(int fds[2]);
+/* Process CPU time (user + system) in ns. */
+int64_t tu_cpu_ns(void);
+/* Stops `loop` after `ms` so that a failing test cannot hang (a safety net,
+ * not an assertion). Loop thread, before or while it runs. */
+void tu_stop_after(ioloop_t *loop, int ms);
+/* Counts open file descriptors of this process. */
+int tu_open_fds(void);
+
+#endif
