@@ -78,7 +78,8 @@ static ioloop__fdtable_t *table_for_fd(ioloop_t *loop, int fd)
 
 static void after_foreign_change(ioloop_t *loop)
 {
-    if (loop->backend->wake_on_foreign_change && !ioloop__on_loop_thread(loop))
+    /* A loop that is not running will build its poll set when it starts. */
+    if (loop->backend->wake_on_foreign_change && atomic_load(&loop->running) && !ioloop__on_loop_thread(loop))
         ioloop__wake(loop);
 }
 

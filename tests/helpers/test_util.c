@@ -58,3 +58,22 @@ int tu_open_fds(void)
     closedir(d);
     return n - 3; /* ".", ".." and the DIR's own fd */
 }
+
+static void *loop_thread_main(void *arg)
+{
+    ioloop_start(arg);
+    return NULL;
+}
+
+pthread_t tu_start_loop_thread(ioloop_t *loop)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, loop_thread_main, loop), 0);
+    return t;
+}
+
+void tu_join_loop_thread(ioloop_t *loop, pthread_t thread)
+{
+    ioloop_stop(loop);
+    pthread_join(thread, NULL);
+}

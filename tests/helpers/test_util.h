@@ -26,5 +26,10 @@ int64_t tu_cpu_ns(void);
 void tu_stop_after(ioloop_t *loop, int ms);
 /* Counts open file descriptors of this process. */
 int tu_open_fds(void);
+/* Runs ioloop_start(loop) on a new thread; tu_join_loop_thread stops the loop
+ * and joins that thread. */
+#include <pthread.h>
+pthread_t tu_start_loop_thread(ioloop_t *loop);
+void tu_join_loop_thread(ioloop_t *loop, pthread_t thread);
 
 #endif

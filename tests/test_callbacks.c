@@ -1,0 +1,271 @@
+/* test_callbacks.c — ioloop_add_callback: ordering within iterations, the
+ * cross-thread wakeup (latency and coalescing), exactly-once delivery under
+ * contention, and posting while the loop closes. */
+#define _GNU_SOURCE
+#include "test_util.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+/* ---- 1. a callback added from a timer runs in the next iteration ---------- */
+
+typedef struct {
+    uint64_t timer_iteration, callback_iteration;
+    int64_t timer_at, callback_at;
+} iter_probe_t;
+
+static uint64_t iterations(ioloop_t *loop)
+{
+    ioloop_stats_t st;
+    ioloop_get_stats(loop, &st);
+    return st.iterations;
+}
+
+static void probe_callback(ioloop_t *loop, void *arg)
+{
+    iter_probe_t *p = arg;
+    p->callback_iteration = iterations(loop);
+    p->callback_at = tu_now_ns();
+    ioloop_stop(loop);
+}
+
+static void probe_timer(ioloop_t *loop, void *arg)
+{
+    iter_probe_t *p = arg;
+    p->timer_iteration = iterations(loop);
+    p->timer_at = tu_now_ns();
+    assert_int_equal(ioloop_add_callback(loop, probe_callback, p), 0);
+}
+
+static void noop(ioloop_t *loop, void *arg)
+{
+    (void)loop, (void)arg;
+}
+
+static void test_callback_from_timer_runs_next_iteration(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    iter_probe_t p = {0};
+    /* A far timer: if the callback waited for the poll timeout, it would
+     * wait seconds. */
+    assert_true(ioloop_call_later(loop, IOLOOP_SEC(30), noop, NULL) != 0);
+    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(1), probe_timer, &p) != 0);
+    tu_stop_after(loop, 10000);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(p.callback_iteration, p.timer_iteration + 1);
+    assert_true(p.callback_at - p.timer_at < IOLOOP_MSEC(500));
+    ioloop_close(loop, false);
+}
+
+/* ---- callbacks added while callbacks run wait for the next iteration ------ */
+
+static void second(ioloop_t *loop, void *arg)
+{
+    ((uint64_t *)arg)[1] = iterations(loop);
+    ioloop_stop(loop);
+}
+
+static void first(ioloop_t *loop, void *arg)
+{
+    ((uint64_t *)arg)[0] = iterations(loop);
+    ioloop_add_callback(loop, second, arg);
+}
+
+static void test_callback_added_by_callback_waits_an_iteration(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    uint64_t seen[2] = {0, 0};
+    ioloop_add_callback(loop, first, seen);
+    tu_stop_after(loop, 10000);
+    ioloop_start(loop);
+    assert_int_equal(seen[1], seen[0] + 1);
+    ioloop_close(loop, false);
+}
+
+/* ---- 2. a post from another thread wakes a loop blocked in poll ----------- */
+
+typedef struct {
+    ioloop_t *loop;
+    _Atomic int64_t posted_at;
+    int64_t ran_at;
+} wake_probe_t;
+
+static void record_wake(ioloop_t *loop, void *arg)
+{
+    wake_probe_t *p = arg;
+    p->ran_at = tu_now_ns();
+    ioloop_stop(loop);
+}
+
+static void *post_after_sleep(void *arg)
+{
+    wake_probe_t *p = arg;
+    tu_sleep_ms(100); /* the loop is asleep in poll by now */
+    atomic_store(&p->posted_at, tu_now_ns());
+    assert_int_equal(ioloop_add_callback(p->loop, record_wake, p), 0);
+    return NULL;
+}
+
+static void test_cross_thread_post_wakes_sleeping_loop(void **state)
+{
+    (void)state;
+    wake_probe_t p = {.loop = ioloop_new(NULL)};
+    tu_stop_after(p.loop, 10000);
+    pthread_t t;
+    pthread_create(&t, NULL, post_after_sleep, &p);
+    ioloop_start(p.loop);
+    pthread_join(t, NULL);
+    int64_t latency = p.ran_at - atomic_load(&p.posted_at);
+    assert_true(p.ran_at > 0);
+    assert_true(latency < IOLOOP_MSEC(100));
+    ioloop_stats_t st;
+    ioloop_get_stats(p.loop, &st);
+    assert_int_equal(st.wakeups_written, 1);
+    assert_int_equal(st.posts_received, 1);
+    ioloop_close(p.loop, false);
+}
+
+/* ---- 3. posts racing ioloop_close: each runs or returns an error ---------- */
+
+enum { RACE_POSTS = 1000 };
+
+typedef struct {
+    ioloop_t *loop;
+    _Atomic int accepted, refused, ran;
+    _Atomic bool go;
+} close_race_t;
+
+static void count_run(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    close_race_t *r = arg;
+    atomic_fetch_add(&r->ran, 1);
+}
+
+static void *post_many(void *arg)
+{
+    close_race_t *r = arg;
+    while (!atomic_load(&r->go))
+        continue;
+    for (int i = 0; i < RACE_POSTS; i++) {
+        int err = ioloop_add_callback(r->loop, count_run, r);
+        if (err == 0)
+            atomic_fetch_add(&r->accepted, 1);
+        else if (err == -ESHUTDOWN)
+            atomic_fetch_add(&r->refused, 1);
+        if (i % 50 == 0)
+            sched_yield();
+    }
+    return NULL;
+}
+
+static void test_posts_while_closing(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 20; round++) {
+        close_race_t r = {.loop = ioloop_new(NULL)};
+        ioloop_ref(r.loop); /* the poster's reference, valid across the close */
+        pthread_t loop_thread = tu_start_loop_thread(r.loop);
+        pthread_t poster;
+        pthread_create(&poster, NULL, post_many, &r);
+        atomic_store(&r.go, true);
+        tu_sleep_ms(round % 3); /* close at different points of the stream */
+        tu_join_loop_thread(r.loop, loop_thread);
+        assert_int_equal(ioloop_close(r.loop, false), 0);
+        pthread_join(poster, NULL);
+        assert_int_equal(atomic_load(&r.accepted) + atomic_load(&r.refused), RACE_POSTS);
+        assert_int_equal(atomic_load(&r.ran), atomic_load(&r.accepted));
+        assert_int_equal(ioloop_add_callback(r.loop, count_run, &r), -ESHUTDOWN);
+        ioloop_unref(r.loop);
+    }
+}
+
+/* ---- 4. 4 producers x 250k posts: exactly once, few eventfd writes -------- */
+
+enum { PRODUCERS = 4, POSTS_EACH = 250000, TOTAL_POSTS = PRODUCERS * POSTS_EACH };
+
+typedef struct {
+    ioloop_t *loop;
+    unsigned char *seen;
+    size_t ran;
+    int producer;
+} flood_t;
+
+static void mark_seen(ioloop_t *loop, void *arg);
+
+static flood_t flood_state;
+
+static void mark_seen(ioloop_t *loop, void *arg)
+{
+    size_t i = (size_t)(uintptr_t)arg;
+    flood_state.seen[i]++;
+    if (++flood_state.ran == TOTAL_POSTS)
+        ioloop_stop(loop);
+}
+
+static void *produce(void *arg)
+{
+    size_t base = (size_t)(uintptr_t)arg * POSTS_EACH;
+    for (size_t i = 0; i < POSTS_EACH; i++)
+        assert_int_equal(ioloop_add_callback(flood_state.loop, mark_seen, (void *)(uintptr_t)(base + i)), 0);
+    return NULL;
+}
+
+static void test_four_producers_exactly_once(void **state)
+{
+    (void)state;
+    flood_state = (flood_t){.loop = ioloop_new(NULL), .seen = calloc(TOTAL_POSTS, 1)};
+    tu_stop_after(flood_state.loop, 120000);
+    pthread_t producers[PRODUCERS];
+    for (int i = 0; i < PRODUCERS; i++)
+        pthread_create(&producers[i], NULL, produce, (void *)(uintptr_t)i);
+    ioloop_start(flood_state.loop);
+    for (int i = 0; i < PRODUCERS; i++)
+        pthread_join(producers[i], NULL);
+    assert_int_equal(flood_state.ran, TOTAL_POSTS);
+    for (size_t i = 0; i < TOTAL_POSTS; i++)
+        if (flood_state.seen[i] != 1)
+            fail_msg("post %zu ran %d times", i, flood_state.seen[i]);
+    ioloop_stats_t st;
+    ioloop_get_stats(flood_state.loop, &st);
+    print_message("eventfd writes: %llu for %d posts (%llu wakeups received)\n",
+                  (unsigned long long)st.wakeups_written, TOTAL_POSTS, (unsigned long long)st.wakeups_received);
+    assert_int_equal(st.posts_received, TOTAL_POSTS);
+    assert_true(st.wakeups_written * 100 < TOTAL_POSTS); /* far fewer than posts */
+    /* Coalesced: never more writes than the loop had wakeups (+1 in flight). */
+    assert_true(st.wakeups_written <= st.wakeups_received + 1);
+    free(flood_state.seen);
+    ioloop_close(flood_state.loop, false);
+}
+
+/* ---- posting to a closed loop ------------------------------------------- */
+
+static void test_post_to_closed_loop_fails(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_ref(loop);
+    ioloop_close(loop, false);
+    int ran = 0;
+    assert_int_equal(ioloop_add_callback(loop, count_run, &ran), -ESHUTDOWN);
+    assert_int_equal(ioloop_start(loop), -ESHUTDOWN);
+    assert_int_equal(ioloop_close(loop, false), -ESHUTDOWN);
+    assert_int_equal(ran, 0);
+    ioloop_unref(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_callback_from_timer_runs_next_iteration),
+        cmocka_unit_test(test_callback_added_by_callback_waits_an_iteration),
+        cmocka_unit_test(test_cross_thread_post_wakes_sleeping_loop),
+        cmocka_unit_test(test_posts_while_closing),
+        cmocka_unit_test(test_four_producers_exactly_once),
+        cmocka_unit_test(test_post_to_closed_loop_fails),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,432 @@
+/* test_handlers.c — add/update/remove_handler: duplicate and unknown fds,
+ * event filtering, stale events in a batch (also with fd reuse), handlers
+ * changed from another thread, close(all_fds), and the error hook. */
+#define _GNU_SOURCE
+#include "test_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int never_called(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)fd, (void)events;
+    (*(int *)arg)++;
+    return 0;
+}
+
+static void fill(int fd)
+{
+    assert_int_equal(write(fd, "x", 1), 1);
+}
+
+/* ---- 5. add twice fails; remove unknown is a no-op ------------------------ */
+
+static void test_add_twice_fails_remove_unknown_is_noop(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int s[2], calls = 0;
+    tu_socketpair(s);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, never_called, &calls), 0);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_WRITE, never_called, &calls), -EEXIST);
+    assert_int_equal(ioloop_remove_handler(loop, s[1]), 0);   /* never added */
+    assert_int_equal(ioloop_remove_handler(loop, 100000), 0); /* beyond the table */
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0); /* twice */
+    assert_int_equal(ioloop_update_handler(loop, s[0], IOLOOP_READ), -ENOENT);
+    assert_int_equal(ioloop_add_handler(loop, -1, IOLOOP_READ, never_called, &calls), -EBADF);
+    assert_int_equal(ioloop_add_handler(loop, s[0], 0x1000, never_called, &calls), -EINVAL);
+    /* after removal the fd can be added again */
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, never_called, &calls), 0);
+    ioloop_close(loop, true);
+    close(s[1]);
+}
+
+/* ---- 6. a READ-only handler on a writable socket only ever sees READ ------ */
+
+typedef struct {
+    int calls;
+    unsigned seen;
+    int fd;
+} events_probe_t;
+
+static int record_events(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    events_probe_t *p = arg;
+    p->calls++;
+    p->seen |= events;
+    char buf[16];
+    (void)!read(fd, buf, sizeof(buf));
+    if (p->calls == 3)
+        ioloop_stop(loop);
+    else
+        fill(p->fd); /* readable again next iteration */
+    return 0;
+}
+
+static void test_read_only_handler_sees_only_read(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int s[2];
+    tu_socketpair(s); /* s[0] is writable the whole time */
+    events_probe_t p = {.fd = s[1]};
+    fill(s[1]);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, record_events, &p), 0);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(p.calls, 3);
+    assert_int_equal(p.seen, IOLOOP_READ);
+    ioloop_close(loop, true);
+    close(s[1]);
+}
+
+/* WRITE-only gets WRITE; update_handler switches it to READ. */
+static int write_then_read(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    events_probe_t *p = arg;
+    p->calls++;
+    if (p->calls == 1) {
+        assert_int_equal(events, IOLOOP_WRITE);
+        assert_int_equal(ioloop_update_handler(loop, fd, IOLOOP_READ), 0);
+        fill(p->fd);
+    } else {
+        assert_int_equal(events, IOLOOP_READ);
+        ioloop_stop(loop);
+    }
+    return 0;
+}
+
+static void test_update_handler_changes_events(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int s[2];
+    tu_socketpair(s);
+    events_probe_t p = {.fd = s[1]};
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_WRITE, write_then_read, &p), 0);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(p.calls, 2);
+    ioloop_close(loop, true);
+    close(s[1]);
+}
+
+/* A peer that hangs up is reported as ERROR even to a handler that asked for
+ * WRITE only (ERROR is always delivered). */
+static int expect_error(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)fd;
+    *(unsigned *)arg |= events;
+    if (events & IOLOOP_ERROR)
+        ioloop_stop(loop);
+    return 0;
+}
+
+static void test_error_always_delivered(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int s[2];
+    tu_socketpair(s);
+    unsigned seen = 0;
+    /* Fill the send buffer so WRITE is not ready, then hang up the peer. */
+    char block[4096];
+    memset(block, 'x', sizeof(block));
+    while (write(s[0], block, sizeof(block)) > 0)
+        continue;
+    close(s[1]);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_WRITE, expect_error, &seen), 0);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_true(seen & IOLOOP_ERROR);
+    ioloop_close(loop, true);
+}
+
+/* ---- 7. stale events in one batch ----------------------------------------- */
+
+typedef struct {
+    int fds[2];        /* the two watched fds */
+    int calls[2];      /* per original handler */
+    int reused_calls;  /* the handler registered on the reused fd number */
+    bool reuse;        /* close the victim and reuse its number */
+    int keep_peer[2];  /* peers, to close at the end */
+    int reused_peer;
+} batch_t;
+
+static int reused_handler(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)fd, (void)events;
+    ((batch_t *)arg)->reused_calls++;
+    return 0;
+}
+
+static int kill_the_other(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events;
+    batch_t *b = arg;
+    int me = fd == b->fds[0] ? 0 : 1, other = 1 - me;
+    b->calls[me]++;
+    if (b->calls[0] + b->calls[1] > 1)
+        return 0;
+    assert_int_equal(ioloop_remove_handler(loop, b->fds[other]), 0);
+    assert_int_equal(ioloop_remove_handler(loop, fd), 0);
+    if (b->reuse) {
+        /* Close the victim and put a fresh socket under the same number. */
+        int victim = b->fds[other];
+        close(victim);
+        int n[2];
+        tu_socketpair(n); /* the lowest free number: usually the victim's */
+        if (n[0] != victim) {
+            assert_int_equal(dup3(n[0], victim, O_CLOEXEC), victim);
+            close(n[0]);
+        }
+        b->reused_peer = n[1]; /* never written: the new socket is never readable */
+        assert_int_equal(ioloop_add_handler(loop, victim, IOLOOP_READ, reused_handler, b), 0);
+    }
+    return 0;
+}
+
+static void run_batch_case(bool reuse)
+{
+    ioloop_t *loop = ioloop_new(NULL);
+    batch_t b = {.reuse = reuse, .reused_peer = -1};
+    int a[2], c[2];
+    tu_socketpair(a);
+    tu_socketpair(c);
+    b.fds[0] = a[0];
+    b.fds[1] = c[0];
+    b.keep_peer[0] = a[1];
+    b.keep_peer[1] = c[1];
+    /* Both readable before the loop starts: one poll returns both. */
+    fill(a[1]);
+    fill(c[1]);
+    assert_int_equal(ioloop_add_handler(loop, a[0], IOLOOP_READ, kill_the_other, &b), 0);
+    assert_int_equal(ioloop_add_handler(loop, c[0], IOLOOP_READ, kill_the_other, &b), 0);
+    tu_stop_after(loop, 100);
+    ioloop_start(loop);
+    assert_int_equal(b.calls[0] + b.calls[1], 1);
+    assert_int_equal(b.reused_calls, 0);
+    ioloop_close(loop, true);
+    close(a[0]);
+    close(c[0]);
+    close(a[1]);
+    close(c[1]);
+    if (b.reused_peer >= 0)
+        close(b.reused_peer);
+}
+
+static void test_removed_in_batch_is_never_called(void **state)
+{
+    (void)state;
+    run_batch_case(false);
+}
+
+static void test_removed_and_fd_reused_in_batch(void **state)
+{
+    (void)state;
+    run_batch_case(true);
+}
+
+/* ---- handlers changed from another thread while the loop sleeps ----------- */
+
+typedef struct {
+    ioloop_t *loop;
+    int s[2];
+    _Atomic int calls;
+} foreign_t;
+
+static int foreign_readable(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events;
+    foreign_t *f = arg;
+    char buf[8];
+    (void)!read(fd, buf, sizeof(buf));
+    atomic_fetch_add(&f->calls, 1);
+    ioloop_stop(loop);
+    return 0;
+}
+
+static void test_add_handler_from_other_thread_while_sleeping(void **state)
+{
+    (void)state;
+    foreign_t f = {.loop = ioloop_new(NULL)};
+    tu_socketpair(f.s);
+    fill(f.s[1]);
+    pthread_t t = tu_start_loop_thread(f.loop);
+    tu_sleep_ms(50); /* the loop sleeps in poll with nothing to do */
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(ioloop_add_handler(f.loop, f.s[0], IOLOOP_READ, foreign_readable, &f), 0);
+    pthread_join(t, NULL); /* the handler stops the loop */
+    assert_true(tu_now_ns() - t0 < IOLOOP_SEC(5));
+    assert_int_equal(atomic_load(&f.calls), 1);
+    ioloop_close(f.loop, true);
+    close(f.s[1]);
+}
+
+/* Add/remove churn from another thread while the loop dispatches the same fds:
+ * under ASan this is the use-after-free check for the RCU table. */
+typedef struct {
+    ioloop_t *loop;
+    int fds[8], peers[8];
+    _Atomic bool done;
+    _Atomic long dispatched;
+} churn_t;
+
+static int churn_readable(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)fd, (void)events;
+    atomic_fetch_add(&((churn_t *)arg)->dispatched, 1);
+    return 0; /* leave the byte: stays readable */
+}
+
+static void *churn_handlers(void *arg)
+{
+    churn_t *c = arg;
+    for (int round = 0; round < 3000; round++) {
+        int i = round % 8;
+        ioloop_add_handler(c->loop, c->fds[i], IOLOOP_READ, churn_readable, c);
+        if (round % 3 == 0)
+            ioloop_update_handler(c->loop, c->fds[i], IOLOOP_READ | IOLOOP_WRITE);
+        ioloop_remove_handler(c->loop, c->fds[i]);
+    }
+    atomic_store(&c->done, true);
+    return NULL;
+}
+
+static void test_handler_churn_from_other_thread(void **state)
+{
+    (void)state;
+    churn_t c = {.loop = ioloop_new(NULL)};
+    for (int i = 0; i < 8; i++) {
+        int s[2];
+        tu_socketpair(s);
+        c.fds[i] = s[0];
+        c.peers[i] = s[1];
+        fill(s[1]);
+    }
+    pthread_t loop_thread = tu_start_loop_thread(c.loop);
+    pthread_t churner;
+    pthread_create(&churner, NULL, churn_handlers, &c);
+    pthread_join(churner, NULL);
+    tu_join_loop_thread(c.loop, loop_thread);
+    assert_true(atomic_load(&c.done));
+    ioloop_close(c.loop, false);
+    for (int i = 0; i < 8; i++) {
+        close(c.fds[i]);
+        close(c.peers[i]);
+    }
+}
+
+/* ---- 14. close(all_fds) closes the registered fds ------------------------- */
+
+static void test_close_all_fds(void **state)
+{
+    (void)state;
+    int calls = 0;
+    int s[2], t[2];
+    tu_socketpair(s);
+    tu_socketpair(t);
+    ioloop_t *loop = ioloop_new(NULL);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, never_called, &calls), 0);
+    assert_int_equal(ioloop_add_handler(loop, s[1], IOLOOP_READ, never_called, &calls), 0);
+    assert_int_equal(ioloop_close(loop, true), 0);
+    assert_int_equal(fcntl(s[0], F_GETFD), -1);
+    assert_int_equal(errno, EBADF);
+    assert_int_equal(fcntl(s[1], F_GETFD), -1);
+
+    loop = ioloop_new(NULL);
+    assert_int_equal(ioloop_add_handler(loop, t[0], IOLOOP_READ, never_called, &calls), 0);
+    assert_int_equal(ioloop_close(loop, false), 0);
+    assert_true(fcntl(t[0], F_GETFD) >= 0); /* left open without all_fds */
+    close(t[0]);
+    close(t[1]);
+    assert_int_equal(calls, 0);
+}
+
+/* ---- 15. a handler's error reaches the hook; the loop keeps running ------- */
+
+typedef struct {
+    int hook_calls;
+    int last_err;
+    char what[64];
+    bool later_ran;
+} hook_probe_t;
+
+static void error_hook(ioloop_t *loop, const char *what, int err, void *arg)
+{
+    (void)loop;
+    hook_probe_t *p = arg;
+    p->hook_calls++;
+    p->last_err = err;
+    snprintf(p->what, sizeof(p->what), "%s", what);
+}
+
+static int failing_handler(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events, (void)arg;
+    char buf[8];
+    (void)!read(fd, buf, sizeof(buf));
+    ioloop_remove_handler(loop, fd);
+    return -EIO;
+}
+
+static int peer_reset_handler(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events, (void)arg;
+    ioloop_remove_handler(loop, fd);
+    return -ECONNRESET; /* a normal close, not an error */
+}
+
+static void later(ioloop_t *loop, void *arg)
+{
+    ((hook_probe_t *)arg)->later_ran = true;
+    ioloop_stop(loop);
+}
+
+static void test_handler_error_reaches_hook(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    hook_probe_t p = {0};
+    ioloop_set_error_hook(loop, error_hook, &p);
+    int s[2], r[2];
+    tu_socketpair(s);
+    tu_socketpair(r);
+    fill(s[1]);
+    fill(r[1]);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, failing_handler, &p), 0);
+    assert_int_equal(ioloop_add_handler(loop, r[0], IOLOOP_READ, peer_reset_handler, &p), 0);
+    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(20), later, &p) != 0);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(p.hook_calls, 1);
+    assert_int_equal(p.last_err, -EIO);
+    assert_non_null(strstr(p.what, "fd"));
+    assert_true(p.later_ran);
+    ioloop_close(loop, true);
+    close(s[1]);
+    close(r[1]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_add_twice_fails_remove_unknown_is_noop),
+        cmocka_unit_test(test_read_only_handler_sees_only_read),
+        cmocka_unit_test(test_update_handler_changes_events),
+        cmocka_unit_test(test_error_always_delivered),
+        cmocka_unit_test(test_removed_in_batch_is_never_called),
+        cmocka_unit_test(test_removed_and_fd_reused_in_batch),
+        cmocka_unit_test(test_add_handler_from_other_thread_while_sleeping),
+        cmocka_unit_test(test_handler_churn_from_other_thread),
+        cmocka_unit_test(test_close_all_fds),
+        cmocka_unit_test(test_handler_error_reaches_hook),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
