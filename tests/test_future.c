@@ -1,0 +1,169 @@
+/* test_future.c — futures completed from any thread, done callbacks always
+ * later on the loop's thread, and run_sync (result and timeout). */
+#define _GNU_SOURCE
+#include "test_util.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+
+typedef struct {
+    ioloop_future_t *future;
+    int delay_ms;
+    int status;
+    void *result;
+} job_t;
+
+static void *complete_later(void *arg)
+{
+    job_t *job = arg;
+    tu_sleep_ms(job->delay_ms);
+    ioloop_future_complete(job->future, job->status, job->result);
+    ioloop_future_unref(job->future); /* the job's reference */
+    return NULL;
+}
+
+static pthread_t job_thread;
+
+/* run_sync's fn: starts a job on a thread and returns its future. */
+static ioloop_future_t *start_job(ioloop_t *loop, void *arg)
+{
+    job_t *job = arg;
+    job->future = ioloop_future_new(loop);
+    ioloop_future_ref(job->future); /* one for run_sync, one for the job */
+    pthread_create(&job_thread, NULL, complete_later, job);
+    return job->future;
+}
+
+/* ---- 12. run_sync returns the result; a slow job times out ---------------- */
+
+static void test_run_sync_returns_result(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    static int answer = 42;
+    job_t job = {.delay_ms = 10, .status = 0, .result = &answer};
+    void *result = NULL;
+    assert_int_equal(ioloop_run_sync(loop, start_job, &job, IOLOOP_SEC(10), &result), 0);
+    assert_ptr_equal(result, &answer);
+    pthread_join(job_thread, NULL);
+    ioloop_close(loop, false);
+}
+
+static void test_run_sync_passes_error_status(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    job_t job = {.delay_ms = 1, .status = -EPROTO};
+    assert_int_equal(ioloop_run_sync(loop, start_job, &job, IOLOOP_SEC(10), NULL), -EPROTO);
+    pthread_join(job_thread, NULL);
+    ioloop_close(loop, false);
+}
+
+static void test_run_sync_timeout(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    job_t job = {.delay_ms = 1000};
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(ioloop_run_sync(loop, start_job, &job, IOLOOP_MSEC(10), NULL), -ETIMEDOUT);
+    assert_true(tu_now_ns() - t0 < IOLOOP_MSEC(900));
+    pthread_join(job_thread, NULL); /* its late completion is queued on the loop */
+    ioloop_close(loop, false);      /* ...and released here: ASan checks no leak */
+}
+
+/* ---- done callbacks: on the loop's thread, never inline ------------------- */
+
+typedef struct {
+    pthread_t loop_thread;
+    bool on_loop_thread;
+    bool inline_call;
+    bool in_on_done;
+    int calls;
+} done_probe_t;
+
+static void on_done(ioloop_future_t *f, void *arg)
+{
+    done_probe_t *p = arg;
+    p->calls++;
+    p->on_loop_thread = pthread_equal(pthread_self(), p->loop_thread);
+    p->inline_call = p->in_on_done;
+    assert_int_equal(ioloop_future_status(f), 7);
+    ioloop_stop(ioloop_future_loop(f));
+}
+
+static void attach_to_completed(ioloop_t *loop, void *arg)
+{
+    done_probe_t *p = arg;
+    ioloop_future_t *f = ioloop_future_new(loop);
+    assert_int_equal(ioloop_future_complete(f, 7, NULL), 0);
+    assert_int_equal(ioloop_future_complete(f, 8, NULL), -EALREADY); /* first wins */
+    assert_true(ioloop_future_done(f));
+    p->in_on_done = true;
+    ioloop_future_on_done(f, on_done, p);
+    p->in_on_done = false;
+    ioloop_future_unref(f);
+}
+
+static void test_done_callback_never_inline(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    done_probe_t p = {.loop_thread = pthread_self()};
+    ioloop_add_callback(loop, attach_to_completed, &p);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(p.calls, 1);
+    assert_false(p.inline_call);
+    assert_true(p.on_loop_thread);
+    ioloop_close(loop, false);
+}
+
+static void *complete_from_thread(void *arg)
+{
+    ioloop_future_complete(arg, 7, NULL);
+    return NULL;
+}
+
+static void test_completed_from_other_thread_runs_on_loop(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    done_probe_t p = {.loop_thread = pthread_self()};
+    ioloop_future_t *f = ioloop_future_new(loop);
+    ioloop_future_on_done(f, on_done, &p);
+    pthread_t t;
+    pthread_create(&t, NULL, complete_from_thread, f);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    pthread_join(t, NULL);
+    assert_int_equal(p.calls, 1);
+    assert_true(p.on_loop_thread);
+    ioloop_future_unref(f);
+    ioloop_close(loop, false);
+}
+
+/* A future may outlive its loop's close: completing it then is harmless. */
+static void test_complete_after_loop_closed(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_future_t *f = ioloop_future_new(loop); /* holds a loop reference */
+    ioloop_close(loop, false);
+    assert_int_equal(ioloop_future_complete(f, 0, f), 0);
+    assert_true(ioloop_future_done(f));
+    assert_ptr_equal(ioloop_future_result(f), f);
+    ioloop_future_unref(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_run_sync_returns_result),
+        cmocka_unit_test(test_run_sync_passes_error_status),
+        cmocka_unit_test(test_run_sync_timeout),
+        cmocka_unit_test(test_done_callback_never_inline),
+        cmocka_unit_test(test_completed_from_other_thread_runs_on_loop),
+        cmocka_unit_test(test_complete_after_loop_closed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,282 @@
+/* test_lifecycle.c — start/stop/close, nested start, current and instance,
+ * the registry, concurrent create/close, the backend choice. */
+#define _GNU_SOURCE
+#include "test_util.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void stop_loop(ioloop_t *loop, void *arg)
+{
+    (void)arg;
+    ioloop_stop(loop);
+}
+
+/* ---- 11. nested start fails; stop before start; current only while running */
+
+typedef struct {
+    int nested_result;
+    ioloop_t *current_inside;
+} nested_t;
+
+static void try_nested_start(ioloop_t *loop, void *arg)
+{
+    nested_t *n = arg;
+    n->nested_result = ioloop_start(loop);
+    n->current_inside = ioloop_current();
+    ioloop_stop(loop);
+}
+
+static void test_nested_start_fails(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    nested_t n = {0};
+    ioloop_add_callback(loop, try_nested_start, &n);
+    tu_stop_after(loop, 5000);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(n.nested_result, -EBUSY);
+    assert_ptr_equal(n.current_inside, loop);
+    ioloop_close(loop, false);
+}
+
+static void test_stop_before_start_returns_at_once(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int ran = 0;
+    ioloop_call_later(loop, IOLOOP_SEC(10), stop_loop, &ran);
+    ioloop_stop(loop);
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_true(tu_now_ns() - t0 < IOLOOP_SEC(5));
+    /* The stop was consumed: the next start runs until stopped again. */
+    ioloop_add_callback(loop, stop_loop, NULL);
+    assert_int_equal(ioloop_start(loop), 0);
+    ioloop_close(loop, false);
+}
+
+typedef struct {
+    ioloop_t *loop;
+    ioloop_t *seen_on_other_thread;
+    int start_on_other_thread;
+} other_t;
+
+static void *look_from_other_thread(void *arg)
+{
+    other_t *o = arg;
+    o->seen_on_other_thread = ioloop_current();
+    o->start_on_other_thread = ioloop_start(o->loop); /* already running elsewhere */
+    return NULL;
+}
+
+static void check_from_other_thread(ioloop_t *loop, void *arg)
+{
+    other_t *o = arg;
+    pthread_t t;
+    pthread_create(&t, NULL, look_from_other_thread, o);
+    pthread_join(t, NULL);
+    ioloop_stop(loop);
+}
+
+static void test_current_only_while_running_here(void **state)
+{
+    (void)state;
+    ioloop_t *mine = ioloop_current();
+    assert_non_null(mine);
+    assert_ptr_equal(ioloop_current(), mine); /* stable */
+    ioloop_t *loop = ioloop_new(NULL);
+    assert_ptr_not_equal(ioloop_current(), loop);
+    other_t o = {.loop = loop};
+    ioloop_add_callback(loop, check_from_other_thread, &o);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_non_null(o.seen_on_other_thread);
+    assert_ptr_not_equal(o.seen_on_other_thread, loop);
+    assert_int_equal(o.start_on_other_thread, -EBUSY);
+    assert_ptr_equal(ioloop_current(), mine); /* back to this thread's own loop */
+    ioloop_close(loop, false);
+}
+
+typedef struct {
+    ioloop_t *inner;
+    int result;
+} two_loops_t;
+
+static void start_inner(ioloop_t *loop, void *arg)
+{
+    two_loops_t *t = arg;
+    t->result = ioloop_start(t->inner);
+    ioloop_stop(loop);
+}
+
+static void test_second_loop_on_same_thread_refused(void **state)
+{
+    (void)state;
+    two_loops_t t = {.inner = ioloop_new(NULL), .result = 1};
+    ioloop_t *outer = ioloop_new(NULL);
+    ioloop_add_callback(outer, start_inner, &t);
+    tu_stop_after(outer, 5000);
+    ioloop_start(outer);
+    assert_int_equal(t.result, -EINVAL);
+    ioloop_close(outer, false);
+    ioloop_close(t.inner, false);
+}
+
+/* ---- 13. concurrent create/close, and the instance race ------------------- */
+
+static void *create_close_ten(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 10; i++) {
+        ioloop_t *loop = ioloop_new(NULL);
+        assert_non_null(loop);
+        ioloop_add_callback(loop, stop_loop, NULL);
+        assert_int_equal(ioloop_start(loop), 0);
+        assert_int_equal(ioloop_close(loop, true), 0);
+    }
+    return NULL;
+}
+
+static void test_two_threads_create_and_close(void **state)
+{
+    (void)state;
+    int fds_before = tu_open_fds();
+    pthread_t a, b;
+    pthread_create(&a, NULL, create_close_ten, NULL);
+    pthread_create(&b, NULL, create_close_ten, NULL);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    assert_int_equal(tu_open_fds(), fds_before); /* epoll fds and wakers closed */
+}
+
+static pthread_barrier_t instance_barrier;
+
+static void *race_instance(void *arg)
+{
+    pthread_barrier_wait(&instance_barrier);
+    *(ioloop_t **)arg = ioloop_instance();
+    return NULL;
+}
+
+static void test_instance_race(void **state)
+{
+    (void)state;
+    enum { RACERS = 8 };
+    pthread_t t[RACERS];
+    ioloop_t *got[RACERS];
+    pthread_barrier_init(&instance_barrier, NULL, RACERS);
+    for (int i = 0; i < RACERS; i++)
+        pthread_create(&t[i], NULL, race_instance, &got[i]);
+    for (int i = 0; i < RACERS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&instance_barrier);
+    assert_non_null(got[0]);
+    for (int i = 1; i < RACERS; i++)
+        assert_ptr_equal(got[i], got[0]);
+    assert_ptr_equal(ioloop_instance(), got[0]);
+    /* Closing the instance clears it; the next call makes a new one. */
+    assert_int_equal(ioloop_close(got[0], false), 0);
+    ioloop_t *fresh = ioloop_instance();
+    assert_non_null(fresh);
+    ioloop_close(fresh, false);
+}
+
+/* ---- the registry --------------------------------------------------------- */
+
+typedef struct {
+    ioloop_t *want[3];
+    int found[3];
+    int total;
+} census_t;
+
+static void census(ioloop_t *loop, void *arg)
+{
+    census_t *c = arg;
+    c->total++;
+    for (int i = 0; i < 3; i++)
+        if (c->want[i] == loop)
+            c->found[i]++;
+}
+
+static void *census_from_thread(void *arg)
+{
+    ioloop_registry_foreach(census, arg);
+    return NULL;
+}
+
+static void test_registry_lists_live_loops(void **state)
+{
+    (void)state;
+    census_t c = {0};
+    for (int i = 0; i < 3; i++)
+        c.want[i] = ioloop_new(NULL);
+    pthread_t t; /* a thread with no loop of its own may walk it */
+    pthread_create(&t, NULL, census_from_thread, &c);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(c.found[i], 1);
+    ioloop_close(c.want[1], false);
+    census_t after = {.want = {c.want[0], c.want[1], c.want[2]}};
+    ioloop_registry_foreach(census, &after);
+    assert_int_equal(after.found[0], 1);
+    assert_int_equal(after.found[1], 0);
+    assert_int_equal(after.found[2], 1);
+    ioloop_close(c.want[0], false);
+    ioloop_close(c.want[2], false);
+}
+
+/* ---- backends -------------------------------------------------------------- */
+
+static void test_backend_choice(void **state)
+{
+    (void)state;
+    const char *env = getenv("IOLOOP_BACKEND");
+    ioloop_t *loop = ioloop_new(NULL);
+    if (env)
+        assert_string_equal(ioloop_backend_name(loop), env);
+    ioloop_close(loop, false);
+    ioloop_options_t poll_opts = {.backend = IOLOOP_BACKEND_POLL};
+    loop = ioloop_new(&poll_opts);
+    assert_string_equal(ioloop_backend_name(loop), "poll");
+    ioloop_close(loop, false);
+    ioloop_options_t kq = {.backend = IOLOOP_BACKEND_KQUEUE};
+#ifdef __linux__
+    errno = 0;
+    assert_null(ioloop_new(&kq));
+    assert_int_equal(errno, ENOSYS);
+#else
+    (void)kq;
+#endif
+}
+
+static void test_time_is_cached_per_iteration(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_time_t a = ioloop_time(loop);
+    tu_sleep_ms(5);
+    assert_int_equal(ioloop_time(loop), a); /* not re-read until the loop runs */
+    ioloop_add_callback(loop, stop_loop, NULL);
+    ioloop_start(loop);
+    assert_true(ioloop_time(loop) >= a + IOLOOP_MSEC(5));
+    ioloop_close(loop, false);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nested_start_fails),
+        cmocka_unit_test(test_stop_before_start_returns_at_once),
+        cmocka_unit_test(test_current_only_while_running_here),
+        cmocka_unit_test(test_second_loop_on_same_thread_refused),
+        cmocka_unit_test(test_two_threads_create_and_close),
+        cmocka_unit_test(test_instance_race),
+        cmocka_unit_test(test_registry_lists_live_loops),
+        cmocka_unit_test(test_backend_choice),
+        cmocka_unit_test(test_time_is_cached_per_iteration),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,245 @@
+/* test_timers.c — call_at/call_later/remove_timeout: FIFO among equal
+ * deadlines, cancellation (also of a timer due in the same run), stale
+ * handles, churn, and never firing early. */
+#include "test_util.h"
+
+#include "internal.h" /* white-box: the heap's size after churn */
+
+#include <errno.h>
+
+static void stop_now(ioloop_t *loop, void *arg)
+{
+    (void)arg;
+    ioloop_stop(loop);
+}
+
+static void count(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    (*(int *)arg)++;
+}
+
+/* ---- 9. equal deadlines run in the order they were added ------------------ */
+
+typedef struct {
+    int order[100];
+    int n;
+} order_t;
+
+static order_t order_log;
+
+static void log_order(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    order_log.order[order_log.n++] = (int)(intptr_t)arg;
+}
+
+static void test_equal_deadlines_fifo(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    order_log.n = 0;
+    ioloop_time_t at = ioloop_time(loop) + IOLOOP_MSEC(5);
+    for (intptr_t i = 0; i < 100; i++)
+        assert_true(ioloop_call_at(loop, at, log_order, (void *)i) != 0);
+    assert_true(ioloop_call_at(loop, at + 1, stop_now, NULL) != 0);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(order_log.n, 100);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(order_log.order[i], i);
+    ioloop_close(loop, false);
+}
+
+/* Deadlines run in deadline order, whatever the insertion order. */
+static void test_deadline_order(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    order_log.n = 0;
+    ioloop_time_t base = ioloop_time(loop);
+    int delays[] = {7, 3, 9, 1, 5, 2, 8};
+    for (int i = 0; i < 7; i++)
+        ioloop_call_at(loop, base + IOLOOP_MSEC(delays[i]), log_order, (void *)(intptr_t)delays[i]);
+    ioloop_call_at(loop, base + IOLOOP_MSEC(20), stop_now, NULL);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    int expected[] = {1, 2, 3, 5, 7, 8, 9};
+    assert_int_equal(order_log.n, 7);
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(order_log.order[i], expected[i]);
+    ioloop_close(loop, false);
+}
+
+/* ---- 8a. remove_timeout after the timer fired is harmless ----------------- */
+
+typedef struct {
+    ioloop_timer_t first;
+    int first_runs, second_runs;
+} stale_t;
+
+static void schedule_second(ioloop_t *loop, void *arg)
+{
+    stale_t *s = arg;
+    s->first_runs++;
+    /* The first timer's slot is free now; a new timer may take it. */
+    ioloop_timer_t second = ioloop_call_later(loop, IOLOOP_MSEC(2), count, &s->second_runs);
+    assert_true(second != 0);
+    assert_true(second != s->first);
+    ioloop_remove_timeout(loop, s->first); /* stale: must not cancel `second` */
+    ioloop_remove_timeout(loop, s->first);
+    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_now, NULL);
+}
+
+static void test_remove_after_fire_is_harmless(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    stale_t s = {0};
+    s.first = ioloop_call_later(loop, IOLOOP_MSEC(1), schedule_second, &s);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(s.first_runs, 1);
+    assert_int_equal(s.second_runs, 1);
+    ioloop_remove_timeout(loop, 0);          /* the null handle */
+    ioloop_remove_timeout(loop, ~0ull);      /* garbage */
+    ioloop_close(loop, false);
+}
+
+/* ---- 8b. 2000 add-then-remove timers leave the loop healthy --------------- */
+
+static void test_add_remove_churn(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int cancelled_runs = 0, live_runs = 0;
+    for (int i = 0; i < 2000; i++) {
+        ioloop_timer_t t = ioloop_call_later(loop, IOLOOP_MSEC(1 + i % 7), count, &cancelled_runs);
+        assert_true(t != 0);
+        ioloop_remove_timeout(loop, t);
+    }
+    /* Cancelled entries are compacted away, not kept until their deadline. */
+    assert_true(loop->timers.count < 200);
+    ioloop_call_later(loop, IOLOOP_MSEC(5), count, &live_runs);
+    ioloop_call_later(loop, IOLOOP_MSEC(30), stop_now, NULL);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(cancelled_runs, 0);
+    assert_int_equal(live_runs, 1);
+    assert_int_equal(loop->timers.count, 1); /* only the safety-net timer is left */
+    ioloop_close(loop, false);
+}
+
+/* ---- 8c. two timers due together, the first cancels the second ------------ */
+
+typedef struct {
+    ioloop_timer_t victim;
+    int killer_runs, victim_runs;
+} pair_t;
+
+static void killer(ioloop_t *loop, void *arg)
+{
+    pair_t *p = arg;
+    p->killer_runs++;
+    ioloop_remove_timeout(loop, p->victim);
+}
+
+static void victim(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    ((pair_t *)arg)->victim_runs++;
+}
+
+static void test_first_due_cancels_second_due(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    pair_t p = {0};
+    ioloop_time_t at = ioloop_time(loop) + IOLOOP_MSEC(3);
+    assert_true(ioloop_call_at(loop, at, killer, &p) != 0);
+    p.victim = ioloop_call_at(loop, at, victim, &p);
+    ioloop_call_at(loop, at + IOLOOP_MSEC(20), stop_now, NULL);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(p.killer_runs, 1);
+    assert_int_equal(p.victim_runs, 0);
+    ioloop_close(loop, false);
+}
+
+/* A timer never fires before its deadline. */
+typedef struct {
+    ioloop_time_t due;
+    ioloop_time_t fired_at;
+} early_t;
+
+static void record_fire(ioloop_t *loop, void *arg)
+{
+    early_t *e = arg;
+    e->fired_at = tu_now_ns();
+    ioloop_stop(loop);
+    (void)loop;
+}
+
+static void test_never_early(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    early_t e = {0};
+    int64_t start = tu_now_ns();
+    ioloop_call_later(loop, IOLOOP_MSEC(30), record_fire, &e);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_true(e.fired_at - start >= IOLOOP_MSEC(30));
+    ioloop_close(loop, false);
+}
+
+/* A timer added by a due callback runs in a later run even if already due. */
+static void add_already_due(ioloop_t *loop, void *arg)
+{
+    int *runs = arg;
+    (*runs)++;
+    if (*runs == 1)
+        ioloop_call_at(loop, ioloop_time(loop) - 1, add_already_due, runs);
+    else
+        ioloop_stop(loop);
+}
+
+static void test_timer_added_while_running_is_not_run_in_same_pass(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int runs = 0;
+    ioloop_call_later(loop, 0, add_already_due, &runs);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(runs, 2);
+    ioloop_close(loop, false);
+}
+
+static void test_call_at_on_closed_loop(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_ref(loop);
+    ioloop_close(loop, false);
+    int runs = 0;
+    errno = 0;
+    assert_true(ioloop_call_later(loop, 1, count, &runs) == 0);
+    assert_int_equal(errno, ESHUTDOWN);
+    ioloop_unref(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_equal_deadlines_fifo),
+        cmocka_unit_test(test_deadline_order),
+        cmocka_unit_test(test_remove_after_fire_is_harmless),
+        cmocka_unit_test(test_add_remove_churn),
+        cmocka_unit_test(test_first_due_cancels_second_due),
+        cmocka_unit_test(test_never_early),
+        cmocka_unit_test(test_timer_added_while_running_is_not_run_in_same_pass),
+        cmocka_unit_test(test_call_at_on_closed_loop),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
