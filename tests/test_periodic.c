@@ -2,7 +2,7 @@
  * period runs start to start, overruns skip missed periods (no catch-up),
  * the clock stepping back is ignored, and jitter stays within its band.
  *
- * The fake clock advances one unit per read, so the loop always reaches the
+ * The fake clock advances a step (a tenth of the period) per read, so the loop always reaches the
  * next deadline by itself; each callback then sets it to "scheduled time +
  * how long this call took", exactly the simulation Tornado's own test runs. */
 #include "test_util.h"
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 
 typedef struct {
-    ioloop_time_t now;
+    ioloop_time_t now, step;
     const int *durations;
     int n, calls;
     ioloop_time_t scheduled[64];
@@ -21,7 +21,9 @@ typedef struct {
 static ioloop_time_t fake_clock(void *arg)
 {
     sim_t *sim = arg;
-    return sim->now++;
+    ioloop_time_t now = sim->now;
+    sim->now += sim->step;
+    return now;
 }
 
 static void body(ioloop_t *loop, void *arg)
@@ -36,11 +38,12 @@ static void body(ioloop_t *loop, void *arg)
 
 static void simulate(const int *durations, int n, ioloop_time_t period, double jitter, sim_t *sim)
 {
-    *sim = (sim_t){.now = 1000, .durations = durations, .n = n};
+    *sim = (sim_t){.now = 1000, .step = period / 10, .durations = durations, .n = n};
     ioloop_options_t opts = {.clock = fake_clock, .clock_arg = sim};
     ioloop_t *loop = ioloop_new(&opts);
     assert_non_null(loop);
     assert_int_equal(ioloop_time(loop), 1000);
+    sim->now = 1000; /* the first start reads it again */
     sim->pc = ioloop_periodic_new(loop, period, jitter, body, sim);
     assert_non_null(sim->pc);
     assert_int_equal(ioloop_periodic_start(sim->pc), 0);
