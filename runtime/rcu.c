@@ -25,9 +25,14 @@ void __tsan_release(void *addr);
 static char grace_period_token;
 #define TSAN_RELEASE() __tsan_release(&grace_period_token)
 #define TSAN_ACQUIRE() __tsan_acquire(&grace_period_token)
+/* call_rcu's own queue hands the head to its worker thread: say so. */
+#define TSAN_HANDOFF_SEND(p) __tsan_release(p)
+#define TSAN_HANDOFF_RECEIVE(p) __tsan_acquire(p)
 #else
 #define TSAN_RELEASE() ((void)0)
 #define TSAN_ACQUIRE() ((void)0)
+#define TSAN_HANDOFF_SEND(p) ((void)0)
+#define TSAN_HANDOFF_RECEIVE(p) ((void)0)
 #endif
 
 _Static_assert(sizeof(struct rcu_head) <= sizeof(((ioloop__rcu_head_t *)0)->opaque),
@@ -108,6 +113,7 @@ void ioloop__rcu_online(void)
 static void run_deferred_free(struct rcu_head *rh)
 {
     ioloop__rcu_head_t *head = (ioloop__rcu_head_t *)((char *)rh - offsetof(ioloop__rcu_head_t, opaque));
+    TSAN_HANDOFF_RECEIVE(head);
     TSAN_ACQUIRE();
     head->free_fn(head);
 }
@@ -115,6 +121,7 @@ static void run_deferred_free(struct rcu_head *rh)
 void ioloop__rcu_defer_free(ioloop__rcu_head_t *head, void (*free_fn)(ioloop__rcu_head_t *))
 {
     head->free_fn = free_fn;
+    TSAN_HANDOFF_SEND(head);
     urcu_qsbr_call_rcu((struct rcu_head *)(void *)head->opaque, run_deferred_free);
 }
 
