@@ -1,0 +1,20 @@
+# The README's embedding example must compile and run: it is extracted from
+# README.md (the ```c block after the "embedding-example" marker) at configure
+# time, built against libioloop, and run as a test.
+set(readme ${PROJECT_SOURCE_DIR}/README.md)
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${readme})
+file(READ ${readme} readme_text)
+string(FIND "${readme_text}" "<!-- embedding-example -->" marker)
+if(marker EQUAL -1)
+  message(FATAL_ERROR "README.md has no <!-- embedding-example --> marker")
+endif()
+string(SUBSTRING "${readme_text}" ${marker} -1 rest)
+string(REGEX MATCH "```c\n(.*)" _ "${rest}")
+set(after_fence "${CMAKE_MATCH_1}")
+string(FIND "${after_fence}" "```" fence_end)
+string(SUBSTRING "${after_fence}" 0 ${fence_end} example_code)
+file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/readme_example.c "${example_code}")
+add_executable(readme_example ${CMAKE_CURRENT_BINARY_DIR}/readme_example.c)
+target_link_libraries(readme_example PRIVATE ioloop::ioloop Threads::Threads)
+add_test(NAME readme_example COMMAND readme_example)
+set_tests_properties(readme_example PROPERTIES TIMEOUT 30 PASS_REGULAR_EXPRESSION "hello from loop")
