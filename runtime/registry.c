@@ -121,3 +121,19 @@ void ioloop_registry_foreach(void (*fn)(ioloop_t *loop, void *arg), void *arg)
     }
     ioloop__rcu_leave(previous);
 }
+
+/* At process exit, run the deferred frees still queued (closed loops, retired
+ * handler entries), so that leak checkers see nothing of ours. Only when no
+ * loop is running: a grace period needs every running loop to pass a
+ * quiescent state, and a loop still running at exit never will. */
+__attribute__((destructor)) static void flush_deferred_frees_at_exit(void)
+{
+    bool any_running = false;
+    pthread_mutex_lock(&registry_lock);
+    for (ioloop_t *loop = atomic_load_explicit(&registry_head, memory_order_relaxed); loop;
+         loop = atomic_load_explicit(&loop->registry_next, memory_order_relaxed))
+        any_running |= atomic_load(&loop->running);
+    pthread_mutex_unlock(&registry_lock);
+    if (!any_running)
+        ioloop__rcu_barrier();
+}
