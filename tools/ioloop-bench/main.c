@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const bench_peer_t bench_ioloop_impl = {
     .name = "ioloop",
@@ -123,7 +124,18 @@ int main(int argc, char **argv)
                o.producer_cpu);
     else
         printf("threads not pinned (%s)\n", pin ? "fewer than 2 CPUs allowed" : "--no-pin");
-    printf("peers:");
+    /* Other load skews every figure: say how busy the machine was. */
+    FILE *loadavg = fopen("/proc/loadavg", "r");
+    double load1 = -1;
+    if (loadavg) {
+        if (fscanf(loadavg, "%lf", &load1) != 1)
+            load1 = -1;
+        fclose(loadavg);
+    }
+    printf("machine: %ld CPUs online", sysconf(_SC_NPROCESSORS_ONLN));
+    if (load1 >= 0)
+        printf(", load average %.2f at start", load1);
+    printf("\npeers:");
     for (size_t p = 0; p < bench_peer_count; p++)
         printf(" %s %s%s", bench_peers[p]->name, bench_peers[p]->posts_remote ? "built in" : "absent",
                p + 1 < bench_peer_count ? "," : "\n");
