@@ -15,7 +15,8 @@
  * pops nodes with no atomics. So steady cross-thread posting makes neither a
  * malloc on the poster nor a free on the loop (glibc's cross-thread free
  * fought the poster's malloc for the arena lock). A thread's cache is freed at
- * its exit and never holds more than RECYCLE_MAX nodes.
+ * its exit; it holds at most one returned chain (RECYCLE_MAX nodes, 512 KiB)
+ * plus the odd node of a refused post.
  *
  * Wakeups are coalesced: a poster writes the waker only if the loop is about
  * to sleep or asleep (`polling`) and no write is already on its way
