@@ -130,15 +130,17 @@ struct ioloop {
     _Atomic(struct ioloop *) registry_next; /* registry.c, guarded by its mutex */
     bool registered;
 
-    /* posting (callbacks.c) */
-    _Atomic(ioloop__post_t *) posts;     /* LIFO stack of posts, any thread */
-    _Atomic int posters_inside;          /* posters between check and push */
+    /* posting (callbacks.c): on cache lines of their own, so that posters
+     * hammering them do not slow the loop thread's own fields. */
+    _Alignas(64) _Atomic(ioloop__post_t *) posts; /* LIFO stack of posts (low bit: closed), any thread */
     _Atomic bool polling;                /* about to block, or blocked, in poll */
     _Atomic bool wakeup_pending;         /* a waker write is made or on its way */
+    _Atomic int posters_inside;          /* posters about to write the waker */
     int wake_read_fd, wake_write_fd;     /* eventfd: both the same */
+    _Alignas(64) _Atomic(ioloop__post_t *) returned; /* used nodes for posters to reuse */
 
     /* loop thread */
-    ioloop__calls_t calls, running_calls;
+    _Alignas(64) ioloop__calls_t calls, running_calls;
     ioloop__timers_t timers;
     ioloop_time_t now;
     ioloop_error_fn error_fn;

@@ -121,6 +121,8 @@ static void run_deferred_free(struct rcu_head *rh)
 void ioloop__rcu_defer_free(ioloop__rcu_head_t *head, void (*free_fn)(ioloop__rcu_head_t *))
 {
     head->free_fn = free_fn;
+    /* What this thread wrote before retiring the object happens before the
+     * free: call_rcu's queue orders it, but in asm TSan cannot see. */
     TSAN_HANDOFF_SEND(head);
     urcu_qsbr_call_rcu((struct rcu_head *)(void *)head->opaque, run_deferred_free);
 }
