@@ -233,14 +233,18 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready)
         if (timeout_ms != 0 && !ioloop__prepare_to_sleep(loop))
             timeout_ms = 0;
     }
-    if (timeout_ms != 0)
+    if (timeout_ms != 0) {
         ioloop__rcu_offline(); /* a sleeping loop must not hold up grace periods */
+        atomic_store_explicit(&loop->watch.busy_since, 0, memory_order_relaxed); /* idle is not blocked */
+    }
     int n = loop->backend->wait(loop, timeout_ms, ready, MAX_EVENTS_PER_POLL);
     if (timeout_ms != 0) {
         ioloop__rcu_online();
         ioloop__woke_up(loop);
     }
     ioloop__clock_now(loop);
+    if (timeout_ms != 0)
+        atomic_store_explicit(&loop->watch.busy_since, loop->now, memory_order_relaxed);
     if (n < 0) {
         ioloop_report_error(loop, "poll", n);
         return;
@@ -274,6 +278,7 @@ int ioloop_start(ioloop_t *loop)
     ioloop__clock_now(loop);
     while (!atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
         ioloop_time_t busy_start = loop->now;
+        atomic_store_explicit(&loop->watch.busy_since, busy_start, memory_order_relaxed);
         ioloop__callbacks_run(loop);
         ioloop__timers_run_due(loop);
         ioloop_time_t busy = ioloop__clock_now(loop) - busy_start;
@@ -287,6 +292,7 @@ int ioloop_start(ioloop_t *loop)
         ioloop__rcu_quiescent();
     }
     atomic_store(&loop->stop_requested, false);
+    atomic_store_explicit(&loop->watch.busy_since, 0, memory_order_relaxed);
     ioloop__handlers_retire(loop);
     ioloop__rcu_leave(rcu_previous);
     ioloop__set_thread_running_loop(NULL);
