@@ -3,7 +3,9 @@
  * Threading rule: per-thread state lives in thread-locals; nothing here is
  * shared except liburcu's own state and the TSan token.
  */
-#define _LGPL_SOURCE
+/* Not _LGPL_SOURCE: liburcu's inline fast paths would be compiled into this
+ * file, where ThreadSanitizer instruments their benign racy reads of
+ * liburcu's own futex word; calling the library costs one call per iteration. */
 #include "rcu.h"
 
 #include <pthread.h>
@@ -115,6 +117,9 @@ static void run_deferred_free(struct rcu_head *rh)
 void ioloop__rcu_defer_free(ioloop__rcu_head_t *head, void (*free_fn)(ioloop__rcu_head_t *))
 {
     head->free_fn = free_fn;
+    /* What this thread wrote before retiring the object happens-before the
+     * free on liburcu's call_rcu thread (its queue is invisible to TSan). */
+    TSAN_RELEASE();
     urcu_qsbr_call_rcu((struct rcu_head *)(void *)head->opaque, run_deferred_free);
 }
 
