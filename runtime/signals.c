@@ -78,19 +78,26 @@ static void deliver(ioloop_t *loop, int signo)
 static int source_readable(ioloop_t *loop, int fd, unsigned events, void *arg)
 {
     (void)events, (void)arg;
+    /* Read under the lock that also guards changing the signalfd's mask:
+     * the kernel orders the two anyway, but ThreadSanitizer models the mask
+     * change as a write to the fd and would see a race. Signals are rare. */
+    int signos[64], n = 0;
+    pthread_mutex_lock(&lock);
 #ifdef __linux__
     struct signalfd_siginfo info[8];
-    ssize_t n;
-    while ((n = read(fd, info, sizeof(info))) > 0)
-        for (size_t i = 0; i < (size_t)n / sizeof(info[0]); i++)
-            deliver(loop, (int)info[i].ssi_signo);
+    ssize_t got;
+    while (n + 8 <= 64 && (got = read(fd, info, sizeof(info))) > 0)
+        for (size_t i = 0; i < (size_t)got / sizeof(info[0]); i++)
+            signos[n++] = (int)info[i].ssi_signo;
 #else
     unsigned char buf[64];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0)
-        for (ssize_t i = 0; i < n; i++)
-            deliver(loop, buf[i]);
+    ssize_t got = read(fd, buf, sizeof(buf));
+    for (ssize_t i = 0; i < got; i++)
+        signos[n++] = buf[i];
 #endif
+    pthread_mutex_unlock(&lock);
+    for (int i = 0; i < n; i++)
+        deliver(loop, signos[i]);
     return 0;
 }
 
