@@ -174,8 +174,12 @@ static void pause_accepting(ioloop__acceptor_t *a);
 static int arm(ioloop__acceptor_t *a)
 {
     unsigned events = IOLOOP_READ | (a->listener->mode == IOLOOP_ACCEPT_EXCLUSIVE ? IOLOOP__EXCLUSIVE : 0u);
+    /* Set before the handler is published: at start this runs on a foreign
+     * thread, and the loop may dispatch (and read armed) at once. */
+    a->armed = true;
     int err = ioloop__handler_add(a->loop, a->fd, events, on_readable, a);
-    a->armed = err == 0;
+    if (err)
+        a->armed = false;
     return err;
 }
 

@@ -331,7 +331,7 @@ int bench_scale_main(int argc, char **argv)
         cpus = CPU_COUNT(&set);
     scale_opts_t o = {.loops_max = cpus,
                       .clients = cpus / 2 > 0 ? cpus / 2 : 1,
-                      .connections = 64,
+                      .connections = cpus * 16 > 64 ? cpus * 16 : 64, /* enough for every loop */
                       .msg_size = 64,
                       .seconds = 2,
                       .csv = "scale.csv",
