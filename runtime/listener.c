@@ -25,6 +25,17 @@
  *  REUSEPORT on a unix socket (no SO_REUSEPORT there) also falls back to
  *  DISPATCH. ioloop_listener_mode reports the mode in effect.
  *
+ * Default: EXCLUSIVE where every loop uses epoll, else REUSEPORT (DISPATCH
+ * for unix sockets). `ioloop-bench accept` (2 cores, 3 runs each, medians,
+ * taskset -c 0,1; connect + 1-byte ping + close) gave, in conns/s and
+ * max/min per-loop share: 2 loops — EXCLUSIVE 16.5k 1.00, REUSEPORT 15.4k
+ * 1.04, DISPATCH 15.6k 1.10; 4 loops — EXCLUSIVE 14.7k 1.04, REUSEPORT 14.6k
+ * 1.04, DISPATCH 11.0k 1.02. EXCLUSIVE and REUSEPORT are level on rate (the
+ * gap is inside the noise), EXCLUSIVE balances best, and it only wakes an
+ * idle loop, so a loop that is busy (or blocked) takes no new connections,
+ * where REUSEPORT's hash keeps queueing onto it. DISPATCH pays a
+ * cross-thread handoff per connection and one acceptor thread caps it.
+ *
  * Accept: at most ACCEPT_BATCH per readiness (level-triggered: the rest wait
  * one iteration, so one busy listener cannot starve the loop's other work);
  * ECONNABORTED, EPROTO and EINTR skip to the next. EMFILE/ENFILE/ENOBUFS/
@@ -317,15 +328,16 @@ ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l)
 
 static ioloop_accept_mode_t effective_mode(ioloop_runtime_t *rt, ioloop_accept_mode_t mode, int family)
 {
-    if (mode == IOLOOP_ACCEPT_DEFAULT)
-        mode = IOLOOP_ACCEPT_REUSEPORT;
+    bool all_epoll = true;
+    for (int i = 0; i < rt->n; i++)
+        if (rt->loops[i]->backend != &ioloop__backend_epoll)
+            all_epoll = false;
+    if (mode == IOLOOP_ACCEPT_DEFAULT) /* see "Default" above */
+        mode = all_epoll ? IOLOOP_ACCEPT_EXCLUSIVE : IOLOOP_ACCEPT_REUSEPORT;
     if (mode == IOLOOP_ACCEPT_REUSEPORT && family == AF_UNIX)
         mode = IOLOOP_ACCEPT_DISPATCH;
-    if (mode == IOLOOP_ACCEPT_EXCLUSIVE) {
-        for (int i = 0; i < rt->n; i++)
-            if (rt->loops[i]->backend != &ioloop__backend_epoll)
-                mode = IOLOOP_ACCEPT_DISPATCH;
-    }
+    if (mode == IOLOOP_ACCEPT_EXCLUSIVE && !all_epoll)
+        mode = IOLOOP_ACCEPT_DISPATCH;
     return mode;
 }
 

@@ -385,6 +385,10 @@ static void test_bad_address_and_busy_port(void **state)
     ioloop_listener_options_t lo = {.address = "not-an-address", .on_accept = on_accept, .arg = &s};
     assert_int_equal(ioloop_listener_start(s.rt, &lo, &l), -EINVAL);
     lo.address = "127.0.0.1";
+    /* The default: EXCLUSIVE with epoll, REUSEPORT without. */
+    assert_int_equal(ioloop_listener_start(s.rt, &lo, &l), 0);
+    assert_int_equal(ioloop_listener_mode(l), have_epoll() ? IOLOOP_ACCEPT_EXCLUSIVE : IOLOOP_ACCEPT_REUSEPORT);
+    ioloop_listener_free(l);
     lo.mode = IOLOOP_ACCEPT_DISPATCH;
     assert_int_equal(ioloop_listener_start(s.rt, &lo, &l), 0);
     lo.port = ioloop_listener_port(l);
