@@ -116,8 +116,8 @@ static pthread_once_t global_pool_once = PTHREAD_ONCE_INIT;
 
 static void make_global_pool(void)
 {
-    int cpus[CPU_SETSIZE];
-    int n = ioloop__allowed_cpus(cpus, CPU_SETSIZE);
+    int cpus[IOLOOP__MAX_CPUS];
+    int n = ioloop__allowed_cpus(cpus, IOLOOP__MAX_CPUS);
     global_pool = ioloop__executor_new(n < 2 ? 2 : n);
 }
 

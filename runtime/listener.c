@@ -50,6 +50,7 @@
 #include "runtime_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -120,9 +121,17 @@ static int bound_port(int fd)
 /* Returns a listening fd or a negative errno. */
 static int listen_socket(const struct sockaddr_storage *ss, socklen_t len, bool reuseport, int backlog)
 {
+#ifdef SOCK_NONBLOCK
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
+#else
+    int fd = socket(ss->ss_family, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -errno;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+#endif
     int one = 1;
     if (ss->ss_family != AF_UNIX)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -219,6 +228,20 @@ static void pause_accepting(ioloop__acceptor_t *a)
     a->resume_timer = ioloop_call_later(a->loop, a->backoff, resume_accepting, a);
 }
 
+static int accept_nonblocking(int fd, struct sockaddr_storage *ss, socklen_t *len)
+{
+#if defined(__linux__) || defined(__FreeBSD__)
+    return accept4(fd, (struct sockaddr *)ss, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+    int c = accept(fd, (struct sockaddr *)ss, len); /* macOS: no accept4 */
+    if (c >= 0) {
+        fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK);
+        fcntl(c, F_SETFD, FD_CLOEXEC);
+    }
+    return c;
+#endif
+}
+
 /* Accepts up to max connections. Returns how many, or -1 if it paused. */
 static int accept_some(ioloop__acceptor_t *a, int max)
 {
@@ -227,7 +250,7 @@ static int accept_some(ioloop__acceptor_t *a, int max)
     for (int i = 0; i < max; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
-        int c = accept4(a->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int c = accept_nonblocking(a->fd, &ss, &len);
         if (c < 0) {
             int e = errno;
             if (e == EINTR || e == ECONNABORTED || e == EPROTO)

@@ -31,6 +31,8 @@ struct ioloop_runtime {
     sigset_t saved_mask; /* the owning thread's mask before handle_signals */
 };
 
+enum { IOLOOP__MAX_CPUS = 1024 };
+
 /* runtime_threads.c: the CPUs this process may run on (affinity mask), in
  * order; returns how many were stored (at least 1). */
 int ioloop__allowed_cpus(int *cpus, int max);

@@ -20,20 +20,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static _Thread_local ioloop_runtime_t *current_runtime;
 
 int ioloop__allowed_cpus(int *cpus, int max)
 {
-    cpu_set_t set;
     int n = 0;
+#ifdef __linux__
+    cpu_set_t set;
     if (sched_getaffinity(0, sizeof(set), &set) == 0) {
         for (int cpu = 0; cpu < CPU_SETSIZE && n < max; cpu++)
             if (CPU_ISSET(cpu, &set))
                 cpus[n++] = cpu;
     }
+#else
+    long online = sysconf(_SC_NPROCESSORS_ONLN); /* no affinity masks here */
+    for (long cpu = 0; cpu < online && n < max; cpu++)
+        cpus[n++] = (int)cpu;
+#endif
     if (n == 0) {
-        cpus[0] = 0; /* no mask: one CPU is the honest guess */
+        cpus[0] = 0; /* no answer: one CPU is the honest guess */
         n = 1;
     }
     return n;
@@ -65,6 +72,7 @@ static void *loop_thread_main(void *arg)
     loop_thread_t *lt = arg;
     ioloop_runtime_t *rt = lt->rt;
     ioloop_t *loop = rt->loops[lt->index];
+#ifdef __linux__
     if (lt->cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -75,6 +83,7 @@ static void *loop_thread_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "ioloop-%d", lt->index); /* shows in top -H and gdb */
     pthread_setname_np(pthread_self(), name);
+#endif
     free(lt);
     current_runtime = rt;
     int err = ioloop_start(loop);
@@ -127,8 +136,8 @@ int ioloop_runtime_start(const ioloop_runtime_options_t *opts, ioloop_runtime_t 
     if (!out || opts->loops < 0 || opts->executor_threads < 0 || opts->watchdog < 0)
         return -EINVAL;
     *out = NULL;
-    int cpus[CPU_SETSIZE];
-    int ncpus = ioloop__allowed_cpus(cpus, CPU_SETSIZE);
+    int cpus[IOLOOP__MAX_CPUS];
+    int ncpus = ioloop__allowed_cpus(cpus, IOLOOP__MAX_CPUS);
 
     ioloop_runtime_t *rt = calloc(1, sizeof(*rt));
     if (!rt)
