@@ -85,9 +85,8 @@ static int parse_address(const char *address, int port, struct sockaddr_storage 
         return -EINVAL;
     char service[8];
     snprintf(service, sizeof(service), "%d", port);
-    struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV,
-                             .ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo hints = {
+        .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV, .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
     if (getaddrinfo(address, service, &hints, &res) != 0 || !res)
         return -EINVAL;

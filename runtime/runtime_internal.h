@@ -63,8 +63,8 @@ struct ioloop_listener {
     int port;
     char *unix_path; /* unlinked when the last reference goes */
     int nloops;
-    ioloop_t **loops;           /* a reference on each: posting stays safe */
-    _Atomic int refcount;       /* the user's, one per live acceptor, one per handoff */
+    ioloop_t **loops;     /* a reference on each: posting stays safe */
+    _Atomic int refcount; /* the user's, one per live acceptor, one per handoff */
     _Atomic bool stop_requested;
     _Atomic int open_acceptors; /* the one that brings it to 0 closes a shared fd */
     _Atomic int64_t *inflight;  /* DISPATCH: handoffs posted to loop i, not yet run */

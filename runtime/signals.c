@@ -60,8 +60,8 @@ static void on_signal(int signo)
 
 static bool catchable(int signo)
 {
-    return signo > 0 && signo < NSIG && signo != SIGKILL && signo != SIGSTOP && signo != SIGSEGV &&
-           signo != SIGBUS && signo != SIGFPE && signo != SIGILL;
+    return signo > 0 && signo < NSIG && signo != SIGKILL && signo != SIGSTOP && signo != SIGSEGV && signo != SIGBUS &&
+           signo != SIGFPE && signo != SIGILL;
 }
 
 static void deliver(ioloop_t *loop, int signo)

@@ -26,7 +26,7 @@ struct ioloop__watchdog {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    bool stopping; /* under lock */
+    bool stopping;           /* under lock */
     ioloop_time_t *reported; /* per loop: busy_since of the stall last reported */
 };
 
@@ -41,8 +41,7 @@ static void default_report(ioloop_t *loop, ioloop_time_t blocked_for, void (*run
                            void *arg)
 {
     (void)running, (void)arg;
-    fprintf(stderr, "ioloop[%u]: iteration blocked for %.1f ms in %s\n", ioloop_id(loop), blocked_for / 1e6,
-            name);
+    fprintf(stderr, "ioloop[%u]: iteration blocked for %.1f ms in %s\n", ioloop_id(loop), blocked_for / 1e6, name);
 }
 
 /* The symbol's name when the dynamic linker knows it exactly, else the

@@ -10,11 +10,11 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
-#include <stdlib.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>

@@ -186,8 +186,8 @@ static void check_balance(ioloop_accept_mode_t mode)
     client_t clients[CLIENTS];
     pthread_t threads[CLIENTS];
     for (int c = 0; c < CLIENTS; c++) {
-        clients[c] = (client_t){.target = target_for("127.0.0.1", ioloop_listener_port(l)),
-                                .count = CONNECTIONS / CLIENTS};
+        clients[c] =
+            (client_t){.target = target_for("127.0.0.1", ioloop_listener_port(l)), .count = CONNECTIONS / CLIENTS};
         assert_int_equal(pthread_create(&threads[c], NULL, client_main, &clients[c]), 0);
     }
     long per_loop[MAX_LOOPS] = {0}, failed = 0, total = 0;
@@ -354,8 +354,8 @@ static void test_unix_socket(void **state)
     ioloop_listener_t *l = NULL;
     char address[80];
     snprintf(address, sizeof(address), "unix:%s", path);
-    ioloop_listener_options_t lo = {.address = address, .mode = IOLOOP_ACCEPT_REUSEPORT, .on_accept = on_accept,
-                                    .arg = &s};
+    ioloop_listener_options_t lo = {
+        .address = address, .mode = IOLOOP_ACCEPT_REUSEPORT, .on_accept = on_accept, .arg = &s};
     assert_int_equal(ioloop_listener_start(s.rt, &lo, &l), 0);
     assert_int_equal(ioloop_listener_mode(l), IOLOOP_ACCEPT_DISPATCH); /* no SO_REUSEPORT for unix */
     assert_int_equal(ioloop_listener_port(l), 0);
@@ -400,10 +400,14 @@ static void test_bad_address_and_busy_port(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_balance_reuseport),    cmocka_unit_test(test_balance_exclusive),
-        cmocka_unit_test(test_balance_dispatch),     cmocka_unit_test(test_stop_drains_reuseport),
-        cmocka_unit_test(test_stop_drains_exclusive), cmocka_unit_test(test_stop_drains_dispatch),
-        cmocka_unit_test(test_ipv6_port_zero),       cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_balance_reuseport),
+        cmocka_unit_test(test_balance_exclusive),
+        cmocka_unit_test(test_balance_dispatch),
+        cmocka_unit_test(test_stop_drains_reuseport),
+        cmocka_unit_test(test_stop_drains_exclusive),
+        cmocka_unit_test(test_stop_drains_dispatch),
+        cmocka_unit_test(test_ipv6_port_zero),
+        cmocka_unit_test(test_unix_socket),
         cmocka_unit_test(test_bad_address_and_busy_port),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,8 +20,7 @@ typedef struct {
     _Atomic(void (*)(void)) running;
 } watch_log_t;
 
-static void on_watchdog(ioloop_t *loop, ioloop_time_t blocked_for, void (*running)(void), const char *name,
-                        void *arg)
+static void on_watchdog(ioloop_t *loop, ioloop_time_t blocked_for, void (*running)(void), const char *name, void *arg)
 {
     watch_log_t *w = arg;
     assert_non_null(name);

@@ -49,18 +49,18 @@ typedef struct ioloop_listener ioloop_listener_t;
  * symbol name is `name` when the dynamic linker knows it (else an address,
  * "0x1234 (libfoo.so+0x34)"). Called on the watchdog thread, once per long
  * iteration: it must not touch the loop except to read its stats. */
-typedef void (*ioloop_watchdog_fn)(ioloop_t *loop, ioloop_time_t blocked_for, void (*running)(void),
-                                   const char *name, void *arg);
+typedef void (*ioloop_watchdog_fn)(ioloop_t *loop, ioloop_time_t blocked_for, void (*running)(void), const char *name,
+                                   void *arg);
 
 typedef struct {
-    int loops;              /* 0: the CPUs in this process's affinity mask */
-    bool pin;               /* pin loop i to the i-th CPU of the affinity mask */
-    int executor_threads;   /* 0: the CPUs in the affinity mask (at least 2) */
-    bool handle_signals;    /* SIGINT/SIGTERM stop every loop gracefully (off by default here;
-                               helloworld and servers turn it on). Blocks both signals in the
-                               thread calling ioloop_runtime_start until ioloop_runtime_free. */
-    ioloop_time_t watchdog; /* >0: report a loop whose iteration is busy longer than this
-                               (Tornado's set_blocking_log_threshold) */
+    int loops;                      /* 0: the CPUs in this process's affinity mask */
+    bool pin;                       /* pin loop i to the i-th CPU of the affinity mask */
+    int executor_threads;           /* 0: the CPUs in the affinity mask (at least 2) */
+    bool handle_signals;            /* SIGINT/SIGTERM stop every loop gracefully (off by default here;
+                                       helloworld and servers turn it on). Blocks both signals in the
+                                       thread calling ioloop_runtime_start until ioloop_runtime_free. */
+    ioloop_time_t watchdog;         /* >0: report a loop whose iteration is busy longer than this
+                                       (Tornado's set_blocking_log_threshold) */
     ioloop_watchdog_fn watchdog_fn; /* NULL: one line on stderr */
     void *watchdog_arg;
     ioloop_backend_t backend;
@@ -106,8 +106,7 @@ typedef enum {
 /* Called on the loop that owns the new connection (fd is non-blocking and
  * close-on-exec; the callee owns it). That loop's live_connections stat was
  * raised by one: call ioloop_connection_closed there when it ends. */
-typedef void (*ioloop_accept_fn)(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len,
-                                 void *arg);
+typedef void (*ioloop_accept_fn)(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg);
 
 typedef struct {
     const char *address;       /* "127.0.0.1", "::1", "0.0.0.0", "unix:/path"; NULL: "0.0.0.0" */

@@ -148,9 +148,8 @@ static int run_mode(const accept_opts_t *o, ioloop_accept_mode_t mode)
     pthread_t *threads = calloc((size_t)o->clients, sizeof(*threads));
     int64_t t0 = now_ns();
     for (int i = 0; i < o->clients; i++) {
-        clients[i] = (client_t){.port = ioloop_listener_port(l),
-                                .deadline = t0 + (int64_t)(o->seconds * 1e9),
-                                .budget = &budget};
+        clients[i] = (client_t){
+            .port = ioloop_listener_port(l), .deadline = t0 + (int64_t)(o->seconds * 1e9), .budget = &budget};
         pthread_create(&threads[i], NULL, client_main, &clients[i]);
     }
     long done = 0, failed = 0;
@@ -170,8 +169,7 @@ static int run_mode(const accept_opts_t *o, ioloop_accept_mode_t mode)
         min = v < min ? v : min;
         max = v > max ? v : max;
     }
-    printf("%-10s %12.0f %10.2f  ", names[in_effect], (double)done / secs,
-           min ? (double)max / (double)min : 0.0);
+    printf("%-10s %12.0f %10.2f  ", names[in_effect], (double)done / secs, min ? (double)max / (double)min : 0.0);
     for (int i = 0; i < o->loops; i++)
         printf("%s%.0f%%", i ? " " : "", total ? 100.0 * (double)atomic_load(&s.slots[i].accepted) / (double)total : 0);
     printf(failed ? "  (%ld failed)\n" : "\n", failed);
@@ -204,21 +202,35 @@ int bench_accept_main(int argc, char **argv)
     optind = 1;
     for (int ch; (ch = getopt_long(argc, argv, "n:t:s:m:ph", longopts, NULL)) != -1;) {
         switch (ch) {
-        case 'n': o.loops = atoi(optarg); break;
-        case 't': o.clients = atoi(optarg); break;
-        case 's': o.seconds = atof(optarg); break;
-        case 'm': o.max = atol(optarg); break;
-        case 'p': o.pin = 1; break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
+        case 'n':
+            o.loops = atoi(optarg);
+            break;
+        case 't':
+            o.clients = atoi(optarg);
+            break;
+        case 's':
+            o.seconds = atof(optarg);
+            break;
+        case 'm':
+            o.max = atol(optarg);
+            break;
+        case 'p':
+            o.pin = 1;
+            break;
+        case 'h':
+            usage();
+            return 0;
+        default:
+            usage();
+            return 2;
         }
     }
     if (o.loops < 1 || o.loops > MAX_LOOPS || o.clients < 1 || o.seconds <= 0 || o.seconds > 600 || o.max < 1) {
         usage();
         return 2;
     }
-    printf("accept: %d loops, %d client threads, %.1f s per mode (connect, 1-byte ping, close)\n", o.loops,
-           o.clients, o.seconds);
+    printf("accept: %d loops, %d client threads, %.1f s per mode (connect, 1-byte ping, close)\n", o.loops, o.clients,
+           o.seconds);
     printf("%-10s %12s %10s  %s\n", "mode", "conns/s", "max/min", "per-loop share");
     static const ioloop_accept_mode_t modes[] = {IOLOOP_ACCEPT_REUSEPORT, IOLOOP_ACCEPT_EXCLUSIVE,
                                                  IOLOOP_ACCEPT_DISPATCH};

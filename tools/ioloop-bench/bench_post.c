@@ -217,11 +217,21 @@ int bench_post_main(int argc, char **argv)
     optind = 1;
     for (int ch; (ch = getopt_long(argc, argv, "n:m:ph", longopts, NULL)) != -1;) {
         switch (ch) {
-        case 'n': n = atol(optarg); break;
-        case 'm': m = atol(optarg); break;
-        case 'p': pin = 1; break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
+        case 'n':
+            n = atol(optarg);
+            break;
+        case 'm':
+            m = atol(optarg);
+            break;
+        case 'p':
+            pin = 1;
+            break;
+        case 'h':
+            usage();
+            return 0;
+        default:
+            usage();
+            return 2;
         }
     }
     if (n < 100 || n > 100000000 || m < 1 || m > 1000000000) {
@@ -296,7 +306,7 @@ int bench_post_main(int argc, char **argv)
     printf("%-28s %12.1f %12.1f %16.0f\n", "ioloop (2 loops)", io_p50, io_p99, io_rate);
     printf("%-28s %12.1f %12.1f %16.0f\n", "peer: mutex+condvar threads", peer_p50, peer_p99, peer_rate);
     if (peer_p50 > 0 && peer_rate > 0)
-        printf("ratio ioloop/peer: p50 %.2fx, p99 %.2fx, throughput %.2fx\n", io_p50 / peer_p50,
-               io_p99 / peer_p99, io_rate / peer_rate);
+        printf("ratio ioloop/peer: p50 %.2fx, p99 %.2fx, throughput %.2fx\n", io_p50 / peer_p50, io_p99 / peer_p99,
+               io_rate / peer_rate);
     return ok_pingpong && ok_oneway ? 0 : 1;
 }

@@ -231,8 +231,8 @@ static int run_once(const scale_opts_t *o, int loops, row_t *row)
         return err;
     }
     ioloop_listener_t *l = NULL;
-    ioloop_listener_options_t lo = {.address = "127.0.0.1", .mode = IOLOOP_ACCEPT_REUSEPORT,
-                                    .on_accept = echo_accept, .arg = &s};
+    ioloop_listener_options_t lo = {
+        .address = "127.0.0.1", .mode = IOLOOP_ACCEPT_REUSEPORT, .on_accept = echo_accept, .arg = &s};
     err = ioloop_listener_start(s.rt, &lo, &l);
     if (err) {
         ioloop_runtime_free(s.rt);
@@ -361,32 +361,57 @@ int bench_scale_main(int argc, char **argv)
                       .repeat = 3,
                       .csv = "scale.csv",
                       .png = "scale.png"};
-    static const struct option longopts[] = {
-        {"loops-max", required_argument, 0, 'n'}, {"clients", required_argument, 0, 't'},
-        {"connections", required_argument, 0, 'c'}, {"msg-size", required_argument, 0, 'm'},
-        {"seconds", required_argument, 0, 's'},   {"pin", no_argument, 0, 'p'},
-        {"csv", required_argument, 0, 'o'},       {"png", required_argument, 0, 'g'},
-        {"repeat", required_argument, 0, 'r'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"loops-max", required_argument, 0, 'n'},
+                                             {"clients", required_argument, 0, 't'},
+                                             {"connections", required_argument, 0, 'c'},
+                                             {"msg-size", required_argument, 0, 'm'},
+                                             {"seconds", required_argument, 0, 's'},
+                                             {"pin", no_argument, 0, 'p'},
+                                             {"csv", required_argument, 0, 'o'},
+                                             {"png", required_argument, 0, 'g'},
+                                             {"repeat", required_argument, 0, 'r'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
     optind = 1;
     for (int ch; (ch = getopt_long(argc, argv, "n:t:c:m:s:po:g:r:h", longopts, NULL)) != -1;) {
         switch (ch) {
-        case 'n': o.loops_max = atoi(optarg); break;
-        case 't': o.clients = atoi(optarg); break;
-        case 'c': o.connections = atoi(optarg); break;
-        case 'm': o.msg_size = atoi(optarg); break;
-        case 's': o.seconds = atof(optarg); break;
-        case 'p': o.pin = 1; break;
-        case 'o': o.csv = optarg; break;
-        case 'g': o.png = optarg; break;
-        case 'r': o.repeat = atoi(optarg); break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
+        case 'n':
+            o.loops_max = atoi(optarg);
+            break;
+        case 't':
+            o.clients = atoi(optarg);
+            break;
+        case 'c':
+            o.connections = atoi(optarg);
+            break;
+        case 'm':
+            o.msg_size = atoi(optarg);
+            break;
+        case 's':
+            o.seconds = atof(optarg);
+            break;
+        case 'p':
+            o.pin = 1;
+            break;
+        case 'o':
+            o.csv = optarg;
+            break;
+        case 'g':
+            o.png = optarg;
+            break;
+        case 'r':
+            o.repeat = atoi(optarg);
+            break;
+        case 'h':
+            usage();
+            return 0;
+        default:
+            usage();
+            return 2;
         }
     }
-    if (o.loops_max < 1 || o.loops_max > MAX_LOOPS || o.clients < 1 || o.connections < o.clients ||
-        o.msg_size < 1 || o.msg_size > MAX_MSG || o.seconds <= 0 || o.seconds > 600 || o.repeat < 1 ||
-        o.repeat > 100) {
+    if (o.loops_max < 1 || o.loops_max > MAX_LOOPS || o.clients < 1 || o.connections < o.clients || o.msg_size < 1 ||
+        o.msg_size > MAX_MSG || o.seconds <= 0 || o.seconds > 600 || o.repeat < 1 || o.repeat > 100) {
         usage();
         return 2;
     }
@@ -423,8 +448,8 @@ int bench_scale_main(int argc, char **argv)
             base = row.cpu_us_per_op;
         printf("%5d %12.0f %12.2f %9.2fx %8.1f  ", n, row.ops_per_s, row.cpu_us_per_op,
                base > 0 ? row.cpu_us_per_op / base : 0, row.events_per_iteration);
-        fprintf(csv, "%d,%.0f,%.3f,%.4f,%.4f,%.2f,", n, row.ops_per_s, row.cpu_us_per_op, row.share_min,
-                row.share_max, row.events_per_iteration);
+        fprintf(csv, "%d,%.0f,%.3f,%.4f,%.4f,%.2f,", n, row.ops_per_s, row.cpu_us_per_op, row.share_min, row.share_max,
+                row.events_per_iteration);
         for (int i = 0; i < n; i++) {
             printf("%s%.0f%%", i ? " " : "", row.share[i] * 100);
             fprintf(csv, "%s%.4f", i ? " " : "", row.share[i]);
