@@ -63,6 +63,45 @@ static void test_watchdog_names_the_blocking_callback(void **state)
     ioloop_runtime_free(rt);
 }
 
+static int slow_handler(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events;
+    tu_sleep_ms(300);
+    char b;
+    (void)read(fd, &b, 1);
+    ioloop_remove_handler(loop, fd);
+    atomic_fetch_add((_Atomic int *)arg, 1);
+    return 0;
+}
+
+static void test_blocking_handler_counts_and_is_named(void **state)
+{
+    (void)state;
+    watch_log_t w = {0};
+    ioloop_runtime_options_t opts = {
+        .loops = 1, .watchdog = IOLOOP_MSEC(50), .watchdog_fn = on_watchdog, .watchdog_arg = &w};
+    ioloop_runtime_t *rt = NULL;
+    assert_int_equal(ioloop_runtime_start(&opts, &rt), 0);
+    ioloop_t *loop = ioloop_runtime_loop(rt, 0);
+    int fds[2];
+    tu_socketpair(fds);
+    _Atomic int done = 0;
+    assert_int_equal(ioloop_add_handler(loop, fds[0], IOLOOP_READ, slow_handler, &done), 0);
+    assert_int_equal(write(fds[1], "x", 1), 1);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(10);
+    while (!atomic_load(&done) && tu_now_ns() < deadline)
+        tu_sleep_ms(5);
+    tu_sleep_ms(50);
+    assert_int_equal(atomic_load(&w.reports), 1);
+    assert_true(atomic_load(&w.running) == (void (*)(void))slow_handler);
+    ioloop_stats_t st;
+    ioloop_get_stats(loop, &st);
+    assert_true(st.longest_busy >= IOLOOP_MSEC(250)); /* handlers count as busy, not only callbacks */
+    ioloop_runtime_free(rt);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 /* ---- stats while running ------------------------------------------------------ */
 
 enum { POSTS = 1000, TIMERS = 10 };
@@ -172,6 +211,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_watchdog_names_the_blocking_callback),
+        cmocka_unit_test(test_blocking_handler_counts_and_is_named),
         cmocka_unit_test(test_stats_from_another_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
