@@ -225,15 +225,7 @@ void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out)
 #undef READ_STAT
 }
 
-static void note_busy(ioloop_t *loop, ioloop_time_t busy)
-{
-    if (busy > atomic_load_explicit(&loop->stats.longest_busy, memory_order_relaxed))
-        atomic_store_explicit(&loop->stats.longest_busy, busy, memory_order_relaxed);
-}
-
-/* Returns the time spent dispatching (0 when nothing was ready: an idle
- * wakeup costs no extra clock read). */
-static ioloop_time_t poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready)
+static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready)
 {
     int timeout_ms = 0;
     if (!ioloop__callbacks_pending(loop) && !atomic_load_explicit(&loop->stop_requested, memory_order_relaxed)) {
@@ -255,12 +247,9 @@ static ioloop_time_t poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready)
         atomic_store_explicit(&loop->watch.busy_since, loop->now, memory_order_relaxed);
     if (n < 0) {
         ioloop_report_error(loop, "poll", n);
-        return 0;
+        return;
     }
-    if (n == 0)
-        return 0;
     ioloop__handlers_dispatch(loop, ready, n);
-    return loop->clock(loop->clock_arg) - loop->now; /* loop->now stays the iteration's time */
 }
 
 int ioloop_start(ioloop_t *loop)
@@ -293,14 +282,11 @@ int ioloop_start(ioloop_t *loop)
         ioloop__callbacks_run(loop);
         ioloop__timers_run_due(loop);
         ioloop_time_t busy = ioloop__clock_now(loop) - busy_start;
-        note_busy(loop, busy);
+        if (busy > atomic_load_explicit(&loop->stats.longest_busy, memory_order_relaxed))
+            atomic_store_explicit(&loop->stats.longest_busy, busy, memory_order_relaxed);
         if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed))
             break;
-        /* The iteration's busy time: its callbacks and timers, plus its
-         * handlers (the wait in poll between them is not busy). */
-        ioloop_time_t dispatching = poll_and_dispatch(loop, ready);
-        if (dispatching)
-            note_busy(loop, busy + dispatching);
+        poll_and_dispatch(loop, ready);
         ioloop__handlers_retire(loop);
         IOLOOP__STAT_ADD(loop, iterations, 1);
         ioloop__rcu_quiescent();
