@@ -397,6 +397,33 @@ static void test_bad_address_and_busy_port(void **state)
     ioloop_runtime_free(s.rt);
 }
 
+/* Freeing a listener after its runtime stopped (before the runtime is freed)
+ * closes every socket and leaks nothing, in every mode. */
+static void test_free_after_runtime_stopped(void **state)
+{
+    (void)state;
+    static const ioloop_accept_mode_t modes[] = {IOLOOP_ACCEPT_REUSEPORT, IOLOOP_ACCEPT_EXCLUSIVE,
+                                                 IOLOOP_ACCEPT_DISPATCH};
+    for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
+        int fds_before = tu_open_fds();
+        server_t s = {.rt = start_runtime()};
+        ioloop_listener_t *l = NULL;
+        ioloop_listener_options_t lo = {.address = "127.0.0.1", .mode = modes[m], .on_accept = on_accept, .arg = &s};
+        assert_int_equal(ioloop_listener_start(s.rt, &lo, &l), 0);
+        target_t t = target_for("127.0.0.1", ioloop_listener_port(l));
+        int fd = client_connect(&t);
+        assert_true(fd >= 0);
+        assert_true(client_ask(fd) >= 0);
+        close(fd);
+        ioloop_runtime_stop(s.rt);
+        assert_int_equal(ioloop_runtime_join(s.rt), 0);
+        ioloop_listener_free(l); /* its stop runs when the runtime closes the loops */
+        ioloop_runtime_free(s.rt);
+        assert_int_equal(tu_open_fds(), fds_before);
+        assert_true(client_connect(&t) < 0); /* nothing listens any more */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -409,6 +436,7 @@ int main(void)
         cmocka_unit_test(test_ipv6_port_zero),
         cmocka_unit_test(test_unix_socket),
         cmocka_unit_test(test_bad_address_and_busy_port),
+        cmocka_unit_test(test_free_after_runtime_stopped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
