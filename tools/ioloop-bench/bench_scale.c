@@ -341,7 +341,8 @@ static void usage(void)
 {
     printf("usage: ioloop-bench scale [--loops-max N] [--clients T] [--connections C] [--msg-size B]\n"
            "                          [--seconds S] [--repeat R] [--pin] [--csv FILE] [--png FILE]\n"
-           "  runs a TCP ping-pong on 1..N loops (default N: the CPUs in the affinity mask)\n");
+           "  runs a TCP ping-pong on 1..N loops (default N: the CPUs in the affinity mask;\n"
+           "  every count up to 8, then doubling, then N)\n");
 }
 
 int bench_scale_main(int argc, char **argv)
@@ -425,23 +426,31 @@ int bench_scale_main(int argc, char **argv)
            "       (the runs of each loop count are interleaved, so drift on a shared machine hits all alike)\n",
            o.connections, o.clients, o.msg_size, o.seconds, o.repeat);
     printf("%5s %12s %12s %10s %8s  %s\n", "loops", "ops/s", "CPU us/op", "vs 1 loop", "ev/poll", "per-loop share");
-    row_t *runs = calloc((size_t)o.loops_max * (size_t)o.repeat, sizeof(row_t));
+    /* Loop counts: every one up to 8, then doubling, and the maximum, so a
+     * 64-CPU machine runs 11 rows instead of 64. */
+    int counts[64], ncounts = 0;
+    for (int n = 1; n <= o.loops_max && ncounts < 63; n = n < 8 ? n + 1 : n * 2)
+        counts[ncounts++] = n;
+    if (counts[ncounts - 1] != o.loops_max)
+        counts[ncounts++] = o.loops_max;
+    row_t *runs = calloc((size_t)ncounts * (size_t)o.repeat, sizeof(row_t));
     if (!runs) {
         fclose(csv);
         return 1;
     }
     int status = 0;
     for (int r = 0; r < o.repeat && !status; r++)
-        for (int n = 1; n <= o.loops_max && !status; n++) {
-            int err = run_once(&o, n, &runs[(size_t)(n - 1) * (size_t)o.repeat + (size_t)r]);
+        for (int k = 0; k < ncounts && !status; k++) {
+            int err = run_once(&o, counts[k], &runs[(size_t)k * (size_t)o.repeat + (size_t)r]);
             if (err) {
-                fprintf(stderr, "scale: %d loops: %s\n", n, strerror(-err));
+                fprintf(stderr, "scale: %d loops: %s\n", counts[k], strerror(-err));
                 status = 1;
             }
         }
     double base = 0;
-    for (int n = 1; n <= o.loops_max && !status; n++) {
-        row_t *same_n = &runs[(size_t)(n - 1) * (size_t)o.repeat];
+    for (int k = 0; k < ncounts && !status; k++) {
+        int n = counts[k];
+        row_t *same_n = &runs[(size_t)k * (size_t)o.repeat];
         qsort(same_n, (size_t)o.repeat, sizeof(row_t), cmp_cpu);
         row_t row = same_n[o.repeat / 2]; /* the median run by CPU per op */
         if (n == 1)
