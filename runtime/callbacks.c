@@ -296,6 +296,7 @@ static size_t run_posts(ioloop_t *loop, ioloop__post_t *post)
             keep_tail = post;
         else
             free(post);
+        IOLOOP__WATCH_RUNNING(loop, fn);
         fn(loop, arg);
         post = next;
         n++;
@@ -321,10 +322,13 @@ void ioloop__callbacks_run(ioloop_t *loop)
     loop->running_calls = batch;
     ioloop__post_t *posts = take_posts(loop);
 
-    for (size_t i = 0; i < batch.count; i++)
+    for (size_t i = 0; i < batch.count; i++) {
+        IOLOOP__WATCH_RUNNING(loop, batch.items[i].fn);
         batch.items[i].fn(loop, batch.items[i].arg);
+    }
     loop->running_calls.count = 0;
     size_t posted = run_posts(loop, posts);
+    IOLOOP__WATCH_RUNNING(loop, NULL);
     if (batch.count + posted) {
         IOLOOP__STAT_ADD(loop, callbacks_run, batch.count + posted);
         IOLOOP__STAT_ADD(loop, posts_received, posted);

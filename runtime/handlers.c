@@ -205,7 +205,9 @@ void ioloop__handlers_dispatch(ioloop_t *loop, const ioloop__ready_t *ready, int
         if (!events)
             continue;
         IOLOOP__STAT_ADD(loop, events_dispatched, 1);
+        IOLOOP__WATCH_RUNNING(loop, h->fn);
         int err = h->fn(loop, fd, events, h->arg);
+        IOLOOP__WATCH_RUNNING(loop, NULL);
         if (err < 0) {
             char what[40];
             snprintf(what, sizeof(what), "handler for fd %d", fd);

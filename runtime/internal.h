@@ -165,6 +165,14 @@ struct ioloop {
         _Atomic int64_t live_connections;
         _Atomic ioloop_time_t longest_busy;
     } stats;
+
+    /* watchdog hooks: written by the loop thread (relaxed stores), read by a
+     * watchdog thread to tell how long the current iteration has been busy
+     * and what it is running. */
+    struct {
+        _Atomic ioloop_time_t busy_since; /* loop clock when the current work began; 0 while polling */
+        _Atomic(void (*)(void)) current;  /* the callback or handler running now, or NULL */
+    } watch;
 };
 
 /* Single-writer counter bump: a relaxed load and store, no locked instruction. */
@@ -172,6 +180,10 @@ struct ioloop {
     atomic_store_explicit(&(loop)->stats.field,                                                    \
                           atomic_load_explicit(&(loop)->stats.field, memory_order_relaxed) + (n),  \
                           memory_order_relaxed)
+
+/* Watchdog hook: names what the loop thread is about to run (NULL: nothing). */
+#define IOLOOP__WATCH_RUNNING(loop, fn)                                                            \
+    atomic_store_explicit(&(loop)->watch.current, (void (*)(void))(fn), memory_order_relaxed)
 
 /* loop.c */
 bool ioloop__on_loop_thread(const ioloop_t *loop);

@@ -254,9 +254,11 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
         timeout_ms = ioloop__timers_poll_timeout_ms(loop); /* with the fresh clock */
         if (timeout_ms != 0 && ioloop__prepare_to_sleep(loop)) {
             ioloop__rcu_offline(); /* a sleeping loop must not hold up grace periods */
+            atomic_store_explicit(&loop->watch.busy_since, 0, memory_order_relaxed); /* idle is not blocked */
             n = loop->backend->wait(loop, timeout_ms, ready, MAX_EVENTS_PER_POLL);
             ioloop__rcu_online();
             ioloop__woke_up(loop);
+            atomic_store_explicit(&loop->watch.busy_since, ioloop__clock_now(loop), memory_order_relaxed);
         }
     }
     ioloop__clock_now(loop);
@@ -295,6 +297,7 @@ int ioloop_start(ioloop_t *loop)
     ioloop__clock_now(loop);
     while (!atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
         ioloop_time_t busy_start = loop->now;
+        atomic_store_explicit(&loop->watch.busy_since, busy_start, memory_order_relaxed);
         ioloop__callbacks_run(loop);
         ioloop__timers_run_due(loop);
         if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed)) {
@@ -307,6 +310,7 @@ int ioloop_start(ioloop_t *loop)
         ioloop__rcu_quiescent();
     }
     atomic_store(&loop->stop_requested, false);
+    atomic_store_explicit(&loop->watch.busy_since, 0, memory_order_relaxed);
     ioloop__handlers_retire(loop);
     ioloop__rcu_leave(rcu_previous);
     ioloop__set_thread_running_loop(NULL);

@@ -3,10 +3,14 @@
  * Threading rule: per-thread state lives in thread-locals; nothing here is
  * shared except liburcu's own state and the TSan token.
  */
-#define _LGPL_SOURCE
+/* Not _LGPL_SOURCE: liburcu's inline fast paths would be compiled into this
+ * file, where ThreadSanitizer instruments their benign racy reads of
+ * liburcu's own futex word; calling the library costs one call per iteration. */
+#define _GNU_SOURCE
 #include "rcu.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <urcu/urcu-qsbr.h>
 
@@ -118,8 +122,27 @@ static void run_deferred_free(struct rcu_head *rh)
     head->free_fn(head);
 }
 
+/* liburcu starts its call_rcu worker thread on first use, with the caller's
+ * signal mask; a worker that has SIGINT/SIGTERM unblocked takes the signals a
+ * signalfd waits for (and dies of them). Start it with every asynchronous
+ * signal blocked, like every other thread the runtime owns. */
+static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
+
+static void start_worker_signals_blocked(void)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    static const int synchronous[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+    for (size_t i = 0; i < sizeof(synchronous) / sizeof(synchronous[0]); i++)
+        sigdelset(&all, synchronous[i]);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    (void)urcu_qsbr_get_default_call_rcu_data();
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 void ioloop__rcu_defer_free(ioloop__rcu_head_t *head, void (*free_fn)(ioloop__rcu_head_t *))
 {
+    pthread_once(&worker_once, start_worker_signals_blocked);
     head->free_fn = free_fn;
     /* What this thread wrote before retiring the object happens before the
      * free: call_rcu's queue orders it, but in asm TSan cannot see. */

@@ -228,13 +228,16 @@ void ioloop__timers_run_due(ioloop_t *loop)
         void *arg = t->slots[s].arg;
         slot_release(t, s);
         if (fn) { /* not cancelled by an earlier callback of this run */
+            IOLOOP__WATCH_RUNNING(loop, fn);
             fn(loop, arg);
             fired++;
         }
         s = next;
     }
-    if (fired)
+    if (fired) {
+        IOLOOP__WATCH_RUNNING(loop, NULL);
         IOLOOP__STAT_ADD(loop, timers_fired, fired);
+    }
 }
 
 void ioloop__timers_init(ioloop__timers_t *t)

@@ -1,21 +1,32 @@
 /* runtime.h — one IOLoop per CPU thread in one process: the runtime, accept
- * balancing across its loops, the executor for CPU-bound work, and signals.
+ * balancing across its loops, the executor for CPU-bound work, signals and
+ * the watchdog.
  *
  * Threading rules (what is safe from where):
  *  - ioloop_runtime_start / ioloop_runtime_join / ioloop_runtime_free: the
- *    thread that owns the runtime (join and free never from a runtime thread);
- *  - ioloop_runtime_stop, ioloop_runtime_size, ioloop_runtime_loop: any thread,
- *    including a runtime loop's own callbacks;
+ *    thread that owns the runtime (join and free never from a runtime thread:
+ *    they return -EDEADLK / do nothing there);
+ *  - ioloop_runtime_stop, ioloop_runtime_size, ioloop_runtime_loop,
+ *    ioloop_runtime_broadcast: any thread, including a runtime loop's own
+ *    callbacks;
  *  - posting work to loop i: ioloop_add_callback(ioloop_runtime_loop(rt, i),
  *    fn, arg) from any thread; fn runs on loop i's thread, where
- *    ioloop_current() is loop i;
- *  - a thread of the application that is not a runtime thread may still call
- *    ioloop_current() and run its own loop; the registry lists every loop;
- *  - listener calls: any thread; the on_accept callback runs on the loop that
- *    got the connection, which owns the fd from then on;
+ *    ioloop_current() is loop i. Never call ioloop_start/ioloop_close on a
+ *    runtime loop: the runtime owns them;
+ *  - embedding: a thread of the application that is not a runtime thread may
+ *    still call ioloop_current() and run that loop itself (ioloop_start); it
+ *    can post to runtime loops and they to it. The registry
+ *    (ioloop_registry_foreach) lists every loop, runtime or not;
+ *  - ioloop_get_stats on any loop: any thread, the loop keeps running;
+ *  - listener calls: any thread; on_accept runs on the loop that got the
+ *    connection, which owns the fd from then on;
  *  - ioloop_run_in_executor: the loop's own thread; work runs on a pool
- *    thread, and the returned future completes back on the asking loop;
+ *    thread, and the returned future's done callback runs back on that loop;
  *  - signal watchers: added from any thread; callbacks run on the chosen loop.
+ *
+ * Signals and threads: every thread the runtime creates (loops, executor,
+ * watchdog) starts with all asynchronous signals blocked, so a signal is
+ * delivered to an application thread, or read by a watcher.
  */
 #ifndef IOLOOP_RUNTIME_H
 #define IOLOOP_RUNTIME_H
@@ -33,80 +44,126 @@ extern "C" {
 typedef struct ioloop_runtime ioloop_runtime_t;
 typedef struct ioloop_listener ioloop_listener_t;
 
+/* The watchdog's report: `loop` has been busy in one iteration for
+ * `blocked_for` ns, running `running` (NULL if between callbacks), whose
+ * symbol name is `name` when the dynamic linker knows it (else an address,
+ * "0x1234 (libfoo.so+0x34)"). Called on the watchdog thread, once per long
+ * iteration: it must not touch the loop except to read its stats. */
+typedef void (*ioloop_watchdog_fn)(ioloop_t *loop, ioloop_time_t blocked_for, void (*running)(void), const char *name,
+                                   void *arg);
+
 typedef struct {
-    int loops;               /* 0: the CPUs in this process's affinity mask */
-    bool pin;                /* pin loop i to the i-th allowed CPU */
-    int executor_threads;    /* 0: the CPUs in the affinity mask */
-    bool handle_signals;     /* SIGINT/SIGTERM stop every loop gracefully (default false here;
-                                helloworld and servers turn it on) */
-    ioloop_time_t watchdog;  /* >0: log a loop whose iteration exceeds this */
+    int loops;                      /* 0: the CPUs in this process's affinity mask */
+    bool pin;                       /* pin loop i to the i-th CPU of the affinity mask */
+    int executor_threads;           /* 0: the CPUs in the affinity mask (at least 2) */
+    bool handle_signals;            /* SIGINT/SIGTERM stop every loop gracefully (off by default here;
+                                       helloworld and servers turn it on). Blocks both signals in the
+                                       thread calling ioloop_runtime_start until ioloop_runtime_free. */
+    ioloop_time_t watchdog;         /* >0: report a loop whose iteration is busy longer than this
+                                       (Tornado's set_blocking_log_threshold) */
+    ioloop_watchdog_fn watchdog_fn; /* NULL: one line on stderr */
+    void *watchdog_arg;
     ioloop_backend_t backend;
 } ioloop_runtime_options_t;
 
-/* Starts opts->loops loops, one thread each (opts may be NULL). Returns 0 and
- * the runtime in *out, or a negative errno. */
+/* Starts opts->loops loops, one thread each (opts may be NULL: defaults).
+ * Returns 0 and the runtime in *out, or a negative errno (nothing is left
+ * running then). The loops are running, or about to, when it returns. */
 int ioloop_runtime_start(const ioloop_runtime_options_t *opts, ioloop_runtime_t **out);
+/* The number of loops. Any thread. */
 int ioloop_runtime_size(const ioloop_runtime_t *rt);
+/* Loop i (0 <= i < size), or NULL. Any thread. */
 ioloop_t *ioloop_runtime_loop(const ioloop_runtime_t *rt, int i);
-/* Asks every loop to stop. Any thread, also from inside a loop. */
+/* Asks every loop to stop after its current iteration. Any thread, also from
+ * inside a loop; idempotent. Callbacks still queued then run during
+ * ioloop_runtime_free (on the freeing thread), so nothing posted is lost. */
 void ioloop_runtime_stop(ioloop_runtime_t *rt);
-/* Waits until every loop thread has ended. Not from a runtime thread. */
+/* Waits until every loop thread has ended. 0, or -EDEADLK from a runtime thread. */
 int ioloop_runtime_join(ioloop_runtime_t *rt);
-/* Frees a joined runtime (closes its loops). */
+/* Stops and joins if needed, shuts the executor down (queued work that never
+ * started completes with -ECANCELED, running work is waited for), then closes
+ * the loops. Free listeners first. Owning thread. */
 void ioloop_runtime_free(ioloop_runtime_t *rt);
-/* The runtime whose loop runs on this thread, or NULL. */
+/* The runtime whose loop runs on this thread, or NULL. Any thread. */
 ioloop_runtime_t *ioloop_runtime_current(void);
 
-/* Runs fn once on every loop; the returned future (bound to `home`, the loop
- * whose thread waits for it) completes when all have run. */
+/* Runs fn once on every loop of rt; the returned future, bound to `home` (the
+ * loop that waits for it; NULL: ioloop_current()), completes with status 0
+ * when all have run, or -ESHUTDOWN if some loop was already closed. Any
+ * thread. NULL with errno set on ENOMEM. The caller owns one reference. */
 ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg);
 
 /* ---- listeners ----------------------------------------------------------- */
 
 typedef enum {
-    IOLOOP_ACCEPT_DEFAULT = 0, /* the mode the benchmarks favour (see README) */
-    IOLOOP_ACCEPT_REUSEPORT,   /* one socket per loop, SO_REUSEPORT */
+    IOLOOP_ACCEPT_DEFAULT = 0, /* the mode the benchmarks favour (see README): EXCLUSIVE
+                                  with epoll, else REUSEPORT (DISPATCH for unix:) */
+    IOLOOP_ACCEPT_REUSEPORT,   /* one socket per loop, SO_REUSEPORT; the kernel balances */
     IOLOOP_ACCEPT_EXCLUSIVE,   /* one socket in every loop's epoll, EPOLLEXCLUSIVE */
-    IOLOOP_ACCEPT_DISPATCH,    /* one acceptor loop hands fds to the least-loaded loop */
+    IOLOOP_ACCEPT_DISPATCH,    /* loop 0 accepts and hands each fd to the least-loaded loop */
 } ioloop_accept_mode_t;
 
-/* Called on the loop that owns the new connection (non-blocking, close-on-exec). */
-typedef void (*ioloop_accept_fn)(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len,
-                                 void *arg);
+/* Called on the loop that owns the new connection (fd is non-blocking and
+ * close-on-exec; the callee owns it). That loop's live_connections stat was
+ * raised by one: call ioloop_connection_closed there when it ends. */
+typedef void (*ioloop_accept_fn)(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg);
 
 typedef struct {
-    const char *address;       /* "127.0.0.1", "::1", "0.0.0.0", "unix:/path" */
+    const char *address;       /* "127.0.0.1", "::1", "0.0.0.0", "unix:/path"; NULL: "0.0.0.0" */
     int port;                  /* 0: the kernel picks; see ioloop_listener_port */
     int backlog;               /* 0: SOMAXCONN */
-    ioloop_accept_mode_t mode;
+    ioloop_accept_mode_t mode; /* a mode this platform or socket cannot do falls back to
+                                  DISPATCH (EXCLUSIVE without epoll, REUSEPORT on unix:) */
     ioloop_accept_fn on_accept;
     void *arg;
 } ioloop_listener_options_t;
 
+/* Binds, listens and starts accepting on rt's loops. Any thread. 0 and the
+ * listener in *out, or a negative errno (-EADDRINUSE, -EINVAL for a bad
+ * address, ...). */
 int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t *opts, ioloop_listener_t **out);
+/* The bound port (the kernel's choice for port 0); 0 for a unix socket. Any thread. */
 int ioloop_listener_port(const ioloop_listener_t *l);
+/* The mode in effect (after any fallback). Any thread. */
 ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l);
-/* Stops accepting (connections already accepted are unaffected). */
+/* Stops accepting. Each socket first accepts what is already queued on it
+ * (those connections reach on_accept as usual), then closes. Any thread;
+ * asynchronous (done on each loop's thread); idempotent. */
 void ioloop_listener_stop(ioloop_listener_t *l);
+/* Stops if needed and drops the caller's reference; the memory goes when the
+ * loops are done with it. Any thread. */
 void ioloop_listener_free(ioloop_listener_t *l);
 
-/* Live-connection accounting used by DISPATCH and the stats: a server calls
- * closed() on the loop's thread when a connection it got from on_accept ends. */
+/* Live-connection accounting used by DISPATCH and the stats: whoever got a
+ * connection from on_accept calls this on that loop's thread when it ends. */
 void ioloop_connection_closed(ioloop_t *loop);
 
 /* ---- executor ------------------------------------------------------------ */
 
-/* Runs work(arg) on a pool thread; the future completes, back on `loop`, with
- * the status and result work returns through ioloop_future_complete semantics:
- * work returns the result pointer and sets *status (0 or -errno). */
+/* Work for a pool thread: returns the result pointer and sets *status (0 or
+ * a negative errno); both become the future's. */
 typedef void *(*ioloop_work_fn)(void *arg, int *status);
+
+/* Runs work(arg) on a pool thread: the runtime's pool for a runtime loop,
+ * else a process-wide pool (created on first use, CPUs threads, at least 2).
+ * Call on `loop`'s thread. Returns a future bound to loop (caller owns one
+ * reference) whose done callback runs on loop; NULL with errno on ENOMEM.
+ * If the runtime is freed first, work not started completes -ECANCELED. */
 ioloop_future_t *ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg);
 
 /* ---- signals ------------------------------------------------------------- */
 
 typedef void (*ioloop_signal_fn)(ioloop_t *loop, int signo, void *arg);
-/* Delivers signo as a callback on loop (signalfd on Linux). */
+/* Delivers signo as a callback on loop (signalfd on Linux, a self-pipe
+ * elsewhere). One watcher per signal in the process: -EBUSY if another loop
+ * watches it (the same loop replaces its callback). Blocks signo in the
+ * calling thread; threads created later inherit that, runtime threads always
+ * have it blocked; a thread that had it unblocked before must block it, or
+ * the signal may take its default action there. -EINVAL for a signal that
+ * cannot be caught. Any thread. */
 int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *arg);
+/* Removes the watcher and unblocks signo in the calling thread. -ENOENT if
+ * loop does not watch it. Any thread; do it before closing the loop. */
 int ioloop_signal_unwatch(ioloop_t *loop, int signo);
 
 #ifdef __cplusplus
