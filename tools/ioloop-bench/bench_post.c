@@ -8,7 +8,9 @@
  *    flight, so memory stays bounded); posts per second until loop 1 ran the
  *    last one.
  * The peer, measured in the same run: the same two exchanges between two
- * plain threads through a mutex + condition-variable queue.
+ * plain threads through a bounded mutex + condition-variable queue of
+ * (fn, arg) items that the receiver runs: the same handoff, with no loop
+ * and no allocation (ioloop allocates one node per cross-thread post).
  *
  * Threading rule: runs on the calling thread; starts a 2-loop runtime and
  * the two peer threads, joins everything before returning.
@@ -101,6 +103,8 @@ static void ping(ioloop_t *loop, void *arg)
 
 /* ---- ioloop: one-way ---------------------------------------------------------- */
 
+static void produce(ioloop_t *loop, void *arg);
+
 static void count_one(ioloop_t *loop, void *arg)
 {
     (void)loop;
@@ -110,11 +114,16 @@ static void count_one(ioloop_t *loop, void *arg)
     if (r == p->m) {
         p->end = now_ns();
         atomic_store(&p->done, 1);
+    } else if (r % (WINDOW / 2) == 0) {
+        ioloop_add_callback(p->a, produce, p); /* credit: half the window drained */
     }
 }
 
+/* Posts until the window is full; the consumer's credits call it again, so
+ * neither loop spins while the other works. */
 static void produce(ioloop_t *loop, void *arg)
 {
+    (void)loop;
     post_bench_t *p = arg;
     long in_flight = p->posted - atomic_load_explicit(&p->received, memory_order_relaxed);
     while (p->posted < p->m && in_flight < WINDOW) {
@@ -123,8 +132,6 @@ static void produce(ioloop_t *loop, void *arg)
         p->posted++;
         in_flight++;
     }
-    if (p->posted < p->m)
-        ioloop_add_callback(loop, produce, p); /* next iteration: let the window drain */
 }
 
 static void start_one_way(ioloop_t *loop, void *arg)
@@ -136,17 +143,25 @@ static void start_one_way(ioloop_t *loop, void *arg)
 
 /* ---- the peer: two threads, mutex + condvar queues ------------------------------ */
 
+/* A bounded queue of (fn, arg) items, like a post, run by the consumer:
+ * the same work as a callback handoff, minus the loop. */
+typedef struct {
+    void (*fn)(void *);
+    void *arg;
+} mq_item_t;
+
 typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    long items; /* a counting queue: the payload does not matter */
+    mq_item_t ring[WINDOW];
+    long head, count;
 } mq_t;
 
 static void mq_init(mq_t *q)
 {
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->cond, NULL);
-    q->items = 0;
+    q->head = q->count = 0;
 }
 
 static void mq_destroy(mq_t *q)
@@ -155,37 +170,47 @@ static void mq_destroy(mq_t *q)
     pthread_cond_destroy(&q->cond);
 }
 
-static void mq_push(mq_t *q, long max)
+static void mq_push(mq_t *q, void (*fn)(void *), void *arg)
 {
     pthread_mutex_lock(&q->lock);
-    while (q->items >= max)
+    while (q->count == WINDOW)
         pthread_cond_wait(&q->cond, &q->lock);
-    q->items++;
+    q->ring[(q->head + q->count) % WINDOW] = (mq_item_t){fn, arg};
+    q->count++;
     pthread_cond_broadcast(&q->cond);
     pthread_mutex_unlock(&q->lock);
 }
 
-static void mq_pop(mq_t *q)
+/* Pops one item and runs it. */
+static void mq_run_one(mq_t *q)
 {
     pthread_mutex_lock(&q->lock);
-    while (q->items == 0)
+    while (q->count == 0)
         pthread_cond_wait(&q->cond, &q->lock);
-    q->items--;
+    mq_item_t item = q->ring[q->head];
+    q->head = (q->head + 1) % WINDOW;
+    q->count--;
     pthread_cond_broadcast(&q->cond);
     pthread_mutex_unlock(&q->lock);
+    item.fn(item.arg);
+}
+
+static void peer_count(void *arg)
+{
+    ++*(long *)arg;
 }
 
 typedef struct {
     mq_t to_b, to_a;
-    long n;
+    long n, ran_b, ran_a;
 } peer_t;
 
 static void *peer_echo(void *arg)
 {
     peer_t *p = arg;
     for (long i = 0; i < p->n; i++) {
-        mq_pop(&p->to_b);
-        mq_push(&p->to_a, WINDOW);
+        mq_run_one(&p->to_b);
+        mq_push(&p->to_a, peer_count, &p->ran_a);
     }
     return NULL;
 }
@@ -194,7 +219,7 @@ static void *peer_sink(void *arg)
 {
     peer_t *p = arg;
     for (long i = 0; i < p->n; i++)
-        mq_pop(&p->to_b);
+        mq_run_one(&p->to_b);
     return NULL;
 }
 
@@ -275,31 +300,37 @@ int bench_post_main(int argc, char **argv)
     free(p);
 
     /* peer: ping-pong */
-    peer_t q = {.n = n};
-    mq_init(&q.to_a);
-    mq_init(&q.to_b);
+    peer_t *qp = calloc(1, sizeof(peer_t)); /* two rings: too big for the stack */
+    if (!qp) {
+        free(rtt);
+        return 1;
+    }
+    qp->n = n;
+    mq_init(&qp->to_a);
+    mq_init(&qp->to_b);
     pthread_t t;
-    pthread_create(&t, NULL, peer_echo, &q);
+    pthread_create(&t, NULL, peer_echo, qp);
     for (long i = 0; i < n; i++) {
         int64_t t0 = now_ns();
-        mq_push(&q.to_b, WINDOW);
-        mq_pop(&q.to_a);
+        mq_push(&qp->to_b, peer_count, &qp->ran_b);
+        mq_run_one(&qp->to_a);
         rtt[i] = now_ns() - t0;
     }
     pthread_join(t, NULL);
     double peer_p50, peer_p99;
     percentiles(rtt, n, &peer_p50, &peer_p99);
     /* peer: one-way */
-    q.n = m;
-    pthread_create(&t, NULL, peer_sink, &q);
+    qp->n = m;
+    pthread_create(&t, NULL, peer_sink, qp);
     int64_t t0 = now_ns();
     for (long i = 0; i < m; i++)
-        mq_push(&q.to_b, WINDOW);
+        mq_push(&qp->to_b, peer_count, &qp->ran_b);
     pthread_join(t, NULL);
     double peer_rate = (double)m / ((double)(now_ns() - t0) / 1e9);
-    mq_destroy(&q.to_a);
-    mq_destroy(&q.to_b);
+    mq_destroy(&qp->to_a);
+    mq_destroy(&qp->to_b);
     free(rtt);
+    free(qp);
 
     printf("post: %ld round trips, %ld one-way posts (window %d)\n", n, m, WINDOW);
     printf("%-28s %12s %12s %16s\n", "", "rtt p50 us", "rtt p99 us", "one-way posts/s");
