@@ -26,8 +26,8 @@
  * check). `wakeup_pending` is cleared only by the loop after it drained the
  * waker, so while it is set a write is made or on its way.
  *
- * Closing: the stack head itself carries the "closed" mark (CLOSED, a low
- * bit). ioloop_close takes the stack and sets the mark in one exchange; a
+ * Closing: the stack head itself carries the "closed" mark (CLOSED, address
+ * 1). ioloop_close takes the stack and sets the mark in one exchange; a
  * poster's CAS either lands before it (its post is taken and run by the
  * close) or fails and then sees the mark (-ESHUTDOWN). So every post either
  * runs or returns -ESHUTDOWN, with one locked instruction per post. Only a
