@@ -138,6 +138,7 @@ struct ioloop {
     _Atomic int posters_inside;          /* posters about to write the waker */
     int wake_read_fd, wake_write_fd;     /* eventfd: both the same */
     _Alignas(64) _Atomic(ioloop__post_t *) returned; /* used nodes for posters to reuse */
+    size_t returned_count; /* loop thread: nodes put in `returned` since it was last seen empty */
 
     /* loop thread */
     _Alignas(64) ioloop__calls_t calls, running_calls;
