@@ -9,15 +9,17 @@
  * one thread run in the order they were made. (liburcu's cds_wfcq would do as
  * well, but its 0.13 atomics are inline asm that ThreadSanitizer cannot see.)
  *
- * Nodes are recycled, not freed: after running a batch the loop hands up to
- * RECYCLE_MAX of its nodes back in one store to `returned` (only when posters
- * took the previous batch); a poster whose thread-local cache is empty takes
- * the whole chain with one exchange (taking everything is ABA-free) and then
- * pops nodes with no atomics. So steady cross-thread posting makes neither a
- * malloc on the poster nor a free on the loop (glibc's cross-thread free
- * fought the poster's malloc for the arena lock). A thread's cache is freed at
- * its exit; it holds at most one returned chain (RECYCLE_MAX nodes, 512 KiB)
- * plus the odd node of a refused post.
+ * Nodes are recycled, not freed: after running a batch the loop pushes its
+ * nodes, chained, onto `returned` with one CAS (only it adds there), as long
+ * as that holds at most RECYCLE_MAX nodes since posters last emptied it; a
+ * poster whose thread-local cache is empty takes the whole chain with one
+ * exchange (taking everything is ABA-free) and then pops nodes with no
+ * atomics. So steady cross-thread posting makes neither a malloc on the
+ * poster nor a free on the loop (glibc's cross-thread free fought the
+ * poster's malloc for the arena lock), even when the loop falls behind and
+ * batches grow. A thread's cache is freed at its exit; it holds at most one
+ * returned chain (RECYCLE_MAX nodes, 2 MiB, about the posts that were in
+ * flight at a peak) plus the odd node of a refused post.
  *
  * Wakeups are coalesced: a poster writes the waker only if the loop is about
  * to sleep or asleep (`polling`) and no write is already on its way
@@ -27,8 +29,8 @@
  * check). `wakeup_pending` is cleared only by the loop after it drained the
  * waker, so while it is set a write is made or on its way.
  *
- * Closing: the stack head itself carries the "closed" mark (CLOSED, a low
- * bit). ioloop_close takes the stack and sets the mark in one exchange; a
+ * Closing: the stack head itself carries the "closed" mark (CLOSED, address
+ * 1). ioloop_close takes the stack and sets the mark in one exchange; a
  * poster's CAS either lands before it (its post is taken and run by the
  * close) or fails and then sees the mark (-ESHUTDOWN). So every post either
  * runs or returns -ESHUTDOWN, with one locked instruction per post. Only a
@@ -152,7 +154,7 @@ static int push_local(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
 /* The closed mark: never a node address (nodes are malloc-aligned). */
 #define CLOSED ((ioloop__post_t *)(uintptr_t)1)
 
-enum { RECYCLE_MAX = 16384 };
+enum { RECYCLE_MAX = 65536 };
 
 /* This thread's spare nodes (see the top of the file). */
 static _Thread_local struct {
@@ -282,8 +284,30 @@ static ioloop__post_t *take_posts(ioloop_t *loop)
     return reverse(atomic_exchange_explicit(&loop->posts, NULL, memory_order_acquire));
 }
 
-/* Runs a chain of posts; hands up to RECYCLE_MAX nodes back to posters if
- * they took the previous batch, frees the rest. */
+/* Puts a chain of `count` used nodes on `returned` for posters to reuse,
+ * unless that would hold more than RECYCLE_MAX there (then frees it). */
+static void recycle(ioloop_t *loop, ioloop__post_t *head, ioloop__post_t *tail, size_t count)
+{
+    tail->next = NULL; /* the batch may go on past RECYCLE_MAX, into freed nodes */
+    ioloop__post_t *old = atomic_load_explicit(&loop->returned, memory_order_relaxed);
+    if (!old)
+        loop->returned_count = 0; /* posters took all of it */
+    if (loop->returned_count + count > RECYCLE_MAX ||
+        atomic_load_explicit(&loop->state, memory_order_relaxed) != IOLOOP__OPEN) {
+        free_chain(head);
+        return;
+    }
+    /* Posters only ever take the whole chain (set NULL), and only this thread
+     * adds: the CAS fails only when they did, and then old is NULL. */
+    do
+        tail->next = old;
+    while (!atomic_compare_exchange_weak_explicit(&loop->returned, &old, head, memory_order_release,
+                                                  memory_order_relaxed));
+    loop->returned_count = (old ? loop->returned_count : 0) + count;
+}
+
+/* Runs a chain of posts, then recycles up to RECYCLE_MAX of the nodes and
+ * frees the rest. */
 static size_t run_posts(ioloop_t *loop, ioloop__post_t *post)
 {
     size_t n = 0;
@@ -301,15 +325,8 @@ static size_t run_posts(ioloop_t *loop, ioloop__post_t *post)
         post = next;
         n++;
     }
-    if (!keep_tail)
-        return 0;
-    keep_tail->next = NULL;
-    if (atomic_load_explicit(&loop->returned, memory_order_relaxed) == NULL &&
-        atomic_load_explicit(&loop->state, memory_order_relaxed) == IOLOOP__OPEN)
-        /* Only this thread makes `returned` non-NULL: nobody raced us here. */
-        atomic_store_explicit(&loop->returned, keep, memory_order_release);
-    else
-        free_chain(keep);
+    if (keep_tail)
+        recycle(loop, keep, keep_tail, n < RECYCLE_MAX ? n : RECYCLE_MAX);
     return n;
 }
 

@@ -132,12 +132,13 @@ struct ioloop {
 
     /* posting (callbacks.c): on cache lines of their own, so that posters
      * hammering them do not slow the loop thread's own fields. */
-    _Alignas(64) _Atomic(ioloop__post_t *) posts; /* LIFO stack of posts (low bit: closed), any thread */
+    _Alignas(64) _Atomic(ioloop__post_t *) posts; /* LIFO stack of posts, or CLOSED; any thread */
     _Atomic bool polling;                /* about to block, or blocked, in poll */
     _Atomic bool wakeup_pending;         /* a waker write is made or on its way */
     _Atomic int posters_inside;          /* posters about to write the waker */
     int wake_read_fd, wake_write_fd;     /* eventfd: both the same */
     _Alignas(64) _Atomic(ioloop__post_t *) returned; /* used nodes for posters to reuse */
+    size_t returned_count; /* loop thread: nodes put in `returned` since it was last seen empty */
 
     /* loop thread */
     _Alignas(64) ioloop__calls_t calls, running_calls;

@@ -49,18 +49,20 @@ static struct event_base *base_new(bool shared)
 
 /* ---- own thread: a plain queue and a user event ------------------------------ */
 
+/* Loop-side, shared and counter fields on separate cache lines (as for
+ * ioloop in bench_callbacks.c). */
 typedef struct {
     struct event_base *base;
     struct event *drain;
-    bench_queue_t q;
     size_t n, posted, run, samples;
     const bench_options_t *o;
-    _Atomic size_t done;
     _Atomic bool go;
-    _Atomic int64_t posted_at;
     double *ns;
     int64_t t0, t1;
-    int err;
+    _Atomic int err;
+    _Alignas(64) bench_queue_t q;
+    _Alignas(64) _Atomic size_t done;
+    _Atomic int64_t posted_at;
 } posts_t;
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -92,9 +94,10 @@ static void started_cb(evutil_socket_t fd, short what, void *arg)
 
 static posts_t *posts_new(bool shared, const bench_options_t *o)
 {
-    posts_t *s = calloc(1, sizeof(*s));
+    posts_t *s = aligned_alloc(_Alignof(posts_t), sizeof(*s));
     if (!s)
         return NULL;
+    memset(s, 0, sizeof(*s));
     s->o = o;
     s->base = base_new(shared);
     s->drain = s->base ? event_new(s->base, -1, 0, drain_cb, s) : NULL;
@@ -166,8 +169,9 @@ static void *count_producer(void *arg)
     bench_pin_self(s->o->producer_cpu);
     while (!atomic_load(&s->go))
         sched_yield();
+    size_t n = s->n;
     s->t0 = bench_now_ns();
-    for (size_t i = 0; i < s->n && !s->err; i++)
+    for (size_t i = 0; i < n && !atomic_load_explicit(&s->err, memory_order_relaxed); i++)
         post(s, count_cb, NULL);
     return NULL;
 }
