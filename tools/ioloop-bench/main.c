@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "bench.h"
+#include "bench_runtime.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -42,12 +43,28 @@ static const bench_command_t commands[] = {
     {"pipes", bench_pipes, true, "libevent test/bench.c: N socketpairs, A active, W writes"},
 };
 
+/* The runtime's benchmarks parse their own options (`ioloop-bench scale --help`). */
+typedef struct {
+    const char *name;
+    int (*main)(int argc, char **argv);
+    const char *help;
+} bench_standalone_t;
+
+static const bench_standalone_t standalone[] = {
+    {"scale", bench_scale_main, "TCP ping-pong on 1..N loops: ops/s, CPU per op, per-loop share, CSV + PNG"},
+    {"accept", bench_accept_main, "connections/s and per-loop balance for each accept mode"},
+    {"post", bench_post_main, "cross-loop ping-pong latency p50/p99 and one-way post throughput"},
+};
+
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: ioloop-bench [--repeat N] [--quick] [--no-pin] <command>...\n\ncommands:\n");
+    fprintf(out, "usage: ioloop-bench [--repeat N] [--quick] [--no-pin] <command>...\n"
+                 "       ioloop-bench scale|accept|post [options] (--help for theirs)\n\ncommands:\n");
     fprintf(out, "  %-10s %s\n", "all", "every command marked for it, in order");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].help);
+    for (size_t i = 0; i < sizeof(standalone) / sizeof(standalone[0]); i++)
+        fprintf(out, "  %-10s %s\n", standalone[i].name, standalone[i].help);
     fprintf(out, "\nEach figure is the median of --repeat runs (default 3) after a warm-up run.\n");
 }
 
@@ -81,6 +98,9 @@ static const bench_command_t *find_command(const char *name)
 
 int main(int argc, char **argv)
 {
+    for (size_t i = 0; argc > 1 && i < sizeof(standalone) / sizeof(standalone[0]); i++)
+        if (strcmp(argv[1], standalone[i].name) == 0)
+            return standalone[i].main(argc - 1, argv + 1);
     bench_options_t o = {.repeat = 3};
     bool pin = true;
     /* Options may come before or after the commands. */
