@@ -160,3 +160,10 @@ void ioloop__rcu_barrier(void)
     if (was_online)
         ioloop__rcu_online();
 }
+
+void ioloop__rcu_barrier_at_exit(void)
+{
+#ifndef IOLOOP_TSAN
+    ioloop__rcu_barrier();
+#endif
+}

@@ -135,5 +135,5 @@ __attribute__((destructor)) static void flush_deferred_frees_at_exit(void)
         any_running |= atomic_load(&loop->running);
     pthread_mutex_unlock(&registry_lock);
     if (!any_running)
-        ioloop__rcu_barrier();
+        ioloop__rcu_barrier_at_exit();
 }
