@@ -530,6 +530,21 @@ static int cb_header_field_complete(llhttp_t *p)
     if (!req || req->headers_done)
         return req ? 0 : -1;
     http_hdr_t *h = &req->hdrs[req->nhdrs - 1];
+    /* field-name = token (RFC 9110 5.1): llhttp lets a few non-tchars by. */
+    static const char tchar_extra[] = "!#$%&'*+-.^_`|~";
+    const unsigned char *n = (const unsigned char *)c->in.data + h->name_off;
+    if (h->name_len == 0) {
+        c->fail_status = 400;
+        return -1;
+    }
+    for (uint32_t i = 0; i < h->name_len; i++) {
+        unsigned char ch = n[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch && strchr(tchar_extra, ch)))) {
+            c->fail_status = 400;
+            return -1;
+        }
+    }
     h->val_off = h->name_off + h->name_len; /* an empty value stays empty */
     h->val_len = 0;
     req->in_value = true;

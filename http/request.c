@@ -109,6 +109,11 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req)
 
     /* The target: origin-form, absolute-form, or "*" for OPTIONS. */
     char *url = base + req->url_off;
+    /* request-line = method SP request-target SP HTTP-version: exactly one SP
+     * each side (RFC 9112 3; whitespace-tolerant parsing is only a MAY). */
+    if (req->url_off < 2 || base[req->url_off - 1] != ' ' || base[req->url_off - 2] == ' ' ||
+        url[req->url_len] != ' ' || url[req->url_len + 1] != 'H')
+        return 400;
     url[req->url_len] = '\0';
     req->uri = url;
     char *path = url;
