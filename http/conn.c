@@ -632,6 +632,10 @@ static int cb_headers_complete(llhttp_t *p)
             end = e;
     }
     c->hdr_end = end + 1;
+    if (c->hdr_end > c->w->server->opts.max_header_size) {
+        c->fail_status = 431; /* it arrived in one read, still too large */
+        return -1;
+    }
     req->headers_done = true;
     int st = ioloop__http_request_head_done(c, req);
     if (st) {

@@ -303,7 +303,7 @@ static inline void tcli_expect_close(int port, const char *raw, size_t len, int 
     tresp_t r;
     assert_int_equal(tcli_response(fd, &r), 0);
     if (r.status != status)
-        fprintf(stderr, "request:\n%s\nexpected %d, got:\n%s\n", raw, status, r.head);
+        fprintf(stderr, "request:\n%.200s\nexpected %d, got:\n%s\n", raw, status, r.head);
     assert_int_equal(r.status, status);
     assert_true(tresp_has(&r, "Connection", "close"));
     assert_int_equal(tcli_closed(fd, 3000, NULL), 1);
