@@ -38,6 +38,11 @@ static inline void *tsrv_run(void *arg)
 {
     tsrv_t *t = arg;
     ioloop_start(t->loop);
+    /* the loop's own thread frees the server and closes the loop */
+    ioloop_http_server_free(t->server);
+    t->server = NULL;
+    if (ioloop_close(t->loop, false) != 0)
+        abort();
     return NULL;
 }
 
@@ -74,8 +79,6 @@ static inline void tsrv_stop(tsrv_t *t)
 {
     assert_int_equal(ioloop_add_callback(t->loop, tsrv_stop_cb, NULL), 0);
     pthread_join(t->thread, NULL);
-    ioloop_http_server_free(t->server);
-    assert_int_equal(ioloop_close(t->loop, false), 0);
 }
 
 /* A blocking client socket with a 5 s receive timeout. */
