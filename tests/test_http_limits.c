@@ -119,6 +119,33 @@ static void test_413_before_body(void **state)
     tsrv_stop(&t);
 }
 
+/* A client that keeps sending after its 413: the server's FIN comes first and
+ * what follows is read and dropped, so the client sees the whole 413 and a
+ * clean end, never a reset (a plain close() with unread bytes sends RST). */
+static void test_413_no_reset_while_client_sends(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start(&t, NULL);
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 209715200\r\n\r\n");
+    static char junk[256 * 1024]; /* sent at once: unread when the 413 goes out */
+    size_t sent = 0;
+    while (sent < sizeof(junk)) {
+        ssize_t n = send(fd, junk + sent, sizeof(junk) - sent, MSG_NOSIGNAL);
+        assert_true(n > 0);
+        sent += (size_t)n;
+    }
+    tu_sleep_ms(100);
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_int_equal(r.status, 413);
+    tresp_free(&r);
+    assert_int_equal(tcli_closed(fd, 3000, NULL), 1);
+    close(fd);
+    tsrv_stop(&t);
+}
+
 static void test_idle_timeout(void **state)
 {
     (void)state;
@@ -186,7 +213,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_431_over_max_header_size), cmocka_unit_test(test_431_too_many_headers),
-        cmocka_unit_test(test_413_before_body),          cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_413_before_body),          cmocka_unit_test(test_413_no_reset_while_client_sends),
+        cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_header_timeout),           cmocka_unit_test(test_body_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
