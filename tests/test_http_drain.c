@@ -146,12 +146,85 @@ static void test_drain_with_nothing_open(void **state)
     tsrv_stop(&t);
 }
 
+/* Keep-alive clients hammering the server while it drains: every response a
+ * client starts to receive arrives whole, and no connection is reset; the
+ * clients only ever see a clean close (then a refused connect). */
+static atomic_int load_stop, load_done, load_cut, load_reset;
+
+static void *load_client(void *arg)
+{
+    int port = *(int *)arg;
+    while (!atomic_load(&load_stop)) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+            close(fd);
+            break; /* the listener is gone */
+        }
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        for (;;) {
+            if (send(fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 27, MSG_NOSIGNAL) != 27) {
+                if (errno == ECONNRESET)
+                    atomic_fetch_add(&load_reset, 1);
+                break;
+            }
+            tresp_t r;
+            if (tcli_response(fd, &r) != 0) {
+                if (tcli_errno == ECONNRESET)
+                    atomic_fetch_add(&load_reset, 1);
+                else if (tcli_got > 0)
+                    atomic_fetch_add(&load_cut, 1);
+                break;
+            }
+            bool close_now = tresp_has(&r, "Connection", "close");
+            if (r.status == 200 && strcmp(r.body, "ok") == 0)
+                atomic_fetch_add(&load_done, 1);
+            else
+                atomic_fetch_add(&load_cut, 1);
+            tresp_free(&r);
+            if (close_now)
+                break;
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+static void test_drain_under_load(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start(&t);
+    drain_timeout = IOLOOP_SEC(5);
+    atomic_store(&load_stop, 0);
+    atomic_store(&load_done, 0);
+    atomic_store(&load_cut, 0);
+    atomic_store(&load_reset, 0);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, load_client, &t.port), 0);
+    tu_sleep_ms(300);
+    int before = atomic_load(&load_done);
+    assert_int_equal(ioloop_add_callback(t.loop, start_drain, NULL), 0);
+    assert_true(wait_flag(&drained, 8000));
+    atomic_store(&load_stop, 1);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    assert_true(before > 0);
+    assert_int_equal(atomic_load(&load_cut), 0);
+    assert_int_equal(atomic_load(&load_reset), 0);
+    tsrv_stop(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_drain_answers_in_flight_and_closes_idle),
         cmocka_unit_test(test_drain_timeout_closes_the_rest),
         cmocka_unit_test(test_drain_with_nothing_open),
+        cmocka_unit_test(test_drain_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -126,10 +126,19 @@ static inline void tresp_free(tresp_t *r)
     r->body = NULL;
 }
 
+/* Bytes the last tcli_response* call received, and the errno of a failed
+ * recv (0 for EOF): tells "closed before answering" from "answer cut". */
+static _Thread_local size_t tcli_got;
+static _Thread_local int tcli_errno;
+
 /* Reads one byte; 1, 0 on EOF, -1 on error/timeout. */
 static inline int tcli_getc(int fd, char *ch)
 {
     ssize_t n = recv(fd, ch, 1, 0);
+    if (n == 1)
+        tcli_got++;
+    else
+        tcli_errno = n == 0 ? 0 : errno;
     return n == 1 ? 1 : n == 0 ? 0 : -1;
 }
 
@@ -180,6 +189,8 @@ static inline bool tresp_has(const tresp_t *r, const char *name, const char *val
 static inline int tcli_response_ex(int fd, tresp_t *r, bool no_body, bool keep_1xx)
 {
     memset(r, 0, sizeof(*r));
+    tcli_got = 0;
+    tcli_errno = 0;
 again:;
     size_t n = 0;
     char line[8192];
@@ -229,8 +240,11 @@ again:;
             body = realloc(body, cap *= 2);
         while (len < sz) {
             ssize_t k = recv(fd, body + len, sz - len, 0);
-            if (k <= 0)
+            if (k <= 0) {
+                tcli_errno = k == 0 ? 0 : errno;
                 goto fail;
+            }
+            tcli_got += (size_t)k;
             len += (size_t)k;
         }
     } else {
