@@ -122,6 +122,15 @@ static void detach_request(http_conn_t *c)
             ioloop__http_response_abort(req);
             if (req->on_close)
                 req->on_close(req, req->on_close_arg);
+            if (!req->finished) { /* kept until finish, or until server_free */
+                http_worker_t *w = c->w;
+                req->orphan_next = w->orphans;
+                req->orphan_prev = NULL;
+                if (w->orphans)
+                    w->orphans->orphan_prev = req;
+                w->orphans = req;
+                req->orphaned = true;
+            }
         } else if (!req->user_owned) {
             ioloop__http_request_put(req);
         }
@@ -351,8 +360,9 @@ static void conn_process(http_conn_t *c)
             ioloop_http_request_t *req = c->req;
             if (req && req->headers_done && !req->complete) {
                 c->in.len = c->parsed = c->hdr_end; /* consumed body bytes go */
-                if (o->body_timeout)
-                    set_deadline(c, req->start + o->body_timeout);
+                /* the body has body_timeout (else the idle timeout between reads) */
+                set_deadline(c, o->body_timeout ? req->start + o->body_timeout
+                                                : now_of(c) + o->idle_connection_timeout);
             } else if (req && !req->headers_done) {
                 if (c->in.len > o->max_header_size) {
                     c->fail_status = 431;
@@ -413,9 +423,13 @@ static void conn_read(http_conn_t *c, unsigned events)
         return;
     }
     if (c->in.len == c->in.cap) {
+        /* Grow for a large head, or when a head that (nearly) filled the
+         * buffer leaves no room for the body behind it; never for bytes
+         * pipelined behind a request in flight. */
         bool in_head = !c->req || !c->req->headers_done;
-        if (in_head && c->in.cap <= o->max_header_size && ioloop__hbuf_reserve(c->w, &c->in, c->in.cap) == 0) {
-            /* grown: a large head */
+        bool can_grow = in_head ? c->in.cap <= o->max_header_size : !c->req->complete;
+        if (can_grow && ioloop__hbuf_reserve(c->w, &c->in, c->in.cap) == 0) {
+            /* grown */
         } else {
             /* Pipelined bytes fill the buffer while a handler runs: stop
              * reading until its response is out (back-pressure). */

@@ -57,6 +57,7 @@ typedef struct {
 
 struct ioloop_http_server {
     ioloop_http_server_options_t opts;
+    uint64_t id; /* unique per process: validates the per-thread worker cache */
     /* routes: literal ones in an open-addressing hash, patterns in order */
     http_route_t **routes;
     int nroutes, routes_cap;
@@ -85,6 +86,8 @@ struct ioloop_http_request {
     const http_route_t *route;
     ioloop_http_handler_fn handler;
     ioloop_http_request_t *next_free;
+    ioloop_http_request_t *orphan_next, *orphan_prev; /* w->orphans */
+    bool orphaned;
 
     /* ---- parsed head (offsets while parsing; `base` once complete) ---- */
     const char *base;
@@ -173,6 +176,7 @@ struct http_worker {
     int nblocks, blocks_cap;
     ioloop_http_request_t *free_reqs;
     int nfree_reqs;
+    ioloop_http_request_t *orphans; /* held by handlers, connection gone */
     http_conn_t *free_conns;
     int nfree_conns;
     time_t date_sec;

@@ -272,6 +272,16 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
     req->finished = true;
     http_conn_t *c = req->c;
     if (!c) {
+        if (req->orphaned) {
+            http_worker_t *w = req->w;
+            if (req->orphan_prev)
+                req->orphan_prev->orphan_next = req->orphan_next;
+            else
+                w->orphans = req->orphan_next;
+            if (req->orphan_next)
+                req->orphan_next->orphan_prev = req->orphan_prev;
+            req->orphaned = false;
+        }
         ioloop__http_request_put(req);
         return 0;
     }

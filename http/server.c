@@ -87,8 +87,9 @@ http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool
 {
     /* The last lookup per thread: a thread runs one loop, and usually serves one server. */
     static _Thread_local ioloop_http_server_t *last_s;
+    static _Thread_local uint64_t last_id;
     static _Thread_local http_worker_t *last_w;
-    if (last_s == s && last_w && last_w->loop == loop)
+    if (last_s == s && last_id == s->id && last_w->loop == loop)
         return last_w;
     http_worker_t *w = atomic_load_explicit(&s->workers, memory_order_acquire);
     for (; w; w = w->next)
@@ -106,6 +107,7 @@ http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool
     }
     if (w) {
         last_s = s;
+        last_id = s->id;
         last_w = w;
     }
     return w;
@@ -128,6 +130,12 @@ static void worker_free(http_worker_t *w)
 {
     while (w->conns)
         ioloop__http_conn_close(w->conns);
+    while (w->orphans) { /* requests a handler never finished */
+        ioloop_http_request_t *r = w->orphans;
+        w->orphans = r->orphan_next;
+        r->refs = 0;
+        ioloop__http_request_put(r);
+    }
     if (w->drain_timer)
         ioloop_remove_timeout(w->loop, w->drain_timer);
     if (w->accept_retry)
@@ -159,9 +167,11 @@ static void worker_free(http_worker_t *w)
 
 ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t *opts)
 {
+    static atomic_uint_fast64_t next_id = 1;
     ioloop_http_server_t *s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
+    s->id = atomic_fetch_add(&next_id, 1);
     if (opts)
         s->opts = *opts;
     if (!s->opts.max_header_size)

@@ -374,6 +374,29 @@ static void test_reset_mid_response(void **state)
     tresp_free(&r);
 }
 
+static void never(ioloop_http_request_t *req, void *arg)
+{
+    (void)req;
+    (void)arg; /* never finishes: server_free must still release it (LeakSanitizer checks) */
+}
+
+static void test_unfinished_request_freed_with_server(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    tsrv_init(&t, NULL);
+    tsrv_route(&t, "/never", (ioloop_http_route_t){.get = never});
+    tsrv_start(&t);
+    int a = tcli_connect(t.port), b = tcli_connect(t.port);
+    tcli_send(a, "GET /never HTTP/1.1\r\nHost: a\r\n\r\n");
+    tcli_send(b, "GET /never HTTP/1.1\r\nHost: a\r\n\r\n");
+    tu_sleep_ms(50);
+    close(a); /* a's request is orphaned; b's is still open at server_free */
+    tu_sleep_ms(50);
+    tsrv_stop(&t);
+    close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -389,6 +412,7 @@ int main(void)
         cmocka_unit_test(test_finish_from_other_thread),
         cmocka_unit_test(test_on_close_when_client_leaves),
         cmocka_unit_test(test_reset_mid_response),
+        cmocka_unit_test(test_unfinished_request_freed_with_server),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
