@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "ioloop/runtime.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -217,6 +218,10 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
 }
 
 /* ---- accepting ---------------------------------------------------------- */
+
+/* The runtime's listener takes ioloop_http_server_accept as its on_accept. */
+_Static_assert(_Generic(&ioloop_http_server_accept, ioloop_accept_fn: 1, default: 0),
+               "ioloop_http_server_accept must be an ioloop_accept_fn");
 
 void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
 {

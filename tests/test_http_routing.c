@@ -5,6 +5,8 @@
  */
 #include "test_http_util.h"
 
+#include <fcntl.h>
+
 static void echo_path_arg(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
@@ -211,6 +213,35 @@ static void test_xheaders(void **state)
     tresp_free(&r);
 }
 
+/* A server fed an accepted fd directly (the runtime listener's path). */
+static int fed_fd;
+
+static void feed(ioloop_t *loop, void *arg)
+{
+    ioloop_http_server_accept(loop, fed_fd, NULL, 0, arg);
+}
+
+static void test_accept_fed_fd(void **state)
+{
+    (void)state;
+    int sv[2];
+    tu_socketpair(sv);
+    fed_fd = sv[0];
+    assert_int_equal(ioloop_add_callback(srv.loop, feed, srv.server), 0);
+    int fl = fcntl(sv[1], F_GETFL);
+    fcntl(sv[1], F_SETFL, fl & ~O_NONBLOCK);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    tcli_send(sv[1], "GET /info?name=u HTTP/1.1\r\nHost: x\r\n\r\n");
+    tresp_t r;
+    assert_int_equal(tcli_response(sv[1], &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "name=[u]"));
+    assert_non_null(strstr(r.body, "ip= ")); /* no IP peer */
+    tresp_free(&r);
+    close(sv[1]);
+}
+
 static void test_route_errors(void **state)
 {
     (void)state;
@@ -230,6 +261,7 @@ int main(void)
         cmocka_unit_test(test_query_and_headers), cmocka_unit_test(test_form_body_arguments),
         cmocka_unit_test(test_absolute_form),  cmocka_unit_test(test_head),
         cmocka_unit_test(test_xheaders),       cmocka_unit_test(test_route_errors),
+        cmocka_unit_test(test_accept_fed_fd),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
