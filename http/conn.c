@@ -282,7 +282,9 @@ static void after_response(http_conn_t *c)
         c->deferred_done = true; /* llhttp is still reading c->in */
         return;
     }
-    if (c->close_after) {
+    if (c->close_after || (c->w->draining && c->parsed == c->in.len)) {
+        /* (draining: a keep-alive response that went out as the drain began;
+         * a pipelined request already here is still answered, with close) */
         linger_start(c);
         return;
     }

@@ -35,6 +35,13 @@ static void hang(ioloop_http_request_t *req, void *arg)
     ioloop_http_request_on_close(req, hang_gone, NULL);
 }
 
+static void bigok(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    static char big[4 * 1024 * 1024];
+    ioloop_http_response_send(req, 200, "application/octet-stream", big, sizeof(big));
+}
+
 static void on_drained(ioloop_t *loop, void *arg)
 {
     (void)loop;
@@ -61,6 +68,7 @@ static void start(tsrv_t *t)
     tsrv_route(t, "/", (ioloop_http_route_t){.get = th_ok});
     tsrv_route(t, "/slow", (ioloop_http_route_t){.get = slow});
     tsrv_route(t, "/hang", (ioloop_http_route_t){.get = hang});
+    tsrv_route(t, "/bigok", (ioloop_http_route_t){.get = bigok});
     tsrv_start(t);
     cur = t;
     atomic_store(&slow_finished, 0);
@@ -132,6 +140,30 @@ static void test_drain_timeout_closes_the_rest(void **state)
     assert_true(wait_flag(&drained, 5000));
     assert_int_not_equal(tcli_closed(busy, 5000, NULL), 0);
     close(busy);
+    tsrv_stop(&t);
+}
+
+/* A keep-alive response still going out when the drain begins: once it is
+ * out, the connection closes instead of going back to idle. */
+static void test_drain_while_response_is_written(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start(&t);
+    drain_timeout = IOLOOP_SEC(20);
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "GET /bigok HTTP/1.1\r\nHost: a\r\n\r\n");
+    tu_sleep_ms(100); /* finished, most of it still in the server's out buffer */
+    assert_int_equal(ioloop_add_callback(t.loop, start_drain, NULL), 0);
+    tu_sleep_ms(50);
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 4 * 1024 * 1024);
+    tresp_free(&r);
+    assert_int_equal(tcli_closed(fd, 5000, NULL), 1);
+    assert_true(wait_flag(&drained, 5000));
+    close(fd);
     tsrv_stop(&t);
 }
 
@@ -223,6 +255,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_drain_answers_in_flight_and_closes_idle),
         cmocka_unit_test(test_drain_timeout_closes_the_rest),
+        cmocka_unit_test(test_drain_while_response_is_written),
         cmocka_unit_test(test_drain_with_nothing_open),
         cmocka_unit_test(test_drain_under_load),
     };
