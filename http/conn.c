@@ -21,6 +21,7 @@
  */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "ioloop/runtime.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -80,6 +81,17 @@ static void on_timer(ioloop_t *loop, void *arg)
 }
 
 /* ---- life cycle --------------------------------------------------------- */
+
+/* A connection a runtime listener handed over raised its loop's
+ * live_connections (DISPATCH balances on it); its end is reported back with
+ * ioloop_connection_closed. Referenced weakly so that this library also links
+ * against a libioloop without the runtime (the single-loop listener). */
+#pragma weak ioloop_connection_closed
+void ioloop__http_connection_closed(ioloop_t *loop)
+{
+    if (ioloop_connection_closed)
+        ioloop_connection_closed(loop);
+}
 
 static void conn_free(http_conn_t *c)
 {
@@ -157,6 +169,8 @@ void ioloop__http_conn_close(http_conn_t *c)
         c->next->prev = c->prev;
     c->next = c->prev = NULL;
     w->nconns--;
+    if (c->counted)
+        ioloop__http_connection_closed(w->loop);
 
     detach_request(c);
     if (c->busy == 0)
@@ -166,7 +180,8 @@ void ioloop__http_conn_close(http_conn_t *c)
 
 static int on_event(ioloop_t *loop, int fd, unsigned events, void *arg);
 
-void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len)
+void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+                             bool counted)
 {
     http_conn_t *c = w->free_conns;
     if (c) {
@@ -174,9 +189,12 @@ void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *pe
         w->nfree_conns--;
     } else if (!(c = malloc(sizeof(*c)))) {
         close(fd);
+        if (counted)
+            ioloop__http_connection_closed(w->loop);
         return;
     }
     memset(c, 0, sizeof(*c));
+    c->counted = counted;
     llhttp_init(&c->parser, HTTP_REQUEST, &ioloop__http_settings);
     c->parser.data = c;
     c->w = w;
@@ -189,6 +207,8 @@ void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *pe
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (ioloop_add_handler(w->loop, fd, IOLOOP_READ, on_event, c) != 0) {
         close(fd);
+        if (counted)
+            ioloop__http_connection_closed(w->loop);
         conn_free(c);
         return;
     }

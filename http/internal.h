@@ -157,6 +157,7 @@ struct http_conn {
     unsigned events;
     uint8_t state;
     bool processing, close_after, reading_paused;
+    bool counted; /* came from a runtime listener: report its end */
     bool in_execute;        /* inside llhttp_execute: c->in must stay put */
     bool deferred_done;     /* a response ended inside llhttp_execute */
     bool resp_done_pending; /* a finished response still has bytes in out */
@@ -209,8 +210,10 @@ size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_sp
 
 /* conn.c */
 extern const llhttp_settings_t ioloop__http_settings;
-void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len);
+void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+                             bool counted);
 void ioloop__http_conn_close(http_conn_t *c);
+void ioloop__http_connection_closed(ioloop_t *loop);
 /* Sends what is buffered in c->out; afterwards the connection may be dead. */
 void ioloop__http_conn_send(http_conn_t *c);
 /* The response of c->req ended (finish): decide keep-alive and go on. */

@@ -229,9 +229,10 @@ void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *pe
     http_worker_t *w = ioloop__http_worker(s, loop, true);
     if (!w || w->draining) {
         close(fd);
+        ioloop__http_connection_closed(loop);
         return;
     }
-    ioloop__http_conn_start(w, fd, peer, peer_len);
+    ioloop__http_conn_start(w, fd, peer, peer_len, true);
 }
 
 static void listener_resume(ioloop_t *loop, void *arg);
@@ -284,7 +285,7 @@ static int on_listener(ioloop_t *loop, int fd, unsigned events, void *arg)
             }
             return 0; /* EAGAIN and the rest: wait for the next event */
         }
-        ioloop__http_conn_start(w, cfd, (struct sockaddr *)&peer, len);
+        ioloop__http_conn_start(w, cfd, (struct sockaddr *)&peer, len, false);
     }
     return 0;
 }
