@@ -243,6 +243,33 @@ static void test_pipelining_in_order(void **state)
     close(fd);
 }
 
+/* More pipelined bytes than a read buffer holds, behind a slow request: the
+ * server stops reading while the handler runs, then answers all, in order. */
+static void test_pipelining_many(void **state)
+{
+    (void)state;
+    int fd = tcli_connect(srv.port);
+    const int n = 1500;
+    size_t cap = (size_t)n * 64 + 64, len = 0;
+    char *buf = malloc(cap);
+    len += (size_t)sprintf(buf, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    for (int i = 0; i < n; i++)
+        len += (size_t)sprintf(buf + len, i % 2 ? "GET / HTTP/1.1\r\nHost: a\r\n\r\n" : "GET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_true(len > 40000);
+    tcli_sendn(fd, buf, len);
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_string_equal(r.body, "slow");
+    tresp_free(&r);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(tcli_response(fd, &r), 0);
+        assert_string_equal(r.body, i % 2 ? "ok" : "fast");
+        tresp_free(&r);
+    }
+    free(buf);
+    close(fd);
+}
+
 static void test_pipelining_byte_by_byte(void **state)
 {
     (void)state;
@@ -405,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_connection_close),
         cmocka_unit_test(test_no_keep_alive_option),
         cmocka_unit_test(test_pipelining_in_order),
+        cmocka_unit_test(test_pipelining_many),
         cmocka_unit_test(test_pipelining_byte_by_byte),
         cmocka_unit_test(test_streamed_response_is_chunked),
         cmocka_unit_test(test_streamed_response_http10),
