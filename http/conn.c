@@ -180,8 +180,7 @@ void ioloop__http_conn_close(http_conn_t *c)
 
 static int on_event(ioloop_t *loop, int fd, unsigned events, void *arg);
 
-void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
-                             bool counted)
+void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len, bool counted)
 {
     http_conn_t *c = w->free_conns;
     if (c) {
@@ -338,8 +337,8 @@ static void dispatch(http_conn_t *c, ioloop_http_request_t *req)
             const struct {
                 ioloop_http_handler_fn fn;
                 const char *name;
-            } m[] = {{r->get, "GET"},     {r->get ? r->get : r->head, "HEAD"},
-                     {r->post, "POST"},   {r->put, "PUT"},
+            } m[] = {{r->get, "GET"},        {r->get ? r->get : r->head, "HEAD"},
+                     {r->post, "POST"},      {r->put, "PUT"},
                      {r->delete_, "DELETE"}, {r->patch, "PATCH"},
                      {r->options, "OPTIONS"}};
             for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
@@ -383,8 +382,8 @@ static void conn_process(http_conn_t *c)
             if (req && req->headers_done && !req->complete) {
                 c->in.len = c->parsed = c->hdr_end; /* consumed body bytes go */
                 /* the body has body_timeout (else the idle timeout between reads) */
-                set_deadline(c, o->body_timeout ? req->start + o->body_timeout
-                                                : now_of(c) + o->idle_connection_timeout);
+                set_deadline(c,
+                             o->body_timeout ? req->start + o->body_timeout : now_of(c) + o->idle_connection_timeout);
             } else if (req && !req->headers_done) {
                 if (c->in.len > o->max_header_size) {
                     c->fail_status = 431;

@@ -25,10 +25,10 @@
 #include <time.h>
 
 enum {
-    HTTP_BLOCK = 16384,       /* pooled buffer block */
-    HTTP_MAX_PATH_ARGS = 16,  /* capture groups a pattern may have */
-    HTTP_MAX_HEADERS = 256,   /* header lines per request (431 beyond) */
-    HTTP_POOL_KEEP = 256,     /* free blocks/requests a worker keeps */
+    HTTP_BLOCK = 16384,      /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
 };
 #define HTTP_LINGER IOLOOP_SEC(2) /* read-and-discard after our FIN */
 
@@ -127,7 +127,7 @@ struct ioloop_http_request {
 
     /* ---- response ---- */
     int status;
-    hbuf_t rhdr; /* user headers, formatted "Name: value\r\n" */
+    hbuf_t rhdr;  /* user headers, formatted "Name: value\r\n" */
     hbuf_t rbody; /* written, not yet flushed */
     bool user_length, user_ctype, headers_sent, chunked, head, no_body, close_delimited;
     ioloop_http_close_fn on_close;
@@ -146,10 +146,10 @@ struct http_conn {
     http_worker_t *w;
     http_conn_t *prev, *next;
     ioloop_http_request_t *req;
-    hbuf_t in;        /* request bytes; block taken only while needed */
-    size_t parsed;    /* in.data[0..parsed) went through llhttp */
-    size_t hdr_end;   /* end of the current head (body bytes after it are dropped) */
-    hbuf_t out;       /* response bytes not yet sent */
+    hbuf_t in;      /* request bytes; block taken only while needed */
+    size_t parsed;  /* in.data[0..parsed) went through llhttp */
+    size_t hdr_end; /* end of the current head (body bytes after it are dropped) */
+    hbuf_t out;     /* response bytes not yet sent */
     size_t out_off;
     ioloop_timer_t timer;
     ioloop_time_t timer_at, deadline;
@@ -157,7 +157,7 @@ struct http_conn {
     unsigned events;
     uint8_t state;
     bool processing, close_after, reading_paused;
-    bool counted; /* came from a runtime listener: report its end */
+    bool counted;           /* came from a runtime listener: report its end */
     bool in_execute;        /* inside llhttp_execute: c->in must stay put */
     bool deferred_done;     /* a response ended inside llhttp_execute */
     bool resp_done_pending; /* a finished response still has bytes in out */
@@ -210,8 +210,7 @@ size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_sp
 
 /* conn.c */
 extern const llhttp_settings_t ioloop__http_settings;
-void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
-                             bool counted);
+void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len, bool counted);
 void ioloop__http_conn_close(http_conn_t *c);
 void ioloop__http_connection_closed(ioloop_t *loop);
 /* Sends what is buffered in c->out; afterwards the connection may be dead. */

@@ -199,14 +199,29 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req)
         const ioloop_http_route_t *r = &route->route;
         ioloop_http_handler_fn fn = NULL;
         switch (req->method) {
-        case HTTP_GET: fn = r->get; break;
-        case HTTP_HEAD: fn = r->head ? r->head : r->get; break;
-        case HTTP_POST: fn = r->post; break;
-        case HTTP_PUT: fn = r->put; break;
-        case HTTP_DELETE: fn = r->delete_; break;
-        case HTTP_PATCH: fn = r->patch; break;
-        case HTTP_OPTIONS: fn = r->options; break;
-        default: break;
+        case HTTP_GET:
+            fn = r->get;
+            break;
+        case HTTP_HEAD:
+            fn = r->head ? r->head : r->get;
+            break;
+        case HTTP_POST:
+            fn = r->post;
+            break;
+        case HTTP_PUT:
+            fn = r->put;
+            break;
+        case HTTP_DELETE:
+            fn = r->delete_;
+            break;
+        case HTTP_PATCH:
+            fn = r->patch;
+            break;
+        case HTTP_OPTIONS:
+            fn = r->options;
+            break;
+        default:
+            break;
         }
         req->handler = fn;
         if (!fn)

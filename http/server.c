@@ -220,7 +220,7 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
 /* ---- accepting ---------------------------------------------------------- */
 
 /* The runtime's listener takes ioloop_http_server_accept as its on_accept. */
-_Static_assert(_Generic(&ioloop_http_server_accept, ioloop_accept_fn: 1, default: 0),
+_Static_assert(_Generic(&ioloop_http_server_accept, ioloop_accept_fn : 1, default : 0),
                "ioloop_http_server_accept must be an ioloop_accept_fn");
 
 void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
@@ -294,8 +294,8 @@ int ioloop_http_server_listen(ioloop_http_server_t *s, ioloop_t *loop, const cha
 {
     if (!s || !loop)
         return -EINVAL;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
@@ -391,8 +391,8 @@ static void drain_timeout(ioloop_t *loop, void *arg)
     drain_check(w);
 }
 
-int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout,
-                             ioloop_callback_fn done, void *arg)
+int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout, ioloop_callback_fn done,
+                             void *arg)
 {
     http_worker_t *w = ioloop__http_worker(s, loop, true);
     if (!w)

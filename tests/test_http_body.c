@@ -56,8 +56,8 @@ static void s_done(ioloop_http_request_t *req, void *arg)
     size_t n;
     ioloop_http_request_body(req, &n);
     char out[96];
-    int k = snprintf(out, sizeof(out), "prepared=%d chunks>1=%d bytes=%zu sum=%zu stored=%zu", s_prepared,
-                     s_chunks > 1, s_bytes, s_sum, n);
+    int k = snprintf(out, sizeof(out), "prepared=%d chunks>1=%d bytes=%zu sum=%zu stored=%zu", s_prepared, s_chunks > 1,
+                     s_bytes, s_sum, n);
     ioloop_http_response_send(req, 200, "text/plain", out, (size_t)k);
 }
 

@@ -254,7 +254,8 @@ static void test_pipelining_many(void **state)
     char *buf = malloc(cap);
     len += (size_t)sprintf(buf, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
     for (int i = 0; i < n; i++)
-        len += (size_t)sprintf(buf + len, i % 2 ? "GET / HTTP/1.1\r\nHost: a\r\n\r\n" : "GET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
+        len += (size_t)sprintf(buf + len,
+                               i % 2 ? "GET / HTTP/1.1\r\nHost: a\r\n\r\n" : "GET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_true(len > 40000);
     tcli_sendn(fd, buf, len);
     tresp_t r;
@@ -427,20 +428,13 @@ static void test_unfinished_request_freed_with_server(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keepalive_11_default),
-        cmocka_unit_test(test_http10_closes_unless_asked),
-        cmocka_unit_test(test_connection_close),
-        cmocka_unit_test(test_no_keep_alive_option),
-        cmocka_unit_test(test_pipelining_in_order),
-        cmocka_unit_test(test_pipelining_many),
-        cmocka_unit_test(test_pipelining_byte_by_byte),
-        cmocka_unit_test(test_streamed_response_is_chunked),
-        cmocka_unit_test(test_streamed_response_http10),
-        cmocka_unit_test(test_streamed_head),
-        cmocka_unit_test(test_finish_from_other_thread),
-        cmocka_unit_test(test_on_close_when_client_leaves),
-        cmocka_unit_test(test_reset_mid_response),
-        cmocka_unit_test(test_unfinished_request_freed_with_server),
+        cmocka_unit_test(test_keepalive_11_default),     cmocka_unit_test(test_http10_closes_unless_asked),
+        cmocka_unit_test(test_connection_close),         cmocka_unit_test(test_no_keep_alive_option),
+        cmocka_unit_test(test_pipelining_in_order),      cmocka_unit_test(test_pipelining_many),
+        cmocka_unit_test(test_pipelining_byte_by_byte),  cmocka_unit_test(test_streamed_response_is_chunked),
+        cmocka_unit_test(test_streamed_response_http10), cmocka_unit_test(test_streamed_head),
+        cmocka_unit_test(test_finish_from_other_thread), cmocka_unit_test(test_on_close_when_client_leaves),
+        cmocka_unit_test(test_reset_mid_response),       cmocka_unit_test(test_unfinished_request_freed_with_server),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

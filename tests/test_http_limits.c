@@ -212,10 +212,13 @@ static void test_body_timeout(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_431_over_max_header_size), cmocka_unit_test(test_431_too_many_headers),
-        cmocka_unit_test(test_413_before_body),          cmocka_unit_test(test_413_no_reset_while_client_sends),
+        cmocka_unit_test(test_431_over_max_header_size),
+        cmocka_unit_test(test_431_too_many_headers),
+        cmocka_unit_test(test_413_before_body),
+        cmocka_unit_test(test_413_no_reset_while_client_sends),
         cmocka_unit_test(test_idle_timeout),
-        cmocka_unit_test(test_header_timeout),           cmocka_unit_test(test_body_timeout),
+        cmocka_unit_test(test_header_timeout),
+        cmocka_unit_test(test_body_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -256,11 +256,11 @@ static void test_route_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_literal_200),    cmocka_unit_test(test_404),
-        cmocka_unit_test(test_405_allow),      cmocka_unit_test(test_path_args),
+        cmocka_unit_test(test_literal_200),       cmocka_unit_test(test_404),
+        cmocka_unit_test(test_405_allow),         cmocka_unit_test(test_path_args),
         cmocka_unit_test(test_query_and_headers), cmocka_unit_test(test_form_body_arguments),
-        cmocka_unit_test(test_absolute_form),  cmocka_unit_test(test_head),
-        cmocka_unit_test(test_xheaders),       cmocka_unit_test(test_route_errors),
+        cmocka_unit_test(test_absolute_form),     cmocka_unit_test(test_head),
+        cmocka_unit_test(test_xheaders),          cmocka_unit_test(test_route_errors),
         cmocka_unit_test(test_accept_fed_fd),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

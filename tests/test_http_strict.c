@@ -192,12 +192,18 @@ static void test_smuggled_second_request(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cl_and_te),          cmocka_unit_test(test_duplicate_content_length),
-        cmocka_unit_test(test_te_not_chunked_last), cmocka_unit_test(test_bad_chunked),
-        cmocka_unit_test(test_invalid_header_name), cmocka_unit_test(test_invalid_header_value),
-        cmocka_unit_test(test_bare_cr_and_lf),     cmocka_unit_test(test_obs_fold),
-        cmocka_unit_test(test_host),               cmocka_unit_test(test_request_line),
-        cmocka_unit_test(test_expect_unknown),     cmocka_unit_test(test_version),
+        cmocka_unit_test(test_cl_and_te),
+        cmocka_unit_test(test_duplicate_content_length),
+        cmocka_unit_test(test_te_not_chunked_last),
+        cmocka_unit_test(test_bad_chunked),
+        cmocka_unit_test(test_invalid_header_name),
+        cmocka_unit_test(test_invalid_header_value),
+        cmocka_unit_test(test_bare_cr_and_lf),
+        cmocka_unit_test(test_obs_fold),
+        cmocka_unit_test(test_host),
+        cmocka_unit_test(test_request_line),
+        cmocka_unit_test(test_expect_unknown),
+        cmocka_unit_test(test_version),
         cmocka_unit_test(test_smuggled_second_request),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

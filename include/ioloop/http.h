@@ -72,13 +72,13 @@ typedef struct {
 
 /* Server options; zero means the default (Tornado's where Tornado has one). */
 typedef struct {
-    bool no_keep_alive;               /* close after every response */
-    bool xheaders;                    /* trust X-Real-IP / X-Forwarded-For / X-Forwarded-Proto */
-    size_t max_header_size;           /* 64 KiB: larger request heads get 431 */
-    size_t max_body_size;             /* 100 MiB: larger bodies get 413 */
+    bool no_keep_alive;                    /* close after every response */
+    bool xheaders;                         /* trust X-Real-IP / X-Forwarded-For / X-Forwarded-Proto */
+    size_t max_header_size;                /* 64 KiB: larger request heads get 431 */
+    size_t max_body_size;                  /* 100 MiB: larger bodies get 413 */
     ioloop_time_t idle_connection_timeout; /* 3600 s: idle keep-alive connections close */
-    ioloop_time_t header_timeout;     /* 60 s: a request head must arrive within it */
-    ioloop_time_t body_timeout;       /* 0: none (Tornado); else the body must arrive within it */
+    ioloop_time_t header_timeout;          /* 60 s: a request head must arrive within it */
+    ioloop_time_t body_timeout;            /* 0: none (Tornado); else the body must arrive within it */
 } ioloop_http_server_options_t;
 
 /* ---- server (configure from one thread before serving) ------------------ */
@@ -110,8 +110,8 @@ void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *pe
  * with Connection: close, and after `timeout` (0: none) close whatever is
  * left. done(loop, arg) runs on loop once no connection of this server
  * remains there. Returns 0, or -EALREADY if this loop is already draining. */
-int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout,
-                             ioloop_callback_fn done, void *arg);
+int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout, ioloop_callback_fn done,
+                             void *arg);
 
 /* Connections this server has open on `loop` (its thread). */
 int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop);
