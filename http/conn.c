@@ -50,6 +50,12 @@ static void set_events(http_conn_t *c, unsigned events)
 }
 
 static void on_timer(ioloop_t *loop, void *arg);
+static void linger_start(http_conn_t *c);
+
+static bool conn_idle(const http_conn_t *c)
+{
+    return !c->req && c->in.len == 0 && c->out_off == c->out.len && !c->resp_done_pending;
+}
 
 /* One timer per connection, re-armed only when the deadline moves earlier; a
  * timer that fires early just re-arms for the current deadline (0: none). */
@@ -74,9 +80,11 @@ static void on_timer(ioloop_t *loop, void *arg)
         set_deadline(c, c->deadline);
         return;
     }
-    /* Idle, slow head, slow body, stalled writer or an over-long linger. */
     ioloop__http_conn_enter(c);
-    ioloop__http_conn_close(c);
+    if (c->w->draining && c->state == CONN_OPEN && conn_idle(c))
+        linger_start(c); /* the drain's grace for an idle connection is over */
+    else
+        ioloop__http_conn_close(c); /* idle, slow head/body, stalled writer, long linger */
     ioloop__http_conn_leave(c);
 }
 
@@ -218,6 +226,17 @@ void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *pe
     w->conns = c;
     w->nconns++;
     set_deadline(c, ioloop_time(w->loop) + w->server->opts.idle_connection_timeout);
+}
+
+/* ---- drain ---------------------------------------------------------------- */
+
+/* An idle keep-alive connection gets a short grace before the drain closes
+ * it: a busy client's next request is usually already on its way, and is
+ * better answered (with Connection: close) than met by a closed socket. */
+void ioloop__http_conn_drain(http_conn_t *c)
+{
+    if (c->state == CONN_OPEN && conn_idle(c))
+        set_deadline(c, now_of(c) + HTTP_DRAIN_GRACE);
 }
 
 /* ---- lingering close ---------------------------------------------------- */

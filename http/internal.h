@@ -30,7 +30,8 @@ enum {
     HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
     HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
 };
-#define HTTP_LINGER IOLOOP_SEC(2) /* read-and-discard after our FIN */
+#define HTTP_LINGER IOLOOP_SEC(2)        /* read-and-discard after our FIN */
+#define HTTP_DRAIN_GRACE IOLOOP_MSEC(50) /* an idle connection's last chance in a drain */
 
 typedef struct http_worker http_worker_t;
 typedef struct http_conn http_conn_t;
@@ -213,6 +214,8 @@ extern const llhttp_settings_t ioloop__http_settings;
 void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len, bool counted);
 void ioloop__http_conn_close(http_conn_t *c);
 void ioloop__http_connection_closed(ioloop_t *loop);
+/* The drain began: an idle connection closes after a short grace. */
+void ioloop__http_conn_drain(http_conn_t *c);
 /* Sends what is buffered in c->out; afterwards the connection may be dead. */
 void ioloop__http_conn_send(http_conn_t *c);
 /* The response of c->req ended (finish): decide keep-alive and go on. */

@@ -411,17 +411,11 @@ int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_tim
         }
     }
     pthread_mutex_unlock(&s->lock);
-    /* Idle keep-alive connections go now (a polite close: FIN, then discard
-     * what the client may still send, so nobody sees a reset). */
-    for (http_conn_t *c = w->conns, *next; c; c = next) {
-        next = c->next;
-        if (c->state == CONN_OPEN && !c->req && c->in.len == 0 && c->out.len == c->out_off) {
-            ioloop__http_conn_enter(c);
-            c->close_after = true;
-            ioloop__http_conn_response_done(c);
-            ioloop__http_conn_leave(c);
-        }
-    }
+    /* Idle keep-alive connections go after a short grace (a polite close:
+     * FIN, then discard what the client may still send, so nobody sees a
+     * reset); the others close once their response is out. */
+    for (http_conn_t *c = w->conns; c; c = c->next)
+        ioloop__http_conn_drain(c);
     if (timeout > 0 && w->nconns > 0)
         w->drain_timer = ioloop_call_later(loop, timeout, drain_timeout, w);
     drain_check(w);
