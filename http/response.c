@@ -213,6 +213,10 @@ int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, co
         return -EALREADY;
     if (!valid_token(name) || strpbrk(value, "\r\n"))
         return -EINVAL;
+    if (!strcasecmp(name, "Connection") && !strcasecmp(value, "close")) {
+        req->keep_alive = false; /* the server writes the header itself */
+        return 0;
+    }
     if (!strcasecmp(name, "Date") || !strcasecmp(name, "Connection") || !strcasecmp(name, "Transfer-Encoding"))
         return -EINVAL;
     if (!strcasecmp(name, "Content-Length"))

@@ -126,6 +126,16 @@ static void big(ioloop_http_request_t *req, void *arg)
     big_more(req, 0, NULL);
 }
 
+static void closing(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    assert_int_equal(ioloop_http_response_header(req, "Connection", "close"), 0);
+    assert_int_equal(ioloop_http_response_header(req, "Connection", "upgrade"), -EINVAL);
+    assert_int_equal(ioloop_http_response_header(req, "Bad Name", "x"), -EINVAL);
+    assert_int_equal(ioloop_http_response_header(req, "X-Split", "a\r\nInjected: 1"), -EINVAL);
+    ioloop_http_response_send(req, 200, "text/plain", "bye", 3);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -137,6 +147,7 @@ static int setup(void **state)
     tsrv_route(&srv, "/threaded", (ioloop_http_route_t){.get = threaded});
     tsrv_route(&srv, "/hang", (ioloop_http_route_t){.get = hang});
     tsrv_route(&srv, "/big", (ioloop_http_route_t){.get = big});
+    tsrv_route(&srv, "/closing", (ioloop_http_route_t){.get = closing});
     tsrv_start(&srv);
     return 0;
 }
@@ -198,6 +209,23 @@ static void test_connection_close(void **state)
     tresp_t r;
     assert_int_equal(tcli_response(fd, &r), 0);
     assert_true(tresp_has(&r, "Connection", "close"));
+    tresp_free(&r);
+    size_t extra = 1;
+    assert_int_equal(tcli_closed(fd, 3000, &extra), 1);
+    assert_int_equal(extra, 0);
+    close(fd);
+}
+
+static void test_handler_closes(void **state)
+{
+    (void)state;
+    int fd = tcli_connect(srv.port);
+    tcli_send(fd, "GET /closing HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_string_equal(r.body, "bye");
+    assert_true(tresp_has(&r, "Connection", "close"));
+    assert_false(tresp_has(&r, "Injected", "1"));
     tresp_free(&r);
     size_t extra = 1;
     assert_int_equal(tcli_closed(fd, 3000, &extra), 1);
@@ -428,13 +456,21 @@ static void test_unfinished_request_freed_with_server(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keepalive_11_default),     cmocka_unit_test(test_http10_closes_unless_asked),
-        cmocka_unit_test(test_connection_close),         cmocka_unit_test(test_no_keep_alive_option),
-        cmocka_unit_test(test_pipelining_in_order),      cmocka_unit_test(test_pipelining_many),
-        cmocka_unit_test(test_pipelining_byte_by_byte),  cmocka_unit_test(test_streamed_response_is_chunked),
-        cmocka_unit_test(test_streamed_response_http10), cmocka_unit_test(test_streamed_head),
-        cmocka_unit_test(test_finish_from_other_thread), cmocka_unit_test(test_on_close_when_client_leaves),
-        cmocka_unit_test(test_reset_mid_response),       cmocka_unit_test(test_unfinished_request_freed_with_server),
+        cmocka_unit_test(test_keepalive_11_default),
+        cmocka_unit_test(test_http10_closes_unless_asked),
+        cmocka_unit_test(test_connection_close),
+        cmocka_unit_test(test_handler_closes),
+        cmocka_unit_test(test_no_keep_alive_option),
+        cmocka_unit_test(test_pipelining_in_order),
+        cmocka_unit_test(test_pipelining_many),
+        cmocka_unit_test(test_pipelining_byte_by_byte),
+        cmocka_unit_test(test_streamed_response_is_chunked),
+        cmocka_unit_test(test_streamed_response_http10),
+        cmocka_unit_test(test_streamed_head),
+        cmocka_unit_test(test_finish_from_other_thread),
+        cmocka_unit_test(test_on_close_when_client_leaves),
+        cmocka_unit_test(test_reset_mid_response),
+        cmocka_unit_test(test_unfinished_request_freed_with_server),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -122,6 +122,7 @@ void ioloop_http_server_free(ioloop_http_server_t *s);
 
 /* ---- request (loop thread) --------------------------------------------- */
 
+/* The loop that owns the request: post here to answer from another thread. */
 ioloop_t *ioloop_http_request_loop(const ioloop_http_request_t *req);
 /* "GET", "POST", ... */
 const char *ioloop_http_request_method(const ioloop_http_request_t *req);
@@ -166,8 +167,10 @@ bool ioloop_http_request_closed(const ioloop_http_request_t *req);
  * 100..599, -EALREADY after the headers went out. */
 int ioloop_http_response_status(ioloop_http_request_t *req, int status);
 /* Adds a response header. Content-Length set here is trusted (no chunking);
- * Date, Connection and Transfer-Encoding are the server's. -EINVAL for a name
- * or value with CR/LF, -EALREADY after the headers went out. */
+ * "Connection: close" closes the connection after this response; Date, other
+ * Connection values and Transfer-Encoding are the server's (-EINVAL). -EINVAL
+ * for a name that is not a token or a value with CR/LF, -EALREADY after the
+ * headers went out. */
 int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, const char *value);
 /* Appends to the body (buffered until flush or finish). -EPIPE if the client
  * went away, -EALREADY after finish. */
