@@ -463,12 +463,12 @@ static void conn_read(http_conn_t *c, unsigned events)
         return;
     }
     if (c->in.len == c->in.cap) {
-        /* Grow for a large head, or when a head that (nearly) filled the
-         * buffer leaves no room for the body behind it; never for bytes
-         * pipelined behind a request in flight. */
+        /* Grow only while the head arrives: once it is complete, the request's
+         * strings point into this buffer and it must not move. (Body bytes
+         * are dropped as they are parsed, and the head's own final CRLFs
+         * always leave room behind it, so the body never finds it full.) */
         bool in_head = !c->req || !c->req->headers_done;
-        bool can_grow = in_head ? c->in.cap <= o->max_header_size : !c->req->complete;
-        if (can_grow && ioloop__hbuf_reserve(c->w, &c->in, c->in.cap) == 0) {
+        if (in_head && c->in.cap <= o->max_header_size && ioloop__hbuf_reserve(c->w, &c->in, c->in.cap) == 0) {
             /* grown */
         } else {
             /* Pipelined bytes fill the buffer while a handler runs: stop
