@@ -378,6 +378,30 @@ static void dispatch(http_conn_t *c, ioloop_http_request_t *req)
     req->handler(req, req->route->route.arg);
 }
 
+/* A head that (nearly) filled the buffer leaves little room for the body
+ * behind it, and the body would trickle in a few bytes per read. Before any
+ * application code has seen the request, the buffer may still move: grow it
+ * and move the head's pointers along. (llhttp keeps no pointer into its input
+ * between two llhttp_execute calls.) */
+static const char *moved(const char *p, const char *from, size_t len, const char *to)
+{
+    return p >= from && p < from + len ? to + (p - from) : p;
+}
+
+static void make_body_room(http_conn_t *c, ioloop_http_request_t *req)
+{
+    const char *from = c->in.data;
+    size_t len = c->in.len;
+    if (ioloop__hbuf_reserve(c->w, &c->in, HTTP_BLOCK) != 0 || c->in.data == from)
+        return;
+    const char *to = c->in.data;
+    req->base = to;
+    req->uri = moved(req->uri, from, len, to);
+    req->path = moved(req->path, from, len, to);
+    req->query = moved(req->query, from, len, to);
+    req->host = moved(req->host, from, len, to);
+}
+
 static void conn_process(http_conn_t *c)
 {
     const ioloop_http_server_options_t *o = &c->w->server->opts;
@@ -400,6 +424,8 @@ static void conn_process(http_conn_t *c)
             ioloop_http_request_t *req = c->req;
             if (req && req->headers_done && !req->complete) {
                 c->in.len = c->parsed = c->hdr_end; /* consumed body bytes go */
+                if (c->in.cap - c->hdr_end < HTTP_BLOCK / 4 && !req->user_owned)
+                    make_body_room(c, req);
                 /* the body has body_timeout (else the idle timeout between reads) */
                 set_deadline(c,
                              o->body_timeout ? req->start + o->body_timeout : now_of(c) + o->idle_connection_timeout);
