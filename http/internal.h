@@ -1,0 +1,243 @@
+/* internal.h — libioloop-http's private structures, shared by the http/ sources.
+ *
+ * Threading rule: a worker (the server's state on one loop), its connections
+ * and their requests are touched only by that loop's thread. The server itself
+ * (options, routes, listener list) is read-only once serving starts, except the
+ * worker list (lock-free push) and the listener list (under its mutex).
+ *
+ * Memory plan (the "no allocation per request" rule): every worker keeps free
+ * lists of read/write buffer blocks, connections and requests. An idle
+ * keep-alive connection holds only its `conn_t` (the llhttp parser and a few
+ * fields); it takes a buffer block when bytes arrive and gives it back when
+ * the request is answered and nothing more is buffered.
+ */
+#ifndef IOLOOP_HTTP_INTERNAL_H
+#define IOLOOP_HTTP_INTERNAL_H
+
+#include "ioloop/http.h"
+
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <regex.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+enum {
+    HTTP_BLOCK = 16384,      /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
+};
+#define HTTP_LINGER IOLOOP_SEC(2)        /* read-and-discard after our FIN */
+#define HTTP_DRAIN_GRACE IOLOOP_MSEC(50) /* an idle connection's last chance in a drain */
+
+typedef struct http_worker http_worker_t;
+typedef struct http_conn http_conn_t;
+
+/* A growable byte buffer whose memory may come from a worker's block pool. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} hbuf_t;
+
+typedef struct {
+    char *pattern;
+    bool literal;
+    regex_t re;
+    int groups;
+    ioloop_http_route_t route;
+} http_route_t;
+
+typedef struct {
+    ioloop_t *loop;
+    int fd;
+    int port;
+} http_listener_t;
+
+struct ioloop_http_server {
+    ioloop_http_server_options_t opts;
+    uint64_t id; /* unique per process: validates the per-thread worker cache */
+    /* routes: literal ones in an open-addressing hash, patterns in order */
+    http_route_t **routes;
+    int nroutes, routes_cap;
+    http_route_t **lit; /* hash slots */
+    unsigned lit_mask;
+    int nlit;
+    /* workers: pushed lock-free, never removed before server_free */
+    _Atomic(http_worker_t *) workers;
+    pthread_mutex_t lock; /* guards listeners */
+    http_listener_t *listeners;
+    int nlisteners;
+};
+
+/* One header line: offsets into the connection's read buffer. */
+typedef struct {
+    uint32_t name_off, name_len, val_off, val_len;
+} http_hdr_t;
+
+typedef struct {
+    const char *name, *value;
+} http_arg_t;
+
+struct ioloop_http_request {
+    http_conn_t *c; /* NULL once the connection closed */
+    http_worker_t *w;
+    const http_route_t *route;
+    ioloop_http_handler_fn handler;
+    ioloop_http_request_t *next_free;
+    ioloop_http_request_t *orphan_next, *orphan_prev; /* w->orphans */
+    bool orphaned;
+
+    /* ---- parsed head (offsets while parsing; `base` once complete) ---- */
+    const char *base;
+    uint32_t url_off, url_len;
+    http_hdr_t *hdrs;
+    int nhdrs, hdrs_cap;
+    bool in_value; /* last header callback was a value */
+    int host_count, te_count;
+    bool te_chunked_only, expect_continue, expect_other, has_body;
+    uint8_t method, major, minor;
+    const char *path, *query, *uri, *host;
+    hbuf_t body;
+    uint64_t body_received;
+
+    /* ---- decoded on demand ---- */
+    hbuf_t pbuf; /* path arguments */
+    const char *pargs[HTTP_MAX_PATH_ARGS];
+    int npargs;
+    hbuf_t abuf; /* arguments */
+    http_arg_t *args;
+    int nargs, args_cap;
+    bool args_parsed;
+    char remote_ip[64];
+    bool remote_ip_set;
+    const char *protocol;
+
+    /* ---- state ---- */
+    bool headers_done, complete, finished, closed;
+    bool user_owned; /* application code has seen it (prepare or handler) */
+    bool dispatched; /* the method handler ran: parsing waits for finish */
+    hbuf_t owned_in; /* the read buffer, taken over when the connection closed */
+    struct sockaddr_in6 peer;
+    socklen_t peer_len;
+    ioloop_time_t start;
+    bool keep_alive, streaming;
+    int fail_status; /* answer this instead of dispatching (404/405/...) */
+
+    /* ---- response ---- */
+    int status;
+    hbuf_t rhdr;  /* user headers, formatted "Name: value\r\n" */
+    hbuf_t rbody; /* written, not yet flushed */
+    bool user_length, user_ctype, headers_sent, chunked, head, no_body, close_delimited;
+    ioloop_http_close_fn on_close;
+    void *on_close_arg;
+    ioloop_http_flush_fn flush_fn;
+    void *flush_arg;
+    bool flush_waiting; /* flush_fn waits for the out buffer to drain */
+    int refs;           /* scheduled flush completions holding req */
+    int flush_status;
+};
+
+enum { CONN_OPEN, CONN_LINGER, CONN_DEAD };
+
+struct http_conn {
+    llhttp_t parser;
+    http_worker_t *w;
+    http_conn_t *prev, *next;
+    ioloop_http_request_t *req;
+    hbuf_t in;      /* request bytes; block taken only while needed */
+    size_t parsed;  /* in.data[0..parsed) went through llhttp */
+    size_t hdr_end; /* end of the current head (body bytes after it are dropped) */
+    hbuf_t out;     /* response bytes not yet sent */
+    size_t out_off;
+    ioloop_timer_t timer;
+    ioloop_time_t timer_at, deadline;
+    int fd;
+    unsigned events;
+    uint8_t state;
+    bool processing, close_after, reading_paused;
+    bool counted;           /* came from a runtime listener: report its end */
+    bool in_execute;        /* inside llhttp_execute: c->in must stay put */
+    bool deferred_done;     /* a response ended inside llhttp_execute */
+    bool resp_done_pending; /* a finished response still has bytes in out */
+    int busy;
+    int fail_status;
+    struct sockaddr_in6 peer; /* AF_INET or AF_INET6 */
+    socklen_t peer_len;
+};
+
+struct http_worker {
+    ioloop_http_server_t *server;
+    ioloop_t *loop;
+    http_worker_t *next;
+    http_conn_t *conns;
+    int nconns;
+    char **blocks;
+    int nblocks, blocks_cap;
+    ioloop_http_request_t *free_reqs;
+    int nfree_reqs;
+    ioloop_http_request_t *orphans; /* held by handlers, connection gone */
+    http_conn_t *free_conns;
+    int nfree_conns;
+    time_t date_sec;
+    char date[40];
+    char discard[4096]; /* lingering reads land here */
+    bool draining;
+    ioloop_timer_t drain_timer;
+    ioloop_callback_fn drain_done;
+    void *drain_arg;
+    ioloop_timer_t accept_retry;
+};
+
+/* server.c */
+http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool create);
+const char *ioloop__http_date(http_worker_t *w);
+void ioloop__http_worker_conn_gone(http_worker_t *w);
+
+/* buffers (server.c) */
+int ioloop__hbuf_reserve(http_worker_t *w, hbuf_t *b, size_t extra);
+int ioloop__hbuf_append(http_worker_t *w, hbuf_t *b, const void *data, size_t len);
+void ioloop__hbuf_release(http_worker_t *w, hbuf_t *b);
+
+/* router.c */
+int ioloop__http_router_add(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
+/* Finds the route for req->path; fills req->pargs. NULL: 404. */
+const http_route_t *ioloop__http_router_match(const ioloop_http_server_t *s, ioloop_http_request_t *req);
+void ioloop__http_router_free(ioloop_http_server_t *s);
+/* Percent-decodes src[0..len) into dst (NUL-terminated); plus_space for forms. */
+size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_space);
+
+/* conn.c */
+extern const llhttp_settings_t ioloop__http_settings;
+void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len, bool counted);
+void ioloop__http_conn_close(http_conn_t *c);
+void ioloop__http_connection_closed(ioloop_t *loop);
+/* The drain began: an idle connection closes after a short grace. */
+void ioloop__http_conn_drain(http_conn_t *c);
+/* Sends what is buffered in c->out; afterwards the connection may be dead. */
+void ioloop__http_conn_send(http_conn_t *c);
+/* The response of c->req ended (finish): decide keep-alive and go on. */
+void ioloop__http_conn_response_done(http_conn_t *c);
+void ioloop__http_conn_enter(http_conn_t *c);
+void ioloop__http_conn_leave(http_conn_t *c);
+
+/* request.c */
+ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w);
+void ioloop__http_request_put(ioloop_http_request_t *req);
+/* Runs on headers complete: validation, routing, xheaders. Returns 0 or an
+ * HTTP status to answer with (and close). */
+int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
+
+/* response.c */
+/* Appends a complete error response (status, small HTML body, Connection:
+ * close) to out. */
+int ioloop__http_error_bytes(http_worker_t *w, hbuf_t *out, int status);
+const char *ioloop__http_reason(int status);
+/* The client went away: wakes a waiting flush with -EPIPE. */
+void ioloop__http_response_abort(ioloop_http_request_t *req);
+/* c->out drained: completes a waiting flush. */
+void ioloop__http_response_drained(ioloop_http_request_t *req);
+
+#endif

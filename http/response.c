@@ -1,0 +1,379 @@
+/* response.c — the response writer: status, headers, buffered writes, flush
+ * with a completion for back-pressure, finish. Content-Length when the whole
+ * body is known at finish, chunked once something was flushed before (HTTP/1.0
+ * clients get a close-delimited body instead), no body for HEAD, 1xx, 204, 304.
+ *
+ * Threading rule: the loop thread that owns the request.
+ *
+ * Bytes go into the connection's out buffer (a pooled block) and are sent at
+ * once; what the kernel does not take waits for the socket to be writable.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+const char *ioloop__http_reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}
+
+/* Appends without checking room: callers reserve first. */
+static void put(hbuf_t *b, const char *s, size_t n)
+{
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+#define PUTS(b, lit) put((b), (lit), sizeof(lit) - 1)
+
+static void put_str(hbuf_t *b, const char *s)
+{
+    put(b, s, strlen(s));
+}
+
+static void put_uint(hbuf_t *b, size_t v, int base)
+{
+    char tmp[24];
+    int i = sizeof(tmp);
+    do {
+        tmp[--i] = "0123456789abcdef"[v % (size_t)base];
+        v /= (size_t)base;
+    } while (v);
+    put(b, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+static bool status_has_body(int status)
+{
+    return status >= 200 && status != 204 && status != 304;
+}
+
+/* Status line and headers into c->out. known_length: the whole body is
+ * body_len bytes; else the body streams (chunked, or close-delimited for an
+ * HTTP/1.0 client). */
+static int write_head(ioloop_http_request_t *req, http_conn_t *c, bool known_length, size_t body_len)
+{
+    bool body = status_has_body(req->status);
+    bool keep = req->keep_alive && !c->w->draining && !c->close_after;
+    if (!known_length && !req->user_length && body) {
+        if (req->minor == 1)
+            req->chunked = true;
+        else
+            req->close_delimited = true, keep = false;
+    }
+    req->keep_alive = keep;
+    size_t extra = (known_length && body && !req->head) ? body_len : 0;
+    if (ioloop__hbuf_reserve(c->w, &c->out, 256 + req->rhdr.len + extra) != 0)
+        return -ENOMEM;
+    hbuf_t *o = &c->out;
+    PUTS(o, "HTTP/1.1 ");
+    put_uint(o, (size_t)req->status, 10);
+    PUTS(o, " ");
+    put_str(o, ioloop__http_reason(req->status));
+    PUTS(o, "\r\nDate: ");
+    put_str(o, ioloop__http_date(c->w));
+    PUTS(o, "\r\n");
+    if (!req->user_ctype && body)
+        PUTS(o, "Content-Type: text/html; charset=UTF-8\r\n");
+    if (body && !req->user_length) {
+        if (known_length) {
+            PUTS(o, "Content-Length: ");
+            put_uint(o, body_len, 10);
+            PUTS(o, "\r\n");
+        } else if (req->chunked) {
+            PUTS(o, "Transfer-Encoding: chunked\r\n");
+        }
+    }
+    if (!keep)
+        PUTS(o, "Connection: close\r\n");
+    else if (req->minor == 0)
+        PUTS(o, "Connection: keep-alive\r\n");
+    if (req->rhdr.len)
+        put(o, req->rhdr.data, req->rhdr.len);
+    PUTS(o, "\r\n");
+    req->headers_sent = true;
+    return 0;
+}
+
+/* Moves what was written (req->rbody) into c->out, framed as needed. */
+static int emit_body(ioloop_http_request_t *req, http_conn_t *c)
+{
+    size_t n = req->rbody.len;
+    req->rbody.len = 0;
+    if (n == 0 || req->head || !status_has_body(req->status))
+        return 0;
+    if (ioloop__hbuf_reserve(c->w, &c->out, n + 32) != 0)
+        return -ENOMEM;
+    if (req->chunked) {
+        put_uint(&c->out, n, 16);
+        PUTS(&c->out, "\r\n");
+    }
+    put(&c->out, req->rbody.data, n);
+    if (req->chunked)
+        PUTS(&c->out, "\r\n");
+    return 0;
+}
+
+int ioloop_http_response_status(ioloop_http_request_t *req, int status)
+{
+    if (req->headers_sent || req->finished)
+        return -EALREADY;
+    if (status < 100 || status > 599)
+        return -EINVAL;
+    req->status = status;
+    return 0;
+}
+
+static bool valid_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch))
+            return false;
+    }
+    return true;
+}
+
+int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, const char *value)
+{
+    if (req->headers_sent || req->finished)
+        return -EALREADY;
+    if (!valid_token(name) || strpbrk(value, "\r\n"))
+        return -EINVAL;
+    if (!strcasecmp(name, "Connection") && !strcasecmp(value, "close")) {
+        req->keep_alive = false; /* the server writes the header itself */
+        return 0;
+    }
+    if (!strcasecmp(name, "Date") || !strcasecmp(name, "Connection") || !strcasecmp(name, "Transfer-Encoding"))
+        return -EINVAL;
+    if (!strcasecmp(name, "Content-Length"))
+        req->user_length = true;
+    if (!strcasecmp(name, "Content-Type"))
+        req->user_ctype = true;
+    size_t nl = strlen(name), vl = strlen(value);
+    int err = ioloop__hbuf_reserve(req->w, &req->rhdr, nl + vl + 4);
+    if (err)
+        return err;
+    put(&req->rhdr, name, nl);
+    PUTS(&req->rhdr, ": ");
+    put(&req->rhdr, value, vl);
+    PUTS(&req->rhdr, "\r\n");
+    return 0;
+}
+
+int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, size_t len)
+{
+    if (req->finished)
+        return -EALREADY;
+    if (!req->c)
+        return -EPIPE;
+    return ioloop__hbuf_append(req->w, &req->rbody, data, len);
+}
+
+static void flush_done(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    ioloop_http_request_t *req = arg;
+    req->refs--;
+    if (!req->finished) {
+        if (req->flush_fn)
+            req->flush_fn(req, req->flush_status, req->flush_arg);
+    } else if (req->refs == 0) {
+        ioloop__http_request_put(req);
+    }
+}
+
+static void flush_complete(ioloop_http_request_t *req, int status)
+{
+    if (!req->flush_waiting)
+        return;
+    req->flush_waiting = false;
+    req->flush_status = status;
+    req->refs++;
+    if (ioloop_add_callback(req->w->loop, flush_done, req) != 0) {
+        req->refs--;
+        if (req->flush_fn)
+            req->flush_fn(req, status, req->flush_arg);
+    }
+}
+
+void ioloop__http_response_drained(ioloop_http_request_t *req)
+{
+    flush_complete(req, 0);
+}
+
+void ioloop__http_response_abort(ioloop_http_request_t *req)
+{
+    flush_complete(req, -EPIPE);
+}
+
+int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn done, void *arg)
+{
+    if (req->finished)
+        return -EALREADY;
+    http_conn_t *c = req->c;
+    if (!c)
+        return -EPIPE;
+    if (req->flush_waiting)
+        return -EBUSY;
+    ioloop__http_conn_enter(c);
+    int err = req->headers_sent ? 0 : write_head(req, c, false, 0);
+    if (!err)
+        err = emit_body(req, c);
+    if (!err) {
+        req->flush_fn = done;
+        req->flush_arg = arg;
+        req->flush_waiting = done != NULL;
+        ioloop__http_conn_send(c);
+    }
+    ioloop__http_conn_leave(c);
+    return err;
+}
+
+int ioloop_http_response_finish(ioloop_http_request_t *req)
+{
+    if (req->finished)
+        return -EALREADY;
+    req->finished = true;
+    http_conn_t *c = req->c;
+    if (!c) {
+        if (req->orphaned) {
+            http_worker_t *w = req->w;
+            if (req->orphan_prev)
+                req->orphan_prev->orphan_next = req->orphan_next;
+            else
+                w->orphans = req->orphan_next;
+            if (req->orphan_next)
+                req->orphan_next->orphan_prev = req->orphan_prev;
+            req->orphaned = false;
+        }
+        ioloop__http_request_put(req);
+        return 0;
+    }
+    ioloop__http_conn_enter(c);
+    int err = 0;
+    if (!req->headers_sent) {
+        err = write_head(req, c, true, req->rbody.len);
+        if (!err)
+            err = emit_body(req, c);
+    } else {
+        err = emit_body(req, c);
+        if (!err && req->chunked && !req->head) {
+            if (ioloop__hbuf_reserve(c->w, &c->out, 5) == 0)
+                PUTS(&c->out, "0\r\n\r\n");
+            else
+                err = -ENOMEM;
+        }
+    }
+    if (err || !req->keep_alive || !req->complete || req->close_delimited)
+        c->close_after = true;
+    if (!req->complete)
+        c->fail_status = -1; /* answered before the body was in: parse no more */
+    c->req = NULL;
+    req->c = NULL;
+    req->flush_waiting = false;
+    ioloop__http_request_put(req);
+    ioloop__http_conn_response_done(c);
+    ioloop__http_conn_leave(c);
+    return err;
+}
+
+int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type, const void *body,
+                              size_t len)
+{
+    int err = ioloop_http_response_status(req, status);
+    if (!err && content_type)
+        err = ioloop_http_response_header(req, "Content-Type", content_type);
+    if (!err)
+        err = ioloop_http_response_write(req, body, len);
+    int ferr = ioloop_http_response_finish(req);
+    return err ? err : ferr;
+}
+
+int ioloop__http_error_bytes(http_worker_t *w, hbuf_t *out, int status)
+{
+    char buf[512];
+    const char *reason = ioloop__http_reason(status);
+    int blen = snprintf(buf, sizeof(buf), "<html><title>%d: %s</title><body>%d: %s</body></html>", status, reason,
+                        status, reason);
+    char head[256];
+    int hlen = snprintf(head, sizeof(head),
+                        "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/html; charset=UTF-8\r\n"
+                        "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                        status, reason, ioloop__http_date(w), blen);
+    int err = ioloop__hbuf_append(w, out, head, (size_t)hlen);
+    return err ? err : ioloop__hbuf_append(w, out, buf, (size_t)blen);
+}

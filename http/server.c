@@ -1,0 +1,423 @@
+/* server.c — the HTTP server object: options, per-loop workers with their
+ * buffer pools and Date cache, the single-loop listener, accept, and drain.
+ *
+ * Threading rule: ioloop_http_server_new/route/free run on one thread while no
+ * loop serves. A worker is created on its loop's thread on the first
+ * connection there and pushed onto the server's list with a CAS; only that
+ * loop's thread touches it afterwards. The listener list is under s->lock.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+#include "ioloop/runtime.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- buffers ------------------------------------------------------------ */
+
+int ioloop__hbuf_reserve(http_worker_t *w, hbuf_t *b, size_t extra)
+{
+    if (b->cap - b->len >= extra && b->data)
+        return 0;
+    size_t need = b->len + extra;
+    if (!b->data && need <= HTTP_BLOCK) {
+        if (w->nblocks > 0) {
+            b->data = w->blocks[--w->nblocks];
+        } else if (!(b->data = malloc(HTTP_BLOCK))) {
+            return -ENOMEM;
+        }
+        b->cap = HTTP_BLOCK;
+        return 0;
+    }
+    size_t cap = b->cap ? b->cap : HTTP_BLOCK;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (!p)
+        return -ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int ioloop__hbuf_append(http_worker_t *w, hbuf_t *b, const void *data, size_t len)
+{
+    if (len == 0)
+        return 0;
+    int err = ioloop__hbuf_reserve(w, b, len);
+    if (err)
+        return err;
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+/* Gives a block back to the pool (or frees an outgrown buffer). */
+void ioloop__hbuf_release(http_worker_t *w, hbuf_t *b)
+{
+    if (!b->data)
+        return;
+    if (b->cap == HTTP_BLOCK && w->nblocks < HTTP_POOL_KEEP) {
+        if (w->nblocks == w->blocks_cap) {
+            int cap = w->blocks_cap ? w->blocks_cap * 2 : 16;
+            char **n = realloc(w->blocks, (size_t)cap * sizeof(*n));
+            if (!n)
+                goto drop;
+            w->blocks = n;
+            w->blocks_cap = cap;
+        }
+        w->blocks[w->nblocks++] = b->data;
+        b->data = NULL;
+    }
+drop:
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- workers ------------------------------------------------------------ */
+
+http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool create)
+{
+    /* The last lookup per thread: a thread runs one loop, and usually serves one server. */
+    static _Thread_local ioloop_http_server_t *last_s;
+    static _Thread_local uint64_t last_id;
+    static _Thread_local http_worker_t *last_w;
+    if (last_s == s && last_id == s->id && last_w->loop == loop)
+        return last_w;
+    http_worker_t *w = atomic_load_explicit(&s->workers, memory_order_acquire);
+    for (; w; w = w->next)
+        if (w->loop == loop)
+            break;
+    if (!w && create) {
+        if (!(w = calloc(1, sizeof(*w))))
+            return NULL;
+        w->server = s;
+        w->loop = loop;
+        w->next = atomic_load_explicit(&s->workers, memory_order_relaxed);
+        while (!atomic_compare_exchange_weak_explicit(&s->workers, &w->next, w, memory_order_release,
+                                                      memory_order_relaxed))
+            ;
+    }
+    if (w) {
+        last_s = s;
+        last_id = s->id;
+        last_w = w;
+    }
+    return w;
+}
+
+/* The Date header value, formatted again only when the second changes. */
+const char *ioloop__http_date(http_worker_t *w)
+{
+    time_t now = time(NULL);
+    if (now != w->date_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(w->date, sizeof(w->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        w->date_sec = now;
+    }
+    return w->date;
+}
+
+static void worker_free(http_worker_t *w)
+{
+    while (w->conns)
+        ioloop__http_conn_close(w->conns);
+    while (w->orphans) { /* requests a handler never finished */
+        ioloop_http_request_t *r = w->orphans;
+        w->orphans = r->orphan_next;
+        r->refs = 0;
+        ioloop__http_request_put(r);
+    }
+    if (w->drain_timer)
+        ioloop_remove_timeout(w->loop, w->drain_timer);
+    if (w->accept_retry)
+        ioloop_remove_timeout(w->loop, w->accept_retry);
+    while (w->free_conns) {
+        http_conn_t *c = w->free_conns;
+        w->free_conns = c->next;
+        free(c);
+    }
+    while (w->free_reqs) {
+        ioloop_http_request_t *r = w->free_reqs;
+        w->free_reqs = r->next_free;
+        free(r->hdrs);
+        free(r->args);
+        free(r->body.data);
+        free(r->pbuf.data);
+        free(r->abuf.data);
+        free(r->rhdr.data);
+        free(r->rbody.data);
+        free(r);
+    }
+    for (int i = 0; i < w->nblocks; i++)
+        free(w->blocks[i]);
+    free(w->blocks);
+    free(w);
+}
+
+/* ---- server ------------------------------------------------------------- */
+
+ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t *opts)
+{
+    static atomic_uint_fast64_t next_id = 1;
+    ioloop_http_server_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->id = atomic_fetch_add(&next_id, 1);
+    if (opts)
+        s->opts = *opts;
+    if (!s->opts.max_header_size)
+        s->opts.max_header_size = 64 * 1024;
+    if (!s->opts.max_body_size)
+        s->opts.max_body_size = 100 * 1024 * 1024;
+    if (!s->opts.idle_connection_timeout)
+        s->opts.idle_connection_timeout = IOLOOP_SEC(3600);
+    if (!s->opts.header_timeout)
+        s->opts.header_timeout = IOLOOP_SEC(60);
+    pthread_mutex_init(&s->lock, NULL);
+    atomic_init(&s->workers, NULL);
+    return s;
+}
+
+int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route)
+{
+    if (!s || !pattern || !route)
+        return -EINVAL;
+    return ioloop__http_router_add(s, pattern, route);
+}
+
+void ioloop_http_server_free(ioloop_http_server_t *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->nlisteners; i++) {
+        if (s->listeners[i].fd >= 0) {
+            ioloop_remove_handler(s->listeners[i].loop, s->listeners[i].fd);
+            close(s->listeners[i].fd);
+        }
+    }
+    free(s->listeners);
+    http_worker_t *w = atomic_load(&s->workers);
+    while (w) {
+        http_worker_t *next = w->next;
+        worker_free(w);
+        w = next;
+    }
+    ioloop__http_router_free(s);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* ---- accepting ---------------------------------------------------------- */
+
+/* The runtime's listener takes ioloop_http_server_accept as its on_accept. */
+_Static_assert(_Generic(&ioloop_http_server_accept, ioloop_accept_fn : 1, default : 0),
+               "ioloop_http_server_accept must be an ioloop_accept_fn");
+
+void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
+{
+    ioloop_http_server_t *s = arg;
+    http_worker_t *w = ioloop__http_worker(s, loop, true);
+    if (!w || w->draining) {
+        close(fd);
+        ioloop__http_connection_closed(loop);
+        return;
+    }
+    ioloop__http_conn_start(w, fd, peer, peer_len, true);
+}
+
+static void listener_resume(ioloop_t *loop, void *arg);
+
+/* Stops watching the listeners of this loop for a while: out of fds (EMFILE)
+ * must not spin the loop; connections waiting in the backlog stay there. */
+static void listener_backoff(http_worker_t *w)
+{
+    ioloop_http_server_t *s = w->server;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->nlisteners; i++)
+        if (s->listeners[i].loop == w->loop && s->listeners[i].fd >= 0)
+            ioloop_update_handler(w->loop, s->listeners[i].fd, 0);
+    pthread_mutex_unlock(&s->lock);
+    if (!w->accept_retry)
+        w->accept_retry = ioloop_call_later(w->loop, IOLOOP_MSEC(100), listener_resume, w);
+}
+
+static void listener_resume(ioloop_t *loop, void *arg)
+{
+    http_worker_t *w = arg;
+    ioloop_http_server_t *s = w->server;
+    w->accept_retry = 0;
+    if (w->draining)
+        return;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->nlisteners; i++)
+        if (s->listeners[i].loop == loop && s->listeners[i].fd >= 0)
+            ioloop_update_handler(loop, s->listeners[i].fd, IOLOOP_READ);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static int on_listener(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events;
+    ioloop_http_server_t *s = arg;
+    http_worker_t *w = ioloop__http_worker(s, loop, true);
+    if (!w)
+        return -ENOMEM;
+    for (int i = 0; i < 64 && !w->draining; i++) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        int cfd = accept4(fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                listener_backoff(w);
+                return -errno;
+            }
+            return 0; /* EAGAIN and the rest: wait for the next event */
+        }
+        ioloop__http_conn_start(w, cfd, (struct sockaddr *)&peer, len, false);
+    }
+    return 0;
+}
+
+int ioloop_http_server_listen(ioloop_http_server_t *s, ioloop_t *loop, const char *address, int port)
+{
+    if (!s || !loop)
+        return -EINVAL;
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(address, portstr, &hints, &ai);
+    if (rc != 0)
+        return -EINVAL;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int err = 0;
+    if (fd < 0) {
+        err = -errno;
+        goto out;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+        err = -errno;
+        goto out;
+    }
+    struct sockaddr_storage sa;
+    socklen_t salen = sizeof(sa);
+    getsockname(fd, (struct sockaddr *)&sa, &salen);
+    int bound = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                               : ((struct sockaddr_in *)&sa)->sin_port);
+    pthread_mutex_lock(&s->lock);
+    http_listener_t *n = realloc(s->listeners, (size_t)(s->nlisteners + 1) * sizeof(*n));
+    if (n) {
+        s->listeners = n;
+        n[s->nlisteners++] = (http_listener_t){.loop = loop, .fd = fd, .port = bound};
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!n) {
+        err = -ENOMEM;
+        goto out;
+    }
+    err = ioloop_add_handler(loop, fd, IOLOOP_READ, on_listener, s);
+    if (err) {
+        pthread_mutex_lock(&s->lock);
+        s->nlisteners--;
+        pthread_mutex_unlock(&s->lock);
+    }
+out:
+    if (err && fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return err;
+}
+
+int ioloop_http_server_port(const ioloop_http_server_t *s)
+{
+    ioloop_http_server_t *m = (ioloop_http_server_t *)s;
+    pthread_mutex_lock(&m->lock);
+    int port = s->nlisteners ? s->listeners[0].port : -ENOENT;
+    pthread_mutex_unlock(&m->lock);
+    return port;
+}
+
+int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop)
+{
+    http_worker_t *w = ioloop__http_worker((ioloop_http_server_t *)s, loop, false);
+    return w ? w->nconns : 0;
+}
+
+/* ---- drain -------------------------------------------------------------- */
+
+static void drain_check(http_worker_t *w)
+{
+    if (!w->draining || w->nconns > 0 || !w->drain_done)
+        return;
+    if (w->drain_timer) {
+        ioloop_remove_timeout(w->loop, w->drain_timer);
+        w->drain_timer = 0;
+    }
+    ioloop_callback_fn done = w->drain_done;
+    w->drain_done = NULL;
+    /* Never inline: the caller may be deep inside a connection's teardown. */
+    if (ioloop_add_callback(w->loop, done, w->drain_arg) != 0)
+        done(w->loop, w->drain_arg);
+}
+
+void ioloop__http_worker_conn_gone(http_worker_t *w)
+{
+    drain_check(w);
+}
+
+static void drain_timeout(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    http_worker_t *w = arg;
+    w->drain_timer = 0;
+    while (w->conns)
+        ioloop__http_conn_close(w->conns);
+    drain_check(w);
+}
+
+int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout, ioloop_callback_fn done,
+                             void *arg)
+{
+    http_worker_t *w = ioloop__http_worker(s, loop, true);
+    if (!w)
+        return -ENOMEM;
+    if (w->draining)
+        return -EALREADY;
+    w->draining = true;
+    w->drain_done = done;
+    w->drain_arg = arg;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->nlisteners; i++) {
+        if (s->listeners[i].loop == loop && s->listeners[i].fd >= 0) {
+            ioloop_remove_handler(loop, s->listeners[i].fd);
+            close(s->listeners[i].fd);
+            s->listeners[i].fd = -1;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    /* Idle keep-alive connections go after a short grace (a polite close:
+     * FIN, then discard what the client may still send, so nobody sees a
+     * reset); the others close once their response is out. */
+    for (http_conn_t *c = w->conns; c; c = c->next)
+        ioloop__http_conn_drain(c);
+    if (timeout > 0 && w->nconns > 0)
+        w->drain_timer = ioloop_call_later(loop, timeout, drain_timeout, w);
+    drain_check(w);
+    return 0;
+}

@@ -1,0 +1,193 @@
+/* http.h — an HTTP/1.1 server on ioloop: Tornado's HTTPServer + Application +
+ * RequestHandler in C.
+ *
+ * A server holds routes and options; it is fed connections per loop (by its own
+ * single-loop listener, ioloop_http_server_listen, or by a runtime listener
+ * through ioloop_http_server_accept, which has ioloop_accept_fn's signature).
+ * A connection, and every request on it, belongs to the loop that accepted it.
+ *
+ * Threading rule: configure the server (routes, options) before the first
+ * connection; from then on it is read-only and shared by every loop. Request
+ * and response calls are for the loop thread that owns the request. Another
+ * thread that wants to answer posts to that loop (ioloop_add_callback with
+ * ioloop_http_request_loop(req)) and answers there.
+ *
+ * Request lifetime: a request is valid from its handler's call until the
+ * handler calls ioloop_http_response_finish, even if the client went away in
+ * between (then writes return -EPIPE and on_close has run). A handler must
+ * finish every request it is given.
+ *
+ * Routes: a pattern without any of the characters []()*+?{}|^$\ is a literal
+ * path, matched exactly through a hash table (a '.' is then a plain dot).
+ * Anything else is a POSIX extended regular expression matched against the
+ * whole raw path, as Tornado does with r"/user/([0-9]+)": each capture group
+ * becomes a path argument, percent-decoded. Literal routes are looked up
+ * before patterns; patterns are tried in the order they were added.
+ *
+ * Errors: functions return 0 or a negative errno.
+ */
+#ifndef IOLOOP_HTTP_H
+#define IOLOOP_HTTP_H
+
+#include "ioloop/ioloop.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ioloop_http_server ioloop_http_server_t;
+typedef struct ioloop_http_request ioloop_http_request_t;
+
+/* A method handler: runs on the connection's loop when the request (and its
+ * body, unless streamed) has arrived. It answers now or later with finish. */
+typedef void (*ioloop_http_handler_fn)(ioloop_http_request_t *req, void *arg);
+
+/* A streamed body chunk (routes with on_body). data points into the read
+ * buffer and is valid only during the call. Return 0, or a negative errno to
+ * abort the request (the connection is closed). */
+typedef int (*ioloop_http_body_fn)(ioloop_http_request_t *req, const char *data, size_t len, void *arg);
+
+/* Completion of ioloop_http_response_flush: status 0 when everything written
+ * so far reached the kernel, -EPIPE when the client went away first. */
+typedef void (*ioloop_http_flush_fn)(ioloop_http_request_t *req, int status, void *arg);
+
+/* Called once when the connection of an unfinished request closes. */
+typedef void (*ioloop_http_close_fn)(ioloop_http_request_t *req, void *arg);
+
+/* One route: a function per method (NULL: 405 with Allow). A missing .head
+ * falls back to .get with the body suppressed. With on_body set, the request
+ * body is streamed (Tornado's @stream_request_body): prepare (if set) runs
+ * when the headers are in, on_body for each chunk, then the method handler
+ * with an empty body. */
+typedef struct {
+    ioloop_http_handler_fn get, head, post, put, delete_, patch, options;
+    ioloop_http_handler_fn prepare;
+    ioloop_http_body_fn on_body;
+    void *arg;
+} ioloop_http_route_t;
+
+/* Server options; zero means the default (Tornado's where Tornado has one). */
+typedef struct {
+    bool no_keep_alive;                    /* close after every response */
+    bool xheaders;                         /* trust X-Real-IP / X-Forwarded-For / X-Forwarded-Proto */
+    size_t max_header_size;                /* 64 KiB: larger request heads get 431 */
+    size_t max_body_size;                  /* 100 MiB: larger bodies get 413 */
+    ioloop_time_t idle_connection_timeout; /* 3600 s: idle keep-alive connections close */
+    ioloop_time_t header_timeout;          /* 60 s: a request head must arrive within it */
+    ioloop_time_t body_timeout;            /* 0: none (Tornado); else the body must arrive within it */
+} ioloop_http_server_options_t;
+
+/* ---- server (configure from one thread before serving) ------------------ */
+
+/* Creates a server (opts may be NULL). NULL with errno set on failure. */
+ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t *opts);
+
+/* Adds a route (copied). -EEXIST for a literal path already routed, -EINVAL
+ * for a pattern that does not compile, -ENOMEM. */
+int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
+
+/* Listens on address:port and serves the connections on `loop` (SO_REUSEPORT
+ * is set, so one listen per loop on the same port balances in the kernel).
+ * Port 0 lets the kernel pick (see ioloop_http_server_port). Call from loop's
+ * thread or before it runs. Returns 0 or a negative errno. */
+int ioloop_http_server_listen(ioloop_http_server_t *s, ioloop_t *loop, const char *address, int port);
+
+/* The port of the first listener, or -ENOENT. Any thread. */
+int ioloop_http_server_port(const ioloop_http_server_t *s);
+
+/* Serves an accepted connection on `loop` (its thread): `arg` is the server.
+ * The signature is runtime.h's ioloop_accept_fn, so a runtime listener takes
+ * it as on_accept directly. The server owns fd from here (it is closed on
+ * failure). */
+void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg);
+
+/* Graceful drain of this server on `loop` (its thread): stop accepting on
+ * that loop, close idle keep-alive connections, answer the requests in flight
+ * with Connection: close, and after `timeout` (0: none) close whatever is
+ * left. done(loop, arg) runs on loop once no connection of this server
+ * remains there. Returns 0, or -EALREADY if this loop is already draining. */
+int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout, ioloop_callback_fn done,
+                             void *arg);
+
+/* Connections this server has open on `loop` (its thread). */
+int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop);
+
+/* Frees the server: closes its listeners and connections. Call once no loop
+ * serving it runs any more and before those loops are closed. */
+void ioloop_http_server_free(ioloop_http_server_t *s);
+
+/* ---- request (loop thread) --------------------------------------------- */
+
+/* The loop that owns the request: post here to answer from another thread. */
+ioloop_t *ioloop_http_request_loop(const ioloop_http_request_t *req);
+/* "GET", "POST", ... */
+const char *ioloop_http_request_method(const ioloop_http_request_t *req);
+/* The raw path (no query), e.g. "/a%20b". For an absolute-form target, the
+ * path part of it. */
+const char *ioloop_http_request_path(const ioloop_http_request_t *req);
+/* The raw query string without '?', "" when none. */
+const char *ioloop_http_request_query(const ioloop_http_request_t *req);
+/* The request target as sent. */
+const char *ioloop_http_request_uri(const ioloop_http_request_t *req);
+/* "HTTP/1.1" or "HTTP/1.0". */
+const char *ioloop_http_request_version(const ioloop_http_request_t *req);
+/* The host: the absolute-form target's authority, else the Host header ("" if none). */
+const char *ioloop_http_request_host(const ioloop_http_request_t *req);
+/* A header's value by case-insensitive name (the first one), or NULL. */
+const char *ioloop_http_request_header(const ioloop_http_request_t *req, const char *name);
+/* Headers by index, in arrival order. -ENOENT past the end. */
+int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const char **name, const char **value);
+/* The body (NUL-terminated; empty for streamed bodies). */
+const char *ioloop_http_request_body(const ioloop_http_request_t *req, size_t *len);
+/* The peer's IP as text (X-Real-IP / X-Forwarded-For with xheaders). */
+const char *ioloop_http_request_remote_ip(ioloop_http_request_t *req);
+/* "http", or what X-Forwarded-Proto/X-Scheme says with xheaders ("https"). */
+const char *ioloop_http_request_protocol(const ioloop_http_request_t *req);
+/* Path arguments captured by a pattern route, percent-decoded. */
+int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req);
+const char *ioloop_http_request_path_arg(const ioloop_http_request_t *req, int i);
+/* The last value of a query (or form-urlencoded body) argument, decoded
+ * ('+' is a space), or def when absent — Tornado's get_argument. */
+const char *ioloop_http_request_argument(ioloop_http_request_t *req, const char *name, const char *def);
+/* Every value of an argument, in order: stores up to max pointers in values
+ * and returns how many there are. */
+int ioloop_http_request_arguments(ioloop_http_request_t *req, const char *name, const char **values, int max);
+/* Registers the callback run if the client goes away before finish. */
+void ioloop_http_request_on_close(ioloop_http_request_t *req, ioloop_http_close_fn fn, void *arg);
+/* True once the connection of this request has closed. */
+bool ioloop_http_request_closed(const ioloop_http_request_t *req);
+
+/* ---- response (loop thread) -------------------------------------------- */
+
+/* Sets the status (default 200) with its standard reason. -EINVAL outside
+ * 100..599, -EALREADY after the headers went out. */
+int ioloop_http_response_status(ioloop_http_request_t *req, int status);
+/* Adds a response header. Content-Length set here is trusted (no chunking);
+ * "Connection: close" closes the connection after this response; Date, other
+ * Connection values and Transfer-Encoding are the server's (-EINVAL). -EINVAL
+ * for a name that is not a token or a value with CR/LF, -EALREADY after the
+ * headers went out. */
+int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, const char *value);
+/* Appends to the body (buffered until flush or finish). -EPIPE if the client
+ * went away, -EALREADY after finish. */
+int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, size_t len);
+/* Sends the headers (chunked encoding: the length is not known yet) and what
+ * was written; done (may be NULL) runs on the loop, never inline, once it has
+ * all reached the kernel — wait for it before writing more to apply
+ * back-pressure. */
+int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn done, void *arg);
+/* Ends the response (Content-Length if nothing was flushed before) and
+ * releases the request: req must not be used afterwards. */
+int ioloop_http_response_finish(ioloop_http_request_t *req);
+/* Convenience: status, a body and finish. */
+int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type, const void *body,
+                              size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
