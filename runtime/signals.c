@@ -194,15 +194,20 @@ static int apply_mask(sigsource_t *s, int signo, bool on)
     return 0;
 }
 
-static void set_blocked(int signo, bool blocked)
+/* Blocks or unblocks signo in the calling thread; returns whether it was
+ * blocked before. */
+static bool set_blocked(int signo, bool blocked)
 {
 #ifdef __linux__
-    sigset_t one;
+    sigset_t one, old;
     sigemptyset(&one);
     sigaddset(&one, signo);
-    pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &one, NULL);
+    if (pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &one, &old) != 0)
+        return blocked;
+    return sigismember(&old, signo) == 1;
 #else
     (void)signo, (void)blocked; /* the handler catches it in any thread */
+    return false;
 #endif
 }
 
@@ -220,7 +225,7 @@ int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *ar
     } else {
         /* Block first: a signal arriving between now and the signalfd
          * update then stays pending and is read, instead of killing us. */
-        set_blocked(signo, true);
+        bool was_blocked = set_blocked(signo, true);
         sigsource_t *s = find_source(loop);
         if (!s)
             err = new_source(loop, &s);
@@ -229,8 +234,13 @@ int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *ar
         if (!err) {
             watchers[signo] = (watcher_t){.loop = loop, .fn = fn, .arg = arg};
             s->count++;
-        } else if (s && s->count == 0) {
-            free_source(s);
+        } else {
+            if (s && s->count == 0)
+                free_source(s);
+            /* Nobody reads it: blocked, the signal would stay pending for
+             * good instead of taking its action. Leave the mask as it was. */
+            if (!was_blocked)
+                set_blocked(signo, false);
         }
     }
     pthread_mutex_unlock(&lock);
