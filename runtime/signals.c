@@ -12,6 +12,8 @@
  * runs on the watching loop's thread, after looking its watcher up under the
  * mutex, so an unwatch from another thread is seen at once. One loop per
  * signal: a process-directed signal is consumed by one reader anyway.
+ * ioloop_close calls ioloop__signals_forget (closing thread, the loop no
+ * longer running), which unwatches whatever the loop still watched.
  */
 #define _GNU_SOURCE
 #include "runtime_internal.h"
@@ -245,6 +247,23 @@ int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *ar
     }
     pthread_mutex_unlock(&lock);
     return err;
+}
+
+void ioloop__signals_forget(ioloop_t *loop)
+{
+    pthread_mutex_lock(&lock);
+    sigsource_t *s = find_source(loop);
+    if (s) {
+        for (int signo = 1; signo < NSIG; signo++) {
+            if (watchers[signo].loop != loop)
+                continue;
+            watchers[signo] = (watcher_t){0};
+            (void)apply_mask(s, signo, false);
+            set_blocked(signo, false); /* as ioloop_signal_unwatch does */
+        }
+        free_source(s);
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 int ioloop_signal_unwatch(ioloop_t *loop, int signo)
