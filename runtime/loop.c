@@ -141,6 +141,7 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     if (!atomic_compare_exchange_strong(&loop->state, &expected, IOLOOP__CLOSING))
         return -ESHUTDOWN;
     ioloop__registry_remove(loop);
+    ioloop__signals_forget(loop); /* watchers left behind would keep their signals for good */
     /* Accepted posts run once more here: dropping them would leak what their
      * arguments own, and a poster was told they would run. */
     ioloop__callbacks_close(loop);
