@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 #include "ioloop/runtime.h"
+#include "runtime_internal.h" /* white-box: the acceptors' handler registrations */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,6 +30,7 @@ typedef struct {
     ioloop_runtime_t *rt;
     _Atomic long accepted[MAX_LOOPS];
     _Atomic long served[MAX_LOOPS];
+    _Atomic long off_loop; /* on_accept calls that ran off the owning loop's thread */
 } server_t;
 
 static int loop_index(ioloop_runtime_t *rt, ioloop_t *loop)
@@ -64,7 +66,8 @@ static void on_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, sockl
 {
     (void)peer, (void)peer_len;
     server_t *s = arg;
-    assert_ptr_equal(ioloop_current(), loop); /* runs on the owning loop */
+    if (ioloop_current() != loop) /* must run on the owning loop; asserted by the test thread */
+        atomic_fetch_add(&s->off_loop, 1);
     atomic_fetch_add(&s->accepted[loop_index(s->rt, loop)], 1);
     if (ioloop_add_handler(loop, fd, IOLOOP_READ, conn_readable, s) < 0) {
         close(fd);
@@ -156,6 +159,22 @@ static void *client_main(void *arg)
     return NULL;
 }
 
+/* White-box: the token of the handler registered for each acceptor's socket
+ * (0: none). A re-arm that keeps the registration keeps the token; a
+ * remove + add (an allocation and an RCU hand-off per accept batch) makes a
+ * new one. */
+static void acceptor_tokens(ioloop_listener_t *l, uint64_t *tokens)
+{
+    for (int i = 0; i < l->nacc; i++) {
+        ioloop_t *loop = l->acc[i].loop;
+        pthread_mutex_lock(&loop->handlers_lock);
+        ioloop__fdtable_t *t = atomic_load(&loop->fdtable);
+        ioloop__handler_t *h = l->acc[i].fd < t->capacity ? atomic_load(&t->slots[l->acc[i].fd]) : NULL;
+        tokens[i] = h ? h->token : 0;
+        pthread_mutex_unlock(&loop->handlers_lock);
+    }
+}
+
 static ioloop_runtime_t *start_runtime(void)
 {
     ioloop_runtime_t *rt = NULL;
@@ -182,6 +201,8 @@ static void check_balance(ioloop_accept_mode_t mode)
         expected = IOLOOP_ACCEPT_DISPATCH; /* the documented fallback */
     assert_int_equal(ioloop_listener_mode(l), expected);
     assert_true(ioloop_listener_port(l) > 0);
+    uint64_t tokens_before[MAX_LOOPS] = {0}, tokens_after[MAX_LOOPS] = {0};
+    acceptor_tokens(l, tokens_before);
 
     client_t clients[CLIENTS];
     pthread_t threads[CLIENTS];
@@ -198,6 +219,14 @@ static void check_balance(ioloop_accept_mode_t mode)
             per_loop[i] += clients[c].per_loop[i];
     }
     assert_int_equal(failed, 0);
+    assert_int_equal(atomic_load(&s.off_loop), 0);
+    /* Every acceptor is still registered, and EXCLUSIVE's re-arm after each
+     * batch (the last-waiter remedy) kept the registration it had. */
+    acceptor_tokens(l, tokens_after);
+    for (int i = 0; i < l->nacc; i++) {
+        assert_true(tokens_after[i] != 0);
+        assert_true(tokens_after[i] == tokens_before[i]);
+    }
     print_message("mode %d:", expected);
     for (int i = 0; i < LOOPS; i++) {
         total += per_loop[i];
