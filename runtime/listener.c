@@ -226,6 +226,14 @@ static void pause_accepting(ioloop__acceptor_t *a)
     if (a->backoff > BACKOFF_MAX)
         a->backoff = BACKOFF_MAX;
     a->resume_timer = ioloop_call_later(a->loop, a->backoff, resume_accepting, a);
+    if (!a->resume_timer && errno != ESHUTDOWN && !a->stopped) {
+        /* No timer (out of memory): a disarmed acceptor would stop accepting
+         * for good. Stay armed instead; the next readiness tries again. */
+        ioloop_report_error(a->loop, "accept back-off timer", -errno);
+        int err = arm(a);
+        if (err < 0)
+            ioloop_report_error(a->loop, "accept re-arm", err);
+    }
 }
 
 static int accept_nonblocking(int fd, struct sockaddr_storage *ss, socklen_t *len)
