@@ -1,7 +1,11 @@
 /* test_runtime_threads.c — the runtime's loops and threads: each runtime
  * thread's ioloop_current() is its own loop, posts run on the right thread
- * exactly once (1M from 4 threads), broadcast, embedding, and stop from a
- * foreign thread and from inside a loop.
+ * exactly once (1M from 4 threads), broadcast, embedding, stop from a
+ * foreign thread and from inside a loop, the default size and pinning.
+ *
+ * Threading rule: callbacks run on loop threads and poster threads only
+ * post; both record into atomics (or bytes only one loop writes), and every
+ * assertion is on the test's main thread after a bounded wait.
  */
 #define _GNU_SOURCE
 #include "test_util.h"
