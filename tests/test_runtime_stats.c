@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -29,7 +30,8 @@ typedef struct {
     ioloop_t *loop;
     ioloop_time_t blocked_for;
     void (*running)(void);
-    bool named; /* the report's name was not NULL */
+    bool named;    /* the report's name was not NULL */
+    char name[64]; /* its first bytes */
 } report_t;
 
 typedef struct {
@@ -41,8 +43,10 @@ static void on_watchdog(ioloop_t *loop, ioloop_time_t blocked_for, void (*runnin
 {
     watch_log_t *w = arg;
     int i = atomic_load(&w->reports); /* the watchdog thread is the only writer */
-    if (i < MAX_REPORTS)
+    if (i < MAX_REPORTS) {
         w->log[i] = (report_t){.loop = loop, .blocked_for = blocked_for, .running = running, .named = name != NULL};
+        snprintf(w->log[i].name, sizeof(w->log[i].name), "%s", name ? name : "");
+    }
     atomic_store(&w->reports, i + 1); /* publishes log[i] (seq_cst) */
 }
 
@@ -71,7 +75,13 @@ static void wait_for(_Atomic int *flag, int value)
     assert_true(atomic_load(flag) >= value);
 }
 
-static void slow_callback(ioloop_t *loop, void *arg)
+/* Not static: the watchdog names a callback through the dynamic symbol
+ * table (dladdr), and test executables are linked with their symbols
+ * exported (-rdynamic, tests/CMakeLists.txt), as a program that wants its
+ * callbacks named must be. */
+void test_rt_slow_callback(ioloop_t *loop, void *arg);
+
+void test_rt_slow_callback(ioloop_t *loop, void *arg)
 {
     (void)loop;
     tu_sleep_ms(STALL_MS);
@@ -89,15 +99,17 @@ static void test_watchdog_names_the_blocking_callback(void **state)
     tu_sleep_ms(300); /* idle loops sleep in poll: not "blocked" */
     assert_int_equal(atomic_load(&w.reports), 0);
     _Atomic int done = 0;
-    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(rt, 1), slow_callback, &done), 0);
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(rt, 1), test_rt_slow_callback, &done), 0);
     wait_for(&done, 1);
     tu_sleep_ms(2 * STALL_MS / 4); /* a second report would come by now */
     ioloop_time_t longest;
-    assert_int_equal(reports_naming(&w, (void (*)(void))slow_callback, &longest), 1); /* once per stall */
+    assert_int_equal(reports_naming(&w, (void (*)(void))test_rt_slow_callback, &longest), 1); /* once per stall */
     assert_true(longest >= THRESHOLD);
     for (int i = 0; i < atomic_load(&w.reports) && i < MAX_REPORTS; i++)
-        if (w.log[i].running == (void (*)(void))slow_callback)
+        if (w.log[i].running == (void (*)(void))test_rt_slow_callback) {
             assert_ptr_equal(w.log[i].loop, ioloop_runtime_loop(rt, 1));
+            assert_string_equal(w.log[i].name, "test_rt_slow_callback");
+        }
     ioloop_stats_t st;
     ioloop_get_stats(ioloop_runtime_loop(rt, 1), &st);
     assert_true(st.longest_busy >= IOLOOP_MSEC(STALL_MS - 50));
