@@ -223,7 +223,7 @@ static void test_default_pool_is_affinity_cpus(void **state)
         tu_sleep_ms(5);
     assert_int_equal(atomic_load(&p.submit_failed), 0);
     assert_int_equal(atomic_load(&p.done), p.size + 1);
-    assert_int_equal(atomic_load(&p.timed_out), 0);  /* at least size threads */
+    assert_int_equal(atomic_load(&p.timed_out), 0); /* at least size threads */
     assert_int_equal(atomic_load(&p.peak), p.size); /* and no more */
     ioloop_runtime_free(rt);
 }
