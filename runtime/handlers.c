@@ -177,6 +177,23 @@ int ioloop_remove_handler(ioloop_t *loop, int fd)
     return 0;
 }
 
+int ioloop__handler_rearm(ioloop_t *loop, int fd, unsigned events)
+{
+    int err;
+    pthread_mutex_lock(&loop->handlers_lock);
+    ioloop__handler_t *h = lookup_locked(loop, fd);
+    if (!h) {
+        err = -ENOENT;
+    } else {
+        /* Same entry, same token: an event already collected for it stays
+         * valid, and nothing is allocated or retired. */
+        (void)loop->backend->del(loop, fd);
+        err = loop->backend->add(loop, fd, events, h->token);
+    }
+    pthread_mutex_unlock(&loop->handlers_lock);
+    return err;
+}
+
 void ioloop__handlers_retire(ioloop_t *loop)
 {
     /* Unlocked peek: a batch missed now is taken next iteration. */

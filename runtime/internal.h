@@ -194,6 +194,13 @@ uint64_t ioloop__random(ioloop_t *loop);
 /* handlers.c */
 int ioloop__handlers_init(ioloop_t *loop);
 int ioloop__handler_add(ioloop_t *loop, int fd, unsigned events, ioloop_handler_fn fn, void *arg);
+/* Registers fd's handler with the backend again (delete + add, with `events`,
+ * which may carry IOLOOP__EXCLUSIVE and must match the handler's), keeping
+ * the table entry and its token: it moves an EPOLLEXCLUSIVE waiter to the
+ * back of the socket's wait queue without an allocation. 0, -ENOENT if fd
+ * has no handler, or the backend's error (the fd is then not registered:
+ * remove the handler). */
+int ioloop__handler_rearm(ioloop_t *loop, int fd, unsigned events);
 void ioloop__handlers_dispatch(ioloop_t *loop, const ioloop__ready_t *ready, int n);
 void ioloop__handlers_retire(ioloop_t *loop); /* loop thread, end of iteration */
 void ioloop__handlers_close(ioloop_t *loop, bool close_fds);
@@ -221,5 +228,9 @@ void ioloop__registry_add(ioloop_t *loop);
 void ioloop__registry_remove(ioloop_t *loop);
 ioloop_t *ioloop__thread_running_loop(void);
 void ioloop__set_thread_running_loop(ioloop_t *loop);
+
+/* signals.c: unwatches every signal `loop` still watches and frees its
+ * signalfd (ioloop_close, before the handler table goes). */
+void ioloop__signals_forget(ioloop_t *loop);
 
 #endif

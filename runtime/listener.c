@@ -17,7 +17,8 @@
  *    idle waiter in the socket's wait queue, i.e. always the same loop while
  *    it is idle, which piles the connections onto it. Remedy: a loop that
  *    accepted re-registers (EPOLL_CTL_DEL + ADD moves it to the tail of the
- *    queue), so idle loops take turns. Needs epoll: with another backend it
+ *    queue; ioloop__handler_rearm keeps the handler entry), so idle loops
+ *    take turns. Needs epoll: with another backend it
  *    falls back to DISPATCH.
  *  - DISPATCH: loop 0 accepts and hands each fd to the loop with the fewest
  *    live connections plus handoffs in flight (accept_dispatch.c). Works with
@@ -225,6 +226,14 @@ static void pause_accepting(ioloop__acceptor_t *a)
     if (a->backoff > BACKOFF_MAX)
         a->backoff = BACKOFF_MAX;
     a->resume_timer = ioloop_call_later(a->loop, a->backoff, resume_accepting, a);
+    if (!a->resume_timer && errno != ESHUTDOWN && !a->stopped) {
+        /* No timer (out of memory): a disarmed acceptor would stop accepting
+         * for good. Stay armed instead; the next readiness tries again. */
+        ioloop_report_error(a->loop, "accept back-off timer", -errno);
+        int err = arm(a);
+        if (err < 0)
+            ioloop_report_error(a->loop, "accept re-arm", err);
+    }
 }
 
 static int accept_nonblocking(int fd, struct sockaddr_storage *ss, socklen_t *len)
@@ -278,10 +287,10 @@ static int on_readable(ioloop_t *loop, int fd, unsigned events, void *arg)
     ioloop__acceptor_t *a = arg;
     int accepted = accept_some(a, ACCEPT_BATCH);
     if (accepted > 0 && a->listener->mode == IOLOOP_ACCEPT_EXCLUSIVE && a->listener->nacc > 1 && !a->stopped) {
-        /* Go to the back of the wait queue so the next idle loop is woken. */
-        disarm(a);
-        if (arm(a) < 0)
-            pause_accepting(a);
+        /* Go to the back of the wait queue so the next idle loop is woken.
+         * The registration is kept: no allocation per batch. */
+        if (ioloop__handler_rearm(a->loop, a->fd, IOLOOP_READ | IOLOOP__EXCLUSIVE) < 0)
+            pause_accepting(a); /* removes what is left of it, retries later */
     }
     return 0;
 }

@@ -141,6 +141,7 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     if (!atomic_compare_exchange_strong(&loop->state, &expected, IOLOOP__CLOSING))
         return -ESHUTDOWN;
     ioloop__registry_remove(loop);
+    ioloop__signals_forget(loop); /* watchers left behind would keep their signals for good */
     /* Accepted posts run once more here: dropping them would leak what their
      * arguments own, and a poster was told they would run. */
     ioloop__callbacks_close(loop);
@@ -248,6 +249,7 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
         timeout_ms = ioloop__timers_poll_timeout_ms(loop);
     int n = loop->backend->wait(loop, 0, ready, MAX_EVENTS_PER_POLL);
     bool measured = false;
+    ioloop_time_t work_start = busy_start; /* when the work the handlers add to began */
     if (n == 0 && timeout_ms != 0) {
         note_busy(loop, busy_start, ioloop__clock_now(loop));
         measured = true;
@@ -258,7 +260,8 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
             n = loop->backend->wait(loop, timeout_ms, ready, MAX_EVENTS_PER_POLL);
             ioloop__rcu_online();
             ioloop__woke_up(loop);
-            atomic_store_explicit(&loop->watch.busy_since, ioloop__clock_now(loop), memory_order_relaxed);
+            work_start = ioloop__clock_now(loop);
+            atomic_store_explicit(&loop->watch.busy_since, work_start, memory_order_relaxed);
         }
     }
     ioloop__clock_now(loop);
@@ -269,6 +272,13 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
         return;
     }
     ioloop__handlers_dispatch(loop, ready, n);
+    if (n > 0) {
+        /* Count the handlers' time here and start the next iteration's clock
+         * (busy_since, what the watchdog measures from) after them: from the
+         * pre-dispatch reading, a stall in a handler would be reported a
+         * second time, blamed on whatever the next iteration runs. */
+        note_busy(loop, work_start, ioloop__clock_now(loop));
+    }
 }
 
 int ioloop_start(ioloop_t *loop)

@@ -1,9 +1,19 @@
 /* runtime_internal.h — the seams between the runtime's files (threads,
- * executor, watchdog, signals, listener). Nothing in here is public API.
+ * broadcast, executor, watchdog, signals, listener). Nothing in here is
+ * public API.
  *
- * Threading rule: struct ioloop_runtime is written by the owning thread
- * before the loop threads start (they see it through pthread_create) and
- * after they are joined; while they run, only the atomics change.
+ * Threading rules:
+ *  - struct ioloop_runtime is written by the owning thread before the loop
+ *    threads start (they see it through pthread_create) and after they are
+ *    joined; while they run it is read-only for them (the owning thread
+ *    still sets `watchdog` and `joined`, which no loop thread reads).
+ *  - struct ioloop_listener: the fields set by ioloop_listener_start are
+ *    written before the first acceptor is armed and read-only after; the
+ *    atomics (refcount, stop_requested, open_acceptors, inflight) are shared
+ *    by every loop and the user; next_start is the DISPATCH acceptor loop's.
+ *  - ioloop__acceptor_t: listener, loop and fd are fixed at start; the rest
+ *    (armed, stopped, backoff, resume_timer) belongs to the acceptor's loop
+ *    thread once armed (start sets `armed` before publishing the handler).
  */
 #ifndef IOLOOP_RUNTIME_RUNTIME_INTERNAL_H
 #define IOLOOP_RUNTIME_RUNTIME_INTERNAL_H
@@ -23,7 +33,6 @@ struct ioloop_runtime {
     pthread_t *threads;
     int threads_started;
     ioloop_runtime_options_t opts;
-    _Atomic bool stopping;
     bool joined;
     ioloop__executor_t *executor;
     ioloop__watchdog_t *watchdog;

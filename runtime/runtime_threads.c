@@ -1,8 +1,9 @@
 /* runtime_threads.c — the runtime: N loops, one thread each (pinned when
- * asked), their start, stop, join and free, and the broadcast helper.
+ * asked), their start, stop, join and free (broadcast.c runs a callback on
+ * every loop).
  *
  * Threading rule: start/join/free on the owning thread (see runtime.h);
- * stop, size, loop and broadcast from any thread. The loops are created on the
+ * stop, size and loop from any thread. The loops are created on the
  * owning thread (so a failure is reported by start itself) and each is then
  * run by its own thread; ioloop_start makes it that thread's ioloop_current()
  * and registers the thread with RCU.
@@ -207,7 +208,6 @@ ioloop_t *ioloop_runtime_loop(const ioloop_runtime_t *rt, int i)
 
 void ioloop_runtime_stop(ioloop_runtime_t *rt)
 {
-    atomic_store(&rt->stopping, true);
     for (int i = 0; i < rt->n; i++)
         ioloop_stop(rt->loops[i]);
 }
@@ -236,65 +236,4 @@ void ioloop_runtime_free(ioloop_runtime_t *rt)
 ioloop_runtime_t *ioloop_runtime_current(void)
 {
     return current_runtime;
-}
-
-/* ---- broadcast ----------------------------------------------------------- */
-
-typedef struct {
-    ioloop_callback_fn fn;
-    void *arg;
-    ioloop_future_t *future;
-    _Atomic int remaining;
-    _Atomic int status;
-} broadcast_t;
-
-static void broadcast_done_one(broadcast_t *b)
-{
-    if (atomic_fetch_sub(&b->remaining, 1) != 1)
-        return;
-    ioloop_future_complete(b->future, atomic_load(&b->status), NULL);
-    ioloop_future_unref(b->future);
-    free(b);
-}
-
-static void broadcast_run(ioloop_t *loop, void *arg)
-{
-    broadcast_t *b = arg;
-    b->fn(loop, b->arg);
-    broadcast_done_one(b);
-}
-
-ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg)
-{
-    if (!fn) {
-        errno = EINVAL;
-        return NULL;
-    }
-    if (!home)
-        home = ioloop_current();
-    broadcast_t *b = calloc(1, sizeof(*b));
-    ioloop_future_t *f = home ? ioloop_future_new(home) : NULL;
-    if (!b || !f) {
-        free(b);
-        ioloop_future_unref(f);
-        errno = ENOMEM;
-        return NULL;
-    }
-    ioloop_future_ref(f); /* one for the broadcast, one for the caller */
-    b->fn = fn;
-    b->arg = arg;
-    b->future = f;
-    /* One extra count held while posting, so the last loop cannot complete
-     * (and free b) before every post was made. */
-    atomic_init(&b->remaining, rt->n + 1);
-    atomic_init(&b->status, 0);
-    for (int i = 0; i < rt->n; i++) {
-        int err = ioloop_add_callback(rt->loops[i], broadcast_run, b);
-        if (err) {
-            atomic_store(&b->status, err);
-            broadcast_done_one(b);
-        }
-    }
-    broadcast_done_one(b);
-    return f;
 }

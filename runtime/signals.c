@@ -12,6 +12,8 @@
  * runs on the watching loop's thread, after looking its watcher up under the
  * mutex, so an unwatch from another thread is seen at once. One loop per
  * signal: a process-directed signal is consumed by one reader anyway.
+ * ioloop_close calls ioloop__signals_forget (closing thread, the loop no
+ * longer running), which unwatches whatever the loop still watched.
  */
 #define _GNU_SOURCE
 #include "runtime_internal.h"
@@ -194,15 +196,20 @@ static int apply_mask(sigsource_t *s, int signo, bool on)
     return 0;
 }
 
-static void set_blocked(int signo, bool blocked)
+/* Blocks or unblocks signo in the calling thread; returns whether it was
+ * blocked before. */
+static bool set_blocked(int signo, bool blocked)
 {
 #ifdef __linux__
-    sigset_t one;
+    sigset_t one, old;
     sigemptyset(&one);
     sigaddset(&one, signo);
-    pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &one, NULL);
+    if (pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &one, &old) != 0)
+        return blocked;
+    return sigismember(&old, signo) == 1;
 #else
     (void)signo, (void)blocked; /* the handler catches it in any thread */
+    return false;
 #endif
 }
 
@@ -220,7 +227,7 @@ int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *ar
     } else {
         /* Block first: a signal arriving between now and the signalfd
          * update then stays pending and is read, instead of killing us. */
-        set_blocked(signo, true);
+        bool was_blocked = set_blocked(signo, true);
         sigsource_t *s = find_source(loop);
         if (!s)
             err = new_source(loop, &s);
@@ -229,12 +236,34 @@ int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *ar
         if (!err) {
             watchers[signo] = (watcher_t){.loop = loop, .fn = fn, .arg = arg};
             s->count++;
-        } else if (s && s->count == 0) {
-            free_source(s);
+        } else {
+            if (s && s->count == 0)
+                free_source(s);
+            /* Nobody reads it: blocked, the signal would stay pending for
+             * good instead of taking its action. Leave the mask as it was. */
+            if (!was_blocked)
+                set_blocked(signo, false);
         }
     }
     pthread_mutex_unlock(&lock);
     return err;
+}
+
+void ioloop__signals_forget(ioloop_t *loop)
+{
+    pthread_mutex_lock(&lock);
+    sigsource_t *s = find_source(loop);
+    if (s) {
+        for (int signo = 1; signo < NSIG; signo++) {
+            if (watchers[signo].loop != loop)
+                continue;
+            watchers[signo] = (watcher_t){0};
+            (void)apply_mask(s, signo, false);
+            set_blocked(signo, false); /* as ioloop_signal_unwatch does */
+        }
+        free_source(s);
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 int ioloop_signal_unwatch(ioloop_t *loop, int signo)

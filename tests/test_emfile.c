@@ -2,6 +2,10 @@
  * connections does not make the accepting loop spin (CPU time stays low
  * while the backlog cannot be accepted), and accepting resumes by itself once
  * fds are freed; for each accept mode.
+ *
+ * Threading rule: on_accept and close_held run on loop threads (each loop
+ * touches only its own held[] row) and record; the main thread makes the
+ * connections, changes RLIMIT_NOFILE and asserts.
  */
 #define _GNU_SOURCE
 #include "test_util.h"

@@ -1,8 +1,13 @@
 /* test_executor.c — ioloop_run_in_executor: two blocking jobs that wait on
  * each other both finish (the pool really runs them in parallel), done
  * callbacks run on the asking loop's thread, results and statuses come
- * back, queued work is cancelled by shutdown, and a loop outside any runtime
- * uses the process-wide pool.
+ * back, queued work is cancelled by shutdown, the default pool has one
+ * thread per CPU of the affinity mask (at least 2), and a loop outside any
+ * runtime uses the process-wide pool.
+ *
+ * Threading rule: work functions run on pool threads and done callbacks on
+ * loop threads; both only record into atomics, and every assertion is on
+ * the test's main thread.
  */
 #define _GNU_SOURCE
 #include "test_util.h"
@@ -11,6 +16,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 /* ---- two jobs that wait on each other ------------------------------------- */
@@ -23,6 +29,7 @@ typedef struct {
     ioloop_t *asking;
     pthread_t asking_thread;
     _Atomic int not_on_loop_thread; /* work must not run on the loop */
+    _Atomic int submit_failed;      /* run_in_executor/on_done failed on the loop */
 } rendezvous_t;
 
 static void *meet(void *arg, int *status)
@@ -56,8 +63,8 @@ static void submit_two(ioloop_t *loop, void *arg)
     r->asking_thread = pthread_self();
     for (int i = 0; i < 2; i++) {
         ioloop_future_t *f = ioloop_run_in_executor(loop, meet, r);
-        assert_non_null(f);
-        assert_int_equal(ioloop_future_on_done(f, job_done, r), 0);
+        if (!f || ioloop_future_on_done(f, job_done, r) != 0)
+            atomic_fetch_add(&r->submit_failed, 1);
     }
 }
 
@@ -71,6 +78,7 @@ static void test_jobs_waiting_on_each_other(void **state)
     int64_t deadline = tu_now_ns() + IOLOOP_SEC(30);
     while (atomic_load(&r.done) < 2 && tu_now_ns() < deadline)
         tu_sleep_ms(1);
+    assert_int_equal(atomic_load(&r.submit_failed), 0);
     assert_int_equal(atomic_load(&r.done), 2);
     assert_int_equal(atomic_load(&r.ok_results), 2);
     assert_int_equal(atomic_load(&r.on_asking_thread), 2);
@@ -86,6 +94,7 @@ typedef struct {
     _Atomic int first_status, second_status;
     _Atomic int second_ran;
     _Atomic int submitted;
+    _Atomic int submit_failed;
 } shutdown_t;
 
 static void *hold_until_released(void *arg, int *status)
@@ -122,8 +131,8 @@ static void submit_held(ioloop_t *loop, void *arg)
     shutdown_t *s = arg;
     ioloop_future_t *f1 = ioloop_run_in_executor(loop, hold_until_released, s);
     ioloop_future_t *f2 = ioloop_run_in_executor(loop, never_runs, s);
-    assert_int_equal(ioloop_future_on_done(f1, first_done, s), 0);
-    assert_int_equal(ioloop_future_on_done(f2, second_done, s), 0);
+    if (!f1 || !f2 || ioloop_future_on_done(f1, first_done, s) != 0 || ioloop_future_on_done(f2, second_done, s) != 0)
+        atomic_store(&s->submit_failed, 1);
     atomic_store(&s->submitted, 1);
 }
 
@@ -149,9 +158,74 @@ static void test_shutdown_cancels_queued(void **state)
     assert_int_equal(pthread_create(&t, NULL, release_later, &s), 0);
     ioloop_runtime_free(rt); /* cancels the queued job, waits for the held one */
     pthread_join(t, NULL);
+    assert_int_equal(atomic_load(&s.submit_failed), 0);
     assert_int_equal(atomic_load(&s.first_status), 1);
     assert_int_equal(atomic_load(&s.second_status), -ECANCELED);
     assert_int_equal(atomic_load(&s.second_ran), 0);
+}
+
+/* ---- the default pool size ----------------------------------------------- */
+
+/* Jobs that each wait until `size` of them run at once, then stay a while:
+ * with a pool of exactly `size` threads, `size` run together (the
+ * rendezvous needs that many) and one more never joins them. */
+typedef struct {
+    int size;
+    _Atomic int running, peak, arrived, done, submit_failed, timed_out;
+} pool_probe_t;
+
+static void *occupy(void *arg, int *status)
+{
+    pool_probe_t *p = arg;
+    int now = atomic_fetch_add(&p->running, 1) + 1;
+    int peak = atomic_load(&p->peak);
+    while (now > peak && !atomic_compare_exchange_weak(&p->peak, &peak, now))
+        ;
+    atomic_fetch_add(&p->arrived, 1);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(20);
+    while (atomic_load(&p->arrived) < p->size && tu_now_ns() < deadline)
+        tu_sleep_ms(1);
+    if (atomic_load(&p->arrived) < p->size)
+        atomic_fetch_add(&p->timed_out, 1);
+    tu_sleep_ms(100); /* an extra pool thread would take the extra job by now */
+    atomic_fetch_sub(&p->running, 1);
+    *status = 0;
+    return NULL;
+}
+
+static void occupy_done(ioloop_future_t *f, void *arg)
+{
+    ioloop_future_unref(f);
+    atomic_fetch_add(&((pool_probe_t *)arg)->done, 1);
+}
+
+static void submit_occupy(ioloop_t *loop, void *arg)
+{
+    pool_probe_t *p = arg;
+    for (int i = 0; i < p->size + 1; i++) {
+        ioloop_future_t *f = ioloop_run_in_executor(loop, occupy, p);
+        if (!f || ioloop_future_on_done(f, occupy_done, p) != 0)
+            atomic_fetch_add(&p->submit_failed, 1);
+    }
+}
+
+static void test_default_pool_is_affinity_cpus(void **state)
+{
+    (void)state;
+    cpu_set_t set;
+    assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
+    pool_probe_t p = {.size = CPU_COUNT(&set) < 2 ? 2 : CPU_COUNT(&set)};
+    ioloop_runtime_t *rt = NULL;
+    assert_int_equal(ioloop_runtime_start(&(ioloop_runtime_options_t){.loops = 1}, &rt), 0); /* executor_threads 0 */
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(rt, 0), submit_occupy, &p), 0);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(60);
+    while (atomic_load(&p.done) < p.size + 1 && tu_now_ns() < deadline)
+        tu_sleep_ms(5);
+    assert_int_equal(atomic_load(&p.submit_failed), 0);
+    assert_int_equal(atomic_load(&p.done), p.size + 1);
+    assert_int_equal(atomic_load(&p.timed_out), 0); /* at least size threads */
+    assert_int_equal(atomic_load(&p.peak), p.size); /* and no more */
+    ioloop_runtime_free(rt);
 }
 
 /* ---- a loop that is not a runtime loop ---------------------------------- */
@@ -185,6 +259,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jobs_waiting_on_each_other),
         cmocka_unit_test(test_shutdown_cancels_queued),
+        cmocka_unit_test(test_default_pool_is_affinity_cpus),
         cmocka_unit_test(test_embedded_loop_uses_global_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

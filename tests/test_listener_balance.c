@@ -1,12 +1,20 @@
 /* test_listener_balance.c — the listener's three accept modes: 2000
  * connections spread over the loops within a band, no queued connection lost
- * when the listener stops, EXCLUSIVE's fallback without epoll, IPv6, unix
- * sockets and port 0.
+ * when the listener stops, EXCLUSIVE's fallback without epoll, EXCLUSIVE's
+ * re-arm keeping its registration, accept batches that leave room for the
+ * loop's other work under a flood, IPv6, unix sockets and port 0.
+ * (ECONNABORTED is not tested: Linux hands out a connection reset in the
+ * backlog as an ordinary accepted socket, so it cannot be provoked.)
+ *
+ * Threading rule: server callbacks run on loop threads and client threads
+ * run the connections; both only record (atomics, or per-thread counts read
+ * after join), and every assertion is on the test's main thread.
  */
 #define _GNU_SOURCE
 #include "test_util.h"
 
 #include "ioloop/runtime.h"
+#include "runtime_internal.h" /* white-box: the acceptors' handler registrations */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,6 +37,7 @@ typedef struct {
     ioloop_runtime_t *rt;
     _Atomic long accepted[MAX_LOOPS];
     _Atomic long served[MAX_LOOPS];
+    _Atomic long off_loop; /* on_accept calls that ran off the owning loop's thread */
 } server_t;
 
 static int loop_index(ioloop_runtime_t *rt, ioloop_t *loop)
@@ -64,7 +73,8 @@ static void on_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, sockl
 {
     (void)peer, (void)peer_len;
     server_t *s = arg;
-    assert_ptr_equal(ioloop_current(), loop); /* runs on the owning loop */
+    if (ioloop_current() != loop) /* must run on the owning loop; asserted by the test thread */
+        atomic_fetch_add(&s->off_loop, 1);
     atomic_fetch_add(&s->accepted[loop_index(s->rt, loop)], 1);
     if (ioloop_add_handler(loop, fd, IOLOOP_READ, conn_readable, s) < 0) {
         close(fd);
@@ -156,6 +166,22 @@ static void *client_main(void *arg)
     return NULL;
 }
 
+/* White-box: the token of the handler registered for each acceptor's socket
+ * (0: none). A re-arm that keeps the registration keeps the token; a
+ * remove + add (an allocation and an RCU hand-off per accept batch) makes a
+ * new one. */
+static void acceptor_tokens(ioloop_listener_t *l, uint64_t *tokens)
+{
+    for (int i = 0; i < l->nacc; i++) {
+        ioloop_t *loop = l->acc[i].loop;
+        pthread_mutex_lock(&loop->handlers_lock);
+        ioloop__fdtable_t *t = atomic_load(&loop->fdtable);
+        ioloop__handler_t *h = l->acc[i].fd < t->capacity ? atomic_load(&t->slots[l->acc[i].fd]) : NULL;
+        tokens[i] = h ? h->token : 0;
+        pthread_mutex_unlock(&loop->handlers_lock);
+    }
+}
+
 static ioloop_runtime_t *start_runtime(void)
 {
     ioloop_runtime_t *rt = NULL;
@@ -182,6 +208,8 @@ static void check_balance(ioloop_accept_mode_t mode)
         expected = IOLOOP_ACCEPT_DISPATCH; /* the documented fallback */
     assert_int_equal(ioloop_listener_mode(l), expected);
     assert_true(ioloop_listener_port(l) > 0);
+    uint64_t tokens_before[MAX_LOOPS] = {0}, tokens_after[MAX_LOOPS] = {0};
+    acceptor_tokens(l, tokens_before);
 
     client_t clients[CLIENTS];
     pthread_t threads[CLIENTS];
@@ -198,6 +226,14 @@ static void check_balance(ioloop_accept_mode_t mode)
             per_loop[i] += clients[c].per_loop[i];
     }
     assert_int_equal(failed, 0);
+    assert_int_equal(atomic_load(&s.off_loop), 0);
+    /* Every acceptor is still registered, and EXCLUSIVE's re-arm after each
+     * batch (the last-waiter remedy) kept the registration it had. */
+    acceptor_tokens(l, tokens_after);
+    for (int i = 0; i < l->nacc; i++) {
+        assert_true(tokens_after[i] != 0);
+        assert_true(tokens_after[i] == tokens_before[i]);
+    }
     print_message("mode %d:", expected);
     for (int i = 0; i < LOOPS; i++) {
         total += per_loop[i];
@@ -317,6 +353,88 @@ static void test_stop_drains_dispatch(void **state)
     check_stop_drains(IOLOOP_ACCEPT_DISPATCH);
 }
 
+/* ---- a flood of connections does not starve the loop's other work --------- */
+
+typedef struct {
+    _Atomic long accepted;
+    _Atomic long seen_by_other_work; /* accepted when a callback posted at the first accept ran; -1: not yet */
+} flood_t;
+
+static void other_work(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    flood_t *f = arg;
+    atomic_store(&f->seen_by_other_work, atomic_load(&f->accepted));
+}
+
+static void flood_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
+{
+    (void)peer, (void)peer_len;
+    flood_t *f = arg;
+    if (atomic_fetch_add(&f->accepted, 1) == 0 && ioloop_add_callback(loop, other_work, f) < 0)
+        atomic_store(&f->seen_by_other_work, -2);
+    close(fd);
+    ioloop_connection_closed(loop);
+}
+
+/* QUEUED connections wait in the backlog of a one-loop runtime; when the loop
+ * wakes, a callback posted at the first accept runs before the backlog is
+ * drained: accepts come in bounded batches, one per readiness. */
+static void check_flood_leaves_room(ioloop_accept_mode_t mode)
+{
+    ioloop_runtime_t *rt = NULL;
+    assert_int_equal(ioloop_runtime_start(&(ioloop_runtime_options_t){.loops = 1, .executor_threads = 1}, &rt), 0);
+    flood_t f = {.seen_by_other_work = -1};
+    ioloop_listener_t *l = NULL;
+    ioloop_listener_options_t lo = {
+        .address = "127.0.0.1", .backlog = 2 * QUEUED, .mode = mode, .on_accept = flood_accept, .arg = &f};
+    assert_int_equal(ioloop_listener_start(rt, &lo, &l), 0);
+    target_t t = target_for("127.0.0.1", ioloop_listener_port(l));
+    _Atomic int blocked = 0;
+    atomic_store(&hold, true);
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(rt, 0), block_loop, &blocked), 0);
+    while (atomic_load(&blocked) < 1)
+        tu_sleep_ms(1);
+    int *fds = malloc(QUEUED * sizeof(int));
+    assert_non_null(fds);
+    for (int k = 0; k < QUEUED; k++) {
+        fds[k] = client_connect(&t);
+        assert_true(fds[k] >= 0);
+    }
+    atomic_store(&hold, false);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(20);
+    while ((atomic_load(&f.accepted) < QUEUED || atomic_load(&f.seen_by_other_work) == -1) && tu_now_ns() < deadline)
+        tu_sleep_ms(2);
+    assert_int_equal(atomic_load(&f.accepted), QUEUED);
+    long seen = atomic_load(&f.seen_by_other_work);
+    print_message("mode %d: other work ran after %ld of %d accepts\n", ioloop_listener_mode(l), seen, QUEUED);
+    assert_true(seen >= 1);
+    assert_true(seen < QUEUED / 2);
+    for (int k = 0; k < QUEUED; k++)
+        close(fds[k]);
+    free(fds);
+    ioloop_listener_free(l);
+    ioloop_runtime_free(rt);
+}
+
+static void test_flood_leaves_room_reuseport(void **state)
+{
+    (void)state;
+    check_flood_leaves_room(IOLOOP_ACCEPT_REUSEPORT);
+}
+
+static void test_flood_leaves_room_exclusive(void **state)
+{
+    (void)state;
+    check_flood_leaves_room(IOLOOP_ACCEPT_EXCLUSIVE);
+}
+
+static void test_flood_leaves_room_dispatch(void **state)
+{
+    (void)state;
+    check_flood_leaves_room(IOLOOP_ACCEPT_DISPATCH);
+}
+
 /* ---- families and port 0 ------------------------------------------------------- */
 
 static void test_ipv6_port_zero(void **state)
@@ -433,6 +551,9 @@ int main(void)
         cmocka_unit_test(test_stop_drains_reuseport),
         cmocka_unit_test(test_stop_drains_exclusive),
         cmocka_unit_test(test_stop_drains_dispatch),
+        cmocka_unit_test(test_flood_leaves_room_reuseport),
+        cmocka_unit_test(test_flood_leaves_room_exclusive),
+        cmocka_unit_test(test_flood_leaves_room_dispatch),
         cmocka_unit_test(test_ipv6_port_zero),
         cmocka_unit_test(test_unix_socket),
         cmocka_unit_test(test_bad_address_and_busy_port),

@@ -1,7 +1,12 @@
 /* test_signals.c — signals as loop callbacks: SIGTERM and SIGINT stop a
  * runtime that handles signals (every loop ends, join returns, the calling
  * thread's mask is restored), a watched signal runs on the chosen loop's
- * thread, the one-watcher rule, and a loop outside any runtime.
+ * thread, the one-watcher rule, a loop outside any runtime, a failed watch
+ * that leaves the thread's mask as it found it, and a closed loop whose
+ * watchers are forgotten (no leaked signalfd, the signals free again).
+ *
+ * Threading rule: signal callbacks run on loop threads and only record into
+ * atomics; every assertion is on the test's main thread.
  */
 #define _GNU_SOURCE
 #include "test_util.h"
@@ -114,6 +119,66 @@ static void test_watch_on_embedded_loop(void **state)
     assert_int_equal(ioloop_signal_unwatch(loop, SIGUSR2), 0);
 }
 
+/* A loop that is closed but still referenced: every watch on it fails. */
+static ioloop_t *closed_loop(void)
+{
+    ioloop_t *loop = ioloop_new(NULL);
+    assert_non_null(loop);
+    ioloop_ref(loop);
+    assert_int_equal(ioloop_close(loop, false), 0);
+    return loop;
+}
+
+static void test_failed_watch_leaves_mask_as_it_was(void **state)
+{
+    (void)state;
+    ioloop_t *loop = closed_loop();
+    int fds = tu_open_fds();
+    assert_false(blocked_here(SIGUSR1));
+    assert_true(ioloop_signal_watch(loop, SIGUSR1, on_usr, NULL) < 0);
+    assert_false(blocked_here(SIGUSR1)); /* else the next SIGUSR1 stays pending for nobody */
+    assert_int_equal(tu_open_fds(), fds);
+
+    /* Blocked by the caller before: the failed watch must not unblock it. */
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &one, NULL);
+    assert_true(ioloop_signal_watch(loop, SIGUSR1, on_usr, NULL) < 0);
+    assert_true(blocked_here(SIGUSR1));
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    ioloop_unref(loop);
+}
+
+static void test_close_forgets_the_loops_watchers(void **state)
+{
+    (void)state;
+    int fds = tu_open_fds();
+    ioloop_t *a = ioloop_new(NULL);
+    assert_non_null(a);
+    sig_probe_t p = {0};
+    assert_int_equal(ioloop_signal_watch(a, SIGUSR2, on_usr, &p), 0);
+    assert_int_equal(ioloop_signal_watch(a, SIGWINCH, on_usr, &p), 0);
+    assert_int_equal(ioloop_close(a, false), 0); /* without unwatching */
+    assert_int_equal(tu_open_fds(), fds);        /* the signalfd went with it */
+    assert_false(blocked_here(SIGUSR2));         /* as unwatch would have left it */
+
+    /* The signals are free for another loop, which gets them. */
+    ioloop_t *b = ioloop_new(NULL);
+    assert_non_null(b);
+    p.want = b;
+    assert_int_equal(ioloop_signal_watch(b, SIGUSR2, stop_soon, &p), 0);
+    assert_int_equal(ioloop_add_callback(b, send_usr2, NULL), 0);
+    tu_stop_after(b, 10000);
+    assert_int_equal(ioloop_start(b), 0);
+    assert_int_equal(atomic_load(&p.hits), 1);
+    assert_int_equal(atomic_load(&p.on_wrong_loop), 0);
+    assert_int_equal(ioloop_signal_watch(b, SIGWINCH, on_usr, &p), 0);
+    assert_int_equal(ioloop_signal_unwatch(b, SIGWINCH), 0);
+    assert_int_equal(ioloop_signal_unwatch(b, SIGUSR2), 0);
+    assert_int_equal(ioloop_close(b, false), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -121,6 +186,8 @@ int main(void)
         cmocka_unit_test(test_sigint_stops_every_loop),
         cmocka_unit_test(test_watch_runs_on_chosen_loop),
         cmocka_unit_test(test_watch_on_embedded_loop),
+        cmocka_unit_test(test_failed_watch_leaves_mask_as_it_was),
+        cmocka_unit_test(test_close_forgets_the_loops_watchers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

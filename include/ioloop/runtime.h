@@ -47,8 +47,11 @@ typedef struct ioloop_listener ioloop_listener_t;
 /* The watchdog's report: `loop` has been busy in one iteration for
  * `blocked_for` ns, running `running` (NULL if between callbacks), whose
  * symbol name is `name` when the dynamic linker knows it (else an address,
- * "0x1234 (libfoo.so+0x34)"). Called on the watchdog thread, once per long
- * iteration: it must not touch the loop except to read its stats. */
+ * "0x1234 (libfoo.so+0x34)", which addr2line resolves). The dynamic linker
+ * knows a shared library's exported functions, and an executable's only if
+ * it was linked with -rdynamic (CMake: ENABLE_EXPORTS); static functions
+ * never. Called on the watchdog thread, once per stall: it must not touch
+ * the loop except to read its stats. */
 typedef void (*ioloop_watchdog_fn)(ioloop_t *loop, ioloop_time_t blocked_for, void (*running)(void), const char *name,
                                    void *arg);
 
