@@ -222,9 +222,13 @@ ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
 
 /* Runs the loop until the future that fn returns completes, then stops it.
  * fn(loop, arg) runs on the loop and returns a future it keeps a reference to
- * (ownership passes to run_sync). timeout 0 means none. Returns the future's
- * status and stores its result in *result (if not NULL); -ETIMEDOUT if the
- * timeout passed first. Must not be called on a running loop (-EBUSY). */
+ * (ownership passes to run_sync). timeout 0 means none. A stop made before
+ * run_sync is consumed, not obeyed (run_sync is a start of its own). Call from
+ * the thread that will run the loop, while it is not running. Returns the
+ * future's status and stores its result in *result (if not NULL);
+ * -ETIMEDOUT if the timeout passed first; -ECANCELED if something else
+ * stopped the loop first; -ENOMEM if fn returned NULL; -EBUSY on a running
+ * loop; -EINVAL if another loop runs on this thread; -ESHUTDOWN if closed. */
 int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
                     ioloop_time_t timeout, void **result);
 
