@@ -30,7 +30,7 @@ typedef struct {
     struct pollfd *fds;
     uint64_t *tokens;
     size_t count, capacity;
-    bool dirty; /* under handlers_lock */
+    bool dirty;       /* under handlers_lock */
     file_id_t *files; /* under handlers_lock: by fd, the file registered (ino 0: none) */
     size_t files_capacity;
 } poll_set_t;

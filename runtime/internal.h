@@ -139,9 +139,9 @@ struct ioloop {
     _Atomic bool polling;                /* about to block, or blocked, in poll */
     _Atomic bool wakeup_pending;         /* a waker write is made or on its way */
     _Atomic int posters_inside;          /* posters about to write the waker */
-    int wake_read_fd, wake_write_fd;     /* eventfd: both the same; written only by
-                                            init and close, read by posters only
-                                            inside the posters_inside handshake */
+    /* The waker (eventfd: both the same). Written only by init and close;
+     * posters read them only inside the posters_inside handshake. */
+    int wake_read_fd, wake_write_fd;
     _Alignas(64) _Atomic(ioloop__post_t *) returned; /* used nodes for posters to reuse */
     size_t returned_count; /* loop thread: nodes put in `returned` since it was last seen empty */
 
