@@ -1,6 +1,8 @@
 /* backend_epoll.c — the Linux backend: add/update/remove are
  * EPOLL_CTL_ADD/MOD/DEL, level-triggered, each event carrying the handler's
- * token in epoll_event.data so that dispatch can drop stale events.
+ * token in epoll_event.data so that dispatch can drop stale events. The
+ * kernel forgets an fd when its file is closed, so EPOLL_CTL_ADD failing with
+ * EEXIST is exactly "still registered" (what handlers.c asks of add).
  *
  * Threading rule: add/mod/del run under loop->handlers_lock from any thread
  * (epoll_ctl is thread-safe against a concurrent epoll_wait); wait runs on the
@@ -28,21 +30,21 @@ static uint32_t to_epoll(unsigned events)
 
 static int epoll_init(ioloop_t *loop)
 {
-    loop->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-    return loop->epoll_fd < 0 ? -errno : 0;
+    loop->backend_fd = epoll_create1(EPOLL_CLOEXEC);
+    return loop->backend_fd < 0 ? -errno : 0;
 }
 
 static void epoll_destroy(ioloop_t *loop)
 {
-    if (loop->epoll_fd >= 0)
-        close(loop->epoll_fd);
-    loop->epoll_fd = -1;
+    if (loop->backend_fd >= 0)
+        close(loop->backend_fd);
+    loop->backend_fd = -1;
 }
 
 static int epoll_ctl_token(ioloop_t *loop, int op, int fd, unsigned events, uint64_t token)
 {
     struct epoll_event ev = {.events = to_epoll(events), .data.u64 = token};
-    return epoll_ctl(loop->epoll_fd, op, fd, &ev) < 0 ? -errno : 0;
+    return epoll_ctl(loop->backend_fd, op, fd, &ev) < 0 ? -errno : 0;
 }
 
 static int epoll_add(ioloop_t *loop, int fd, unsigned events, uint64_t token)
@@ -58,13 +60,13 @@ static int epoll_mod(ioloop_t *loop, int fd, unsigned events, uint64_t token)
 static int epoll_del(ioloop_t *loop, int fd)
 {
     struct epoll_event unused = {0}; /* pre-2.6.9 kernels want non-NULL */
-    return epoll_ctl(loop->epoll_fd, EPOLL_CTL_DEL, fd, &unused) < 0 ? -errno : 0;
+    return epoll_ctl(loop->backend_fd, EPOLL_CTL_DEL, fd, &unused) < 0 ? -errno : 0;
 }
 
 static int epoll_wait_ready(ioloop_t *loop, int timeout_ms, ioloop__ready_t *out, int max)
 {
     struct epoll_event events[max];
-    int n = epoll_wait(loop->epoll_fd, events, max, timeout_ms);
+    int n = epoll_wait(loop->backend_fd, events, max, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; i++) {

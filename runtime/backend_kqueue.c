@@ -17,15 +17,15 @@
 
 static int kq_init(ioloop_t *loop)
 {
-    loop->epoll_fd = kqueue();
-    return loop->epoll_fd < 0 ? -errno : 0;
+    loop->backend_fd = kqueue();
+    return loop->backend_fd < 0 ? -errno : 0;
 }
 
 static void kq_destroy(ioloop_t *loop)
 {
-    if (loop->epoll_fd >= 0)
-        close(loop->epoll_fd);
-    loop->epoll_fd = -1;
+    if (loop->backend_fd >= 0)
+        close(loop->backend_fd);
+    loop->backend_fd = -1;
 }
 
 static int kq_apply(ioloop_t *loop, int fd, unsigned events, uint64_t token)
@@ -35,7 +35,18 @@ static int kq_apply(ioloop_t *loop, int fd, unsigned events, uint64_t token)
            (void *)(uintptr_t)token);
     EV_SET(&changes[1], fd, EVFILT_WRITE, (events & IOLOOP_WRITE) ? EV_ADD | EV_ENABLE : EV_ADD | EV_DISABLE, 0, 0,
            (void *)(uintptr_t)token);
-    return kevent(loop->epoll_fd, changes, 2, NULL, 0, NULL) < 0 ? -errno : 0;
+    return kevent(loop->backend_fd, changes, 2, NULL, 0, NULL) < 0 ? -errno : 0;
+}
+
+/* EV_ADD on a live registration just changes it, and kqueue cannot be asked
+ * whether fd is registered: a taken slot stays -EEXIST (remove_handler before
+ * close, as ioloop.h asks). */
+static int kq_add(ioloop_t *loop, int fd, unsigned events, uint64_t token)
+{
+    ioloop__fdtable_t *t = atomic_load_explicit(&loop->fdtable, memory_order_relaxed);
+    if (fd < t->capacity && atomic_load_explicit(&t->slots[fd], memory_order_relaxed))
+        return -EEXIST;
+    return kq_apply(loop, fd, events, token);
 }
 
 static int kq_del(ioloop_t *loop, int fd)
@@ -43,14 +54,14 @@ static int kq_del(ioloop_t *loop, int fd)
     struct kevent changes[2];
     EV_SET(&changes[0], fd, EVFILT_READ, EV_DELETE, 0, 0, NULL);
     EV_SET(&changes[1], fd, EVFILT_WRITE, EV_DELETE, 0, 0, NULL);
-    return kevent(loop->epoll_fd, changes, 2, NULL, 0, NULL) < 0 ? -errno : 0;
+    return kevent(loop->backend_fd, changes, 2, NULL, 0, NULL) < 0 ? -errno : 0;
 }
 
 static int kq_wait(ioloop_t *loop, int timeout_ms, ioloop__ready_t *out, int max)
 {
     struct kevent events[max];
     struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
-    int n = kevent(loop->epoll_fd, NULL, 0, events, max, timeout_ms < 0 ? NULL : &ts);
+    int n = kevent(loop->backend_fd, NULL, 0, events, max, timeout_ms < 0 ? NULL : &ts);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; i++) {
@@ -66,7 +77,7 @@ const ioloop__backend_ops_t ioloop__backend_kqueue = {
     .name = "kqueue",
     .init = kq_init,
     .destroy = kq_destroy,
-    .add = kq_apply,
+    .add = kq_add,
     .mod = kq_apply,
     .del = kq_del,
     .wait = kq_wait,

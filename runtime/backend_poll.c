@@ -5,6 +5,13 @@
  * the pollfd set dirty; the loop thread rebuilds it from the handler table,
  * under the same lock, before it polls. A change made from another thread while
  * the loop sleeps wakes it (wake_on_foreign_change) so it polls the new set.
+ *
+ * poll(2) does not forget a closed fd as epoll does, so this backend tracks
+ * the file behind each registered fd (fstat at add): add refuses a bad fd
+ * with -EBADF, accepts a reused number whose file changed (the old entry's fd
+ * was closed without remove_handler), and a registered fd that turns out
+ * closed (POLLNVAL) is dropped and reported, instead of waking the loop
+ * forever.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -12,12 +19,20 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+} file_id_t;
 
 typedef struct {
     struct pollfd *fds;
     uint64_t *tokens;
     size_t count, capacity;
-    bool dirty; /* under handlers_lock */
+    bool dirty;       /* under handlers_lock */
+    file_id_t *files; /* under handlers_lock: by fd, the file registered (ino 0: none) */
+    size_t files_capacity;
 } poll_set_t;
 
 static int poll_init(ioloop_t *loop)
@@ -36,6 +51,7 @@ static void poll_destroy(ioloop_t *loop)
     if (set) {
         free(set->fds);
         free(set->tokens);
+        free(set->files);
         free(set);
     }
     loop->backend_data = NULL;
@@ -49,13 +65,41 @@ static int mark_dirty(ioloop_t *loop)
 
 static int poll_add(ioloop_t *loop, int fd, unsigned events, uint64_t token)
 {
+    (void)events, (void)token;
+    poll_set_t *set = loop->backend_data;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if ((size_t)fd >= set->files_capacity) {
+        size_t capacity = set->files_capacity ? set->files_capacity : 64;
+        while (capacity <= (size_t)fd)
+            capacity *= 2;
+        file_id_t *files = realloc(set->files, capacity * sizeof(*files));
+        if (!files)
+            return -ENOMEM;
+        for (size_t i = set->files_capacity; i < capacity; i++)
+            files[i] = (file_id_t){0};
+        set->files = files;
+        set->files_capacity = capacity;
+    }
+    file_id_t *f = &set->files[fd];
+    if (f->ino && f->dev == st.st_dev && f->ino == st.st_ino)
+        return -EEXIST; /* the registered file is still behind this fd */
+    *f = (file_id_t){st.st_dev, st.st_ino};
+    return mark_dirty(loop);
+}
+
+static int poll_mod(ioloop_t *loop, int fd, unsigned events, uint64_t token)
+{
     (void)fd, (void)events, (void)token;
     return mark_dirty(loop);
 }
 
 static int poll_del(ioloop_t *loop, int fd)
 {
-    (void)fd;
+    poll_set_t *set = loop->backend_data;
+    if ((size_t)fd < set->files_capacity)
+        set->files[fd] = (file_id_t){0};
     return mark_dirty(loop);
 }
 
@@ -121,11 +165,17 @@ static int poll_wait_ready(ioloop_t *loop, int timeout_ms, ioloop__ready_t *out,
         if (!r)
             continue;
         n--;
+        if (r & POLLNVAL) {
+            /* Closed without remove_handler: it would be reported again on
+             * every poll. Only marks the set dirty; this pass goes on. */
+            ioloop__handler_forget_invalid(loop, set->fds[i].fd, set->tokens[i]);
+            continue;
+        }
         out[filled++] = (ioloop__ready_t){
             .fd = set->fds[i].fd,
             .token = set->tokens[i],
             .events = ((r & POLLIN) ? IOLOOP_READ : 0u) | ((r & POLLOUT) ? IOLOOP_WRITE : 0u) |
-                      ((r & (POLLERR | POLLHUP | POLLNVAL)) ? IOLOOP_ERROR : 0u),
+                      ((r & (POLLERR | POLLHUP)) ? IOLOOP_ERROR : 0u),
         };
     }
     return filled;
@@ -136,7 +186,7 @@ const ioloop__backend_ops_t ioloop__backend_poll = {
     .init = poll_init,
     .destroy = poll_destroy,
     .add = poll_add,
-    .mod = poll_add,
+    .mod = poll_mod,
     .del = poll_del,
     .wait = poll_wait_ready,
     .wake_on_foreign_change = true,

@@ -37,7 +37,10 @@
  * poster that is going to write the waker announces itself in
  * `posters_inside` and then re-checks the mark (seq_cst both sides: close sets
  * the mark then reads `posters_inside`), so close never closes the waker fd
- * under a poster about to write it.
+ * under a poster about to write it. Every other wake from another thread
+ * (ioloop_stop, a handler change the poll backend must see) goes through the
+ * same handshake, ioloop__wake_unless_closed: these are rare, so the post
+ * path itself stays one CAS.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -96,7 +99,8 @@ int ioloop__callbacks_init(ioloop_t *loop)
     return ioloop__handler_add(loop, loop->wake_read_fd, IOLOOP_READ, waker_readable, NULL);
 }
 
-void ioloop__wake(ioloop_t *loop)
+/* Only inside the posters_inside handshake (see the top of the file). */
+static void wake(ioloop_t *loop)
 {
     if (atomic_exchange(&loop->wakeup_pending, true))
         return; /* a write is made or on its way */
@@ -226,11 +230,11 @@ static void node_free(ioloop__post_t *node)
     }
 }
 
-static void wake_unless_closed(ioloop_t *loop)
+void ioloop__wake_unless_closed(ioloop_t *loop)
 {
     atomic_fetch_add(&loop->posters_inside, 1);
     if (atomic_load(&loop->posts) != CLOSED)
-        ioloop__wake(loop);
+        wake(loop);
     atomic_fetch_sub(&loop->posters_inside, 1);
 }
 
@@ -259,7 +263,7 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
         post->next = head;
     } while (!atomic_compare_exchange_weak(&loop->posts, &head, post));
     if (atomic_load(&loop->polling))
-        wake_unless_closed(loop);
+        ioloop__wake_unless_closed(loop);
     return 0;
 }
 

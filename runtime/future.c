@@ -118,10 +118,15 @@ ioloop_t *ioloop_future_loop(const ioloop_future_t *f)
 
 /* ---- run_sync ------------------------------------------------------------ */
 
+/* On the heap, not run_sync's stack: if the loop stops before its first
+ * iteration, run_sync_begin stays queued after run_sync returned, and frees
+ * this when it finally runs (at the latest when the loop closes). */
 typedef struct {
     ioloop_future_t *(*fn)(ioloop_t *loop, void *arg);
     void *arg;
     ioloop_future_t *future;
+    bool begun;     /* run_sync_begin ran */
+    bool abandoned; /* run_sync returned first: run_sync_begin frees this */
     bool timed_out;
 } run_sync_t;
 
@@ -140,6 +145,11 @@ static void run_sync_timeout(ioloop_t *loop, void *arg)
 static void run_sync_begin(ioloop_t *loop, void *arg)
 {
     run_sync_t *rs = arg;
+    if (rs->abandoned) {
+        free(rs);
+        return;
+    }
+    rs->begun = true;
     rs->future = rs->fn(loop, rs->arg);
     if (!rs->future) {
         ioloop_stop(loop);
@@ -148,37 +158,65 @@ static void run_sync_begin(ioloop_t *loop, void *arg)
     ioloop_future_on_done(rs->future, run_sync_done, rs);
 }
 
+static int run_sync_finish(run_sync_t *rs, void **result)
+{
+    int err;
+    if (!rs->future) {
+        err = -ENOMEM; /* fn could not make its future */
+    } else if (!ioloop_future_done(rs->future)) {
+        err = rs->timed_out ? -ETIMEDOUT : -ECANCELED; /* someone else stopped the loop */
+    } else {
+        if (result)
+            *result = rs->future->result;
+        err = rs->future->status;
+    }
+    if (rs->future) {
+        /* A done callback may still be due: detach it, rs goes now. */
+        rs->future->done_fn = NULL;
+        ioloop_future_unref(rs->future);
+    }
+    free(rs);
+    return err;
+}
+
 int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
                     ioloop_time_t timeout, void **result)
 {
-    if (atomic_load(&loop->running))
+    /* Refuse what ioloop_start would refuse before queuing anything. */
+    if (atomic_load(&loop->state) != IOLOOP__OPEN)
+        return -ESHUTDOWN;
+    ioloop_t *outer = ioloop__thread_running_loop();
+    if (outer == loop || atomic_load(&loop->running))
         return -EBUSY;
-    run_sync_t rs = {.fn = fn, .arg = arg};
-    int err = ioloop_add_callback(loop, run_sync_begin, &rs);
-    if (err)
-        return err;
+    if (outer)
+        return -EINVAL; /* another loop runs on this thread */
+    /* run_sync is a start of its own: a stop made before it was for an
+     * earlier start, and must not end this one before fn ran. */
+    atomic_exchange(&loop->stop_requested, false);
+
+    run_sync_t *rs = calloc(1, sizeof(*rs));
+    if (!rs)
+        return -ENOMEM;
+    rs->fn = fn;
+    rs->arg = arg;
     ioloop_timer_t timer = 0;
-    if (timeout > 0) {
-        timer = ioloop_call_at(loop, ioloop__clock_now(loop) + timeout, run_sync_timeout, &rs);
-        if (!timer)
-            return -errno;
+    if (timeout > 0 && !(timer = ioloop_call_later(loop, timeout, run_sync_timeout, rs))) {
+        int err = -errno;
+        free(rs);
+        return err;
+    }
+    int err = ioloop_add_callback(loop, run_sync_begin, rs);
+    if (err) {
+        ioloop_remove_timeout(loop, timer);
+        free(rs);
+        return err;
     }
     err = ioloop_start(loop);
     ioloop_remove_timeout(loop, timer);
-    if (err)
-        return err;
-    if (!rs.future)
-        return -ENOMEM; /* fn could not make its future */
-    if (!ioloop_future_done(rs.future)) {
-        /* A done callback may still be due: detach it, rs is on our stack. */
-        rs.future->done_fn = NULL;
-        ioloop_future_unref(rs.future);
-        return -ETIMEDOUT;
+    if (!rs->begun) {
+        /* A stop from another thread (or a racing start) came first. */
+        rs->abandoned = true;
+        return err ? err : -ECANCELED;
     }
-    if (result)
-        *result = rs.future->result;
-    err = rs.future->status;
-    rs.future->done_fn = NULL;
-    ioloop_future_unref(rs.future);
-    return err;
+    return run_sync_finish(rs, result); /* begun: start ran the loop */
 }

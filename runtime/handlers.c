@@ -13,13 +13,24 @@
  *  - a removed entry (and an outgrown table) is unpublished at once and freed
  *    only after an RCU grace period, so the loop thread, which passes a
  *    quiescent state only between iterations, can never touch freed memory.
+ *
+ * An fd closed without remove_handler leaves its entry behind. It does not
+ * block the number's reuse: add on an occupied slot asks the backend, which
+ * accepts the fd if its own registration is gone with the closed file (epoll:
+ * the kernel dropped it; poll: fstat shows another file), and the stale entry
+ * is then retired like a removed one. A handler called after remove_handler
+ * returned on another thread is possible (dispatch had loaded it): see
+ * ioloop_remove_handler in ioloop.h for when arg may be freed.
  */
 #define _GNU_SOURCE
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 enum { INITIAL_CAPACITY = 64 };
@@ -57,30 +68,57 @@ int ioloop__handlers_init(ioloop_t *loop)
     return 0;
 }
 
-/* handlers_lock held. Grows the table so that fd fits. */
-static ioloop__fdtable_t *table_for_fd(ioloop_t *loop, int fd)
+/* The table never needs more slots than the process may have fds. */
+static int64_t fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < INT_MAX)
+        return (int64_t)rl.rlim_cur;
+    return INT_MAX;
+}
+
+/* handlers_lock held. Grows the table so that fd fits; 0 or -errno. */
+static int table_for_fd(ioloop_t *loop, int fd, ioloop__fdtable_t **out)
 {
     ioloop__fdtable_t *t = atomic_load_explicit(&loop->fdtable, memory_order_relaxed);
+    *out = t;
     if (fd < t->capacity)
-        return t;
-    int capacity = t->capacity;
+        return 0;
+    /* Only an open fd makes the table grow: a bogus number must not make us
+     * allocate (or double an int until it overflows) before failing. */
+    if (fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    int64_t capacity = t->capacity;
     while (capacity <= fd)
         capacity *= 2;
-    ioloop__fdtable_t *bigger = table_new(capacity);
+    int64_t limit = fd_limit();
+    if (capacity > limit)
+        capacity = limit > fd ? limit : (int64_t)fd + 1; /* the limit may have been lowered since fd opened */
+    ioloop__fdtable_t *bigger = table_new((int)capacity);
     if (!bigger)
-        return NULL;
+        return -ENOMEM;
     for (int i = 0; i < t->capacity; i++)
         atomic_init(&bigger->slots[i], atomic_load_explicit(&t->slots[i], memory_order_relaxed));
     atomic_store_explicit(&loop->fdtable, bigger, memory_order_release);
     ioloop__rcu_defer_free(&t->rcu, free_table);
-    return bigger;
+    *out = bigger;
+    return 0;
 }
 
 static void after_foreign_change(ioloop_t *loop)
 {
-    /* A loop that is not running will build its poll set when it starts. */
+    /* A loop that is not running will build its poll set when it starts. The
+     * wake goes through the posters' handshake: ioloop_close may be closing
+     * the waker right now. */
     if (loop->backend->wake_on_foreign_change && atomic_load(&loop->running) && !ioloop__on_loop_thread(loop))
-        ioloop__wake(loop);
+        ioloop__wake_unless_closed(loop);
+}
+
+/* handlers_lock held: puts h on the list freed after the next grace period. */
+static void retire_locked(ioloop_t *loop, ioloop__handler_t *h)
+{
+    h->rcu.next = atomic_load_explicit(&loop->retired, memory_order_relaxed);
+    atomic_store_explicit(&loop->retired, &h->rcu, memory_order_relaxed);
 }
 
 int ioloop__handler_add(ioloop_t *loop, int fd, unsigned events, ioloop_handler_fn fn, void *arg)
@@ -95,22 +133,26 @@ int ioloop__handler_add(ioloop_t *loop, int fd, unsigned events, ioloop_handler_
     int err = 0;
     pthread_mutex_lock(&loop->handlers_lock);
     ioloop__fdtable_t *t = NULL;
+    ioloop__handler_t *stale = NULL;
     if (atomic_load(&loop->state) != IOLOOP__OPEN || !atomic_load_explicit(&loop->fdtable, memory_order_relaxed))
         err = -ESHUTDOWN;
-    else if (!(t = table_for_fd(loop, fd)))
-        err = -ENOMEM;
-    else if (atomic_load_explicit(&t->slots[fd], memory_order_relaxed))
-        err = -EEXIST;
+    else
+        err = table_for_fd(loop, fd, &t);
     if (!err) {
+        stale = atomic_load_explicit(&t->slots[fd], memory_order_relaxed);
         h->fd = fd;
         atomic_init(&h->events, events & ~IOLOOP__EXCLUSIVE);
         h->token = ((uint64_t)++loop->next_generation << 32) | (uint32_t)fd;
         h->fn = fn;
         h->arg = arg;
+        /* With an entry there already, the backend's -EEXIST says it is live. */
         err = loop->backend->add(loop, fd, events, h->token);
     }
-    if (!err)
+    if (!err) {
         atomic_store_explicit(&t->slots[fd], h, memory_order_release);
+        if (stale)
+            retire_locked(loop, stale); /* its fd was closed without remove_handler */
+    }
     pthread_mutex_unlock(&loop->handlers_lock);
     if (err) {
         free(h);
@@ -143,7 +185,9 @@ int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events)
     int err;
     pthread_mutex_lock(&loop->handlers_lock);
     ioloop__handler_t *h = lookup_locked(loop, fd);
-    if (!h) {
+    if (atomic_load(&loop->state) != IOLOOP__OPEN) {
+        err = -ESHUTDOWN;
+    } else if (!h) {
         err = -ENOENT;
     } else if (atomic_load_explicit(&h->events, memory_order_relaxed) == events) {
         err = 0; /* nothing to tell the kernel */
@@ -158,22 +202,30 @@ int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events)
     return err;
 }
 
-int ioloop_remove_handler(ioloop_t *loop, int fd)
+/* Removes fd's entry, if it is the registration `token` (0: whichever). */
+static bool remove_entry(ioloop_t *loop, int fd, uint64_t token)
 {
     pthread_mutex_lock(&loop->handlers_lock);
     ioloop__handler_t *h = lookup_locked(loop, fd);
+    if (h && token && h->token != token)
+        h = NULL;
     if (h) {
         ioloop__fdtable_t *t = atomic_load_explicit(&loop->fdtable, memory_order_relaxed);
         atomic_store_explicit(&t->slots[fd], NULL, memory_order_release);
         /* The fd may already be closed (the kernel then dropped it from epoll
          * itself): the table entry is what matters. */
         (void)loop->backend->del(loop, fd);
-        h->rcu.next = atomic_load_explicit(&loop->retired, memory_order_relaxed);
-        atomic_store_explicit(&loop->retired, &h->rcu, memory_order_relaxed);
+        retire_locked(loop, h);
     }
     pthread_mutex_unlock(&loop->handlers_lock);
     if (h)
         after_foreign_change(loop);
+    return h != NULL;
+}
+
+int ioloop_remove_handler(ioloop_t *loop, int fd)
+{
+    remove_entry(loop, fd, 0);
     return 0;
 }
 
@@ -192,6 +244,15 @@ int ioloop__handler_rearm(ioloop_t *loop, int fd, unsigned events)
     }
     pthread_mutex_unlock(&loop->handlers_lock);
     return err;
+}
+
+void ioloop__handler_forget_invalid(ioloop_t *loop, int fd, uint64_t token)
+{
+    if (!remove_entry(loop, fd, token))
+        return; /* removed (or replaced) since the poll */
+    char what[48];
+    snprintf(what, sizeof(what), "handler for fd %d (closed, not removed)", fd);
+    ioloop_report_error(loop, what, -EBADF);
 }
 
 void ioloop__handlers_retire(ioloop_t *loop)

@@ -32,7 +32,10 @@ typedef struct {
 
 typedef struct ioloop__backend_ops {
     const char *name;
-    /* add/mod/del are called with loop->handlers_lock held, from any thread. */
+    /* add/mod/del are called with loop->handlers_lock held, from any thread.
+     * add is also called for an fd whose table slot is taken: it returns
+     * -EEXIST if the fd is still registered with the backend, and accepts it
+     * if that registration went away with a closed file. */
     int (*init)(ioloop_t *loop);
     void (*destroy)(ioloop_t *loop);
     int (*add)(ioloop_t *loop, int fd, unsigned events, uint64_t token);
@@ -136,7 +139,9 @@ struct ioloop {
     _Atomic bool polling;                /* about to block, or blocked, in poll */
     _Atomic bool wakeup_pending;         /* a waker write is made or on its way */
     _Atomic int posters_inside;          /* posters about to write the waker */
-    int wake_read_fd, wake_write_fd;     /* eventfd: both the same */
+    /* The waker (eventfd: both the same). Written only by init and close;
+     * posters read them only inside the posters_inside handshake. */
+    int wake_read_fd, wake_write_fd;
     _Alignas(64) _Atomic(ioloop__post_t *) returned; /* used nodes for posters to reuse */
     size_t returned_count; /* loop thread: nodes put in `returned` since it was last seen empty */
 
@@ -147,7 +152,6 @@ struct ioloop {
     ioloop_error_fn error_fn;
     void *error_arg;
     uint64_t rng;
-    pthread_t thread;
 
     /* handler table */
     pthread_mutex_t handlers_lock;
@@ -156,7 +160,7 @@ struct ioloop {
     uint32_t next_generation;             /* under handlers_lock */
 
     /* backend private state */
-    int epoll_fd;
+    int backend_fd; /* the epoll or kqueue fd */
     void *backend_data;
 
     /* stats: each field has a single writer, read with relaxed loads */
@@ -206,12 +210,17 @@ void ioloop__handlers_retire(ioloop_t *loop); /* loop thread, end of iteration *
 void ioloop__handlers_close(ioloop_t *loop, bool close_fds);
 /* For the poll backend: visit every live handler (handlers_lock held). */
 void ioloop__handlers_foreach_locked(ioloop_t *loop, void (*fn)(ioloop__handler_t *h, void *arg), void *arg);
+/* For the poll backend, loop thread: fd (registration `token`) turned out
+ * closed without remove_handler: drop its entry and report -EBADF. */
+void ioloop__handler_forget_invalid(ioloop_t *loop, int fd, uint64_t token);
 
 /* callbacks.c */
 int ioloop__callbacks_init(ioloop_t *loop);
 bool ioloop__callbacks_pending(ioloop_t *loop);
 void ioloop__callbacks_run(ioloop_t *loop);
-void ioloop__wake(ioloop_t *loop); /* any thread: make a sleeping loop return from poll */
+/* Any thread: make a sleeping loop return from poll, unless it is closing
+ * (then the waker may be closed under us: nothing is written). */
+void ioloop__wake_unless_closed(ioloop_t *loop);
 void ioloop__waker_drain(ioloop_t *loop);
 bool ioloop__prepare_to_sleep(ioloop_t *loop); /* true: may block */
 void ioloop__woke_up(ioloop_t *loop);

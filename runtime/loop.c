@@ -87,7 +87,7 @@ ioloop_t *ioloop_new(const ioloop_options_t *opts)
     loop->error_fn = default_error_hook;
     ioloop__timers_init(&loop->timers);
     loop->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)loop->id << 17) ^ (uint64_t)(uintptr_t)loop;
-    loop->epoll_fd = -1;
+    loop->backend_fd = -1;
     loop->wake_read_fd = loop->wake_write_fd = -1;
     atomic_init(&loop->refcount, 1);
     pthread_mutex_init(&loop->handlers_lock, NULL);
@@ -101,7 +101,7 @@ ioloop_t *ioloop_new(const ioloop_options_t *opts)
     if (err) {
         /* Nothing was registered yet: tear down what init built. */
         ioloop__callbacks_close(loop);
-        if (loop->backend_data || loop->epoll_fd >= 0)
+        if (loop->backend_data || loop->backend_fd >= 0)
             backend->destroy(loop);
         ioloop__handlers_close(loop, false);
         pthread_mutex_destroy(&loop->handlers_lock);
@@ -143,8 +143,13 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     ioloop__registry_remove(loop);
     ioloop__signals_forget(loop); /* watchers left behind would keep their signals for good */
     /* Accepted posts run once more here: dropping them would leak what their
-     * arguments own, and a poster was told they would run. */
+     * arguments own, and a poster was told they would run. They run as the
+     * loop's own callbacks do, with ioloop_current() == loop (this thread may
+     * be running another loop: that one is put back after). */
+    ioloop_t *running_here = ioloop__thread_running_loop();
+    ioloop__set_thread_running_loop(loop);
     ioloop__callbacks_close(loop);
+    ioloop__set_thread_running_loop(running_here);
     ioloop__timers_free(&loop->timers);
     ioloop__handlers_close(loop, all_fds);
     loop->backend->destroy(loop);
@@ -211,7 +216,7 @@ void ioloop_stop(ioloop_t *loop)
 {
     atomic_store(&loop->stop_requested, true);
     if (!ioloop__on_loop_thread(loop))
-        ioloop__wake(loop);
+        ioloop__wake_unless_closed(loop); /* a close may be closing the waker */
 }
 
 void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out)
@@ -299,7 +304,6 @@ int ioloop_start(ioloop_t *loop)
         atomic_store(&loop->running, false);
         return 0;
     }
-    loop->thread = pthread_self();
     ioloop__set_thread_running_loop(loop);
     int rcu_previous = ioloop__rcu_enter();
 
@@ -310,7 +314,8 @@ int ioloop_start(ioloop_t *loop)
         atomic_store_explicit(&loop->watch.busy_since, busy_start, memory_order_relaxed);
         ioloop__callbacks_run(loop);
         ioloop__timers_run_due(loop);
-        if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed)) {
+        if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed) &&
+            atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
             note_busy(loop, busy_start, ioloop__clock_now(loop));
             break;
         }
@@ -319,7 +324,8 @@ int ioloop_start(ioloop_t *loop)
         IOLOOP__STAT_ADD(loop, iterations, 1);
         ioloop__rcu_quiescent();
     }
-    atomic_store(&loop->stop_requested, false);
+    /* The stop that ended this run was consumed where it was seen (an
+     * exchange): one made since is for the next start, and is kept. */
     atomic_store_explicit(&loop->watch.busy_since, 0, memory_order_relaxed);
     ioloop__handlers_retire(loop);
     ioloop__rcu_leave(rcu_previous);

@@ -1,6 +1,8 @@
 /* periodic.c — ioloop_periodic_*: Tornado's PeriodicCallback.
  *
- * Threading rule: loop thread only.
+ * Threading rule: loop thread only (or any thread while the loop is not
+ * running). Freeing from inside the callback is allowed: run() frees once the
+ * callback returns.
  *
  * Rules (Tornado 5+): the period runs from the start of one call to the start
  * of the next; a call that overruns skips the periods it missed, landing back
@@ -21,6 +23,8 @@ struct ioloop_periodic {
     ioloop_callback_fn fn;
     void *arg;
     bool running;
+    bool in_callback;  /* fn is running: a free from inside it is deferred */
+    bool free_pending; /* freed from inside fn: run() frees after fn returns */
     ioloop_time_t next_timeout;
     ioloop_timer_t timer;
 };
@@ -73,7 +77,13 @@ static void run(ioloop_t *loop, void *arg)
     pc->timer = 0;
     if (!pc->running)
         return;
+    pc->in_callback = true;
     pc->fn(loop, pc->arg);
+    pc->in_callback = false;
+    if (pc->free_pending) {
+        free(pc);
+        return;
+    }
     /* The callback may have stopped (or restarted) us. Read the clock afresh:
      * how long the call took decides which periods were missed. */
     if (pc->running && !pc->timer) {
@@ -88,7 +98,9 @@ int ioloop_periodic_start(ioloop_periodic_t *pc)
     if (pc->running)
         return -EALREADY;
     pc->running = true;
-    pc->next_timeout = ioloop_time(pc->loop);
+    /* A loop that is not running has not read its clock since it last ran
+     * (or was made): the first period starts now, not then. */
+    pc->next_timeout = ioloop__on_loop_thread(pc->loop) ? ioloop_time(pc->loop) : ioloop__clock_now(pc->loop);
     return schedule_next(pc, pc->next_timeout);
 }
 
@@ -114,5 +126,8 @@ void ioloop_periodic_free(ioloop_periodic_t *pc)
     if (!pc)
         return;
     ioloop_periodic_stop(pc);
-    free(pc);
+    if (pc->in_callback)
+        pc->free_pending = true; /* run() still holds pc: it frees on return */
+    else
+        free(pc);
 }

@@ -2,7 +2,9 @@
  * ioloop_instance (the global loop) and the registry of every live loop.
  *
  * Threading rule: all of it is safe from any thread.
- *  - the running loop and the thread's own loop are thread-locals;
+ *  - the running loop and the thread's own loop are thread-locals; an own
+ *    loop the program closed is replaced by a new one on the next
+ *    ioloop_current (Tornado's IOLoop.current makes a new one too);
  *  - the instance is created once with double-checked locking: an acquire
  *    load on the fast path, and under the mutex a second check and a release
  *    store, so a thread that sees the pointer also sees the loop it points to;
@@ -56,8 +58,14 @@ ioloop_t *ioloop_current(void)
 {
     if (running_loop)
         return running_loop;
-    if (own_loop)
+    if (own_loop && atomic_load_explicit(&own_loop->state, memory_order_relaxed) == IOLOOP__OPEN)
         return own_loop;
+    if (own_loop) {
+        /* The program closed it: like Tornado, make a new one. */
+        pthread_setspecific(own_loop_key, NULL);
+        ioloop_unref(own_loop); /* the thread's reference */
+        own_loop = NULL;
+    }
     pthread_once(&own_loop_key_once, make_own_loop_key);
     own_loop = ioloop_new(NULL);
     if (own_loop) {

@@ -133,7 +133,18 @@ ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_cal
 
 ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg)
 {
-    return ioloop_call_at(loop, loop->now + delay, fn, arg);
+    /* A loop that is not running has not read its clock since it last ran
+     * (or was made): measure the delay from now, not from then. */
+    ioloop_time_t now = ioloop__on_loop_thread(loop) ? loop->now : ioloop__clock_now(loop);
+    /* Saturate: a delay past the end of time is "never", not a wrap to the past. */
+    ioloop_time_t deadline;
+    if (delay > 0 && now > INT64_MAX - delay)
+        deadline = INT64_MAX;
+    else if (delay < 0 && now < INT64_MIN - delay)
+        deadline = INT64_MIN;
+    else
+        deadline = now + delay;
+    return ioloop_call_at(loop, deadline, fn, arg);
 }
 
 /* Drops cancelled entries and rebuilds the heap in O(n). */
@@ -190,7 +201,8 @@ int ioloop__timers_poll_timeout_ms(ioloop_t *loop)
     ioloop_time_t delta = t->heap[0].deadline - loop->now;
     if (delta <= 0)
         return 0;
-    ioloop_time_t ms = (delta + IOLOOP_MSEC(1) - 1) / IOLOOP_MSEC(1); /* never wake early */
+    /* Rounded up, never wake early; written so that a far deadline cannot overflow. */
+    ioloop_time_t ms = delta / IOLOOP_MSEC(1) + (delta % IOLOOP_MSEC(1) != 0);
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 

@@ -1,5 +1,9 @@
 /* test_future.c — futures completed from any thread, done callbacks always
- * later on the loop's thread, and run_sync (result and timeout). */
+ * later on the loop's thread, and run_sync (result, timeout, a stop that is
+ * not its own, and early returns that must leave nothing queued).
+ *
+ * Threading rule: cmocka asserts run on the main thread only; helper threads
+ * record what they saw and the main thread checks it after joining them. */
 #define _GNU_SOURCE
 #include "test_util.h"
 
@@ -155,6 +159,93 @@ static void test_complete_after_loop_closed(void **state)
     ioloop_future_unref(f);
 }
 
+/* ---- run_sync never leaves work queued that outlives its frame ----------- */
+
+static int made_futures;
+
+static ioloop_future_t *make_done_future(ioloop_t *loop, void *arg)
+{
+    made_futures++;
+    ioloop_future_t *f = ioloop_future_new(loop);
+    ioloop_future_complete(f, 0, arg);
+    return f;
+}
+
+static void stop_loop(ioloop_t *loop, void *arg)
+{
+    (void)arg;
+    ioloop_stop(loop);
+}
+
+/* A stop made before run_sync does not cut it short, and nothing of it is
+ * left queued for the loop's next start. */
+static void test_run_sync_after_pending_stop(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    static int answer = 7;
+    void *result = NULL;
+    made_futures = 0;
+    ioloop_stop(loop);
+    assert_int_equal(ioloop_run_sync(loop, make_done_future, &answer, IOLOOP_SEC(10), &result), 0);
+    assert_ptr_equal(result, &answer);
+    assert_int_equal(made_futures, 1);
+    ioloop_add_callback(loop, stop_loop, NULL);
+    tu_stop_after(loop, 5000);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(made_futures, 1); /* run_sync's begin did not run again */
+    ioloop_close(loop, false);
+}
+
+/* run_sync on a loop while another loop runs on this thread is refused
+ * before anything is queued. */
+typedef struct {
+    ioloop_t *inner;
+    int result;
+} nested_sync_t;
+
+static void run_sync_inside(ioloop_t *loop, void *arg)
+{
+    nested_sync_t *n = arg;
+    n->result = ioloop_run_sync(n->inner, make_done_future, NULL, IOLOOP_SEC(1), NULL);
+    ioloop_stop(loop);
+}
+
+static void test_run_sync_inside_other_loop_refused(void **state)
+{
+    (void)state;
+    ioloop_t *outer = ioloop_new(NULL);
+    nested_sync_t n = {.inner = ioloop_new(NULL), .result = 1};
+    made_futures = 0;
+    ioloop_add_callback(outer, run_sync_inside, &n);
+    tu_stop_after(outer, 5000);
+    assert_int_equal(ioloop_start(outer), 0);
+    assert_int_equal(n.result, -EINVAL);
+    /* Starting the inner loop later runs nothing that run_sync left. */
+    ioloop_add_callback(n.inner, stop_loop, NULL);
+    tu_stop_after(n.inner, 5000);
+    assert_int_equal(ioloop_start(n.inner), 0);
+    assert_int_equal(made_futures, 0);
+    ioloop_close(n.inner, false);
+    ioloop_close(outer, false);
+}
+
+/* Something other than the timeout stopping the loop is -ECANCELED. */
+static ioloop_future_t *never_completes_stop_soon(ioloop_t *loop, void *arg)
+{
+    (void)arg;
+    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(5), stop_loop, NULL) != 0);
+    return ioloop_future_new(loop);
+}
+
+static void test_run_sync_stopped_by_other_is_cancelled(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    assert_int_equal(ioloop_run_sync(loop, never_completes_stop_soon, NULL, IOLOOP_SEC(30), NULL), -ECANCELED);
+    ioloop_close(loop, false);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -164,6 +255,9 @@ int main(void)
         cmocka_unit_test(test_done_callback_never_inline),
         cmocka_unit_test(test_completed_from_other_thread_runs_on_loop),
         cmocka_unit_test(test_complete_after_loop_closed),
+        cmocka_unit_test(test_run_sync_after_pending_stop),
+        cmocka_unit_test(test_run_sync_inside_other_loop_refused),
+        cmocka_unit_test(test_run_sync_stopped_by_other_is_cancelled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,11 +1,17 @@
-/* test_handlers.c — add/update/remove_handler: duplicate and unknown fds,
- * event filtering, stale events in a batch (also with fd reuse), handlers
- * changed from another thread, close(all_fds), and the error hook. */
+/* test_handlers.c — add/update/remove_handler: duplicate, unknown, huge and
+ * not-open fds, event filtering, stale events in a batch (also with fd
+ * reuse), an fd closed without remove_handler (its number reused, or left to
+ * the poller), handlers changed from another thread, a closed loop,
+ * close(all_fds), and the error hook.
+ *
+ * Threading rule: cmocka asserts run on the main thread only; helper threads
+ * record what they saw and the main thread checks it after joining them. */
 #define _GNU_SOURCE
 #include "test_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -293,6 +299,13 @@ static void *churn_handlers(void *arg)
         ioloop_add_handler(c->loop, c->fds[i], IOLOOP_READ, churn_readable, c);
         if (round % 3 == 0)
             ioloop_update_handler(c->loop, c->fds[i], IOLOOP_READ | IOLOOP_WRITE);
+        if (round % 500 == 0) {
+            /* Now and then leave it registered until the loop dispatched it
+             * (bounded), so the loop surely dispatches during the churn. */
+            long before = atomic_load(&c->dispatched);
+            for (int wait = 0; wait < 5000 && atomic_load(&c->dispatched) == before; wait++)
+                tu_sleep_ms(1);
+        }
         ioloop_remove_handler(c->loop, c->fds[i]);
     }
     atomic_store(&c->done, true);
@@ -316,6 +329,7 @@ static void test_handler_churn_from_other_thread(void **state)
     pthread_join(churner, NULL);
     tu_join_loop_thread(c.loop, loop_thread);
     assert_true(atomic_load(&c.done));
+    assert_true(atomic_load(&c.dispatched) >= 6); /* each held registration was dispatched */
     ioloop_close(c.loop, false);
     for (int i = 0; i < 8; i++) {
         close(c.fds[i]);
@@ -414,6 +428,132 @@ static void test_handler_error_reaches_hook(void **state)
     close(r[1]);
 }
 
+/* ---- fds that cannot be watched ------------------------------------------ */
+
+static void test_huge_and_closed_fds_are_ebadf(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int calls = 0;
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(ioloop_add_handler(loop, INT_MAX, IOLOOP_READ, never_called, &calls), -EBADF);
+    assert_int_equal(ioloop_add_handler(loop, 200000000, IOLOOP_READ, never_called, &calls), -EBADF);
+    assert_true(tu_now_ns() - t0 < IOLOOP_SEC(5)); /* no endless growth */
+    int s[2];
+    tu_socketpair(s);
+    close(s[0]); /* a number below the table's size that is not open */
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, never_called, &calls), -EBADF);
+    ioloop_close(loop, false);
+    close(s[1]);
+    assert_int_equal(calls, 0);
+}
+
+/* A handler that closes its own fd without removing it: the loop forgets the
+ * fd (the poller reports it invalid, or drops it itself) instead of spinning. */
+typedef struct {
+    int calls, hook_calls, hook_err;
+} self_close_t;
+
+static int close_self(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)events;
+    ((self_close_t *)arg)->calls++;
+    close(fd);
+    return 0;
+}
+
+static void self_close_hook(ioloop_t *loop, const char *what, int err, void *arg)
+{
+    (void)loop, (void)what;
+    self_close_t *p = arg;
+    p->hook_calls++;
+    p->hook_err = err;
+}
+
+static void test_fd_closed_without_remove_does_not_spin(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    self_close_t p = {0};
+    ioloop_set_error_hook(loop, self_close_hook, &p);
+    int s[2];
+    tu_socketpair(s);
+    fill(s[1]);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, close_self, &p), 0);
+    tu_stop_after(loop, 100);
+    ioloop_start(loop);
+    ioloop_stats_t st;
+    ioloop_get_stats(loop, &st);
+    assert_int_equal(p.calls, 1);
+    assert_true(p.hook_calls <= 1);
+    if (p.hook_calls)
+        assert_int_equal(p.hook_err, -EBADF);
+    assert_true(st.iterations < 1000); /* a spinning loop makes ~100000 in 100 ms */
+    ioloop_close(loop, false);
+    close(s[1]);
+}
+
+/* An fd closed without remove_handler does not block its number: a new
+ * socket under that number can be watched. */
+static int count_readable(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)events;
+    char buf[8];
+    (void)!read(fd, buf, sizeof(buf));
+    (*(int *)arg)++;
+    ioloop_stop(loop);
+    return 0;
+}
+
+static void test_closed_fd_number_can_be_reused(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int old_calls = 0, new_calls = 0;
+    int s[2], n[2];
+    tu_socketpair(s);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, never_called, &old_calls), 0);
+    int number = s[0];
+    close(s[0]); /* no remove_handler */
+    tu_socketpair(n);
+    if (n[0] != number) {
+        assert_int_equal(dup3(n[0], number, O_CLOEXEC), number);
+        close(n[0]);
+        n[0] = number;
+    }
+    assert_int_equal(ioloop_add_handler(loop, number, IOLOOP_READ, count_readable, &new_calls), 0);
+    /* ...while the same live socket still cannot be added twice. */
+    assert_int_equal(ioloop_add_handler(loop, number, IOLOOP_READ, count_readable, &new_calls), -EEXIST);
+    fill(n[1]);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(new_calls, 1);
+    assert_int_equal(old_calls, 0);
+    ioloop_close(loop, true);
+    close(s[1]);
+    close(n[1]);
+}
+
+/* ---- handler calls on a closed loop --------------------------------------- */
+
+static void test_handlers_on_closed_loop(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_ref(loop);
+    int s[2], calls = 0;
+    tu_socketpair(s);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, never_called, &calls), 0);
+    assert_int_equal(ioloop_close(loop, false), 0);
+    assert_int_equal(ioloop_add_handler(loop, s[1], IOLOOP_READ, never_called, &calls), -ESHUTDOWN);
+    assert_int_equal(ioloop_update_handler(loop, s[0], IOLOOP_WRITE), -ESHUTDOWN);
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0); /* close forgot it already */
+    ioloop_unref(loop);
+    close(s[0]);
+    close(s[1]);
+    assert_int_equal(calls, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -427,6 +567,10 @@ int main(void)
         cmocka_unit_test(test_handler_churn_from_other_thread),
         cmocka_unit_test(test_close_all_fds),
         cmocka_unit_test(test_handler_error_reaches_hook),
+        cmocka_unit_test(test_huge_and_closed_fds_are_ebadf),
+        cmocka_unit_test(test_fd_closed_without_remove_does_not_spin),
+        cmocka_unit_test(test_closed_fd_number_can_be_reused),
+        cmocka_unit_test(test_handlers_on_closed_loop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,12 +1,21 @@
 /* test_lifecycle.c — start/stop/close, nested start, current and instance,
- * the registry, concurrent create/close, the backend choice. */
+ * the registry, concurrent create/close, the backend choice; a stop that
+ * comes as the loop exits, a stop racing close, close from inside a callback,
+ * what close runs, and the default error hook's line.
+ *
+ * Threading rule: cmocka asserts run on the main thread only; helper threads
+ * record what they saw and the main thread checks it after joining them. */
 #define _GNU_SOURCE
 #include "test_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 static void stop_loop(ioloop_t *loop, void *arg)
 {
@@ -127,15 +136,19 @@ static void test_second_loop_on_same_thread_refused(void **state)
 
 /* ---- 13. concurrent create/close, and the instance race ------------------- */
 
+/* Runs on its own thread: counts what went wrong for the main thread. */
 static void *create_close_ten(void *arg)
 {
-    (void)arg;
+    int *failures = arg;
     for (int i = 0; i < 10; i++) {
         ioloop_t *loop = ioloop_new(NULL);
-        assert_non_null(loop);
+        if (!loop) {
+            ++*failures;
+            continue;
+        }
         ioloop_add_callback(loop, stop_loop, NULL);
-        assert_int_equal(ioloop_start(loop), 0);
-        assert_int_equal(ioloop_close(loop, true), 0);
+        *failures += ioloop_start(loop) != 0;
+        *failures += ioloop_close(loop, true) != 0;
     }
     return NULL;
 }
@@ -144,11 +157,13 @@ static void test_two_threads_create_and_close(void **state)
 {
     (void)state;
     int fds_before = tu_open_fds();
+    int failures[2] = {0, 0};
     pthread_t a, b;
-    pthread_create(&a, NULL, create_close_ten, NULL);
-    pthread_create(&b, NULL, create_close_ten, NULL);
+    pthread_create(&a, NULL, create_close_ten, &failures[0]);
+    pthread_create(&b, NULL, create_close_ten, &failures[1]);
     pthread_join(a, NULL);
     pthread_join(b, NULL);
+    assert_int_equal(failures[0] + failures[1], 0);
     assert_int_equal(tu_open_fds(), fds_before); /* epoll fds and wakers closed */
 }
 
@@ -265,6 +280,211 @@ static void test_time_is_cached_per_iteration(void **state)
     ioloop_close(loop, false);
 }
 
+/* ---- a stop that comes while the loop is on its way out is kept ---------- */
+
+/* The clock is user code the loop calls on its way out of an iteration that a
+ * stop ended: a stop made there is one "arriving as the loop exits", meant for
+ * the next start. */
+typedef struct {
+    ioloop_t *loop;
+    bool armed;
+    int late_stops;
+} late_clock_t;
+
+static ioloop_time_t late_stop_clock(void *arg)
+{
+    late_clock_t *c = arg;
+    if (c->armed) {
+        c->armed = false;
+        c->late_stops++;
+        ioloop_stop(c->loop);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return IOLOOP_SEC(ts.tv_sec) + ts.tv_nsec;
+}
+
+static void stop_and_arm(ioloop_t *loop, void *arg)
+{
+    ((late_clock_t *)arg)->armed = true;
+    ioloop_stop(loop);
+}
+
+static void note_safety_net(ioloop_t *loop, void *arg)
+{
+    *(bool *)arg = true;
+    ioloop_stop(loop);
+}
+
+static void test_stop_during_exit_is_kept_for_next_start(void **state)
+{
+    (void)state;
+    late_clock_t c = {0};
+    ioloop_options_t opts = {.clock = late_stop_clock, .clock_arg = &c};
+    ioloop_t *loop = c.loop = ioloop_new(&opts);
+    ioloop_add_callback(loop, stop_and_arm, &c);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.late_stops, 1);
+    /* That late stop makes this start return at once, not the safety net. */
+    bool net_fired = false;
+    ioloop_call_later(loop, IOLOOP_SEC(3), note_safety_net, &net_fired);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_false(net_fired);
+    ioloop_close(loop, false);
+}
+
+/* ---- close: refused from inside, runs accepted callbacks as the loop ------ */
+
+typedef struct {
+    int close_result;
+    ioloop_t *current_in_close_callback;
+    int post_in_close_callback;
+    int ran;
+} close_probe_t;
+
+static void try_close_inside(ioloop_t *loop, void *arg)
+{
+    close_probe_t *p = arg;
+    p->close_result = ioloop_close(loop, false);
+    ioloop_stop(loop);
+}
+
+static void test_close_from_inside_callback_is_busy(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    close_probe_t p = {.close_result = 1};
+    ioloop_add_callback(loop, try_close_inside, &p);
+    tu_stop_after(loop, 5000);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(p.close_result, -EBUSY);
+    assert_int_equal(ioloop_close(loop, false), 0); /* still open after the refusal */
+}
+
+static void run_at_close(ioloop_t *loop, void *arg)
+{
+    close_probe_t *p = arg;
+    p->ran++;
+    p->current_in_close_callback = ioloop_current();
+    p->post_in_close_callback = ioloop_add_callback(loop, run_at_close, p);
+}
+
+static void test_close_runs_accepted_callbacks_as_the_loop(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    close_probe_t p = {0};
+    assert_int_equal(ioloop_add_callback(loop, run_at_close, &p), 0);
+    assert_int_equal(ioloop_close(loop, false), 0);
+    assert_int_equal(p.ran, 1);
+    assert_ptr_equal(p.current_in_close_callback, loop);
+    assert_int_equal(p.post_in_close_callback, -ESHUTDOWN);
+    ioloop_t *mine = ioloop_current();
+    assert_ptr_not_equal(mine, loop); /* the thread's running loop is restored */
+}
+
+/* ---- ioloop_current after the thread's own loop was closed --------------- */
+
+static void *current_after_close(void *arg)
+{
+    ioloop_t **seen = arg;
+    seen[0] = ioloop_current();
+    ioloop_close(seen[0], false);
+    seen[1] = ioloop_current();
+    if (seen[1])
+        seen[2] = ioloop_add_callback(seen[1], stop_loop, NULL) == 0 ? seen[1] : NULL;
+    return NULL;
+}
+
+static void test_current_replaces_closed_own_loop(void **state)
+{
+    (void)state;
+    ioloop_t *seen[3] = {NULL, NULL, NULL};
+    pthread_t t;
+    pthread_create(&t, NULL, current_after_close, seen);
+    pthread_join(t, NULL);
+    assert_non_null(seen[0]);
+    assert_non_null(seen[1]);
+    assert_ptr_not_equal(seen[1], seen[0]);
+    assert_ptr_equal(seen[2], seen[1]); /* the new one takes posts */
+}
+
+/* ---- the default error hook ---------------------------------------------- */
+
+static void test_default_error_hook_names_the_loop(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_int_equal(dup2(pipefd[1], STDERR_FILENO), STDERR_FILENO);
+    ioloop_report_error(loop, "probe", -EIO);
+    ioloop_report_error(loop, "peer", -ECONNRESET); /* a normal close: no line */
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(pipefd[1]);
+    char got[256] = {0};
+    ssize_t n = read(pipefd[0], got, sizeof(got) - 1);
+    close(pipefd[0]);
+    assert_true(n > 0);
+    char want[128];
+    snprintf(want, sizeof(want), "ioloop[%u]: probe: %s\n", ioloop_id(loop), strerror(EIO));
+    assert_string_equal(got, want);
+    ioloop_close(loop, false);
+}
+
+/* ---- stops from another thread racing close ------------------------------ */
+
+typedef struct {
+    ioloop_t *loop;
+    _Atomic bool done;
+} stopper_t;
+
+static void *stop_until_done(void *arg)
+{
+    stopper_t *s = arg;
+    while (!atomic_load(&s->done))
+        ioloop_stop(s->loop);
+    return NULL;
+}
+
+/* A stop's waker write must never land on a closed fd or on whatever file
+ * took its number: sockets opened right after the close receive nothing. */
+static void test_stop_racing_close(void **state)
+{
+    (void)state;
+    int stray_bytes = 0;
+    for (int round = 0; round < 100; round++) {
+        stopper_t s = {.loop = ioloop_new(NULL)};
+        assert_non_null(s.loop);
+        ioloop_ref(s.loop); /* the stopper's reference, valid across the close */
+        pthread_t t;
+        pthread_create(&t, NULL, stop_until_done, &s);
+        tu_sleep_ms(round % 2);
+        assert_int_equal(ioloop_close(s.loop, false), 0);
+        int pairs[3][2]; /* take the numbers the waker and the poller had */
+        for (int i = 0; i < 3; i++)
+            tu_socketpair(pairs[i]);
+        tu_sleep_ms(1);
+        atomic_store(&s.done, true);
+        pthread_join(t, NULL);
+        for (int i = 0; i < 3; i++) {
+            char buf[16];
+            for (int end = 0; end < 2; end++) {
+                if (read(pairs[i][end], buf, sizeof(buf)) > 0)
+                    stray_bytes++;
+                close(pairs[i][end]);
+            }
+        }
+        ioloop_unref(s.loop);
+    }
+    assert_int_equal(stray_bytes, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -277,6 +497,12 @@ int main(void)
         cmocka_unit_test(test_registry_lists_live_loops),
         cmocka_unit_test(test_backend_choice),
         cmocka_unit_test(test_time_is_cached_per_iteration),
+        cmocka_unit_test(test_stop_during_exit_is_kept_for_next_start),
+        cmocka_unit_test(test_close_from_inside_callback_is_busy),
+        cmocka_unit_test(test_close_runs_accepted_callbacks_as_the_loop),
+        cmocka_unit_test(test_current_replaces_closed_own_loop),
+        cmocka_unit_test(test_default_error_hook_names_the_loop),
+        cmocka_unit_test(test_stop_racing_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,7 +4,11 @@
  *
  * The fake clock advances a step (a tenth of the period) per read, so the loop always reaches the
  * next deadline by itself; each callback then sets it to "scheduled time +
- * how long this call took", exactly the simulation Tornado's own test runs. */
+ * how long this call took", exactly the simulation Tornado's own test runs.
+ * Real-clock tests check stop and free from inside the callback, and a start
+ * long after the loop last read its clock.
+ *
+ * Threading rule: single-threaded; each test runs its loop on the main thread. */
 #include "test_util.h"
 
 #include <errno.h>
@@ -114,19 +118,20 @@ typedef struct {
     ioloop_periodic_t *pc;
 } stop_probe_t;
 
+static void stop_loop(ioloop_t *loop, void *arg)
+{
+    (void)arg;
+    ioloop_stop(loop);
+}
+
 static void stop_at_three(ioloop_t *loop, void *arg)
 {
     stop_probe_t *p = arg;
     if (++p->runs == 3) {
         ioloop_periodic_stop(p->pc);
-        (void)loop;
+        /* Run on for 25 periods: a stopped callback must not run again. */
+        ioloop_call_later(loop, IOLOOP_MSEC(50), stop_loop, NULL);
     }
-}
-
-static void stop_loop(ioloop_t *loop, void *arg)
-{
-    (void)arg;
-    ioloop_stop(loop);
 }
 
 static void test_stop_inside_callback(void **state)
@@ -137,11 +142,69 @@ static void test_stop_inside_callback(void **state)
     p.pc = ioloop_periodic_new(loop, IOLOOP_MSEC(2), 0, stop_at_three, &p);
     ioloop_periodic_start(p.pc);
     assert_int_equal(ioloop_periodic_start(p.pc), -EALREADY);
-    ioloop_call_later(loop, IOLOOP_MSEC(100), stop_loop, NULL);
-    tu_stop_after(loop, 5000);
+    tu_stop_after(loop, 20000);
     ioloop_start(loop);
     assert_int_equal(p.runs, 3);
     assert_false(ioloop_periodic_is_running(p.pc));
+    ioloop_periodic_free(p.pc);
+    ioloop_close(loop, false);
+}
+
+/* Freeing the periodic callback from inside its own callback is allowed. */
+typedef struct {
+    int runs;
+    ioloop_periodic_t *pc;
+} free_probe_t;
+
+static void free_self(ioloop_t *loop, void *arg)
+{
+    free_probe_t *p = arg;
+    p->runs++;
+    ioloop_periodic_free(p->pc); /* under ASan, any later touch of pc fails */
+    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_loop, NULL);
+}
+
+static void test_free_inside_callback(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    free_probe_t p = {0};
+    p.pc = ioloop_periodic_new(loop, IOLOOP_MSEC(2), 0, free_self, &p);
+    assert_non_null(p.pc);
+    assert_int_equal(ioloop_periodic_start(p.pc), 0);
+    tu_stop_after(loop, 20000);
+    ioloop_start(loop);
+    assert_int_equal(p.runs, 1);
+    ioloop_close(loop, false);
+}
+
+/* The first period is measured from the start, not from when the loop last
+ * read its clock. */
+typedef struct {
+    int64_t started, first_run;
+    ioloop_periodic_t *pc;
+} first_probe_t;
+
+static void note_first(ioloop_t *loop, void *arg)
+{
+    first_probe_t *p = arg;
+    p->first_run = tu_now_ns();
+    ioloop_periodic_stop(p->pc);
+    ioloop_stop(loop);
+}
+
+static void test_start_long_after_new(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    first_probe_t p = {0};
+    p.pc = ioloop_periodic_new(loop, IOLOOP_MSEC(200), 0, note_first, &p);
+    tu_sleep_ms(300); /* the loop's cached time is now 300 ms old */
+    p.started = tu_now_ns();
+    assert_int_equal(ioloop_periodic_start(p.pc), 0);
+    tu_stop_after(loop, 20000);
+    ioloop_start(loop);
+    assert_true(p.first_run - p.started >= IOLOOP_MSEC(200));
     ioloop_periodic_free(p.pc);
     ioloop_close(loop, false);
 }
@@ -166,6 +229,8 @@ int main(void)
         cmocka_unit_test(test_jitter_band),
         cmocka_unit_test(test_stop_inside_callback),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_free_inside_callback),
+        cmocka_unit_test(test_start_long_after_new),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,6 +3,9 @@
  * run in order, and the per-thread node cache is freed when posters exit
  * (ASan's leak check sees it). White-box on the recycling only through the
  * public API: the posters run long enough for nodes to go round many times.
+ *
+ * Threading rule: cmocka asserts run on the main thread only; poster threads
+ * record counts and errors, checked by the main thread after joining them.
  */
 #include "test_util.h"
 

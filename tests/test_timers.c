@@ -1,6 +1,9 @@
 /* test_timers.c — call_at/call_later/remove_timeout: FIFO among equal
  * deadlines, cancellation (also of a timer due in the same run), stale
- * handles, churn, and never firing early. */
+ * handles, churn, never firing early (also for a timer scheduled long after
+ * the loop last read its clock), and a delay past the end of time.
+ *
+ * Threading rule: single-threaded; each test runs its loop on the main thread. */
 #include "test_util.h"
 
 #include "internal.h" /* white-box: the heap's size after churn */
@@ -194,12 +197,24 @@ static void test_never_early(void **state)
 }
 
 /* A timer added by a due callback runs in a later run even if already due. */
+typedef struct {
+    int runs;
+    uint64_t iteration[2];
+} due_probe_t;
+
+static uint64_t iterations(ioloop_t *loop)
+{
+    ioloop_stats_t st;
+    ioloop_get_stats(loop, &st);
+    return st.iterations;
+}
+
 static void add_already_due(ioloop_t *loop, void *arg)
 {
-    int *runs = arg;
-    (*runs)++;
-    if (*runs == 1)
-        ioloop_call_at(loop, ioloop_time(loop) - 1, add_already_due, runs);
+    due_probe_t *p = arg;
+    p->iteration[p->runs++] = iterations(loop);
+    if (p->runs == 1)
+        ioloop_call_at(loop, ioloop_time(loop) - 1, add_already_due, p);
     else
         ioloop_stop(loop);
 }
@@ -208,11 +223,43 @@ static void test_timer_added_while_running_is_not_run_in_same_pass(void **state)
 {
     (void)state;
     ioloop_t *loop = ioloop_new(NULL);
-    int runs = 0;
-    ioloop_call_later(loop, 0, add_already_due, &runs);
+    due_probe_t p = {0};
+    ioloop_call_later(loop, 0, add_already_due, &p);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
-    assert_int_equal(runs, 2);
+    assert_int_equal(p.runs, 2);
+    assert_int_equal(p.iteration[1], p.iteration[0] + 1); /* the next pass, not the same one */
+    ioloop_close(loop, false);
+}
+
+/* A delay measured from when call_later is called, even if the loop has not
+ * read its clock for a while (it was made, or last ran, long ago). */
+static void test_call_later_before_start_uses_fresh_time(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    early_t e = {0};
+    tu_sleep_ms(300); /* the loop's cached time is now 300 ms old */
+    int64_t start = tu_now_ns();
+    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(200), record_fire, &e) != 0);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_true(e.fired_at - start >= IOLOOP_MSEC(200));
+    ioloop_close(loop, false);
+}
+
+/* A delay past the end of time means never, not "wrapped into the past". */
+static void test_huge_delay_never_fires(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int runs = 0;
+    assert_true(ioloop_call_later(loop, INT64_MAX, count, &runs) != 0);
+    assert_true(ioloop_call_later(loop, INT64_MAX - 1, count, &runs) != 0);
+    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_now, NULL);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(runs, 0);
     ioloop_close(loop, false);
 }
 
@@ -240,6 +287,8 @@ int main(void)
         cmocka_unit_test(test_never_early),
         cmocka_unit_test(test_timer_added_while_running_is_not_run_in_same_pass),
         cmocka_unit_test(test_call_at_on_closed_loop),
+        cmocka_unit_test(test_call_later_before_start_uses_fresh_time),
+        cmocka_unit_test(test_huge_delay_never_fires),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

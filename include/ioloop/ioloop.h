@@ -2,9 +2,10 @@
  *
  * Threading rule, in one line: a loop belongs to the thread that runs it; from
  * any other thread the only calls allowed on it are the ones marked "any thread"
- * below (ioloop_add_callback, ioloop_stop, the handler calls, future
- * completion). Everything else is for the loop's own thread, or for a loop that
- * is not running yet.
+ * below (ioloop_add_callback, ioloop_stop, the handler calls, ioloop_ref/unref,
+ * ioloop_get_stats, ioloop_id, ioloop_backend_name, the registry and
+ * ioloop_instance, and the future calls so marked). Everything else is for the
+ * loop's own thread, or for a loop that is not running.
  *
  * Errors: functions return 0 or a negative errno (-EEXIST, -EINVAL, -ESHUTDOWN,
  * -ETIMEDOUT, ...). Nothing aborts on bad input.
@@ -78,11 +79,14 @@ typedef struct {
  * Any thread. The loop is registered (see ioloop_registry_foreach). */
 ioloop_t *ioloop_new(const ioloop_options_t *opts);
 
-/* Closes a loop that is not running: pending callbacks and timers are dropped
- * without running, later posts return -ESHUTDOWN, and with all_fds every fd
- * still registered is close()d. Call from the thread that owns the loop after
- * ioloop_start returned (or before it ever ran). Returns 0, or -EBUSY while the
- * loop runs. */
+/* Closes a loop that is not running. Callbacks already accepted (own-thread
+ * and posted) run once more, here, on the calling thread, with
+ * ioloop_current() returning this loop; whatever they add is refused. Pending
+ * timers are dropped without running. Later posts return -ESHUTDOWN, and with
+ * all_fds every fd still registered is close()d. Call from the thread that
+ * owns the loop after ioloop_start returned (or before it ever ran), never
+ * from inside the loop. Returns 0, -EBUSY while the loop runs (also from one
+ * of its own callbacks), -ESHUTDOWN if already closed. */
 int ioloop_close(ioloop_t *loop, bool all_fds);
 
 /* Runs the loop on this thread until ioloop_stop. Returns 0 when stopped,
@@ -92,20 +96,25 @@ int ioloop_close(ioloop_t *loop, bool all_fds);
 int ioloop_start(ioloop_t *loop);
 
 /* Asks the loop to return from ioloop_start after the current iteration. Any
- * thread. A stop before start makes the next start return at once. */
+ * thread (safe even while another thread closes the loop, given a reference).
+ * A stop while the loop is not running, or as it is returning from a stop,
+ * makes the next start return at once. */
 void ioloop_stop(ioloop_t *loop);
 
 /* The loop's time, cached at the start of each iteration. Loop thread. */
 ioloop_time_t ioloop_time(ioloop_t *loop);
 
 /* This thread's loop: the one running here, else one created for this thread
- * on first use (freed at thread exit if never started). NULL only on ENOMEM. */
+ * on first use (closed and freed at thread exit). If the program closed that
+ * one, a new one is made (as Tornado does). Any thread, for itself. NULL only
+ * on ENOMEM. */
 ioloop_t *ioloop_current(void);
 
 /* The global loop, created exactly once (double-checked locking). Any thread. */
 ioloop_t *ioloop_instance(void);
 
-/* A small number naming the loop in logs; unique for the process's lifetime. */
+/* A small number naming the loop in logs; unique for the process's lifetime.
+ * Any thread. */
 unsigned ioloop_id(const ioloop_t *loop);
 
 /* Loops are reference counted so that another thread may keep a pointer to a
@@ -130,9 +139,10 @@ typedef struct {
                                    running work (not waiting in poll), ns */
 } ioloop_stats_t;
 
+/* Copies the loop's counters into *out. Any thread, running loop or not. */
 void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out);
 
-/* Which backend the loop uses: "epoll", "poll" or "kqueue". */
+/* Which backend the loop uses: "epoll", "poll" or "kqueue". Any thread. */
 const char *ioloop_backend_name(const ioloop_t *loop);
 
 /* Calls fn for every live loop. Any thread; runs under an RCU read-side lock,
@@ -142,21 +152,32 @@ void ioloop_registry_foreach(void (*fn)(ioloop_t *loop, void *arg), void *arg);
 /* Sets the error hook (NULL restores the default). Loop thread, or before start. */
 void ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg);
 
-/* Reports an error through the loop's hook. Loop thread. */
+/* Reports an error through the loop's hook (the default hook prints
+ * "ioloop[<id>]: <what>: <strerror>" on stderr). -EPIPE and -ECONNRESET are
+ * normal closes and are not reported. Loop thread. */
 void ioloop_report_error(ioloop_t *loop, const char *what, int err);
 
 /* ---- fd handlers (any thread) -------------------------------------------- */
 
-/* Watches fd for events. -EEXIST if fd already has a handler, -EBADF/-EINVAL
- * for a bad fd or events, -ESHUTDOWN if the loop is closed. */
+/* Watches fd for events. Returns 0; -EEXIST if fd already has a handler;
+ * -EBADF if fd is not an open file; -EINVAL for bad events; -ESHUTDOWN if the
+ * loop is closed. An fd closed without ioloop_remove_handler does not keep its
+ * number taken: a new file under that number may be added (epoll and poll
+ * backends; kqueue cannot tell and says -EEXIST), and the poll backend drops a
+ * closed fd it finds still registered, reporting -EBADF to the error hook. */
 int ioloop_add_handler(ioloop_t *loop, int fd, unsigned events, ioloop_handler_fn fn, void *arg);
 
-/* Changes the events watched. -ENOENT if fd has no handler. */
+/* Changes the events watched. Returns 0, -ENOENT if fd has no handler,
+ * -EINVAL for bad events, -ESHUTDOWN if the loop is closed. */
 int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events);
 
 /* Stops watching fd (does not close it). An event for it already collected in
- * this iteration is dropped. Unknown fd: a no-op returning 0. Call before
- * close(fd). */
+ * this iteration is dropped. Unknown fd, or a closed loop: a no-op returning
+ * 0. Call before close(fd).
+ * From another thread, the handler may still be running (or about to run) on
+ * the loop thread when this returns: free what its arg points to only on the
+ * loop thread, e.g. from a callback posted with ioloop_add_callback after the
+ * removal (it runs after any such call), or remove it on the loop thread. */
 int ioloop_remove_handler(ioloop_t *loop, int fd);
 
 /* ---- callbacks ---------------------------------------------------------- */
@@ -185,15 +206,20 @@ void ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
 /* Creates a periodic callback: fn runs every `period`, measured start to start.
  * A run that overruns skips the periods it missed (no catch-up burst). jitter in
  * [0,1): each period is scaled by a random factor in [1-jitter/2, 1+jitter/2].
- * Not started. NULL with errno set on failure. */
+ * Not started. NULL with errno set on failure (EINVAL, ENOMEM). These calls are
+ * for the loop's thread, or any thread while the loop is not running. */
 ioloop_periodic_t *ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter,
                                        ioloop_callback_fn fn, void *arg);
+/* Starts it: the first call comes one period from now. Returns 0, -EALREADY
+ * if running, -ESHUTDOWN if the loop is closed, -ENOMEM. */
 int ioloop_periodic_start(ioloop_periodic_t *pc);
+/* Stops it (also from inside fn); it may be started again. */
 void ioloop_periodic_stop(ioloop_periodic_t *pc);
+/* True between start and stop. */
 bool ioloop_periodic_is_running(const ioloop_periodic_t *pc);
 /* The deadline the current (or last) run was scheduled for. */
 ioloop_time_t ioloop_periodic_scheduled(const ioloop_periodic_t *pc);
-/* Stops and frees. */
+/* Stops and frees; allowed from inside fn (freed once fn returns). NULL: no-op. */
 void ioloop_periodic_free(ioloop_periodic_t *pc);
 
 /* ---- futures ------------------------------------------------------------ */
@@ -202,29 +228,41 @@ void ioloop_periodic_free(ioloop_periodic_t *pc);
  * always runs later, on the loop the future belongs to. */
 typedef void (*ioloop_future_done_fn)(ioloop_future_t *f, void *arg);
 
-/* A future bound to loop. Reference counted: the creator holds one reference. */
+/* A future bound to loop (it holds a reference to the loop). Reference
+ * counted: the creator holds one reference. Any thread. NULL on ENOMEM. */
 ioloop_future_t *ioloop_future_new(ioloop_t *loop);
+/* Take and drop a reference; the last unref frees. Any thread; unref(NULL) is a no-op. */
 void ioloop_future_ref(ioloop_future_t *f);
 void ioloop_future_unref(ioloop_future_t *f);
 
 /* Completes with a result (status: 0 or negative errno). Any thread. Returns
- * -EALREADY if already completed (the first completion wins). */
+ * 0, or -EALREADY if already completed (the first completion wins). On a
+ * closed loop the done callback never runs; the result stays readable. */
 int ioloop_future_complete(ioloop_future_t *f, int status, void *result);
 
 /* Sets the done callback (loop thread). If the future is already complete the
- * callback is scheduled for the next iteration, never called inline. */
+ * callback is scheduled for the next iteration, never called inline. Returns
+ * 0, or -ESHUTDOWN / -ENOMEM if that scheduling failed. */
 int ioloop_future_on_done(ioloop_future_t *f, ioloop_future_done_fn fn, void *arg);
 
-bool ioloop_future_done(const ioloop_future_t *f); /* any thread */
-int ioloop_future_status(const ioloop_future_t *f); /* after done */
-void *ioloop_future_result(const ioloop_future_t *f); /* after done */
+/* True once completed. Any thread. */
+bool ioloop_future_done(const ioloop_future_t *f);
+/* The completion status; -EAGAIN before completion. Any thread. */
+int ioloop_future_status(const ioloop_future_t *f);
+/* The completion result; NULL before completion. Any thread. */
+void *ioloop_future_result(const ioloop_future_t *f);
+/* The loop the future belongs to. Any thread. */
 ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
 
 /* Runs the loop until the future that fn returns completes, then stops it.
  * fn(loop, arg) runs on the loop and returns a future it keeps a reference to
- * (ownership passes to run_sync). timeout 0 means none. Returns the future's
- * status and stores its result in *result (if not NULL); -ETIMEDOUT if the
- * timeout passed first. Must not be called on a running loop (-EBUSY). */
+ * (ownership passes to run_sync). timeout 0 means none. A stop made before
+ * run_sync is consumed, not obeyed (run_sync is a start of its own). Call from
+ * the thread that will run the loop, while it is not running. Returns the
+ * future's status and stores its result in *result (if not NULL);
+ * -ETIMEDOUT if the timeout passed first; -ECANCELED if something else
+ * stopped the loop first; -ENOMEM if fn returned NULL; -EBUSY on a running
+ * loop; -EINVAL if another loop runs on this thread; -ESHUTDOWN if closed. */
 int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
                     ioloop_time_t timeout, void **result);
 
