@@ -197,7 +197,7 @@ struct http_worker {
 
 /* Bumps a worker counter: one writer (the loop), so no read-modify-write. */
 #define HTTP_STAT_INC(w, field)                                                                                        \
-    atomic_store_explicit(&(w)->field, atomic_load_explicit(&(w)->field, memory_order_relaxed) + 1,                     \
+    atomic_store_explicit(&(w)->field, atomic_load_explicit(&(w)->field, memory_order_relaxed) + 1,                    \
                           memory_order_relaxed)
 
 /* server.c */
