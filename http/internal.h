@@ -188,6 +188,7 @@ struct http_worker {
     char date[40];
     char discard[4096]; /* lingering reads land here */
     bool draining;
+    bool freeing; /* server_free runs: post nothing (it would outlive the server) */
     ioloop_timer_t drain_timer;
     ioloop_callback_fn drain_done;
     void *drain_arg;

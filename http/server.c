@@ -127,6 +127,9 @@ const char *ioloop__http_date(http_worker_t *w)
 
 static void worker_free(http_worker_t *w)
 {
+    /* Posts made from here on would outlive the server: the loops run what
+     * was posted to them when they close, after this. So none are made. */
+    w->freeing = true;
     while (w->conns)
         ioloop__http_conn_close(w->conns);
     while (w->orphans) { /* requests a handler never finished */
@@ -236,7 +239,7 @@ int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop
 
 static void drain_check(http_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || !w->drain_done)
+    if (!w->draining || w->nconns > 0 || !w->drain_done || w->freeing)
         return;
     if (w->drain_timer) {
         ioloop_remove_timeout(w->loop, w->drain_timer);

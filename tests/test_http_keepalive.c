@@ -525,6 +525,43 @@ static void test_unfinished_request_freed_with_server(void **state)
     close(b);
 }
 
+/* A handler waiting for a flush the client never lets complete (it does not
+ * read) when the server is freed: the completion is not called (nor posted to
+ * run after the server is gone, which ASan would catch). */
+static atomic_int stuck_flush_calls;
+
+static void stuck_flushed(ioloop_http_request_t *req, int status, void *arg)
+{
+    (void)arg, (void)status;
+    atomic_fetch_add(&stuck_flush_calls, 1);
+    ioloop_http_response_finish(req);
+}
+
+static void stuck(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    static char big[8 * 1024 * 1024];
+    ioloop_http_response_write(req, big, sizeof(big));
+    ioloop_http_response_flush(req, stuck_flushed, NULL);
+}
+
+static void test_waiting_flush_freed_with_server(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    tsrv_init(&t, NULL);
+    tsrv_route(&t, "/stuck", (ioloop_http_route_t){.get = stuck});
+    tsrv_start(&t);
+    atomic_store(&stuck_flush_calls, 0);
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "GET /stuck HTTP/1.1\r\nHost: a\r\n\r\n");
+    tu_sleep_ms(100); /* the socket buffers are full: the flush waits */
+    assert_int_equal(atomic_load(&stuck_flush_calls), 0);
+    tsrv_stop(&t);
+    assert_int_equal(atomic_load(&stuck_flush_calls), 0);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -545,6 +582,7 @@ int main(void)
         cmocka_unit_test(test_on_close_when_client_leaves),
         cmocka_unit_test(test_reset_mid_response),
         cmocka_unit_test(test_unfinished_request_freed_with_server),
+        cmocka_unit_test(test_waiting_flush_freed_with_server),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

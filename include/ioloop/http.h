@@ -106,7 +106,9 @@ int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, cons
  * (what was queued is still served), then every loop of rt drains s
  * (ioloop_http_server_drain with `timeout`, 0: none), and rt stops once every
  * loop is drained: ioloop_runtime_join returns then. Any thread; returns at
- * once. 0, -EALREADY if a shutdown of s already began, -EINVAL. */
+ * once. Free s only after the runtime stopped this way (its steps are
+ * callbacks on the loops that use s). 0, -EALREADY if a shutdown of s
+ * already began, -EINVAL. */
 int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
                                 ioloop_time_t timeout);
 
