@@ -8,8 +8,10 @@
  * buffer growing while a large head arrives). on_message_complete pauses the
  * parser, so exactly one request is parsed at a time; its handler runs, and
  * pipelined bytes behind it wait in c->in, unparsed, until the response has
- * been finished and written. Then the leftover is moved to the front and
- * parsing resumes: responses leave strictly in request order.
+ * been finished (and written, if the socket was full). Then the leftover is moved to the front and parsing
+ * resumes: responses leave strictly in request order. A response finished
+ * while pipelined bytes wait is not sent at once: the responses of one read
+ * are batched into one send (see can_batch).
  *
  * Body bytes the parser has consumed are dropped from c->in at once (they were
  * copied into the request's body or streamed to the handler), so a large body

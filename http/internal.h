@@ -26,11 +26,12 @@
 #include <time.h>
 
 enum {
-    HTTP_BLOCK = 16384,      /* pooled buffer block */
-    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
-    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
-    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
-    HTTP_BATCH = 64 * 1024,  /* pipelined responses held back for one send, at most */
+    HTTP_BLOCK = 16384,          /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16,     /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,      /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,        /* free blocks/requests a worker keeps */
+    HTTP_BATCH = HTTP_BLOCK / 2, /* pipelined responses held back for one send, at most: small
+                                    responses then never outgrow the pooled out block */
 };
 #define HTTP_LINGER IOLOOP_SEC(2)        /* read-and-discard after our FIN */
 #define HTTP_DRAIN_GRACE IOLOOP_MSEC(50) /* an idle connection's last chance in a drain */
