@@ -247,7 +247,7 @@ again:;
         }
     } else {
         for (;;) { /* close-delimited */
-            if (len + 4096 + 1 > cap)
+            while (len + 4096 + 1 > cap)
                 body = realloc(body, cap *= 2);
             ssize_t k = recv(fd, body + len, 4096, 0);
             if (k < 0)
