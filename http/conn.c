@@ -8,8 +8,10 @@
  * buffer growing while a large head arrives). on_message_complete pauses the
  * parser, so exactly one request is parsed at a time; its handler runs, and
  * pipelined bytes behind it wait in c->in, unparsed, until the response has
- * been finished and written. Then the leftover is moved to the front and
- * parsing resumes: responses leave strictly in request order.
+ * been finished (and written, if the socket was full). Then the leftover is moved to the front and parsing
+ * resumes: responses leave strictly in request order. A response finished
+ * while pipelined bytes wait is not sent at once: the responses of one read
+ * are batched into one send (see can_batch).
  *
  * Body bytes the parser has consumed are dropped from c->in at once (they were
  * copied into the request's body or streamed to the handler), so a large body
@@ -90,17 +92,6 @@ static void on_timer(ioloop_t *loop, void *arg)
 
 /* ---- life cycle --------------------------------------------------------- */
 
-/* A connection a runtime listener handed over raised its loop's
- * live_connections (DISPATCH balances on it); its end is reported back with
- * ioloop_connection_closed. Referenced weakly so that this library also links
- * against a libioloop without the runtime (the single-loop listener). */
-#pragma weak ioloop_connection_closed
-void ioloop__http_connection_closed(ioloop_t *loop)
-{
-    if (ioloop_connection_closed)
-        ioloop_connection_closed(loop);
-}
-
 static void conn_free(http_conn_t *c)
 {
     http_worker_t *w = c->w;
@@ -177,8 +168,8 @@ void ioloop__http_conn_close(http_conn_t *c)
         c->next->prev = c->prev;
     c->next = c->prev = NULL;
     w->nconns--;
-    if (c->counted)
-        ioloop__http_connection_closed(w->loop);
+    /* the runtime listener counted it in live_connections (DISPATCH balances on it) */
+    ioloop_connection_closed(w->loop);
 
     detach_request(c);
     if (c->busy == 0)
@@ -188,7 +179,7 @@ void ioloop__http_conn_close(http_conn_t *c)
 
 static int on_event(ioloop_t *loop, int fd, unsigned events, void *arg);
 
-void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len, bool counted)
+void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len)
 {
     http_conn_t *c = w->free_conns;
     if (c) {
@@ -196,12 +187,10 @@ void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *pe
         w->nfree_conns--;
     } else if (!(c = malloc(sizeof(*c)))) {
         close(fd);
-        if (counted)
-            ioloop__http_connection_closed(w->loop);
+        ioloop_connection_closed(w->loop);
         return;
     }
     memset(c, 0, sizeof(*c));
-    c->counted = counted;
     llhttp_init(&c->parser, HTTP_REQUEST, &ioloop__http_settings);
     c->parser.data = c;
     c->w = w;
@@ -214,8 +203,7 @@ void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *pe
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (ioloop_add_handler(w->loop, fd, IOLOOP_READ, on_event, c) != 0) {
         close(fd);
-        if (counted)
-            ioloop__http_connection_closed(w->loop);
+        ioloop_connection_closed(w->loop);
         conn_free(c);
         return;
     }
@@ -225,7 +213,10 @@ void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *pe
         w->conns->prev = c;
     w->conns = c;
     w->nconns++;
+    HTTP_STAT_INC(w, st_connections);
     set_deadline(c, ioloop_time(w->loop) + w->server->opts.idle_connection_timeout);
+    if (w->draining) /* accepted from the backlog as the drain began */
+        ioloop__http_conn_drain(c);
 }
 
 /* ---- drain ---------------------------------------------------------------- */
@@ -276,6 +267,7 @@ void ioloop__http_conn_send(http_conn_t *c)
         return;
     while (c->out_off < c->out.len) {
         ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
+        HTTP_STAT_INC(c->w, st_sends);
         if (n > 0) {
             c->out_off += (size_t)n;
             continue;
@@ -305,8 +297,23 @@ void ioloop__http_conn_send(http_conn_t *c)
     }
 }
 
+/* Pipelining: a response finished while conn_process runs, with more request
+ * bytes already waiting in c->in, is held back in c->out and the next request
+ * is parsed at once; conn_process sends the batch in one call when the input
+ * is used up, a handler goes asynchronous, or HTTP_BATCH bytes wait. Never
+ * while the socket is full (back-pressure), nor for a response that closes. */
+static bool can_batch(const http_conn_t *c)
+{
+    return c->processing && !c->in_execute && !c->close_after && c->state == CONN_OPEN && c->in.len > c->parsed &&
+           !(c->events & IOLOOP_WRITE) && c->out.len - c->out_off < HTTP_BATCH;
+}
+
 void ioloop__http_conn_response_done(http_conn_t *c)
 {
+    if (can_batch(c)) {
+        after_response(c);
+        return;
+    }
     c->resp_done_pending = true;
     ioloop__http_conn_send(c);
 }
@@ -406,11 +413,12 @@ static void conn_process(http_conn_t *c)
 {
     const ioloop_http_server_options_t *o = &c->w->server->opts;
     c->processing = true;
+again:
     while (c->state == CONN_OPEN && !c->fail_status) {
         if (c->req && c->req->dispatched)
             break; /* the handler has it; finish brings us back */
-        if (c->out_off < c->out.len)
-            break; /* the previous response is still going out */
+        if (c->out_off < c->out.len && ((c->events & IOLOOP_WRITE) || c->out.len - c->out_off >= HTTP_BATCH))
+            break; /* the previous responses are still going out, or enough for one send */
         size_t avail = c->in.len - c->parsed;
         if (avail == 0)
             break;
@@ -444,8 +452,10 @@ static void conn_process(http_conn_t *c)
                 after_response(c);
                 continue;
             }
-            if (c->req && c->req->complete)
+            if (c->req && c->req->complete) {
+                HTTP_STAT_INC(c->w, st_requests);
                 dispatch(c, c->req);
+            }
         } else {
             if (c->deferred_done) { /* the handler answered early, then we stopped */
                 c->deferred_done = false;
@@ -456,6 +466,12 @@ static void conn_process(http_conn_t *c)
             if (!c->fail_status)
                 c->fail_status = 400;
         }
+    }
+    if (c->state == CONN_OPEN && c->fail_status <= 0 && c->out_off < c->out.len && !(c->events & IOLOOP_WRITE)) {
+        ioloop__http_conn_send(c); /* a batch of pipelined responses */
+        if (c->state == CONN_OPEN && c->out_off == c->out.len && !c->fail_status && c->in.len > c->parsed &&
+            !(c->req && c->req->dispatched))
+            goto again; /* it stopped at HTTP_BATCH bytes: parse the rest */
     }
     c->processing = false;
     if (c->state != CONN_OPEN)

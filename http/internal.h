@@ -15,6 +15,7 @@
 #define IOLOOP_HTTP_INTERNAL_H
 
 #include "ioloop/http.h"
+#include "ioloop/runtime.h"
 
 #include <llhttp.h>
 #include <netinet/in.h>
@@ -25,10 +26,12 @@
 #include <time.h>
 
 enum {
-    HTTP_BLOCK = 16384,      /* pooled buffer block */
-    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
-    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
-    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
+    HTTP_BLOCK = 16384,          /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16,     /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,      /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,        /* free blocks/requests a worker keeps */
+    HTTP_BATCH = HTTP_BLOCK / 2, /* pipelined responses held back for one send, at most: small
+                                    responses then never outgrow the pooled out block */
 };
 #define HTTP_LINGER IOLOOP_SEC(2)        /* read-and-discard after our FIN */
 #define HTTP_DRAIN_GRACE IOLOOP_MSEC(50) /* an idle connection's last chance in a drain */
@@ -50,12 +53,6 @@ typedef struct {
     ioloop_http_route_t route;
 } http_route_t;
 
-typedef struct {
-    ioloop_t *loop;
-    int fd;
-    int port;
-} http_listener_t;
-
 struct ioloop_http_server {
     ioloop_http_server_options_t opts;
     uint64_t id; /* unique per process: validates the per-thread worker cache */
@@ -67,9 +64,17 @@ struct ioloop_http_server {
     int nlit;
     /* workers: pushed lock-free, never removed before server_free */
     _Atomic(http_worker_t *) workers;
-    pthread_mutex_t lock; /* guards listeners */
-    http_listener_t *listeners;
-    int nlisteners;
+    /* the runtime-wide shutdown (shutdown.c); set once, read by its callbacks */
+    atomic_bool shutting_down;
+    ioloop_runtime_t *shut_rt;
+    ioloop_listener_t *shut_listener;
+    ioloop_time_t shut_timeout;
+    atomic_int shut_pending; /* loops yet to pass the current phase */
+    /* signal watchers set by ioloop_http_server_shutdown_on_signals */
+    ioloop_t *sig_loop;
+    ioloop_runtime_t *sig_rt;
+    ioloop_listener_t *sig_listener;
+    ioloop_time_t sig_timeout;
 };
 
 /* One header line: offsets into the connection's read buffer. */
@@ -158,7 +163,6 @@ struct http_conn {
     unsigned events;
     uint8_t state;
     bool processing, close_after, reading_paused;
-    bool counted;           /* came from a runtime listener: report its end */
     bool in_execute;        /* inside llhttp_execute: c->in must stay put */
     bool deferred_done;     /* a response ended inside llhttp_execute */
     bool resp_done_pending; /* a finished response still has bytes in out */
@@ -185,16 +189,26 @@ struct http_worker {
     char date[40];
     char discard[4096]; /* lingering reads land here */
     bool draining;
+    bool freeing; /* server_free runs: post nothing (it would outlive the server) */
     ioloop_timer_t drain_timer;
     ioloop_callback_fn drain_done;
     void *drain_arg;
-    ioloop_timer_t accept_retry;
+    /* counters (ioloop_http_server_get_stats): written by this loop only */
+    _Atomic uint64_t st_connections, st_requests, st_sends;
 };
+
+/* Bumps a worker counter: one writer (the loop), so no read-modify-write. */
+#define HTTP_STAT_INC(w, field)                                                                                        \
+    atomic_store_explicit(&(w)->field, atomic_load_explicit(&(w)->field, memory_order_relaxed) + 1,                    \
+                          memory_order_relaxed)
 
 /* server.c */
 http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool create);
 const char *ioloop__http_date(http_worker_t *w);
 void ioloop__http_worker_conn_gone(http_worker_t *w);
+
+/* shutdown.c */
+void ioloop__http_signals_unwatch(ioloop_http_server_t *s);
 
 /* buffers (server.c) */
 int ioloop__hbuf_reserve(http_worker_t *w, hbuf_t *b, size_t extra);
@@ -211,9 +225,10 @@ size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_sp
 
 /* conn.c */
 extern const llhttp_settings_t ioloop__http_settings;
-void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len, bool counted);
+/* Serves an fd a runtime listener accepted (its loop's live_connections
+ * counts it; the close reports back with ioloop_connection_closed). */
+void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len);
 void ioloop__http_conn_close(http_conn_t *c);
-void ioloop__http_connection_closed(ioloop_t *loop);
 /* The drain began: an idle connection closes after a short grace. */
 void ioloop__http_conn_drain(http_conn_t *c);
 /* Sends what is buffered in c->out; afterwards the connection may be dead. */

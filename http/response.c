@@ -261,6 +261,8 @@ static void flush_complete(ioloop_http_request_t *req, int status)
     if (!req->flush_waiting)
         return;
     req->flush_waiting = false;
+    if (req->w->freeing)
+        return; /* the server is being freed: no completion outlives it */
     req->flush_status = status;
     req->refs++;
     if (ioloop_add_callback(req->w->loop, flush_done, req) != 0) {

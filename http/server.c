@@ -1,20 +1,18 @@
 /* server.c — the HTTP server object: options, per-loop workers with their
- * buffer pools and Date cache, the single-loop listener, accept, and drain.
+ * buffer pools, Date cache and counters, accept (the runtime listener's
+ * on_accept), and the drain of one loop.
  *
  * Threading rule: ioloop_http_server_new/route/free run on one thread while no
  * loop serves. A worker is created on its loop's thread on the first
  * connection there and pushed onto the server's list with a CAS; only that
- * loop's thread touches it afterwards. The listener list is under s->lock.
+ * loop's thread touches it afterwards (its counters are written there with
+ * relaxed atomic stores, so other threads may read them).
  */
 #define _GNU_SOURCE
 #include "internal.h"
 #include "ioloop/runtime.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +127,9 @@ const char *ioloop__http_date(http_worker_t *w)
 
 static void worker_free(http_worker_t *w)
 {
+    /* Posts made from here on would outlive the server: the loops run what
+     * was posted to them when they close, after this. So none are made. */
+    w->freeing = true;
     while (w->conns)
         ioloop__http_conn_close(w->conns);
     while (w->orphans) { /* requests a handler never finished */
@@ -139,8 +140,6 @@ static void worker_free(http_worker_t *w)
     }
     if (w->drain_timer)
         ioloop_remove_timeout(w->loop, w->drain_timer);
-    if (w->accept_retry)
-        ioloop_remove_timeout(w->loop, w->accept_retry);
     while (w->free_conns) {
         http_conn_t *c = w->free_conns;
         w->free_conns = c->next;
@@ -183,7 +182,6 @@ ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t 
         s->opts.idle_connection_timeout = IOLOOP_SEC(3600);
     if (!s->opts.header_timeout)
         s->opts.header_timeout = IOLOOP_SEC(60);
-    pthread_mutex_init(&s->lock, NULL);
     atomic_init(&s->workers, NULL);
     return s;
 }
@@ -199,13 +197,7 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
 {
     if (!s)
         return;
-    for (int i = 0; i < s->nlisteners; i++) {
-        if (s->listeners[i].fd >= 0) {
-            ioloop_remove_handler(s->listeners[i].loop, s->listeners[i].fd);
-            close(s->listeners[i].fd);
-        }
-    }
-    free(s->listeners);
+    ioloop__http_signals_unwatch(s);
     http_worker_t *w = atomic_load(&s->workers);
     while (w) {
         http_worker_t *next = w->next;
@@ -213,7 +205,6 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
         w = next;
     }
     ioloop__http_router_free(s);
-    pthread_mutex_destroy(&s->lock);
     free(s);
 }
 
@@ -227,130 +218,15 @@ void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *pe
 {
     ioloop_http_server_t *s = arg;
     http_worker_t *w = ioloop__http_worker(s, loop, true);
-    if (!w || w->draining) {
+    if (!w) {
         close(fd);
-        ioloop__http_connection_closed(loop);
+        ioloop_connection_closed(loop);
         return;
     }
-    ioloop__http_conn_start(w, fd, peer, peer_len, true);
-}
-
-static void listener_resume(ioloop_t *loop, void *arg);
-
-/* Stops watching the listeners of this loop for a while: out of fds (EMFILE)
- * must not spin the loop; connections waiting in the backlog stay there. */
-static void listener_backoff(http_worker_t *w)
-{
-    ioloop_http_server_t *s = w->server;
-    pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < s->nlisteners; i++)
-        if (s->listeners[i].loop == w->loop && s->listeners[i].fd >= 0)
-            ioloop_update_handler(w->loop, s->listeners[i].fd, 0);
-    pthread_mutex_unlock(&s->lock);
-    if (!w->accept_retry)
-        w->accept_retry = ioloop_call_later(w->loop, IOLOOP_MSEC(100), listener_resume, w);
-}
-
-static void listener_resume(ioloop_t *loop, void *arg)
-{
-    http_worker_t *w = arg;
-    ioloop_http_server_t *s = w->server;
-    w->accept_retry = 0;
-    if (w->draining)
-        return;
-    pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < s->nlisteners; i++)
-        if (s->listeners[i].loop == loop && s->listeners[i].fd >= 0)
-            ioloop_update_handler(loop, s->listeners[i].fd, IOLOOP_READ);
-    pthread_mutex_unlock(&s->lock);
-}
-
-static int on_listener(ioloop_t *loop, int fd, unsigned events, void *arg)
-{
-    (void)events;
-    ioloop_http_server_t *s = arg;
-    http_worker_t *w = ioloop__http_worker(s, loop, true);
-    if (!w)
-        return -ENOMEM;
-    for (int i = 0; i < 64 && !w->draining; i++) {
-        struct sockaddr_storage peer;
-        socklen_t len = sizeof(peer);
-        int cfd = accept4(fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                listener_backoff(w);
-                return -errno;
-            }
-            return 0; /* EAGAIN and the rest: wait for the next event */
-        }
-        ioloop__http_conn_start(w, cfd, (struct sockaddr *)&peer, len, false);
-    }
-    return 0;
-}
-
-int ioloop_http_server_listen(ioloop_http_server_t *s, ioloop_t *loop, const char *address, int port)
-{
-    if (!s || !loop)
-        return -EINVAL;
-    struct addrinfo hints = {
-        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
-    struct addrinfo *ai = NULL;
-    char portstr[16];
-    snprintf(portstr, sizeof(portstr), "%d", port);
-    int rc = getaddrinfo(address, portstr, &hints, &ai);
-    if (rc != 0)
-        return -EINVAL;
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int err = 0;
-    if (fd < 0) {
-        err = -errno;
-        goto out;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
-        err = -errno;
-        goto out;
-    }
-    struct sockaddr_storage sa;
-    socklen_t salen = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &salen);
-    int bound = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
-                                               : ((struct sockaddr_in *)&sa)->sin_port);
-    pthread_mutex_lock(&s->lock);
-    http_listener_t *n = realloc(s->listeners, (size_t)(s->nlisteners + 1) * sizeof(*n));
-    if (n) {
-        s->listeners = n;
-        n[s->nlisteners++] = (http_listener_t){.loop = loop, .fd = fd, .port = bound};
-    }
-    pthread_mutex_unlock(&s->lock);
-    if (!n) {
-        err = -ENOMEM;
-        goto out;
-    }
-    err = ioloop_add_handler(loop, fd, IOLOOP_READ, on_listener, s);
-    if (err) {
-        pthread_mutex_lock(&s->lock);
-        s->nlisteners--;
-        pthread_mutex_unlock(&s->lock);
-    }
-out:
-    if (err && fd >= 0)
-        close(fd);
-    freeaddrinfo(ai);
-    return err;
-}
-
-int ioloop_http_server_port(const ioloop_http_server_t *s)
-{
-    ioloop_http_server_t *m = (ioloop_http_server_t *)s;
-    pthread_mutex_lock(&m->lock);
-    int port = s->nlisteners ? s->listeners[0].port : -ENOENT;
-    pthread_mutex_unlock(&m->lock);
-    return port;
+    /* A connection that was queued when the drain began (a listener stop
+     * accepts its backlog first) is served like the others: closing it
+     * unread would reset the client. */
+    ioloop__http_conn_start(w, fd, peer, peer_len);
 }
 
 int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop)
@@ -363,7 +239,7 @@ int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop
 
 static void drain_check(http_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || !w->drain_done)
+    if (!w->draining || w->nconns > 0 || !w->drain_done || w->freeing)
         return;
     if (w->drain_timer) {
         ioloop_remove_timeout(w->loop, w->drain_timer);
@@ -402,15 +278,6 @@ int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_tim
     w->draining = true;
     w->drain_done = done;
     w->drain_arg = arg;
-    pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < s->nlisteners; i++) {
-        if (s->listeners[i].loop == loop && s->listeners[i].fd >= 0) {
-            ioloop_remove_handler(loop, s->listeners[i].fd);
-            close(s->listeners[i].fd);
-            s->listeners[i].fd = -1;
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
     /* Idle keep-alive connections go after a short grace (a polite close:
      * FIN, then discard what the client may still send, so nobody sees a
      * reset); the others close once their response is out. */

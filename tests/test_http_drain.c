@@ -1,5 +1,6 @@
-/* test_http_drain.c — graceful drain on one loop, seen from raw clients: the
- * listener closes, an idle keep-alive connection is closed at once (cleanly,
+/* test_http_drain.c — graceful drain on one loop, seen from raw clients (the
+ * runtime-wide shutdown on SIGTERM is test_http_shutdown.c): the listener
+ * stops, an idle keep-alive connection is closed at once (cleanly,
  * no reset), the request in flight is answered in full with Connection: close,
  * done runs when nothing is left; and after the drain timeout whatever is
  * still running is closed (its handler hears on_close).
@@ -54,6 +55,7 @@ static tsrv_t *cur;
 static void start_drain(ioloop_t *loop, void *arg)
 {
     (void)arg;
+    ioloop_listener_stop(cur->listener);
     int err = ioloop_http_server_drain(cur->server, loop, drain_timeout, on_drained, NULL);
     if (err)
         fprintf(stderr, "drain: %d\n", err);

@@ -11,10 +11,13 @@ static tsrv_t srv;
 
 /* ---- handlers ---- */
 
+static atomic_int slow_answered;
+
 static void finish_later(ioloop_t *loop, void *arg)
 {
     (void)loop;
     ioloop_http_request_t *req = arg;
+    atomic_fetch_add(&slow_answered, 1);
     ioloop_http_response_send(req, 200, "text/plain", "slow", 4);
 }
 
@@ -28,6 +31,14 @@ static void fast(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
     ioloop_http_response_send(req, 200, "text/plain", "fast", 4);
+}
+
+/* Answers its query string, so pipelined responses can be told apart. */
+static void echo(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    const char *q = ioloop_http_request_query(req);
+    ioloop_http_response_send(req, 200, "text/plain", q, strlen(q));
 }
 
 static atomic_int flush_status = 99;
@@ -148,6 +159,7 @@ static int setup(void **state)
     tsrv_route(&srv, "/hang", (ioloop_http_route_t){.get = hang});
     tsrv_route(&srv, "/big", (ioloop_http_route_t){.get = big});
     tsrv_route(&srv, "/closing", (ioloop_http_route_t){.get = closing});
+    tsrv_route(&srv, "/echo", (ioloop_http_route_t){.get = echo});
     tsrv_start(&srv);
     return 0;
 }
@@ -296,6 +308,66 @@ static void test_pipelining_many(void **state)
         tresp_free(&r);
     }
     free(buf);
+    close(fd);
+}
+
+/* 16 pipelined requests in one write: 16 responses in order, sent in a batch
+ * (the server's send count grows by far less than 16). */
+static void test_pipelined_batch_shares_sends(void **state)
+{
+    (void)state;
+    int fd = tcli_connect(srv.port);
+    /* a first request, so that the connection is accepted and warm */
+    tcli_send(fd, "GET /echo?warm HTTP/1.1\r\nHost: a\r\n\r\n");
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    tresp_free(&r);
+    char buf[2048];
+    size_t len = 0;
+    for (int i = 0; i < 16; i++)
+        len += (size_t)sprintf(buf + len, "GET /echo?n=%d HTTP/1.1\r\nHost: a\r\n\r\n", i);
+    ioloop_http_server_stats_t before, after;
+    ioloop_http_server_get_stats(srv.server, &before);
+    tcli_sendn(fd, buf, len);
+    for (int i = 0; i < 16; i++) {
+        char want[16];
+        sprintf(want, "n=%d", i);
+        assert_int_equal(tcli_response(fd, &r), 0);
+        assert_string_equal(r.body, want);
+        assert_false(tresp_has(&r, "Connection", "close"));
+        tresp_free(&r);
+    }
+    ioloop_http_server_get_stats(srv.server, &after);
+    assert_int_equal(after.requests - before.requests, 16);
+    /* one send per read of the batch; a loaded machine may split the read */
+    assert_true(after.sends - before.sends <= 4);
+    close(fd);
+}
+
+/* A batch stopped by a handler that goes asynchronous: what was answered
+ * before it goes out at once, the rest follows in order. */
+static void test_pipelined_batch_then_async(void **state)
+{
+    (void)state;
+    int fd = tcli_connect(srv.port);
+    int slow_before = atomic_load(&slow_answered);
+    tcli_send(fd, "GET /echo?a HTTP/1.1\r\nHost: a\r\n\r\nGET /echo?b HTTP/1.1\r\nHost: a\r\n\r\n"
+                  "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /echo?c HTTP/1.1\r\nHost: a\r\n\r\n");
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_string_equal(r.body, "a");
+    tresp_free(&r);
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_string_equal(r.body, "b");
+    tresp_free(&r);
+    /* a and b were sent when /slow went asynchronous, not with its answer */
+    assert_int_equal(atomic_load(&slow_answered), slow_before);
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_string_equal(r.body, "slow");
+    tresp_free(&r);
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_string_equal(r.body, "c");
+    tresp_free(&r);
     close(fd);
 }
 
@@ -453,6 +525,43 @@ static void test_unfinished_request_freed_with_server(void **state)
     close(b);
 }
 
+/* A handler waiting for a flush the client never lets complete (it does not
+ * read) when the server is freed: the completion is not called (nor posted to
+ * run after the server is gone, which ASan would catch). */
+static atomic_int stuck_flush_calls;
+
+static void stuck_flushed(ioloop_http_request_t *req, int status, void *arg)
+{
+    (void)arg, (void)status;
+    atomic_fetch_add(&stuck_flush_calls, 1);
+    ioloop_http_response_finish(req);
+}
+
+static void stuck(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    static char big[8 * 1024 * 1024];
+    ioloop_http_response_write(req, big, sizeof(big));
+    ioloop_http_response_flush(req, stuck_flushed, NULL);
+}
+
+static void test_waiting_flush_freed_with_server(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    tsrv_init(&t, NULL);
+    tsrv_route(&t, "/stuck", (ioloop_http_route_t){.get = stuck});
+    tsrv_start(&t);
+    atomic_store(&stuck_flush_calls, 0);
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "GET /stuck HTTP/1.1\r\nHost: a\r\n\r\n");
+    tu_sleep_ms(100); /* the socket buffers are full: the flush waits */
+    assert_int_equal(atomic_load(&stuck_flush_calls), 0);
+    tsrv_stop(&t);
+    assert_int_equal(atomic_load(&stuck_flush_calls), 0);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +573,8 @@ int main(void)
         cmocka_unit_test(test_pipelining_in_order),
         cmocka_unit_test(test_pipelining_many),
         cmocka_unit_test(test_pipelining_byte_by_byte),
+        cmocka_unit_test(test_pipelined_batch_shares_sends),
+        cmocka_unit_test(test_pipelined_batch_then_async),
         cmocka_unit_test(test_streamed_response_is_chunked),
         cmocka_unit_test(test_streamed_response_http10),
         cmocka_unit_test(test_streamed_head),
@@ -471,6 +582,7 @@ int main(void)
         cmocka_unit_test(test_on_close_when_client_leaves),
         cmocka_unit_test(test_reset_mid_response),
         cmocka_unit_test(test_unfinished_request_freed_with_server),
+        cmocka_unit_test(test_waiting_flush_freed_with_server),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,6 +1,7 @@
 /* test_http_util.h — the client side of the HTTP suites: a server on a loop
  * in a background thread, and a raw-socket client that reads responses with
  * its own minimal parser (so the tests never trust the server's code).
+ * The server runs on a one-loop runtime behind the runtime listener.
  * Threading rule: the tsrv_* calls run on the test's main thread; handlers
  * run on the server's loop thread and talk to the test through atomics.
  * Everything is static inline: each suite includes it once.
@@ -10,6 +11,7 @@
 
 #define _GNU_SOURCE
 #include "ioloop/http.h"
+#include "ioloop/runtime.h"
 #include "test_util.h"
 
 #include <arpa/inet.h>
@@ -28,30 +30,22 @@
 #include <unistd.h>
 
 typedef struct {
-    ioloop_t *loop;
+    ioloop_runtime_t *rt;
+    ioloop_t *loop; /* the runtime's only loop */
     ioloop_http_server_t *server;
-    pthread_t thread;
+    ioloop_listener_t *listener;
     int port;
+    int64_t expect_live; /* live_connections left at stop (0 unless a test feeds fds itself) */
 } tsrv_t;
 
-static inline void *tsrv_run(void *arg)
-{
-    tsrv_t *t = arg;
-    ioloop_start(t->loop);
-    /* the loop's own thread frees the server and closes the loop */
-    ioloop_http_server_free(t->server);
-    t->server = NULL;
-    if (ioloop_close(t->loop, false) != 0)
-        abort();
-    return NULL;
-}
-
-/* Creates the server (routes are added by the caller before tsrv_start). */
+/* Creates the server and a one-loop runtime (routes are added by the caller
+ * before tsrv_start). */
 static inline void tsrv_init(tsrv_t *t, const ioloop_http_server_options_t *opts)
 {
     memset(t, 0, sizeof(*t));
-    t->loop = ioloop_new(NULL);
-    assert_non_null(t->loop);
+    ioloop_runtime_options_t ro = {.loops = 1, .executor_threads = 2};
+    assert_int_equal(ioloop_runtime_start(&ro, &t->rt), 0);
+    t->loop = ioloop_runtime_loop(t->rt, 0);
     t->server = ioloop_http_server_new(opts);
     assert_non_null(t->server);
 }
@@ -61,24 +55,28 @@ static inline void tsrv_route(tsrv_t *t, const char *pattern, ioloop_http_route_
     assert_int_equal(ioloop_http_server_route(t->server, pattern, &route), 0);
 }
 
+/* Serves on 127.0.0.1 through the runtime listener. */
 static inline void tsrv_start(tsrv_t *t)
 {
-    assert_int_equal(ioloop_http_server_listen(t->server, t->loop, "127.0.0.1", 0), 0);
-    t->port = ioloop_http_server_port(t->server);
+    assert_int_equal(ioloop_http_server_serve(t->server, t->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_DEFAULT, &t->listener),
+                     0);
+    t->port = ioloop_listener_port(t->listener);
     assert_true(t->port > 0);
-    assert_int_equal(pthread_create(&t->thread, NULL, tsrv_run, t), 0);
 }
 
-static inline void tsrv_stop_cb(ioloop_t *loop, void *arg)
-{
-    (void)arg;
-    ioloop_stop(loop);
-}
-
+/* Stops the runtime, then checks that every connection the listener handed
+ * over was reported closed exactly once (once the server is freed). */
 static inline void tsrv_stop(tsrv_t *t)
 {
-    assert_int_equal(ioloop_add_callback(t->loop, tsrv_stop_cb, NULL), 0);
-    pthread_join(t->thread, NULL);
+    ioloop_runtime_stop(t->rt);
+    assert_int_equal(ioloop_runtime_join(t->rt), 0);
+    ioloop_listener_free(t->listener);
+    ioloop_http_server_free(t->server);
+    t->server = NULL;
+    ioloop_stats_t st;
+    ioloop_get_stats(t->loop, &st);
+    assert_int_equal(st.live_connections, t->expect_live);
+    ioloop_runtime_free(t->rt);
 }
 
 /* A blocking client socket with a 5 s receive timeout. */
@@ -249,7 +247,7 @@ again:;
         }
     } else {
         for (;;) { /* close-delimited */
-            if (len + 4096 + 1 > cap)
+            while (len + 4096 + 1 > cap)
                 body = realloc(body, cap *= 2);
             ssize_t k = recv(fd, body + len, 4096, 0);
             if (k < 0)

@@ -1,20 +1,20 @@
 /* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world".
  *
- *   helloworld [--port 8888] [--threads N] [--accept reuseport]
+ *   helloworld [--port 8888] [--threads N] [--accept reuseport|exclusive|dispatch]
  *
- * Threading rule: one loop per thread (default: one per online CPU), each with
- * its own SO_REUSEPORT listener on the port, so the kernel balances accepts.
- * (The runtime's listener, with its other accept modes, replaces this once it
- * lands.) SIGINT/SIGTERM end the process.
+ * Threading rule: main owns the runtime (one loop per CPU unless --threads);
+ * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
+ * drain every loop (requests in flight are answered, with Connection: close)
+ * and the process exits 0.
  */
 #define _GNU_SOURCE
 #include "ioloop/http.h"
+#include "ioloop/runtime.h"
 
-#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static void main_handler_get(ioloop_http_request_t *req, void *arg)
 {
@@ -23,40 +23,61 @@ static void main_handler_get(ioloop_http_request_t *req, void *arg)
     ioloop_http_response_finish(req);
 }
 
-static ioloop_http_server_t *server;
-static int port = 8888;
+static const char *modes[] = {"default", "reuseport", "exclusive", "dispatch"};
 
-static void *serve(void *arg)
+/* Reads the options into *port, *ro and *mode; false on anything else. */
+static bool parse_args(int argc, char **argv, int *port, ioloop_runtime_options_t *ro, ioloop_accept_mode_t *mode)
 {
-    (void)arg;
-    ioloop_t *loop = ioloop_new(NULL);
-    if (!loop || ioloop_http_server_listen(server, loop, "0.0.0.0", port) != 0) {
-        perror("helloworld: listen");
-        exit(1);
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *opt = argv[i], *v = argv[i + 1];
+        if (!strcmp(opt, "--port") && atoi(v) > 0) {
+            *port = atoi(v);
+        } else if (!strcmp(opt, "--threads") && atoi(v) > 0) {
+            ro->loops = atoi(v);
+        } else if (!strcmp(opt, "--accept")) {
+            for (*mode = IOLOOP_ACCEPT_DEFAULT; *mode <= IOLOOP_ACCEPT_DISPATCH; (*mode)++)
+                if (!strcmp(v, modes[*mode]))
+                    break;
+            if (*mode > IOLOOP_ACCEPT_DISPATCH)
+                return false;
+        } else {
+            return false;
+        }
     }
-    ioloop_start(loop);
-    return NULL;
+    return argc % 2 == 1;
 }
 
 int main(int argc, char **argv)
 {
-    long threads = sysconf(_SC_NPROCESSORS_ONLN);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--port"))
-            port = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--threads"))
-            threads = atol(argv[i + 1]);
-        else if (strcmp(argv[i], "--accept") || strcmp(argv[i + 1], "reuseport"))
-            return fprintf(stderr, "usage: %s [--port P] [--threads N] [--accept reuseport]\n", argv[0]), 2;
+    int port = 8888;
+    ioloop_runtime_options_t ro = {.pin = true}; /* loops = 0: one per CPU */
+    ioloop_accept_mode_t mode = IOLOOP_ACCEPT_DEFAULT;
+    if (!parse_args(argc, argv, &port, &ro, &mode)) {
+        fprintf(stderr, "usage: %s [--port 8888] [--threads N] [--accept reuseport|exclusive|dispatch]\n", argv[0]);
+        return 2;
     }
-    server = ioloop_http_server_new(NULL);
+
+    ioloop_http_server_t *server = ioloop_http_server_new(NULL);
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
 
-    printf("helloworld: http://127.0.0.1:%d/ on %ld loop(s)\n", port, threads);
+    ioloop_runtime_t *rt;
+    ioloop_listener_t *listener;
+    int err = ioloop_runtime_start(&ro, &rt);
+    if (!err)
+        err = ioloop_http_server_serve(server, rt, "0.0.0.0", port, mode, &listener);
+    if (!err)
+        err = ioloop_http_server_shutdown_on_signals(server, rt, listener, IOLOOP_SEC(10));
+    if (err) {
+        fprintf(stderr, "helloworld: %s\n", strerror(-err));
+        return 1;
+    }
+    printf("helloworld: http://127.0.0.1:%d/ on %d loop(s), accept %s\n", port, ioloop_runtime_size(rt),
+           modes[ioloop_listener_mode(listener)]);
     fflush(stdout);
-    pthread_t tid;
-    for (long i = 1; i < threads; i++)
-        pthread_create(&tid, NULL, serve, NULL);
-    serve(NULL);
+
+    ioloop_runtime_join(rt); /* until a signal has drained every loop */
+    ioloop_listener_free(listener);
+    ioloop_http_server_free(server);
+    ioloop_runtime_free(rt);
     return 0;
 }

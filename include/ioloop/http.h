@@ -1,10 +1,12 @@
 /* http.h — an HTTP/1.1 server on ioloop: Tornado's HTTPServer + Application +
  * RequestHandler in C.
  *
- * A server holds routes and options; it is fed connections per loop (by its own
- * single-loop listener, ioloop_http_server_listen, or by a runtime listener
- * through ioloop_http_server_accept, which has ioloop_accept_fn's signature).
- * A connection, and every request on it, belongs to the loop that accepted it.
+ * A server holds routes and options and serves on a runtime's loops
+ * (ioloop_http_server_serve starts a runtime listener whose on_accept is
+ * ioloop_http_server_accept). A connection, and every request on it, belongs
+ * to the loop that accepted it. ioloop_http_server_shutdown (or SIGTERM /
+ * SIGINT, with ioloop_http_server_shutdown_on_signals) drains every loop and
+ * then stops the runtime.
  *
  * Threading rule: configure the server (routes, options) before the first
  * connection; from then on it is read-only and shared by every loop. Request
@@ -30,9 +32,11 @@
 #define IOLOOP_HTTP_H
 
 #include "ioloop/ioloop.h"
+#include "ioloop/runtime.h"
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #ifdef __cplusplus
@@ -90,14 +94,33 @@ ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t 
  * for a pattern that does not compile, -ENOMEM. */
 int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
 
-/* Listens on address:port and serves the connections on `loop` (SO_REUSEPORT
- * is set, so one listen per loop on the same port balances in the kernel).
- * Port 0 lets the kernel pick (see ioloop_http_server_port). Call from loop's
- * thread or before it runs. Returns 0 or a negative errno. */
-int ioloop_http_server_listen(ioloop_http_server_t *s, ioloop_t *loop, const char *address, int port);
+/* Serves s on every loop of rt: starts a runtime listener on address:port
+ * (NULL: "0.0.0.0"; port 0: the kernel picks, see ioloop_listener_port) in
+ * accept mode `mode` (IOLOOP_ACCEPT_DEFAULT: the runtime's choice). Any
+ * thread. 0 and the listener in *out (free it with ioloop_listener_free once
+ * the runtime has stopped), or a negative errno from ioloop_listener_start. */
+int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
+                             ioloop_accept_mode_t mode, ioloop_listener_t **out);
 
-/* The port of the first listener, or -ENOENT. Any thread. */
-int ioloop_http_server_port(const ioloop_http_server_t *s);
+/* Graceful shutdown of the whole runtime: l (may be NULL) stops accepting
+ * (what was queued is still served), then every loop of rt drains s
+ * (ioloop_http_server_drain with `timeout`, 0: none), and rt stops once every
+ * loop is drained: ioloop_runtime_join returns then. Any thread; returns at
+ * once. Free s only after the runtime stopped this way (its steps are
+ * callbacks on the loops that use s). 0, -EALREADY if a shutdown of s
+ * already began, -EINVAL. */
+int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
+                                ioloop_time_t timeout);
+
+/* Runs ioloop_http_server_shutdown(s, rt, l, timeout) on SIGTERM or SIGINT,
+ * read by rt's loop 0 (ioloop_signal_watch; it replaces the runtime's own
+ * handle_signals watcher). Blocks both signals in the calling thread: call it
+ * from the thread that owns the runtime before creating other threads (they
+ * inherit the mask). ioloop_http_server_free removes the watchers (and
+ * unblocks the signals there). 0, -EALREADY if already set, or the watch's
+ * negative errno. */
+int ioloop_http_server_shutdown_on_signals(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
+                                           ioloop_time_t timeout);
 
 /* Serves an accepted connection on `loop` (its thread): `arg` is the server.
  * The signature is runtime.h's ioloop_accept_fn, so a runtime listener takes
@@ -105,18 +128,30 @@ int ioloop_http_server_port(const ioloop_http_server_t *s);
  * failure). */
 void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg);
 
-/* Graceful drain of this server on `loop` (its thread): stop accepting on
- * that loop, close idle keep-alive connections, answer the requests in flight
- * with Connection: close, and after `timeout` (0: none) close whatever is
- * left. done(loop, arg) runs on loop once no connection of this server
- * remains there. Returns 0, or -EALREADY if this loop is already draining. */
+/* Graceful drain of this server on `loop` (its thread): close idle
+ * keep-alive connections (after a 50 ms grace, cleanly), answer the requests
+ * in flight with Connection: close, and after `timeout` (0: none) close
+ * whatever is left. Connections accepted later on this loop get the same
+ * treatment. done(loop, arg) runs on loop once no connection of this server
+ * remains there. It does not stop a listener (ioloop_http_server_shutdown
+ * does both, on every loop). Returns 0, or -EALREADY if this loop is already
+ * draining. */
 int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout, ioloop_callback_fn done,
                              void *arg);
 
 /* Connections this server has open on `loop` (its thread). */
 int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop);
 
-/* Frees the server: closes its listeners and connections. Call once no loop
+/* Counters summed over every loop that served s (each exact, the set not one
+ * snapshot). Any thread. */
+typedef struct {
+    uint64_t connections; /* accepted */
+    uint64_t requests;    /* dispatched to a handler (or answered 404/405) */
+    uint64_t sends;       /* send() calls: pipelined responses share them */
+} ioloop_http_server_stats_t;
+void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out);
+
+/* Frees the server: closes its connections and removes its signal watchers. Call once no loop
  * serving it runs any more and before those loops are closed. */
 void ioloop_http_server_free(ioloop_http_server_t *s);
 

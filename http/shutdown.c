@@ -1,0 +1,149 @@
+/* shutdown.c — serving on a runtime, and the runtime-wide graceful shutdown:
+ * stop accepting, drain every loop, stop the runtime; on an API call or on
+ * SIGTERM/SIGINT. Also the server's counters summed over its loops.
+ *
+ * Threading rule: ioloop_http_server_serve, _shutdown and _get_stats from any
+ * thread; _shutdown_on_signals from the thread that owns the runtime (it
+ * blocks the signals there). The phases below run as callbacks on the loops;
+ * s->shut_* are written once before the first post (the post publishes them)
+ * and only read afterwards; the phase counter is atomic.
+ *
+ * The shutdown runs in two phases so that no connection arrives on a loop
+ * after its drain has finished:
+ *  1. fence: ioloop_listener_stop(l) posts one stop to each acceptor's loop;
+ *     then a fence callback is posted to every loop. Callbacks posted to one
+ *     loop run in order, so when every loop has run its fence, every acceptor
+ *     has accepted its backlog and closed, and every DISPATCH hand-off of
+ *     those connections has been posted.
+ *  2. drain: ioloop_http_server_drain on every loop (queued behind those
+ *     hand-offs); the last loop to finish stops the runtime.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+
+int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
+                             ioloop_accept_mode_t mode, ioloop_listener_t **out)
+{
+    if (!s || !rt || !out)
+        return -EINVAL;
+    ioloop_listener_options_t o = {
+        .address = address, .port = port, .mode = mode, .on_accept = ioloop_http_server_accept, .arg = s};
+    return ioloop_listener_start(rt, &o, out);
+}
+
+/* ---- shutdown ------------------------------------------------------------ */
+
+/* Runs fn on every loop of the runtime; a loop that takes no more callbacks
+ * (closed) counts as having run it. */
+static void post_all(ioloop_http_server_t *s, ioloop_callback_fn fn, void (*skip)(ioloop_http_server_t *))
+{
+    int n = ioloop_runtime_size(s->shut_rt);
+    atomic_store(&s->shut_pending, n);
+    for (int i = 0; i < n; i++)
+        if (ioloop_add_callback(ioloop_runtime_loop(s->shut_rt, i), fn, s) != 0)
+            skip(s);
+}
+
+static void loop_drained(ioloop_http_server_t *s)
+{
+    if (atomic_fetch_sub(&s->shut_pending, 1) == 1)
+        ioloop_runtime_stop(s->shut_rt);
+}
+
+static void on_loop_drained(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    loop_drained(arg);
+}
+
+static void drain_here(ioloop_t *loop, void *arg)
+{
+    ioloop_http_server_t *s = arg;
+    if (ioloop_http_server_drain(s, loop, s->shut_timeout, on_loop_drained, s) != 0)
+        loop_drained(s); /* already draining (its own drain call) or no memory */
+}
+
+static void fence_passed(ioloop_http_server_t *s)
+{
+    if (atomic_fetch_sub(&s->shut_pending, 1) == 1)
+        post_all(s, drain_here, loop_drained);
+}
+
+static void fence(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    fence_passed(arg);
+}
+
+int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
+                                ioloop_time_t timeout)
+{
+    if (!s || !rt || timeout < 0)
+        return -EINVAL;
+    if (atomic_exchange(&s->shutting_down, true))
+        return -EALREADY;
+    s->shut_rt = rt;
+    s->shut_listener = l;
+    s->shut_timeout = timeout;
+    if (l)
+        ioloop_listener_stop(l);
+    post_all(s, fence, fence_passed);
+    return 0;
+}
+
+/* ---- signals --------------------------------------------------------------- */
+
+static void on_signal(ioloop_t *loop, int signo, void *arg)
+{
+    (void)loop, (void)signo;
+    ioloop_http_server_t *s = arg;
+    /* a second signal during the drain changes nothing (-EALREADY) */
+    (void)ioloop_http_server_shutdown(s, s->sig_rt, s->sig_listener, s->sig_timeout);
+}
+
+int ioloop_http_server_shutdown_on_signals(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
+                                           ioloop_time_t timeout)
+{
+    if (!s || !rt || timeout < 0)
+        return -EINVAL;
+    if (s->sig_loop)
+        return -EALREADY;
+    s->sig_rt = rt;
+    s->sig_listener = l;
+    s->sig_timeout = timeout;
+    ioloop_t *loop = ioloop_runtime_loop(rt, 0);
+    int err = ioloop_signal_watch(loop, SIGTERM, on_signal, s);
+    if (!err) {
+        err = ioloop_signal_watch(loop, SIGINT, on_signal, s);
+        if (err)
+            ioloop_signal_unwatch(loop, SIGTERM);
+    }
+    if (!err)
+        s->sig_loop = loop;
+    return err;
+}
+
+void ioloop__http_signals_unwatch(ioloop_http_server_t *s)
+{
+    if (!s->sig_loop)
+        return;
+    ioloop_signal_unwatch(s->sig_loop, SIGTERM);
+    ioloop_signal_unwatch(s->sig_loop, SIGINT);
+    s->sig_loop = NULL;
+}
+
+/* ---- counters ------------------------------------------------------------ */
+
+void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out)
+{
+    *out = (ioloop_http_server_stats_t){0};
+    for (http_worker_t *w = atomic_load_explicit(&((ioloop_http_server_t *)s)->workers, memory_order_acquire); w;
+         w = w->next) {
+        out->connections += atomic_load_explicit(&w->st_connections, memory_order_relaxed);
+        out->requests += atomic_load_explicit(&w->st_requests, memory_order_relaxed);
+        out->sends += atomic_load_explicit(&w->st_sends, memory_order_relaxed);
+    }
+}
