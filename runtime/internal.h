@@ -190,8 +190,18 @@ struct ioloop {
 #define IOLOOP__WATCH_RUNNING(loop, fn)                                                            \
     atomic_store_explicit(&(loop)->watch.current, (void (*)(void))(fn), memory_order_relaxed)
 
+/* registry.c: the loop running on this thread. initial-exec TLS: a plain
+ * %fs-relative load, not a __tls_get_addr call, on the own-thread post path. */
+#define IOLOOP__TLS_MODEL __attribute__((tls_model("initial-exec"), visibility("hidden")))
+extern _Thread_local ioloop_t *ioloop__tls_running_loop IOLOOP__TLS_MODEL;
+
+/* True on the thread that runs `loop` now (its callbacks, handlers, timers). */
+static inline bool ioloop__on_loop_thread(const ioloop_t *loop)
+{
+    return ioloop__tls_running_loop == loop;
+}
+
 /* loop.c */
-bool ioloop__on_loop_thread(const ioloop_t *loop);
 ioloop_time_t ioloop__clock_now(ioloop_t *loop); /* refreshes loop->now */
 uint64_t ioloop__random(ioloop_t *loop);
 

@@ -161,11 +161,6 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     return 0;
 }
 
-bool ioloop__on_loop_thread(const ioloop_t *loop)
-{
-    return ioloop__thread_running_loop() == loop;
-}
-
 ioloop_time_t ioloop__clock_now(ioloop_t *loop)
 {
     loop->now = loop->clock(loop->clock_arg);

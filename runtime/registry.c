@@ -18,7 +18,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-static _Thread_local ioloop_t *running_loop; /* the loop ioloop_start runs here */
+/* The loop ioloop_start runs here. Not static: ioloop__on_loop_thread reads it
+ * inline on every own-thread post (internal.h). */
+_Thread_local ioloop_t *ioloop__tls_running_loop IOLOOP__TLS_MODEL;
+#define running_loop ioloop__tls_running_loop
 static _Thread_local ioloop_t *own_loop;     /* made by ioloop_current here */
 
 static pthread_key_t own_loop_key;
