@@ -327,12 +327,16 @@ static void plot(const scale_opts_t *o)
             "set y2label 'server CPU us per round trip'\n"
             "set y2tics\n"
             "set ytics nomirror\n"
-            "set yrange [0:*]\n"
-            "set y2range [0:*]\n"
+            /* headroom above the highest point, so a flat line is not
+             * drawn on the frame */
+            "stats '%s' using 2 skip 1 name 'OPS' nooutput\n"
+            "stats '%s' using 3 skip 1 name 'CPU' nooutput\n"
+            "set yrange [0:OPS_max * 1.3]\n"
+            "set y2range [0:CPU_max * 1.5]\n"
             "set title 'ioloop scale: TCP ping-pong, %d connections'\n"
-            "plot '%s' using 1:2 skip 1 with linespoints title 'ops/s' axes x1y1, "
-            "'%s' using 1:3 skip 1 with linespoints title 'CPU us/op' axes x1y2\n",
-            o->png, o->connections, o->csv, o->csv);
+            "plot '%s' using 1:2 skip 1 with linespoints lw 2 pt 7 title 'ops/s' axes x1y1, "
+            "'%s' using 1:3 skip 1 with linespoints lw 2 pt 5 title 'CPU us/op' axes x1y2\n",
+            o->png, o->csv, o->csv, o->connections, o->csv, o->csv);
     if (pclose(g) != 0)
         fprintf(stderr, "scale: gnuplot failed, no plot\n");
 }
