@@ -1,6 +1,6 @@
 /* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world".
  *
- *   helloworld [--port 8888] [--threads N] [--accept reuseport|exclusive|dispatch]
+ *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
  *
  * Threading rule: main owns the runtime (one loop per CPU unless --threads);
  * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
@@ -34,6 +34,8 @@ static bool parse_args(int argc, char **argv, int *port, ioloop_runtime_options_
             *port = atoi(v);
         } else if (!strcmp(opt, "--threads") && atoi(v) > 0) {
             ro->loops = atoi(v);
+        } else if (!strcmp(opt, "--pin") && (!strcmp(v, "yes") || !strcmp(v, "no"))) {
+            ro->pin = !strcmp(v, "yes");
         } else if (!strcmp(opt, "--accept")) {
             for (*mode = IOLOOP_ACCEPT_DEFAULT; *mode <= IOLOOP_ACCEPT_DISPATCH; (*mode)++)
                 if (!strcmp(v, modes[*mode]))
@@ -53,7 +55,7 @@ int main(int argc, char **argv)
     ioloop_runtime_options_t ro = {.pin = true}; /* loops = 0: one per CPU */
     ioloop_accept_mode_t mode = IOLOOP_ACCEPT_DEFAULT;
     if (!parse_args(argc, argv, &port, &ro, &mode)) {
-        fprintf(stderr, "usage: %s [--port 8888] [--threads N] [--accept reuseport|exclusive|dispatch]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n", argv[0]);
         return 2;
     }
 
