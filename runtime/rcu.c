@@ -9,6 +9,8 @@
 #define _GNU_SOURCE
 #include "rcu.h"
 
+#include "internal.h" /* ioloop__block_async_signals */
+
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
@@ -130,12 +132,8 @@ static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
 
 static void start_worker_signals_blocked(void)
 {
-    sigset_t all, old;
-    sigfillset(&all);
-    static const int synchronous[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
-    for (size_t i = 0; i < sizeof(synchronous) / sizeof(synchronous[0]); i++)
-        sigdelset(&all, synchronous[i]);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
+    sigset_t old;
+    ioloop__block_async_signals(&old);
     (void)urcu_qsbr_get_default_call_rcu_data();
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
