@@ -13,7 +13,6 @@
 #include "rcu.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -190,11 +189,6 @@ struct ioloop {
 /* Watchdog hook: names what the loop thread is about to run (NULL: nothing). */
 #define IOLOOP__WATCH_RUNNING(loop, fn)                                                            \
     atomic_store_explicit(&(loop)->watch.current, (void (*)(void))(fn), memory_order_relaxed)
-
-/* runtime_threads.c: blocks every asynchronous signal in the calling thread
- * (the old mask goes to *old), so that threads started meanwhile inherit the
- * block and process-directed signals reach application threads or watchers. */
-void ioloop__block_async_signals(sigset_t *old);
 
 /* registry.c: the loop running on this thread. initial-exec TLS: a plain
  * %fs-relative load, not a __tls_get_addr call, on the own-thread post path. */

@@ -9,7 +9,7 @@
 #define _GNU_SOURCE
 #include "rcu.h"
 
-#include "internal.h" /* ioloop__block_async_signals */
+#include "runtime_internal.h" /* ioloop__block_async_signals */
 
 #include <pthread.h>
 #include <signal.h>
