@@ -270,16 +270,9 @@ static void test_pipelining_in_order(void **state)
     int fd = tcli_connect(srv.port);
     tcli_send(fd, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n\r\n"
                   "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    tresp_t r;
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "slow");
-    tresp_free(&r);
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "fast");
-    tresp_free(&r);
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "ok");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(fd, "slow");
+    TCLI_EXPECT_BODY(fd, "fast");
+    TCLI_EXPECT_BODY(fd, "ok");
     close(fd);
 }
 
@@ -299,9 +292,7 @@ static void test_pipelining_many(void **state)
     assert_true(len > 40000);
     tcli_sendn(fd, buf, len);
     tresp_t r;
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "slow");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(fd, "slow");
     for (int i = 0; i < n; i++) {
         assert_int_equal(tcli_response(fd, &r), 0);
         assert_string_equal(r.body, i % 2 ? "ok" : "fast");
@@ -353,21 +344,12 @@ static void test_pipelined_batch_then_async(void **state)
     int slow_before = atomic_load(&slow_answered);
     tcli_send(fd, "GET /echo?a HTTP/1.1\r\nHost: a\r\n\r\nGET /echo?b HTTP/1.1\r\nHost: a\r\n\r\n"
                   "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /echo?c HTTP/1.1\r\nHost: a\r\n\r\n");
-    tresp_t r;
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "a");
-    tresp_free(&r);
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "b");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(fd, "a");
+    TCLI_EXPECT_BODY(fd, "b");
     /* a and b were sent when /slow went asynchronous, not with its answer */
     assert_int_equal(atomic_load(&slow_answered), slow_before);
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "slow");
-    tresp_free(&r);
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "c");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(fd, "slow");
+    TCLI_EXPECT_BODY(fd, "c");
     close(fd);
 }
 
@@ -378,13 +360,8 @@ static void test_pipelining_byte_by_byte(void **state)
     const char *req = "GET /fast HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
     for (const char *p = req; *p; p++)
         tcli_sendn(fd, p, 1);
-    tresp_t r;
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "fast");
-    tresp_free(&r);
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "ok");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(fd, "fast");
+    TCLI_EXPECT_BODY(fd, "ok");
     close(fd);
 }
 
@@ -402,9 +379,7 @@ static void test_streamed_response_is_chunked(void **state)
     tresp_free(&r);
     /* still usable after a chunked response */
     tcli_send(fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "ok");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(fd, "ok");
     close(fd);
 }
 
@@ -442,13 +417,8 @@ static void test_finish_from_other_thread(void **state)
     (void)state;
     int fd = tcli_connect(srv.port);
     tcli_send(fd, "GET /threaded HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
-    tresp_t r;
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "slow");
-    tresp_free(&r);
-    assert_int_equal(tcli_response(fd, &r), 0);
-    assert_string_equal(r.body, "fast");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(fd, "slow");
+    TCLI_EXPECT_BODY(fd, "fast");
     close(fd);
 }
 
@@ -492,9 +462,7 @@ static void test_reset_mid_response(void **state)
     assert_int_equal(atomic_load(&big_epipe), 1);
     tcli_send(b, "GET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
     tresp_t r;
-    assert_int_equal(tcli_response(b, &r), 0);
-    assert_string_equal(r.body, "fast");
-    tresp_free(&r);
+    TCLI_EXPECT_BODY(b, "fast");
     close(b);
     /* and new connections are served */
     tcli_request(srv.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", &r);

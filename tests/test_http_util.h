@@ -271,6 +271,16 @@ static inline int tcli_response(int fd, tresp_t *r)
     return tcli_response_ex(fd, r, false, false);
 }
 
+/* Reads one response from fd and asserts its body; a macro, so that a failure
+ * names the test's line. */
+#define TCLI_EXPECT_BODY(fd, expected_body)                                                                            \
+    do {                                                                                                               \
+        tresp_t expect_body_r_;                                                                                        \
+        assert_int_equal(tcli_response((fd), &expect_body_r_), 0);                                                     \
+        assert_string_equal(expect_body_r_.body, (expected_body));                                                     \
+        tresp_free(&expect_body_r_);                                                                                   \
+    } while (0)
+
 /* Waits up to ms for the server to close: 1 on a clean EOF (extra bytes
  * before it are counted in *extra if not NULL), -1 on a reset, 0 if still open. */
 static inline int tcli_closed(int fd, int ms, size_t *extra)

@@ -15,7 +15,10 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-enum { POSTERS = 3, ROUNDS = 40 };
+/* MAX_POSTS bounds each poster's work per round: under valgrind, which runs
+ * one thread at a time, an unbounded poster could queue millions of posts in
+ * one time slice before the loop gets to close. */
+enum { POSTERS = 3, ROUNDS = 40, MAX_POSTS = 20000 };
 
 typedef struct {
     ioloop_t *loop;
@@ -45,7 +48,7 @@ static void *poster_main(void *arg)
     poster_t *p = arg;
     while (!atomic_load(p->go))
         sched_yield();
-    for (long seq = 1;; seq++) {
+    for (long seq = 1; seq <= MAX_POSTS; seq++) {
         int err = ioloop_add_callback(p->loop, count_cb, (void *)(uintptr_t)(seq * POSTERS + p->id));
         if (err == -ESHUTDOWN)
             break;
