@@ -32,6 +32,7 @@
 #define IOLOOP_RUNTIME_H
 
 #include "ioloop/ioloop.h"
+#include "ioloop/stream.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -111,13 +112,21 @@ typedef enum {
  * raised by one: call ioloop_connection_closed there when it ends. */
 typedef void (*ioloop_accept_fn)(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg);
 
+/* Called on the loop that owns the new connection with a stream wrapping it
+ * (the callee owns the stream). The loop's live_connections stat counts it
+ * until the stream closes: no manual accounting. */
+typedef void (*ioloop_listener_stream_fn)(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
+                                          socklen_t peer_len, void *arg);
+
 typedef struct {
     const char *address;       /* "127.0.0.1", "::1", "0.0.0.0", "unix:/path"; NULL: "0.0.0.0" */
     int port;                  /* 0: the kernel picks; see ioloop_listener_port */
     int backlog;               /* 0: SOMAXCONN */
     ioloop_accept_mode_t mode; /* a mode this platform or socket cannot do falls back to
                                   DISPATCH (EXCLUSIVE without epoll, REUSEPORT on unix:) */
-    ioloop_accept_fn on_accept;
+    ioloop_accept_fn on_accept;        /* one of on_accept and on_stream */
+    ioloop_listener_stream_fn on_stream;
+    ioloop_stream_options_t stream;    /* options of the streams on_stream gets */
     void *arg;
 } ioloop_listener_options_t;
 
