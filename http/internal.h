@@ -92,7 +92,7 @@ struct ioloop_http_request {
     http_worker_t *w;
     const http_route_t *route;
     ioloop_http_handler_fn handler;
-    ioloop_http_request_t *next_free; /* w's FIFO of finished requests */
+    ioloop_http_request_t *next_free;                 /* w's FIFO of finished requests */
     ioloop_http_request_t *orphan_next, *orphan_prev; /* w->orphans */
     bool orphaned;
 
@@ -186,7 +186,7 @@ struct http_worker {
     int nblocks, blocks_cap;
     ioloop_http_request_t *free_reqs, *free_reqs_tail; /* FIFO: the oldest is reused first */
     int nfree_reqs;
-    int live_reqs; /* requests not in free_reqs: each keeps the worker alive (see worker_free) */
+    int live_reqs;                  /* requests not in free_reqs: each keeps the worker alive (see worker_free) */
     ioloop_http_request_t *orphans; /* held by handlers, connection gone */
     http_conn_t *free_conns;
     int nfree_conns;

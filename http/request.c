@@ -21,12 +21,11 @@
 
 /* ---- pool --------------------------------------------------------------- */
 
-/* Finished requests wait in a FIFO and one is reused only once
- * HTTP_QUARANTINE requests finished after it; it keeps finished = true until
- * then (and its memory valid until HTTP_POOL_KEEP did): a stale pointer (a late write, a duplicate
- * completion) gets -EALREADY instead of writing into another client's
- * response (http.h states the guarantee). When the pool is full the oldest
- * is freed, never the one just finished. */
+/* Finished requests wait in a FIFO, and one is reused only once
+ * HTTP_QUARANTINE others finished after it. Until then it keeps finished =
+ * true, so a stale pointer (a late write, a duplicate completion) gets
+ * -EALREADY instead of writing into another client's response (http.h
+ * states the guarantee). A full pool frees its oldest, never the newest. */
 ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w)
 {
     ioloop_http_request_t *r = NULL;

@@ -1,7 +1,9 @@
 /* response.c — the response writer: status, headers, buffered writes, flush
  * with a completion for back-pressure, finish. Content-Length when the whole
  * body is known at finish, chunked once something was flushed before (HTTP/1.0
- * clients get a close-delimited body instead), no body for HEAD, 1xx, 204, 304.
+ * clients get a close-delimited body instead), no body for HEAD, 204, 304.
+ * A handler's own Content-Length is counted against what it writes: a body
+ * that disagrees closes the connection after it, so framing never desyncs.
  *
  * Threading rule: the loop thread that owns the request.
  *

@@ -6,7 +6,9 @@
  * loop serves. A worker is created on its loop's thread on the first
  * connection there and pushed onto the server's list with a CAS; only that
  * loop's thread touches it afterwards (its counters are written there with
- * relaxed atomic stores, so other threads may read them).
+ * relaxed atomic stores, so other threads may read them). ioloop_http_server_free
+ * kills the workers; a worker's struct outlives it while requests point at it
+ * (see worker_free).
  */
 #define _GNU_SOURCE
 #include "internal.h"

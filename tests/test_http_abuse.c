@@ -434,10 +434,8 @@ int main(void)
         cmocka_unit_test(test_write_after_finish_is_refused),
     };
     const struct CMUnitTest shared[] = {
-        cmocka_unit_test(test_content_length_overrun_closes),
-        cmocka_unit_test(test_content_length_short_closes),
-        cmocka_unit_test(test_content_length_exact_keeps_alive),
-        cmocka_unit_test(test_expect_continue_client_reset),
+        cmocka_unit_test(test_content_length_overrun_closes),    cmocka_unit_test(test_content_length_short_closes),
+        cmocka_unit_test(test_content_length_exact_keeps_alive), cmocka_unit_test(test_expect_continue_client_reset),
         cmocka_unit_test(test_no_continue_before_404_405),
     };
     int failed = cmocka_run_group_tests_name("own server", own_server, NULL, NULL);

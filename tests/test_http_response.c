@@ -171,11 +171,12 @@ static void test_date_format(void **state)
 
 static bool imf_fixdate(const char *d)
 {
-    static const char *days = "Mon Tue Wed Thu Fri Sat Sun", *months = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec";
+    static const char *days = "Mon Tue Wed Thu Fri Sat Sun",
+                      *months = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec";
     char day[4], mon[4], gmt[4];
     int dd, yyyy, hh, mm, ss, n = 0;
-    if (strlen(d) != 29 || sscanf(d, "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d %3s%n", day, &dd, mon, &yyyy, &hh,
-                                  &mm, &ss, gmt, &n) != 8)
+    if (strlen(d) != 29 || sscanf(d, "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d %3s%n", day, &dd, mon, &yyyy, &hh, &mm,
+                                  &ss, gmt, &n) != 8)
         return false;
     return n == 29 && strstr(days, day) && strstr(months, mon) && strcmp(gmt, "GMT") == 0;
 }

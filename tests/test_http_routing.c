@@ -176,7 +176,8 @@ static void test_nested_groups(void **state)
 static void test_nul_in_arguments(void **state)
 {
     (void)state;
-    const char *nul_path[] = {"GET /file/a%00b/v1 HTTP/1.1\r\nHost: x\r\n\r\n", "GET /file/%00/v1 HTTP/1.1\r\nHost: x\r\n\r\n"};
+    const char *nul_path[] = {"GET /file/a%00b/v1 HTTP/1.1\r\nHost: x\r\n\r\n",
+                              "GET /file/%00/v1 HTTP/1.1\r\nHost: x\r\n\r\n"};
     for (int i = 0; i < 2; i++)
         tcli_expect_close(srv.port, nul_path[i], strlen(nul_path[i]), 400);
     tresp_t r;
