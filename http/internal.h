@@ -184,6 +184,8 @@ struct http_worker {
     int nconns;
     char **blocks;
     int nblocks, blocks_cap;
+    ioloop_http_request_t *limbo, *limbo_tail; /* finished in this iteration: join free_reqs in the next */
+    bool reap_posted;
     ioloop_http_request_t *free_reqs, *free_reqs_tail; /* FIFO: the oldest is reused first */
     int nfree_reqs;
     int live_reqs;                  /* requests not in free_reqs: each keeps the worker alive (see worker_free) */
@@ -254,7 +256,8 @@ void ioloop__http_conn_leave(http_conn_t *c);
 /* A request from the worker's pool (counted in w->live_reqs until put). */
 ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w);
 /* Marks req finished and recycles it (once no flush completion is queued):
- * FIFO behind HTTP_QUARANTINE others, so a stale pointer meets finished. */
+ * in the next loop iteration, FIFO behind HTTP_QUARANTINE others, so a stale
+ * pointer meets finished. */
 void ioloop__http_request_put(ioloop_http_request_t *req);
 /* Runs on headers complete: validation, routing, xheaders. Returns 0 or an
  * HTTP status to answer with (and close). */

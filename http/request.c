@@ -21,11 +21,12 @@
 
 /* ---- pool --------------------------------------------------------------- */
 
-/* Finished requests wait in a FIFO, and one is reused only once
- * HTTP_QUARANTINE others finished after it. Until then it keeps finished =
- * true, so a stale pointer (a late write, a duplicate completion) gets
- * -EALREADY instead of writing into another client's response (http.h
- * states the guarantee). A full pool frees its oldest, never the newest. */
+/* A finished request joins the pool's FIFO only in the next loop iteration
+ * (w->limbo until then), and is reused only once HTTP_QUARANTINE others
+ * joined after it. Until then it keeps finished = true, so a stale pointer (a
+ * late write, a duplicate completion) gets -EALREADY instead of writing into
+ * another client's response (http.h states the guarantee). A full pool frees
+ * its oldest, never the newest. */
 ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w)
 {
     ioloop_http_request_t *r = NULL;
@@ -56,6 +57,41 @@ ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w)
     return r;
 }
 
+static void to_pool(http_worker_t *w, ioloop_http_request_t *req)
+{
+    req->next_free = NULL;
+    if (w->free_reqs_tail)
+        w->free_reqs_tail->next_free = req;
+    else
+        w->free_reqs = req;
+    w->free_reqs_tail = req;
+    w->nfree_reqs++;
+    if (w->nfree_reqs > HTTP_POOL_KEEP) {
+        ioloop_http_request_t *old = w->free_reqs;
+        w->free_reqs = old->next_free;
+        w->nfree_reqs--;
+        free(old->hdrs);
+        free(old->args);
+        free(old);
+    }
+    ioloop__http_worker_release(w); /* may free a dead worker: the caller's last use of w */
+}
+
+/* Next iteration: the requests finished in the previous one join the pool. */
+static void reap(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    http_worker_t *w = arg;
+    ioloop_http_request_t *req = w->limbo;
+    w->limbo = w->limbo_tail = NULL;
+    w->reap_posted = false;
+    while (req) {
+        ioloop_http_request_t *next = req->next_free;
+        to_pool(w, req); /* each holds the worker until here */
+        req = next;
+    }
+}
+
 void ioloop__http_request_put(ioloop_http_request_t *req)
 {
     req->finished = true; /* what a stale pointer sees from now on */
@@ -73,21 +109,17 @@ void ioloop__http_request_put(ioloop_http_request_t *req)
     req->nhdrs = req->npargs = req->nargs = 0;
     req->args_parsed = true;
     req->next_free = NULL;
-    if (w->free_reqs_tail)
-        w->free_reqs_tail->next_free = req;
+    if (w->limbo_tail)
+        w->limbo_tail->next_free = req;
     else
-        w->free_reqs = req;
-    w->free_reqs_tail = req;
-    w->nfree_reqs++;
-    if (w->nfree_reqs > HTTP_POOL_KEEP) {
-        ioloop_http_request_t *old = w->free_reqs;
-        w->free_reqs = old->next_free;
-        w->nfree_reqs--;
-        free(old->hdrs);
-        free(old->args);
-        free(old);
+        w->limbo = req;
+    w->limbo_tail = req;
+    if (!w->reap_posted) {
+        if (ioloop_add_callback(w->loop, reap, w) == 0)
+            w->reap_posted = true;
+        else
+            reap(w->loop, w); /* the loop is closing: no later iteration */
     }
-    ioloop__http_worker_release(w);
 }
 
 /* ---- the head ----------------------------------------------------------- */

@@ -168,7 +168,7 @@ const char *ioloop__http_date(http_worker_t *w)
 /* Frees the pooled memory; the struct itself only once no request points at it. */
 static void worker_destroy(http_worker_t *w)
 {
-    assert(w->dead && w->live_reqs == 0 && !w->conns);
+    assert(w->dead && w->live_reqs == 0 && !w->conns && !w->limbo);
     while (w->free_conns) {
         http_conn_t *c = w->free_conns;
         w->free_conns = c->next;
@@ -199,6 +199,7 @@ static void worker_free(http_worker_t *w)
 {
     w->dead = true;
     w->server = NULL; /* freed after this: a late request must not reach it */
+    w->live_reqs++;   /* our own reference: closing a connection may put the last request */
     while (w->conns)
         ioloop__http_conn_close(w->conns);
     if (w->drain_timer)
@@ -213,8 +214,7 @@ static void worker_free(http_worker_t *w)
     for (int i = 0; i < w->nblocks; i++)
         free(w->blocks[i]);
     w->nblocks = 0;
-    if (w->live_reqs == 0)
-        worker_destroy(w);
+    ioloop__http_worker_release(w);
 }
 
 void ioloop__http_worker_release(http_worker_t *w)

@@ -65,6 +65,12 @@ static void expect_served(int port)
     tresp_free(&r);
 }
 
+static void up_gone_finish(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    ioloop_http_response_finish(req);
+}
+
 /* ---- F2 A: a flush completion queued when the runtime stops -------------- */
 
 static atomic_int flushed_calls, flushed_status, flushed_finish_rc;
@@ -158,6 +164,41 @@ static void test_executor_finish_after_server_free(void **state)
     assert_int_equal(atomic_load(&job_finish_rc), 1000);
 }
 
+/* server_free with a connection in every state a request can be in: a head
+ * half-read (the request never reached the application), a request held by
+ * its handler, and an idle keep-alive connection. */
+static void hold_forever(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    ioloop_http_request_on_close(req, up_gone_finish, NULL);
+}
+
+static void test_server_free_with_partial_heads(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    tsrv_init(&t, NULL);
+    tsrv_route(&t, "/ok", (ioloop_http_route_t){.get = th_ok});
+    tsrv_route(&t, "/hold", (ioloop_http_route_t){.get = hold_forever});
+    tsrv_start(&t);
+    int partial[3], held = tcli_connect(t.port), idle = tcli_connect(t.port);
+    for (int i = 0; i < 3; i++) {
+        partial[i] = tcli_connect(t.port);
+        tcli_send(partial[i], "GET /ok HTTP/1.1\r\nHo");
+    }
+    tcli_send(held, "GET /hold HTTP/1.1\r\nHost: a\r\n\r\n");
+    tcli_send(idle, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n");
+    TCLI_EXPECT_BODY(idle, "ok");
+    for (int i = 0; i < 500 && ioloop_http_server_connections(t.server, t.loop) < 5; i++)
+        tu_sleep_ms(10);
+    tu_sleep_ms(50); /* the partial heads were read (nothing to wait on from here) */
+    tsrv_stop(&t);
+    for (int i = 0; i < 3; i++)
+        close(partial[i]);
+    close(held);
+    close(idle);
+}
+
 /* ---- F5: a late write through a stale pointer ----------------------------- */
 
 static _Atomic(ioloop_http_request_t *) old_a, held_b;
@@ -227,6 +268,43 @@ static void test_write_after_finish_is_refused(void **state)
     close(fa);
     close(fb);
     tsrv_stop(&t);
+}
+
+/* A burst of pipelined requests answered in one loop iteration: no request
+ * object is handed out twice in it, so a stale pointer used in the same
+ * iteration as its finish can never be another live request. */
+static ioloop_http_request_t *burst_first;
+static atomic_int burst_n, burst_reused;
+
+static void burst(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    if (atomic_fetch_add(&burst_n, 1) == 0)
+        burst_first = req;
+    else if (req == burst_first)
+        atomic_fetch_add(&burst_reused, 1);
+    ioloop_http_response_send(req, 200, "text/plain", "p", 1);
+}
+
+static void test_no_reuse_within_an_iteration(void **state)
+{
+    tsrv_t *t = *state;
+    enum { N = 100 };
+    static const char one[] = "GET /burst HTTP/1.1\r\nHost: a\r\n\r\n";
+    char *all = malloc(N * (sizeof(one) - 1) + 1);
+    assert_non_null(all);
+    for (int i = 0; i < N; i++)
+        memcpy(all + i * (sizeof(one) - 1), one, sizeof(one) - 1);
+    atomic_store(&burst_n, 0);
+    atomic_store(&burst_reused, 0);
+    int fd = tcli_connect(t->port);
+    tcli_sendn(fd, all, N * (sizeof(one) - 1));
+    free(all);
+    for (int i = 0; i < N; i++)
+        TCLI_EXPECT_BODY(fd, "p");
+    close(fd);
+    assert_int_equal(atomic_load(&burst_n), N);
+    assert_int_equal(atomic_load(&burst_reused), 0);
 }
 
 /* ---- F6: a body that disagrees with the handler's Content-Length ----------- */
@@ -411,6 +489,7 @@ static int setup(void **state)
     static tsrv_t t;
     tsrv_init(&t, NULL);
     tsrv_route(&t, "/ok", (ioloop_http_route_t){.get = th_ok});
+    tsrv_route(&t, "/burst", (ioloop_http_route_t){.get = burst});
     tsrv_route(&t, "/cl-overrun", (ioloop_http_route_t){.get = cl_overrun});
     tsrv_route(&t, "/cl-short", (ioloop_http_route_t){.get = cl_short});
     tsrv_route(&t, "/cl-exact", (ioloop_http_route_t){.get = cl_exact});
@@ -432,11 +511,12 @@ int main(void)
         cmocka_unit_test(test_flush_done_after_server_free),
         cmocka_unit_test(test_executor_finish_after_server_free),
         cmocka_unit_test(test_write_after_finish_is_refused),
+        cmocka_unit_test(test_server_free_with_partial_heads),
     };
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(test_content_length_overrun_closes),    cmocka_unit_test(test_content_length_short_closes),
         cmocka_unit_test(test_content_length_exact_keeps_alive), cmocka_unit_test(test_expect_continue_client_reset),
-        cmocka_unit_test(test_no_continue_before_404_405),
+        cmocka_unit_test(test_no_continue_before_404_405),       cmocka_unit_test(test_no_reuse_within_an_iteration),
     };
     int failed = cmocka_run_group_tests_name("own server", own_server, NULL, NULL);
     return failed + cmocka_run_group_tests_name("shared server", shared, setup, teardown);

@@ -25,11 +25,11 @@
  * After finish, req must not be used. As a safety net (not a licence): a
  * finished request keeps its memory and refuses every call (the response
  * calls return -EALREADY, the string accessors NULL, the counts -EALREADY)
- * until it is reused, and it is reused only after 64 later requests on the
- * same loop have finished. So a late call (a duplicate completion, a timer
- * that fires after finish) within that window never reaches another
- * client's response. Beyond it, or after ioloop_http_server_free, a stale
- * pointer is undefined behaviour.
+ * until it is reused, and it is reused only in a later loop iteration and
+ * after 64 later requests on the same loop have finished. So a late call (a
+ * duplicate completion, a timer that fires after finish) in that window
+ * never reaches another client's response. Beyond it, or after
+ * ioloop_http_server_free, a stale pointer is undefined behaviour.
  *
  * Routes: a pattern without any of the characters []()*+?{}|^$\ is a literal
  * path, matched exactly through a hash table (a '.' is then a plain dot).
