@@ -36,8 +36,8 @@
  * Anything else is a POSIX extended regular expression matched against the
  * whole raw path, as Tornado does with r"/user/([0-9]+)": each capture group
  * becomes a path argument, percent-decoded (a %00 in one gets 400: it would
- * cut the C string short). Literal routes are looked up
- * before patterns; patterns are tried in the order they were added.
+ * cut the C string short). Literal routes are looked up before patterns;
+ * patterns are tried in the order they were added.
  *
  * Errors: functions return 0 or a negative errno.
  */
@@ -237,7 +237,7 @@ int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, siz
  * all reached the kernel — wait for it before writing more to apply
  * back-pressure. One done at a time: a flush with a done while an earlier
  * one has not run yet is -EBUSY (and sends nothing); a flush without one is
- * always accepted and leaves the pending done in place. finish drops a done
+ * not refused for that, and leaves the pending done in place. finish drops a done
  * that has not run yet. */
 int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn done, void *arg);
 /* Ends the response (Content-Length if nothing was flushed before) and
