@@ -397,6 +397,10 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
         req->length_error = true;
         req->keep_alive = false;
     }
+    /* Answered before the request body was in: the rest of it is never read,
+     * so the connection closes after this response; say so in its head. */
+    if (!req->complete)
+        req->keep_alive = false;
     if (!req->headers_sent) {
         err = write_head(req, c, true, req->rbody.len);
         if (!err)

@@ -463,6 +463,29 @@ static void test_expect_continue_client_reset(void **state)
     close(fd);
 }
 
+/* Defect 15: a response finished in prepare, before the body arrived: the
+ * server closes after it (the body is never read), so it says so. */
+static void early_prepare(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    ioloop_http_response_send(req, 401, "text/plain", "no", 2);
+}
+
+static void test_early_answer_says_close(void **state)
+{
+    tsrv_t *t = *state;
+    int fd = tcli_connect(t->port);
+    tcli_send(fd, "POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nabc");
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_int_equal(r.status, 401);
+    assert_true(tresp_has(&r, "Connection", "close"));
+    tresp_free(&r);
+    assert_int_not_equal(tcli_closed(fd, 3000, NULL), 0);
+    close(fd);
+    expect_served(t->port);
+}
+
 /* No 100 Continue for a request that gets 404 or 405: its body is dropped. */
 static void test_no_continue_before_404_405(void **state)
 {
@@ -490,6 +513,7 @@ static int setup(void **state)
     tsrv_init(&t, NULL);
     tsrv_route(&t, "/ok", (ioloop_http_route_t){.get = th_ok});
     tsrv_route(&t, "/burst", (ioloop_http_route_t){.get = burst});
+    tsrv_route(&t, "/early", (ioloop_http_route_t){.post = up_post, .prepare = early_prepare, .on_body = up_body});
     tsrv_route(&t, "/cl-overrun", (ioloop_http_route_t){.get = cl_overrun});
     tsrv_route(&t, "/cl-short", (ioloop_http_route_t){.get = cl_short});
     tsrv_route(&t, "/cl-exact", (ioloop_http_route_t){.get = cl_exact});
@@ -517,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_content_length_overrun_closes),    cmocka_unit_test(test_content_length_short_closes),
         cmocka_unit_test(test_content_length_exact_keeps_alive), cmocka_unit_test(test_expect_continue_client_reset),
         cmocka_unit_test(test_no_continue_before_404_405),       cmocka_unit_test(test_no_reuse_within_an_iteration),
+        cmocka_unit_test(test_early_answer_says_close),
     };
     int failed = cmocka_run_group_tests_name("own server", own_server, NULL, NULL);
     return failed + cmocka_run_group_tests_name("shared server", shared, setup, teardown);
