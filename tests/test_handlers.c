@@ -14,7 +14,9 @@
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -534,6 +536,77 @@ static void test_closed_fd_number_can_be_reused(void **state)
     close(n[1]);
 }
 
+
+/* ---- the poll backend does not starve fds past the first batch ------------ */
+
+enum { MANY_READY = 400, POLL_ROUNDS = 3 };
+
+typedef struct {
+    int *calls_by_fd;
+    int rounds;
+} many_t;
+
+static int note_ready(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)events;
+    ((many_t *)arg)->calls_by_fd[fd]++; /* the byte is never read: the fd stays ready */
+    return 0;
+}
+
+/* Reposts itself, so every iteration polls once with timeout 0; stops the
+ * loop once POLL_ROUNDS polls have been dispatched. */
+static void count_round(ioloop_t *loop, void *arg)
+{
+    many_t *m = arg;
+    if (++m->rounds > POLL_ROUNDS)
+        ioloop_stop(loop);
+    else
+        ioloop_add_callback(loop, count_round, m);
+}
+
+/* 400 fds kept readable, more than one poll reports (256): every one is
+ * dispatched within 3 iterations (a scan always starting at index 0 served
+ * the lowest 256 every time and never the rest). */
+static void test_poll_backend_rotates_past_first_batch(void **state)
+{
+    (void)state;
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 2 * MANY_READY + 64 && rl.rlim_max >= 2 * MANY_READY + 64) {
+        rl.rlim_cur = 2 * MANY_READY + 64;
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    }
+    ioloop_t *loop = ioloop_new(&(ioloop_options_t){.backend = IOLOOP_BACKEND_POLL});
+    assert_non_null(loop);
+    assert_string_equal(ioloop_backend_name(loop), "poll");
+    static int pairs[MANY_READY][2];
+    int max_fd = 0;
+    for (int i = 0; i < MANY_READY; i++) {
+        tu_socketpair(pairs[i]);
+        fill(pairs[i][1]);
+        if (pairs[i][0] > max_fd)
+            max_fd = pairs[i][0];
+    }
+    many_t m = {.calls_by_fd = calloc((size_t)max_fd + 1, sizeof(int))};
+    assert_non_null(m.calls_by_fd);
+    for (int i = 0; i < MANY_READY; i++)
+        assert_int_equal(ioloop_add_handler(loop, pairs[i][0], IOLOOP_READ, note_ready, &m), 0);
+    assert_int_equal(ioloop_add_callback(loop, count_round, &m), 0);
+    tu_stop_after(loop, 10000);
+    ioloop_start(loop);
+    int starved = 0;
+    for (int i = 0; i < MANY_READY; i++)
+        starved += m.calls_by_fd[pairs[i][0]] == 0;
+    assert_int_equal(m.rounds, POLL_ROUNDS + 1);
+    assert_int_equal(starved, 0);
+    ioloop_close(loop, false);
+    for (int i = 0; i < MANY_READY; i++) {
+        close(pairs[i][0]);
+        close(pairs[i][1]);
+    }
+    free(m.calls_by_fd);
+}
+
 /* ---- handler calls on a closed loop --------------------------------------- */
 
 static void test_handlers_on_closed_loop(void **state)
@@ -571,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_fd_closed_without_remove_does_not_spin),
         cmocka_unit_test(test_closed_fd_number_can_be_reused),
         cmocka_unit_test(test_handlers_on_closed_loop),
+        cmocka_unit_test(test_poll_backend_rotates_past_first_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
