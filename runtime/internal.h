@@ -111,6 +111,7 @@ typedef struct {
     uint32_t slot_count, slot_capacity, free_head;
     size_t cancelled; /* cancelled entries still in the heap */
     uint64_t next_seq;
+    uint32_t due_head; /* collected this iteration, chained through next_free */
 } ioloop__timers_t;
 
 /* ---- the loop -------------------------------------------------------------- */
@@ -237,7 +238,10 @@ void ioloop__woke_up(ioloop_t *loop);
 void ioloop__callbacks_close(ioloop_t *loop); /* runs what was accepted, then frees */
 
 /* timers.c */
-void ioloop__timers_run_due(ioloop_t *loop);
+/* Iteration start: takes the timers due now out of the heap; run_collected
+ * runs them after the iteration's callbacks. */
+void ioloop__timers_collect_due(ioloop_t *loop);
+void ioloop__timers_run_collected(ioloop_t *loop);
 int ioloop__timers_poll_timeout_ms(ioloop_t *loop); /* -1: no timer */
 void ioloop__timers_init(ioloop__timers_t *timers);
 void ioloop__timers_free(ioloop__timers_t *timers);

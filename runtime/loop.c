@@ -1,7 +1,7 @@
 /* loop.c — the loop's life cycle and its iteration (Tornado 4 PollIOLoop.start).
  *
- * One iteration: take the callbacks queued so far and run them; run the timers
- * that are due; poll (timeout 0 if callbacks are pending, else until the next
+ * One iteration: collect the timers due now; take the callbacks queued so far
+ * and run them; run the collected timers; poll (timeout 0 if callbacks are pending, else until the next
  * timer, after a look without sleeping that a busy loop usually ends with);
  * dispatch the ready fds; pass an RCU quiescent state.
  *
@@ -307,8 +307,9 @@ int ioloop_start(ioloop_t *loop)
     while (!atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
         ioloop_time_t busy_start = loop->now;
         atomic_store_explicit(&loop->watch.busy_since, busy_start, memory_order_relaxed);
+        ioloop__timers_collect_due(loop); /* before the callbacks: see timers.c */
         ioloop__callbacks_run(loop);
-        ioloop__timers_run_due(loop);
+        ioloop__timers_run_collected(loop);
         if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed) &&
             atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
             note_busy(loop, busy_start, ioloop__clock_now(loop));

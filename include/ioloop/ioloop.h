@@ -182,6 +182,15 @@ int ioloop_remove_handler(ioloop_t *loop, int fd);
 
 /* ---- callbacks ---------------------------------------------------------- */
 
+/* Order within one iteration (Tornado 4's PollIOLoop): (1) the timers due now
+ * are collected; (2) the callbacks queued before the iteration began run, own-
+ * thread ones first, in the order they were added, then cross-thread posts in
+ * the order each thread made them; (3) the collected timers run, by deadline
+ * (FIFO among equal deadlines); (4) poll, and the ready fds' handlers run.
+ * What any of these adds (a callback, a timer, even one already due) waits
+ * for a later iteration: from a callback, add_callback(1), add_callback(2),
+ * call_later(0, T) runs 1, 2, then T. */
+
 /* Runs fn(loop, arg) on the loop's thread in a later iteration. Any thread.
  * Returns -ESHUTDOWN (and fn never runs) once the loop is closing or closed,
  * -ENOMEM when out of memory. */
