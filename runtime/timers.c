@@ -1,8 +1,8 @@
 /* timers.c — call_at / call_later / remove_timeout: a binary min-heap of
  * (deadline, insertion sequence) over a slab of timer slots.
  *
- * Threading rule: loop thread only (or any thread while the loop is not
- * running).
+ * Threading rule: loop thread only (or the thread that holds a loop nobody
+ * runs); from another thread the calls fail with EPERM (ioloop__owner_check).
  *
  * Decisions:
  *  - FIFO among equal deadlines: the heap orders by (deadline, seq).
@@ -107,6 +107,10 @@ ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_cal
         errno = EINVAL;
         return 0;
     }
+    if (ioloop__owner_check(loop)) {
+        errno = EPERM;
+        return 0;
+    }
     if (atomic_load_explicit(&loop->state, memory_order_relaxed) != IOLOOP__OPEN) {
         errno = ESHUTDOWN;
         return 0;
@@ -137,6 +141,10 @@ ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_cal
 
 ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg)
 {
+    if (ioloop__owner_check(loop)) { /* before the clock is read into loop->now */
+        errno = EPERM;
+        return 0;
+    }
     /* A loop that is not running has not read its clock since it last ran
      * (or was made): measure the delay from now, not from then. */
     ioloop_time_t now = ioloop__on_loop_thread(loop) ? loop->now : ioloop__clock_now(loop);
@@ -168,22 +176,26 @@ static void compact(ioloop__timers_t *t)
         sift_down(t->heap, t->count, i);
 }
 
-void ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer)
+int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer)
 {
+    int err = ioloop__owner_check(loop);
+    if (err)
+        return err;
     ioloop__timers_t *t = &loop->timers;
     uint32_t s = (uint32_t)timer - 1;
     if (timer == 0 || s >= t->slot_count)
-        return;
+        return 0;
     ioloop__timer_slot_t *slot = &t->slots[s];
     if (slot->generation != (uint32_t)(timer >> 32) || !slot->fn)
-        return; /* already ran or removed */
+        return 0; /* already ran or removed */
     slot->fn = NULL;
     slot->generation++;
     if (!slot->in_heap)
-        return; /* collected as due in the current run: it is skipped there */
+        return 0; /* collected as due in the current run: it is skipped there */
     t->cancelled++;
     if (t->cancelled > COMPACT_MIN && t->cancelled > t->count / 2)
         compact(t);
+    return 0;
 }
 
 /* Pops cancelled entries off the top so the top is a live timer (or none). */

@@ -607,6 +607,91 @@ static void test_poll_backend_rotates_past_first_batch(void **state)
     free(m.calls_by_fd);
 }
 
+/* ---- a handler that keeps failing is reported once, with a count ---------- */
+
+typedef struct {
+    int failures;     /* handler calls, each failing */
+    int hook_calls;
+    long repeats;     /* summed from the "(repeated N times)" reports */
+    int plain_reports; /* reports without a count */
+    int wrong_err;
+} flood_probe_t;
+
+static int always_failing(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)fd, (void)events;
+    ((flood_probe_t *)arg)->failures++; /* never reads: fails on every iteration */
+    return -EIO;
+}
+
+static void counting_hook(ioloop_t *loop, const char *what, int err, void *arg)
+{
+    (void)loop;
+    flood_probe_t *p = arg;
+    p->hook_calls++;
+    if (err != -EIO)
+        p->wrong_err++;
+    const char *count = strstr(what, "(repeated ");
+    if (count)
+        p->repeats += strtol(count + strlen("(repeated "), NULL, 10);
+    else
+        p->plain_reports++;
+}
+
+static void test_failing_handler_reports_are_folded(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    flood_probe_t p = {0};
+    assert_int_equal(ioloop_set_error_hook(loop, counting_hook, &p), 0);
+    int s[2];
+    tu_socketpair(s);
+    fill(s[1]);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, always_failing, &p), 0);
+    tu_stop_after(loop, 200);
+    ioloop_start(loop);
+    print_message("%d failures, %d hook calls before close\n", p.failures, p.hook_calls);
+    assert_true(p.failures > 10); /* the loop spun on the ready fd */
+    assert_true(p.hook_calls <= 2);
+    ioloop_close(loop, true); /* reports the count folded so far */
+    close(s[1]);
+    assert_true(p.hook_calls <= 3);
+    assert_int_equal(p.wrong_err, 0);
+    /* Every failure is accounted for: reported, or counted in a summary. */
+    assert_int_equal(p.plain_reports + p.repeats, p.failures);
+}
+
+/* A different error ends the fold at once: the count comes first. */
+typedef struct {
+    char lines[4][128];
+    int n;
+} lines_t;
+
+static void line_hook(ioloop_t *loop, const char *what, int err, void *arg)
+{
+    (void)loop;
+    lines_t *l = arg;
+    if (l->n < 4)
+        snprintf(l->lines[l->n++], sizeof(l->lines[0]), "%s/%d", what, -err);
+}
+
+static void test_different_error_flushes_the_count(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    lines_t l = {0};
+    assert_int_equal(ioloop_set_error_hook(loop, line_hook, &l), 0);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(ioloop_report_error(loop, "read", -EIO), 0);
+    assert_int_equal(ioloop_report_error(loop, "write", -EIO), 0);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.lines[0], "read/5");
+    assert_string_equal(l.lines[1], "read (repeated 4 times)/5");
+    assert_string_equal(l.lines[2], "write/5");
+    ioloop_close(loop, false);
+    assert_int_equal(l.n, 3); /* nothing left to report */
+}
+
 /* ---- handler calls on a closed loop --------------------------------------- */
 
 static void test_handlers_on_closed_loop(void **state)
@@ -645,6 +730,8 @@ int main(void)
         cmocka_unit_test(test_closed_fd_number_can_be_reused),
         cmocka_unit_test(test_handlers_on_closed_loop),
         cmocka_unit_test(test_poll_backend_rotates_past_first_batch),
+        cmocka_unit_test(test_failing_handler_reports_are_folded),
+        cmocka_unit_test(test_different_error_flushes_the_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
