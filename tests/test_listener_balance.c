@@ -495,6 +495,54 @@ static void test_unix_socket(void **state)
     assert_int_equal(stat(path, &st), -1); /* the socket file is removed */
 }
 
+/* Freeing a unix: listener and at once starting a new one on the same path
+ * (a hot restart): the old listener's sockets close later, on its loop, and
+ * that must not remove the new listener's socket file. */
+static void mark_ran(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    atomic_store((_Atomic int *)arg, 1);
+}
+
+static void test_unix_restart_on_same_path(void **state)
+{
+    (void)state;
+    char path[64], address[80];
+    snprintf(path, sizeof(path), "/tmp/ioloop-test-restart-%d.sock", (int)getpid());
+    snprintf(address, sizeof(address), "unix:%s", path);
+    server_t s = {.rt = start_runtime()};
+    ioloop_listener_options_t lo = {.address = address, .mode = IOLOOP_ACCEPT_DISPATCH, .on_accept = on_accept, .arg = &s};
+    ioloop_listener_t *old = NULL, *fresh = NULL;
+    assert_int_equal(ioloop_listener_start(s.rt, &lo, &old), 0);
+    assert_int_equal(ioloop_listener_mode(old), IOLOOP_ACCEPT_DISPATCH); /* its acceptor is on loop 0 */
+    /* Loop 0 busy: the old acceptor's stop waits there, as under load. */
+    _Atomic int blocked = 0, stop_ran = 0;
+    atomic_store(&hold, true);
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(s.rt, 0), block_loop, &blocked), 0);
+    while (atomic_load(&blocked) < 1)
+        tu_sleep_ms(1);
+    ioloop_listener_free(old);
+    assert_int_equal(ioloop_listener_start(s.rt, &lo, &fresh), 0);
+    /* Posted after the old stop: when it ran, so had the stop. */
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(s.rt, 0), mark_ran, &stop_ran), 0);
+    atomic_store(&hold, false);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(10);
+    while (!atomic_load(&stop_ran) && tu_now_ns() < deadline)
+        tu_sleep_ms(1);
+    assert_true(atomic_load(&stop_ran));
+    tu_sleep_ms(100);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0); /* the new listener's file is still there */
+    target_t t = target_unix(path);
+    int fd = client_connect(&t);
+    assert_true(fd >= 0);
+    assert_true(client_ask(fd) >= 0);
+    close(fd);
+    ioloop_listener_free(fresh);
+    assert_int_equal(stat(path, &st), -1); /* removed by the stop itself */
+    ioloop_runtime_free(s.rt);
+}
+
 static void test_bad_address_and_busy_port(void **state)
 {
     (void)state;
@@ -556,6 +604,7 @@ int main(void)
         cmocka_unit_test(test_flood_leaves_room_dispatch),
         cmocka_unit_test(test_ipv6_port_zero),
         cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_unix_restart_on_same_path),
         cmocka_unit_test(test_bad_address_and_busy_port),
         cmocka_unit_test(test_free_after_runtime_stopped),
     };
