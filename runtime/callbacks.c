@@ -238,13 +238,10 @@ void ioloop__wake_unless_closed(ioloop_t *loop)
     atomic_fetch_sub(&loop->posters_inside, 1);
 }
 
-int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
+/* Pushes a post on the stack (the cross-thread path, also usable from the
+ * loop's own thread, where it never needs to wake the loop). */
+static int push_post(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
 {
-    if (!fn)
-        return -EINVAL;
-    if (ioloop__on_loop_thread(loop)) /* cheap path: no atomics, no allocation */
-        return atomic_load_explicit(&loop->state, memory_order_relaxed) == IOLOOP__OPEN ? push_local(loop, fn, arg)
-                                                                                         : -ESHUTDOWN;
     /* The state check makes "closing" refuse posts early; the mark on the
      * stack head is what makes the refusal exact. */
     ioloop__post_t *head = atomic_load_explicit(&loop->posts, memory_order_relaxed);
@@ -265,6 +262,27 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     if (atomic_load(&loop->polling))
         ioloop__wake_unless_closed(loop);
     return 0;
+}
+
+int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    if (ioloop__on_loop_thread(loop)) /* cheap path: no atomics, no allocation */
+        return atomic_load_explicit(&loop->state, memory_order_relaxed) == IOLOOP__OPEN ? push_local(loop, fn, arg)
+                                                                                         : -ESHUTDOWN;
+    return push_post(loop, fn, arg);
+}
+
+/* Own-thread callbacks of an iteration run before the posts it takes, so
+ * ioloop_add_callback on the loop's thread can overtake a post another thread
+ * made before it; going through the stack keeps the order (posts run in the
+ * order they were pushed). */
+int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    return push_post(loop, fn, arg);
 }
 
 /* Reverses a LIFO chain into posting order. */

@@ -221,6 +221,14 @@ int ioloop_remove_handler(ioloop_t *loop, int fd);
  * -ENOMEM when out of memory. */
 int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
 
+/* Like ioloop_add_callback, and fn runs after every callback added to loop
+ * before this call, from any thread. (ioloop_add_callback from the loop's own
+ * thread takes a faster queue, whose callbacks run before the cross-thread
+ * posts taken in the same iteration: it may overtake a post that another
+ * thread made just before. This one does not, at the cost of an atomic
+ * push.) Any thread; same returns. */
+int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
+
 /* ---- timers (owner only) -------------------------------------------------- */
 
 /* Runs fn at the loop time `deadline` (or soon after). Timers with equal
