@@ -26,8 +26,9 @@
  * (`wakeup_pending`). Both sides use seq_cst: the poster pushes then reads
  * `polling`; the loop sets `polling` then reads the stack. At least one of them
  * sees the other, so no wakeup is lost (libuv#4584 lost them with a relaxed
- * check). `wakeup_pending` is cleared only by the loop after it drained the
- * waker, so while it is set a write is made or on its way.
+ * check). `wakeup_pending` is cleared by the loop after it drained the
+ * waker (or by a poster whose write failed), so while it is set a write is
+ * made or on its way.
  *
  * Closing: the stack head itself carries the "closed" mark (CLOSED, address
  * 1). ioloop_close takes the stack and sets the mark in one exchange; a
@@ -106,9 +107,15 @@ static void wake(ioloop_t *loop)
         return; /* a write is made or on its way */
     atomic_fetch_add_explicit(&loop->stats.wakeups_written, 1, memory_order_relaxed);
     uint64_t one = 1; /* an eventfd takes 8 bytes, a pipe any */
-    ssize_t n = write(loop->wake_write_fd, &one, loop->wake_write_fd == loop->wake_read_fd ? sizeof(one) : 1);
-    /* EAGAIN: the counter/pipe is full, so the loop is bound to wake anyway. */
-    (void)n;
+    ssize_t n;
+    do
+        n = write(loop->wake_write_fd, &one, loop->wake_write_fd == loop->wake_read_fd ? sizeof(one) : 1);
+    while (n < 0 && errno == EINTR);
+    /* EAGAIN: the counter/pipe is full, so the loop is bound to wake anyway.
+     * Any other failure made no wakeup: wakeup_pending left set would
+     * silence every later one, so it is cleared for the next poster to try. */
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+        atomic_store(&loop->wakeup_pending, false);
 }
 
 void ioloop__waker_drain(ioloop_t *loop)
