@@ -572,9 +572,10 @@ static void test_poll_backend_rotates_past_first_batch(void **state)
     (void)state;
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
-    if (rl.rlim_cur < 2 * MANY_READY + 64 && rl.rlim_max >= 2 * MANY_READY + 64) {
+    if (rl.rlim_cur < 2 * MANY_READY + 64) {
         rl.rlim_cur = 2 * MANY_READY + 64;
-        assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+        if (rl.rlim_max < rl.rlim_cur || setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            skip(); /* not enough fds here (valgrind virtualises the limit) */
     }
     ioloop_t *loop = ioloop_new(&(ioloop_options_t){.backend = IOLOOP_BACKEND_POLL});
     assert_non_null(loop);
