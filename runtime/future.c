@@ -201,8 +201,7 @@ int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void 
     ioloop_t *outer = ioloop__thread_running_loop();
     if (outer == loop)
         return -EBUSY;
-    if (atomic_load(&loop->running) || atomic_load(&loop->runtime_index) >= 0 ||
-        atomic_load(&loop->runtime_claimed))
+    if (atomic_load(&loop->running) || atomic_load(&loop->runtime_index) >= 0 || atomic_load(&loop->runtime_claimed))
         return -EPERM; /* run elsewhere, or a runtime's */
     if (outer)
         return -EINVAL; /* another loop runs on this thread */

@@ -118,7 +118,7 @@ typedef struct {
 /* ---- the error hook's rate limit (loop.c) ----------------------------------- */
 
 typedef struct {
-    char what[96];            /* the last error reported (truncated) */
+    char what[96]; /* the last error reported (truncated) */
     int err;
     ioloop_time_t window_end; /* repeats before this are folded */
     uint64_t repeated;        /* folded since it was reported */

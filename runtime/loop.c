@@ -91,6 +91,7 @@ ioloop_t *ioloop_new(const ioloop_options_t *opts)
     loop->wake_read_fd = loop->wake_write_fd = -1;
     atomic_init(&loop->refcount, 1);
     atomic_init(&loop->runtime_index, -1);
+    loop->error_limit.window_end = INT64_MIN; /* no error reported yet */
     pthread_mutex_init(&loop->handlers_lock, NULL);
     loop->now = loop->clock(loop->clock_arg);
 

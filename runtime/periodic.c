@@ -1,8 +1,8 @@
 /* periodic.c — ioloop_periodic_*: Tornado's PeriodicCallback.
  *
  * Threading rule: loop thread only (or the thread that holds a loop nobody
- * runs); new/start/stop/free from another thread fail with EPERM. Freeing from inside the callback is allowed: run() frees once the
- * callback returns.
+ * runs); new/start/stop/free from another thread fail with EPERM. Freeing
+ * from inside the callback is allowed: run() frees once the callback returns.
  *
  * Rules (Tornado 5+): the period runs from the start of one call to the start
  * of the next; a call that overruns skips the periods it missed, landing back

@@ -611,9 +611,9 @@ static void test_poll_backend_rotates_past_first_batch(void **state)
 /* ---- a handler that keeps failing is reported once, with a count ---------- */
 
 typedef struct {
-    int failures;     /* handler calls, each failing */
+    int failures; /* handler calls, each failing */
     int hook_calls;
-    long repeats;     /* summed from the "(repeated N times)" reports */
+    long repeats;      /* summed from the "(repeated N times)" reports */
     int plain_reports; /* reports without a count */
     int wrong_err;
 } flood_probe_t;

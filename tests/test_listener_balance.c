@@ -602,7 +602,8 @@ static void test_unix_restart_on_same_path(void **state)
     snprintf(path, sizeof(path), "/tmp/ioloop-test-restart-%d.sock", (int)getpid());
     snprintf(address, sizeof(address), "unix:%s", path);
     server_t s = {.rt = start_runtime()};
-    ioloop_listener_options_t lo = {.address = address, .mode = IOLOOP_ACCEPT_DISPATCH, .on_accept = on_accept, .arg = &s};
+    ioloop_listener_options_t lo = {
+        .address = address, .mode = IOLOOP_ACCEPT_DISPATCH, .on_accept = on_accept, .arg = &s};
     ioloop_listener_t *old = NULL, *fresh = NULL;
     assert_int_equal(ioloop_listener_start(s.rt, &lo, &old), 0);
     assert_int_equal(ioloop_listener_mode(old), IOLOOP_ACCEPT_DISPATCH); /* its acceptor is on loop 0 */
