@@ -91,8 +91,14 @@ int ioloop__callbacks_init(ioloop_t *loop)
         if (pipe(fds) < 0)
             return -errno;
         for (int i = 0; i < 2; i++) {
-            fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
-            fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+            /* A blocking waker could block a poster on a full pipe: fail instead. */
+            int flags = fcntl(fds[i], F_GETFL);
+            if (flags < 0 || fcntl(fds[i], F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fds[i], F_SETFD, FD_CLOEXEC) < 0) {
+                int err = -errno;
+                close(fds[0]);
+                close(fds[1]);
+                return err;
+            }
         }
         loop->wake_read_fd = fds[0];
         loop->wake_write_fd = fds[1];
