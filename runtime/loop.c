@@ -1,13 +1,15 @@
 /* loop.c — the loop's life cycle and its iteration (Tornado 4 PollIOLoop.start).
  *
  * One iteration: collect the timers due now; take the callbacks queued so far
- * and run them; run the collected timers; poll (timeout 0 if callbacks are pending, else until the next
- * timer, after a look without sleeping that a busy loop usually ends with);
- * dispatch the ready fds; pass an RCU quiescent state.
+ * and run them; run the collected timers; poll (timeout 0 if callbacks are
+ * pending, else until the next timer, after a look without sleeping that a
+ * busy loop usually ends with); dispatch the ready fds; pass an RCU
+ * quiescent state.
  *
- * Threading rule: ioloop_start runs on one thread at a time (a second start
- * fails with -EBUSY); ioloop_stop and the stats are for any thread; the rest is
- * for the loop's thread, or any thread while the loop is not running.
+ * Threading rule: ioloop_start runs on one thread at a time (a start from
+ * another thread fails with -EPERM); ioloop_stop, the stats and the user data
+ * are for any thread; the rest is the owner's (ioloop.h), checked with
+ * ioloop__owner_check.
  */
 #define _GNU_SOURCE
 #include "internal.h"
