@@ -746,6 +746,16 @@ static int on_event(ioloop_t *loop, int fd, unsigned events, void *arg)
         if (getsockopt(stream->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr) {
             end_stream(stream, -soerr);
         } else {
+            /* The peer is gone: read ahead what it left (bounded by
+             * max_buffer_size) to learn of its EOF, so an idle stream ends
+             * now rather than at its next read. Not while paused. */
+            while (!stream->ended && !stream->paused && !stream->peer_eof && avail(stream) < stream->max_in &&
+                   fill(stream))
+                continue;
+            if (!stream->ended)
+                check_eof(stream);
+        }
+        if (!stream->ended) {
             ioloop_remove_handler(stream->loop, stream->fd);
             stream->handler_on = false;
             stream->events = 0;

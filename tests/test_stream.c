@@ -579,8 +579,8 @@ static void test_eperm_from_another_thread(void **state)
     assert_int_equal(ioloop_stream_set_nodelay(fx.stream, true), -EPERM);
     assert_int_equal(ioloop_stream_write_borrowed(fx.stream, "b", 1, rec_release, &rec), -EPERM);
     assert_int_equal(rec.releases, 1); /* released on the caller's thread: nothing to defer to */
-    ioloop_stream_close(fx.stream);  /* no effect */
-    ioloop_stream_pause(fx.stream);  /* no effect */
+    ioloop_stream_close(fx.stream);    /* no effect */
+    ioloop_stream_pause(fx.stream);    /* no effect */
     int fds[2];
     tu_socketpair(fds);
     ioloop_stream_t *other;
