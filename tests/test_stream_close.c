@@ -282,6 +282,32 @@ static void test_write_timeout(void **state)
     close(fds[1]);
 }
 
+/* Calls made before the loop runs measure from the real time, not from the
+ * loop's clock as it was when it last ran (here: when it was made). */
+static void test_timeouts_from_calls_before_start(void **state)
+{
+    (void)state;
+    int fds[2];
+    tu_socketpair(fds);
+    small_buffers(fds[0]);
+    ioloop_t *loop = ioloop_new(NULL);
+    tu_sleep_ms(150);
+    rec_t rec = {0};
+    ioloop_stream_options_t opts = {.max_write_buffer_size = 4 << 20};
+    ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
+    tu_sleep_ms(150);
+    ioloop_stream_set_timeouts(stream, 0, 0, IOLOOP_MSEC(100));
+    tu_sleep_ms(150);
+    static char big[1 << 20];
+    int64_t start = tu_now_ns();
+    assert_int_equal(ioloop_stream_write(stream, big, sizeof(big), NULL, NULL), 0);
+    assert_true(run_until(loop, &rec.closes, 1, 5000));
+    assert_int_equal(rec.close_error, -ETIMEDOUT);
+    assert_true(tu_now_ns() - start >= IOLOOP_MSEC(95));
+    ioloop_close(loop, false);
+    close(fds[1]);
+}
+
 /* ---- the loop's close ------------------------------------------------------------ */
 
 static void test_loop_close_ends_streams(void **state)
@@ -588,6 +614,7 @@ int main(void)
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_read_timeout),
         cmocka_unit_test(test_write_timeout),
+        cmocka_unit_test(test_timeouts_from_calls_before_start),
         cmocka_unit_test(test_loop_close_ends_streams),
         cmocka_unit_test(test_new_on_closed_loop),
         cmocka_unit_test(test_shutdown_then_peer_still_sends),
