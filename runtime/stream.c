@@ -37,7 +37,7 @@
 #endif
 
 enum {
-    IN_BLOCK = 16384,    /* input block: one recv's worth; cached per loop */
+    IN_BLOCK = 65536,    /* input block: one recv's worth; cached per loop */
     OUT_BLOCK = 16384,   /* copied-output block: small writes coalesce in it */
     CACHE_BLOCKS = 64,   /* input blocks a loop keeps for reuse (1 MiB) */
     CACHE_ENTRIES = 256, /* output entries (with their blocks) a loop keeps */
@@ -980,8 +980,6 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
     ioloop_stream_t *stream = home ? calloc(1, sizeof(*stream)) : NULL;
     if (!err && !stream)
         err = -ENOMEM;
-    if (!err)
-        err = ioloop__handler_add(loop, fd, 0, on_event, stream);
     if (err) {
         free(stream);
         if (transport->destroy)
@@ -1003,7 +1001,8 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
     stream->read_timeout = opts->read_timeout > 0 ? opts->read_timeout : 0;
     stream->write_timeout = opts->write_timeout > 0 ? opts->write_timeout : 0;
     stream->half_close = opts->half_close;
-    stream->handler_on = true;
+    /* The handler is registered at the first interest (update_io): a
+     * registration with no events would cost an epoll_ctl per connection. */
     ioloop_time_t now = ioloop__on_loop_thread(loop) ? loop->now : ioloop__clock_now(loop);
     stream->last_activity = stream->read_since = stream->write_since = now;
     stream->next = home->streams;
