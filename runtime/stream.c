@@ -622,24 +622,32 @@ static void flush(ioloop_stream_t *stream)
     }
 }
 
-static int completion_push(ioloop_stream_t *stream, ioloop_stream_write_fn fn, void *arg, uint64_t end)
+/* Makes room for one more done callback (the ring doubles; steady state
+ * allocates nothing). 0 or -ENOMEM. */
+static int completion_reserve(ioloop_stream_t *stream)
 {
-    if (stream->comp_count == stream->comp_cap) {
-        size_t cap = stream->comp_cap ? stream->comp_cap * 2 : 8;
-        completion_t *ring = malloc(cap * sizeof(*ring));
-        if (!ring)
-            return -ENOMEM;
-        for (size_t i = 0; i < stream->comp_count; i++)
-            ring[i] = stream->comp[(stream->comp_head + i) & (stream->comp_cap - 1)];
-        free(stream->comp);
-        stream->comp = ring;
-        stream->comp_cap = cap;
-        stream->comp_head = 0;
-    }
+    if (stream->comp_count < stream->comp_cap)
+        return 0;
+    size_t cap = stream->comp_cap ? stream->comp_cap * 2 : 8;
+    completion_t *ring = malloc(cap * sizeof(*ring));
+    if (!ring)
+        return -ENOMEM;
+    for (size_t i = 0; i < stream->comp_count; i++)
+        ring[i] = stream->comp[(stream->comp_head + i) & (stream->comp_cap - 1)];
+    free(stream->comp);
+    stream->comp = ring;
+    stream->comp_cap = cap;
+    stream->comp_head = 0;
+    return 0;
+}
+
+/* After completion_reserve. */
+static void completion_push(ioloop_stream_t *stream, ioloop_stream_write_fn fn, void *arg, uint64_t end)
+{
+    assert(stream->comp_count < stream->comp_cap);
     stream->comp[(stream->comp_head + stream->comp_count) & (stream->comp_cap - 1)] =
         (completion_t){.fn = fn, .arg = arg, .end = end};
     stream->comp_count++;
-    return 0;
 }
 
 static completion_t completion_pop(ioloop_stream_t *stream)
@@ -1282,12 +1290,9 @@ int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int i
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
-    if (done && stream->comp_count == stream->comp_cap) {
-        /* Make room first: once bytes are sent the write cannot be refused. */
-        if (completion_push(stream, done, arg, 0) < 0)
-            return -ENOMEM;
-        stream->comp_count--;
-    }
+    /* Room first: once bytes are sent the write can no longer be refused. */
+    if (done && completion_reserve(stream) < 0)
+        return -ENOMEM;
     bool was_empty = !stream->out_bytes;
     ssize_t sent = write_now(stream, iov, iovcnt, total);
     if (sent < 0) {
@@ -1301,7 +1306,7 @@ int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int i
     stream->sent_total += (uint64_t)sent;
     stream->queued_total += total;
     if (done)
-        completion_push(stream, done, arg, stream->queued_total); /* room was made */
+        completion_push(stream, done, arg, stream->queued_total);
     if (stream->out_bytes >= stream->max_out)
         stream->drain_wanted = true;
     update_io(stream);
