@@ -1,20 +1,17 @@
 /* stream.c — ioloop_stream: a buffered stream over a connected socket
- * (Tornado's IOStream, libuv's uv_stream_t; h2o's socket layer for the
- * buffers), and the plain socket transport under it.
+ * (Tornado's IOStream, libuv's uv_stream_t, h2o's socket buffers), and the
+ * plain socket transport under it.
  *
  * Threading rule: a stream is touched only by its loop's thread (or any
  * thread while that loop is not running); other threads get -EPERM.
  *
- * Shape: every entry point (fd event, deferred callback, timer, API call)
- * ends in update_io(), which flushes output, decides read/write interest
- * and the deadline, and schedules a deferred callback when work is ready.
- * User callbacks run only in a "frame" (pump: the fd event or the deferred
- * callback), in a loop rather than by recursion; `busy` counts frames so an
- * API call made inside one only records what it wants. The end (finalize:
- * pending read, write dones, releases, close callback, free) runs in a
- * deferred callback, or in the loop's close hook (-ESHUTDOWN).
- * The semantics chosen (EOF, buffers, timeouts) are written in stream.h;
- * the per-loop list and caches are `stream_home_t`, ended by a close hook.
+ * Every entry point (fd event, deferred callback, timer, API call) ends in
+ * update_io(): flush, read/write interest, deadline, and a deferred callback
+ * when work is ready. User callbacks run only in a frame (pump), in a loop,
+ * never by recursion; `busy` counts frames, and a call made inside one only
+ * records. The end (finalize: read, dones, releases, close callback, free)
+ * runs in a deferred callback, or in the loop's close hook (-ESHUTDOWN).
+ * Semantics (EOF, buffers, timeouts) are written in stream.h.
  */
 #define _GNU_SOURCE
 #include "internal.h"
