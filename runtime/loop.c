@@ -157,6 +157,13 @@ int ioloop__close(ioloop_t *loop, bool all_fds)
     ioloop_t *running_here = ioloop__thread_running_loop();
     ioloop__set_thread_running_loop(loop);
     ioloop__callbacks_close(loop);
+    /* Higher layers (streams) end what is still open; their callbacks run
+     * here and can add nothing (posts are refused from now on). */
+    while (loop->close_hooks) {
+        ioloop__close_hook_t *hook = loop->close_hooks;
+        loop->close_hooks = hook->next;
+        hook->fn(loop, hook);
+    }
     flush_error_repeats(loop); /* its timer is dropped below */
     ioloop__set_thread_running_loop(running_here);
     ioloop__timers_free(&loop->timers);
@@ -176,6 +183,20 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
         return -EPERM; /* the runtime closes its loops */
     int err = ioloop__owner_check(loop);
     return err ? err : ioloop__close(loop, all_fds);
+}
+
+void ioloop__close_hook_add(ioloop_t *loop, ioloop__close_hook_t *hook)
+{
+    hook->next = loop->close_hooks;
+    loop->close_hooks = hook;
+}
+
+ioloop__close_hook_t *ioloop__close_hook_find(ioloop_t *loop, void (*fn)(ioloop_t *, ioloop__close_hook_t *))
+{
+    for (ioloop__close_hook_t *hook = loop->close_hooks; hook; hook = hook->next)
+        if (hook->fn == fn)
+            return hook;
+    return NULL;
 }
 
 ioloop_time_t ioloop__clock_now(ioloop_t *loop)
