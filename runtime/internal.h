@@ -117,18 +117,6 @@ typedef struct {
 
 enum { IOLOOP__OPEN = 0, IOLOOP__CLOSING = 1, IOLOOP__CLOSED = 2 };
 
-/* An object that must end when its loop closes (a connect in progress, a
- * name lookup whose result would never arrive): ioloop_close calls fn once,
- * on the closing thread, after the callbacks accepted before the close ran
- * (so none of the object's posts is still pending) and before timers and
- * handlers go. New posts, timers and handlers are refused by then: fn ends
- * the object there and then (it may free it; the hook is already unlinked).
- * Intrusive, so registering allocates nothing. Loop thread. */
-typedef struct ioloop__close_hook {
-    struct ioloop__close_hook *prev, *next; /* NULL while not registered */
-    void (*fn)(ioloop_t *loop, struct ioloop__close_hook *hook);
-} ioloop__close_hook_t;
-
 struct ioloop {
     /* identity and configuration (immutable after ioloop_new) */
     unsigned id;
@@ -164,7 +152,6 @@ struct ioloop {
     ioloop_error_fn error_fn;
     void *error_arg;
     uint64_t rng;
-    ioloop__close_hook_t close_hooks; /* sentinel of a circular list */
 
     /* handler table */
     pthread_mutex_t handlers_lock;
@@ -217,10 +204,6 @@ static inline bool ioloop__on_loop_thread(const ioloop_t *loop)
 /* loop.c */
 ioloop_time_t ioloop__clock_now(ioloop_t *loop); /* refreshes loop->now */
 uint64_t ioloop__random(ioloop_t *loop);
-/* Registers / unregisters a close hook (see ioloop__close_hook_t); remove is
- * a no-op for a hook that is not registered. Loop thread. */
-void ioloop__close_hook_add(ioloop_t *loop, ioloop__close_hook_t *hook);
-void ioloop__close_hook_remove(ioloop__close_hook_t *hook);
 
 /* handlers.c */
 int ioloop__handlers_init(ioloop_t *loop);
@@ -264,30 +247,6 @@ void ioloop__registry_add(ioloop_t *loop);
 void ioloop__registry_remove(ioloop_t *loop);
 ioloop_t *ioloop__thread_running_loop(void);
 void ioloop__set_thread_running_loop(ioloop_t *loop);
-
-/* resolve.c: host names for ioloop_tcp_connect (loop thread). */
-struct addrinfo;
-struct sockaddr_storage;
-typedef struct ioloop__lookup ioloop__lookup_t;
-/* The outcome: status 0 and the addresses (valid during the call only), or
- * IOLOOP_ENONAME / IOLOOP_EDNS / -ENOMEM, -ECANCELED (the pool shut down
- * first), -ESHUTDOWN (the loop closed first). */
-typedef void (*ioloop__lookup_fn)(void *arg, int status, const struct addrinfo *list);
-/* 1 and the address (port 0) for an IPv4/IPv6 literal ("[::1]" too); 0 for a
- * name to look up; IOLOOP_ENONAME for RFC 6761 "invalid" names; -EAFNOSUPPORT
- * for a literal outside `family` (AF_UNSPEC: any). Any thread. */
-int ioloop__resolve_literal(const char *host, int family, struct sockaddr_storage *ss, unsigned *len);
-/* getaddrinfo's error as ours: IOLOOP_ENONAME, IOLOOP_EDNS or -ENOMEM. */
-int ioloop__resolve_error(int gai_err);
-/* Resolves host (SOCK_STREAM, `family` or AF_UNSPEC) on the executor; fn
- * runs exactly once, later, on the loop thread, unless abandoned first.
- * 0, or -ENOMEM. */
-int ioloop__lookup_start(ioloop_t *loop, const char *host, int family, ioloop__lookup_fn fn, void *arg,
-                         ioloop__lookup_t **out);
-/* fn will not run; the lookup finishes on its pool thread and frees itself. */
-void ioloop__lookup_abandon(ioloop__lookup_t *lookup);
-/* Lookups not freed yet (tests: nothing leaks, even when abandoned). */
-int ioloop__lookups_live(void);
 
 /* signals.c: unwatches every signal `loop` still watches and frees its
  * signalfd (ioloop_close, before the handler table goes). */

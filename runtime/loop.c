@@ -12,7 +12,6 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,7 +85,6 @@ ioloop_t *ioloop_new(const ioloop_options_t *opts)
     loop->clock = opts->clock ? opts->clock : monotonic_now;
     loop->clock_arg = opts->clock_arg;
     loop->error_fn = default_error_hook;
-    loop->close_hooks.prev = loop->close_hooks.next = &loop->close_hooks;
     ioloop__timers_init(&loop->timers);
     loop->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)loop->id << 17) ^ (uint64_t)(uintptr_t)loop;
     loop->backend_fd = -1;
@@ -135,35 +133,6 @@ void ioloop_unref(ioloop_t *loop)
     ioloop__rcu_defer_free(&loop->rcu, free_loop);
 }
 
-void ioloop__close_hook_add(ioloop_t *loop, ioloop__close_hook_t *hook)
-{
-    assert(!hook->next);
-    hook->prev = loop->close_hooks.prev;
-    hook->next = &loop->close_hooks;
-    hook->prev->next = hook;
-    loop->close_hooks.prev = hook;
-}
-
-void ioloop__close_hook_remove(ioloop__close_hook_t *hook)
-{
-    if (!hook->next)
-        return;
-    hook->prev->next = hook->next;
-    hook->next->prev = hook->prev;
-    hook->prev = hook->next = NULL;
-}
-
-/* Each hook is unlinked before it runs, so it may free itself, remove
- * others, or (through user callbacks) add new ones: the list is drained. */
-static void run_close_hooks(ioloop_t *loop)
-{
-    while (loop->close_hooks.next != &loop->close_hooks) {
-        ioloop__close_hook_t *hook = loop->close_hooks.next;
-        ioloop__close_hook_remove(hook);
-        hook->fn(loop, hook);
-    }
-}
-
 int ioloop_close(ioloop_t *loop, bool all_fds)
 {
     if (atomic_load(&loop->running))
@@ -180,7 +149,6 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     ioloop_t *running_here = ioloop__thread_running_loop();
     ioloop__set_thread_running_loop(loop);
     ioloop__callbacks_close(loop);
-    run_close_hooks(loop);
     ioloop__set_thread_running_loop(running_here);
     ioloop__timers_free(&loop->timers);
     ioloop__handlers_close(loop, all_fds);
