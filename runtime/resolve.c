@@ -9,11 +9,12 @@
  * connect abandons its lookup, which finishes on the pool and is freed there.
  * The loop side lets go in the future's done callback, or in the loop's close
  * hook when that callback can no longer come (a closed loop refuses the
- * completion's post). Work that never ran (the runtime's pool shut down
- * first) completes with a NULL result: the loop side drops the work's share.
+ * completion's post): each loop keeps its lookups in flight on a list for
+ * that. Work that never ran (the runtime's pool shut down first) completes
+ * with a NULL result: the loop side drops the work's share.
  */
 #define _GNU_SOURCE
-#include "internal.h"
+#include "tcp_internal.h"
 
 #include "ioloop/runtime.h"
 #include "ioloop/stream.h"
@@ -28,12 +29,15 @@
 #include <string.h>
 #include <strings.h>
 
+typedef struct lookup_home lookup_home_t;
+
 struct ioloop__lookup {
     _Atomic int owners; /* the work and the loop side */
     /* loop side (loop thread) */
     ioloop_t *loop;
     ioloop_future_t *future;
-    ioloop__close_hook_t hook;
+    lookup_home_t *home; /* on its list until the loop side lets go */
+    ioloop__lookup_t *prev, *next;
     ioloop__lookup_fn fn; /* NULL once abandoned or called */
     void *arg;
     /* in: read by the work */
@@ -42,6 +46,12 @@ struct ioloop__lookup {
     int gai_err;
     struct addrinfo *result;
     char host[];
+};
+
+/* A loop's lookups in flight, for its close hook (made on first use). */
+struct lookup_home {
+    ioloop__close_hook_t hook; /* first: the hook is the home */
+    ioloop__lookup_t *head;
 };
 
 static _Atomic int lookups_live;
@@ -122,6 +132,20 @@ int ioloop__resolve_literal(const char *host, int family, struct sockaddr_storag
     return 1;
 }
 
+static void home_unlink(ioloop__lookup_t *lookup)
+{
+    if (!lookup->home)
+        return;
+    if (lookup->prev)
+        lookup->prev->next = lookup->next;
+    else
+        lookup->home->head = lookup->next;
+    if (lookup->next)
+        lookup->next->prev = lookup->prev;
+    lookup->home = NULL;
+    lookup->prev = lookup->next = NULL;
+}
+
 /* Pool thread. */
 static void *lookup_work(void *arg, int *status)
 {
@@ -145,7 +169,7 @@ static void *lookup_work(void *arg, int *status)
 static void lookup_done(ioloop_future_t *future, void *arg)
 {
     ioloop__lookup_t *lookup = arg;
-    ioloop__close_hook_remove(&lookup->hook);
+    home_unlink(lookup);
     int status;
     if (!ioloop_future_result(future)) {
         /* Never started: the pool was shut down (-ECANCELED). */
@@ -164,31 +188,48 @@ static void lookup_done(ioloop_future_t *future, void *arg)
     lookup_release(lookup);
 }
 
-/* Loop closing (after the posts it accepted ran): the done callback can no
- * longer come. */
-static void lookup_on_loop_close(ioloop_t *loop, ioloop__close_hook_t *hook)
+/* The loop is closing (after the posts it accepted ran): the done callbacks
+ * of the lookups still on its list can no longer come. */
+static void home_close(ioloop_t *loop, ioloop__close_hook_t *hook)
 {
     (void)loop;
-    ioloop__lookup_t *lookup = (ioloop__lookup_t *)((char *)hook - offsetof(ioloop__lookup_t, hook));
-    ioloop_future_on_done(lookup->future, NULL, NULL); /* detach (a late settle finds nothing) */
-    /* Done with a NULL result: the pool cancelled the work, which will not
-     * run, so its share is dropped here. Not done yet: the work is queued or
-     * running on the process-wide pool and lets go when it ends. */
-    if (ioloop_future_done(lookup->future) && !ioloop_future_result(lookup->future))
+    lookup_home_t *home = (lookup_home_t *)hook;
+    while (home->head) {
+        ioloop__lookup_t *lookup = home->head;
+        home_unlink(lookup);
+        ioloop_future_on_done(lookup->future, NULL, NULL); /* detach (a late settle finds nothing) */
+        /* Done with a NULL result: the pool cancelled the work, which will
+         * not run, so its share is dropped here. Not done yet: the work is
+         * queued or running on the process-wide pool and lets go when it
+         * ends. */
+        if (ioloop_future_done(lookup->future) && !ioloop_future_result(lookup->future))
+            lookup_release(lookup);
+        ioloop__lookup_fn fn = lookup->fn;
+        lookup->fn = NULL;
+        if (fn)
+            fn(lookup->arg, -ESHUTDOWN, NULL);
+        ioloop_future_unref(lookup->future);
         lookup_release(lookup);
-    ioloop__lookup_fn fn = lookup->fn;
-    lookup->fn = NULL;
-    if (fn)
-        fn(lookup->arg, -ESHUTDOWN, NULL);
-    ioloop_future_unref(lookup->future);
-    lookup_release(lookup);
+    }
+    free(home);
+}
+
+static lookup_home_t *home_of(ioloop_t *loop)
+{
+    lookup_home_t *home = (lookup_home_t *)ioloop__close_hook_find(loop, home_close);
+    if (!home && (home = calloc(1, sizeof(*home))) != NULL) {
+        home->hook.fn = home_close;
+        ioloop__close_hook_add(loop, &home->hook);
+    }
+    return home;
 }
 
 int ioloop__lookup_start(ioloop_t *loop, const char *host, int family, ioloop__lookup_fn fn, void *arg,
                          ioloop__lookup_t **out)
 {
+    lookup_home_t *home = home_of(loop);
     size_t hlen = strlen(host);
-    ioloop__lookup_t *lookup = malloc(sizeof(*lookup) + hlen + 1);
+    ioloop__lookup_t *lookup = home ? malloc(sizeof(*lookup) + hlen + 1) : NULL;
     if (!lookup)
         return -ENOMEM;
     memset(lookup, 0, sizeof(*lookup));
@@ -198,7 +239,6 @@ int ioloop__lookup_start(ioloop_t *loop, const char *host, int family, ioloop__l
     lookup->arg = arg;
     lookup->family = family;
     memcpy(lookup->host, host, hlen + 1);
-    lookup->hook.fn = lookup_on_loop_close;
     atomic_fetch_add(&lookups_live, 1);
     lookup->future = ioloop_run_in_executor(loop, lookup_work, lookup);
     if (!lookup->future) {
@@ -211,7 +251,11 @@ int ioloop__lookup_start(ioloop_t *loop, const char *host, int family, ioloop__l
     int err = ioloop_future_on_done(lookup->future, lookup_done, lookup);
     assert(!err);
     (void)err;
-    ioloop__close_hook_add(loop, &lookup->hook);
+    lookup->home = home;
+    lookup->next = home->head;
+    if (home->head)
+        home->head->prev = lookup;
+    home->head = lookup;
     *out = lookup;
     return 0;
 }
@@ -219,6 +263,6 @@ int ioloop__lookup_start(ioloop_t *loop, const char *host, int family, ioloop__l
 void ioloop__lookup_abandon(ioloop__lookup_t *lookup)
 {
     /* The lookup itself goes when its done callback (or the close hook)
-     * runs: the memory is still the work's to write until then. */
+     * runs: the work may still be writing its result until then. */
     lookup->fn = NULL;
 }

@@ -13,8 +13,9 @@
  *
  * The result is decided once (finish) and delivered by a posted callback, so
  * cb never runs inside the call that asked; the stream is made only then, and
- * opts->stream.transport_ctx is the stream's only if cb gets one. On loop
- * close the close hook delivers -ESHUTDOWN there and then.
+ * opts->stream.transport_ctx is the stream's only if cb gets one. Each loop
+ * keeps its connects on a list until delivery: when it closes, its close hook
+ * delivers -ESHUTDOWN to those there and then.
  */
 #define _GNU_SOURCE
 #include "tcp_internal.h"
@@ -49,11 +50,14 @@ typedef struct {
 
 enum { ACTIVE, DECIDED };
 
+typedef struct connect_home connect_home_t;
+
 struct ioloop_tcp_connect {
     ioloop_t *loop;
     ioloop_tcp_connect_fn cb;
     void *arg;
-    ioloop__close_hook_t hook;
+    connect_home_t *home; /* on its loop's list until delivered */
+    struct ioloop_tcp_connect *prev_listed, *next_listed;
     int state;
 
     /* what to do */
@@ -81,13 +85,77 @@ struct ioloop_tcp_connect {
     bool deliver_posted;
 };
 
+/* A loop's connects not delivered yet, for its close hook (made on first use). */
+struct connect_home {
+    ioloop__close_hook_t hook; /* first: the hook is the home */
+    ioloop_tcp_connect_t *head;
+};
+
 static void connect_timed_out(ioloop_t *loop, void *arg);
 static void start_attempts(ioloop_tcp_connect_t *conn);
+static void finish(ioloop_tcp_connect_t *conn, int status, int fd);
+static void deliver(ioloop_tcp_connect_t *conn);
 
 /* The loop's thread, or any thread while it is not running (set-up). */
 static bool on_owner_thread(ioloop_t *loop)
 {
     return ioloop__on_loop_thread(loop) || !atomic_load(&loop->running);
+}
+
+/* ---- the loop's list ------------------------------------------------------- */
+
+static void home_unlink(ioloop_tcp_connect_t *conn)
+{
+    if (!conn->home)
+        return;
+    if (conn->prev_listed)
+        conn->prev_listed->next_listed = conn->next_listed;
+    else
+        conn->home->head = conn->next_listed;
+    if (conn->next_listed)
+        conn->next_listed->prev_listed = conn->prev_listed;
+    conn->home = NULL;
+    conn->prev_listed = conn->next_listed = NULL;
+}
+
+/* The loop is closing, after the posts it accepted ran: a connect still
+ * listed is in progress, or decided with its delivery refused. */
+static void home_close(ioloop_t *loop, ioloop__close_hook_t *hook)
+{
+    (void)loop;
+    connect_home_t *home = (connect_home_t *)hook;
+    while (home->head) {
+        ioloop_tcp_connect_t *conn = home->head;
+        home_unlink(conn);
+        if (conn->state == ACTIVE)
+            finish(conn, -ESHUTDOWN, -1);
+        assert(!conn->deliver_posted);
+        if (conn->status == 0) {
+            /* Connected just as the loop closed: a stream made now would
+             * outlive the loop's own teardown of its streams. */
+            close(conn->fd);
+            conn->status = -ESHUTDOWN;
+        }
+        deliver(conn);
+    }
+    free(home);
+}
+
+static int home_add(ioloop_tcp_connect_t *conn)
+{
+    connect_home_t *home = (connect_home_t *)ioloop__close_hook_find(conn->loop, home_close);
+    if (!home) {
+        if (!(home = calloc(1, sizeof(*home))))
+            return -ENOMEM;
+        home->hook.fn = home_close;
+        ioloop__close_hook_add(conn->loop, &home->hook);
+    }
+    conn->home = home;
+    conn->next_listed = home->head;
+    if (home->head)
+        home->head->prev_listed = conn;
+    home->head = conn;
+    return 0;
 }
 
 /* ---- deciding and delivering ---------------------------------------------- */
@@ -104,7 +172,7 @@ static void close_attempt(ioloop_tcp_connect_t *conn, attempt_t *attempt)
 
 static void deliver(ioloop_tcp_connect_t *conn)
 {
-    ioloop__close_hook_remove(&conn->hook);
+    home_unlink(conn);
     int status = conn->status;
     ioloop_stream_t *stream = NULL;
     if (!status) {
@@ -132,7 +200,7 @@ static void deliver_posted(ioloop_t *loop, void *arg)
 
 /* Decides the result (fd: the winner when status is 0) and tears down the
  * rest. Delivery is posted; a closing loop refuses the post, and the close
- * hook (still registered) delivers instead. */
+ * hook (the connect is still listed) delivers instead. */
 static void finish(ioloop_tcp_connect_t *conn, int status, int fd)
 {
     assert(conn->state == ACTIVE);
@@ -155,24 +223,6 @@ static void finish(ioloop_tcp_connect_t *conn, int status, int fd)
     conn->attempts = NULL;
     conn->naddrs = conn->next = 0;
     conn->deliver_posted = ioloop_add_callback(conn->loop, deliver_posted, conn) == 0;
-}
-
-static void on_loop_close(ioloop_t *loop, ioloop__close_hook_t *hook)
-{
-    (void)loop;
-    ioloop_tcp_connect_t *conn = (ioloop_tcp_connect_t *)((char *)hook - offsetof(ioloop_tcp_connect_t, hook));
-    if (conn->state == ACTIVE)
-        finish(conn, -ESHUTDOWN, -1);
-    /* The loop's posts ran before its close hooks: a delivery still
-     * registered here is one the closing loop refused. */
-    assert(!conn->deliver_posted);
-    if (conn->status == 0) {
-        /* Connected just as the loop closed: a stream made now would
-         * outlive the loop's own teardown of its streams. */
-        close(conn->fd);
-        conn->status = -ESHUTDOWN;
-    }
-    deliver(conn);
 }
 
 /* ---- attempts --------------------------------------------------------------- */
@@ -402,7 +452,7 @@ static void connect_timed_out(ioloop_t *loop, void *arg)
 
 static void conn_free(ioloop_tcp_connect_t *conn)
 {
-    ioloop__close_hook_remove(&conn->hook);
+    home_unlink(conn);
     ioloop_remove_timeout(conn->loop, conn->timeout_timer);
     free(conn->addrs);
     free(conn->attempts);
@@ -410,7 +460,7 @@ static void conn_free(ioloop_tcp_connect_t *conn)
 }
 
 /* Checks the arguments shared by both entries and makes the connect, with
- * its timeout armed and its close hook registered. */
+ * its timeout armed and on its loop's list. */
 static int conn_new(ioloop_t *loop, const ioloop_tcp_connect_options_t *opts, ioloop_tcp_connect_fn cb, void *arg,
                     ioloop_tcp_connect_t **out)
 {
@@ -447,15 +497,17 @@ static int conn_new(ioloop_t *loop, const ioloop_tcp_connect_options_t *opts, io
         conn->family = conn->source.ss_family;
     }
     conn->bind_source = opts->source_address || opts->source_port;
-    conn->hook.fn = on_loop_close;
+    if (home_add(conn) != 0) {
+        free(conn);
+        return -ENOMEM;
+    }
     conn->timeout_timer =
         ioloop_call_later(loop, opts->timeout ? opts->timeout : DEFAULT_TIMEOUT, connect_timed_out, conn);
     if (!conn->timeout_timer) {
         int err = errno == ESHUTDOWN ? -ESHUTDOWN : -ENOMEM;
-        free(conn);
+        conn_free(conn);
         return err;
     }
-    ioloop__close_hook_add(loop, &conn->hook);
     *out = conn;
     return 0;
 }
