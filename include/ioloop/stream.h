@@ -223,8 +223,9 @@ typedef struct {
  * closes first (then during ioloop_close). Runs exactly once. When every
  * address failed, status is the first attempt's error (the most preferred
  * address's); a bind to the source address fails with its own errno
- * (-EADDRINUSE, -EADDRNOTAVAIL). opts->stream.transport_ctx passes to the
- * stream only with status 0. */
+ * (-EADDRINUSE, -EADDRNOTAVAIL). opts->stream.transport_ctx is taken as
+ * ioloop_stream_new takes it: the stream gets it, or it is destroyed before
+ * cb gets an error (or before ioloop_tcp_connect returns one). */
 typedef void (*ioloop_tcp_connect_fn)(ioloop_t *loop, int status, ioloop_stream_t *stream, void *arg);
 
 /* Connects to host:port ("example.com", "127.0.0.1", "::1", "[::1]", or
