@@ -239,6 +239,17 @@ static void test_max_buffer_size_ends_with_enobufs(void **state)
     assert_int_equal(rec.read_status, -ENOBUFS);
     assert_int_equal(rec.len, 64);
     fixture_close(&fx);
+
+    /* A read_bytes larger than the limit fails with the first byte. */
+    fixture_open(&fx, &opts);
+    rec = (rec_t){0};
+    ioloop_stream_set_close_callback(fx.stream, rec_close, &rec);
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, 65, false, rec_read, &rec), 0);
+    assert_int_equal(write(fx.peer, "j", 1), 1);
+    assert_true(run_until(fx.loop, &rec.closes, 1, 5000));
+    assert_int_equal(rec.close_error, -ENOBUFS);
+    assert_int_equal(rec.len, 1);
+    fixture_close(&fx);
 }
 
 static void test_read_until_max_bytes_ends_with_emsgsize(void **state)
@@ -579,8 +590,8 @@ static void test_eperm_from_another_thread(void **state)
     assert_int_equal(ioloop_stream_set_nodelay(fx.stream, true), -EPERM);
     assert_int_equal(ioloop_stream_write_borrowed(fx.stream, "b", 1, rec_release, &rec), -EPERM);
     assert_int_equal(rec.releases, 1); /* released on the caller's thread: nothing to defer to */
-    ioloop_stream_close(fx.stream);  /* no effect */
-    ioloop_stream_pause(fx.stream);  /* no effect */
+    ioloop_stream_close(fx.stream);    /* no effect */
+    ioloop_stream_pause(fx.stream);    /* no effect */
     int fds[2];
     tu_socketpair(fds);
     ioloop_stream_t *other;

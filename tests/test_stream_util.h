@@ -26,9 +26,9 @@
 /* ---- a recorder for the callbacks of one stream ---------------------------- */
 
 typedef struct {
-    int reads;             /* read callbacks */
-    int read_status;       /* the last one's */
-    char data[1 << 16];    /* the last one's bytes */
+    int reads;          /* read callbacks */
+    int read_status;    /* the last one's */
+    char data[1 << 16]; /* the last one's bytes */
     size_t len;
     int closes, close_error;
     int dones, done_errors, last_done_status;
