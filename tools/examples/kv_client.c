@@ -139,7 +139,7 @@ static void line_read(ioloop_stream_t *stream, int status, const char *data, siz
             reply_done(client, '$', NULL, 0);
         else if (ioloop_stream_read_bytes(stream, (size_t)value_len + 2, false, value_read, client) < 0)
             ioloop_stream_close(stream);
-    } else if (len > 0 && strchr("+-:", data[0])) {
+    } else if (len > 0 && (data[0] == '+' || data[0] == '-' || data[0] == ':')) {
         reply_done(client, data[0], data + 1, len - 1);
     } else {
         fprintf(stderr, "kv_client: unexpected reply '%.*s'\n", (int)len, data);

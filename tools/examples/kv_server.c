@@ -260,7 +260,9 @@ static void conn_handle_line(conn_t *conn, const char *line, size_t len)
     size_t value_len = (size_t)(line + len - value);
     const char *error = NULL;
     command_t command = CMD_GET;
-    if (word == 3 && !strncasecmp(line, "SET", 3) && key_end)
+    if (!space)
+        error = "-ERR unknown command or wrong number of arguments\r\n";
+    else if (word == 3 && !strncasecmp(line, "SET", 3) && key_end)
         command = CMD_SET;
     else if (word == 3 && !strncasecmp(line, "GET", 3) && !key_end)
         command = CMD_GET;
