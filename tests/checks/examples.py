@@ -102,11 +102,8 @@ def reply(value):
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-KEYS = [f"key{i}" for i in range(40)]
-
-
 def test_kv_commands(port):
-    keys = KEYS
+    keys = [f"key{i}" for i in range(40)]
     shard0 = [k for k in keys if shard_of(k) == 0][:2]
     shard1 = [k for k in keys if shard_of(k) == 1][:2]
     check(len(shard0) == 2 and len(shard1) == 2, "keys on both shards")
@@ -128,7 +125,8 @@ def test_kv_pipelined(port):
     # A raw pipelined batch over 40 keys (both shards, so local replies are
     # ready before the remote ones ahead of them): byte-exact, in order.
     model, requests, expected = {}, [], []
-    keys = KEYS
+    keys = [f"batch{i}" for i in range(40)]  # none set before
+    check({shard_of(k) for k in keys} == {0, 1}, "batch keys on both shards")
     for i in range(600):
         key = keys[(i * 7) % len(keys)]
         op = i % 4
