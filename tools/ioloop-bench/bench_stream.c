@@ -108,18 +108,31 @@ int bench_ioloop_stream_echo(const int *fds, int n)
 
 /* ---- the driver: ping-pong on every connection ------------------------------- */
 
+/* A window is extended until min_messages have been echoed (a shared host
+ * can stall every connection for 100+ ms), but never beyond this. */
+#define WINDOW_DEADLINE_NS INT64_C(10000000000)
+
 typedef struct {
     int *fds;
     size_t *sent, *received; /* bytes of the current message, per connection */
     int count;
     size_t size;
     double warmup, window; /* seconds */
+    uint64_t min_messages; /* the window goes on until this many (a stalled host must not give 0) */
     int cpu;
     clockid_t server_clock;
     /* results */
     double messages, seconds, server_cpu_ns;
     int failed;
+    const char *why; /* the first failure, for the report */
+    int error;       /* its errno, or 0 */
 } driver_t;
+
+static void driver_fail(driver_t *d, const char *why, int error)
+{
+    if (!d->failed++)
+        d->why = why, d->error = error;
+}
 
 static int64_t clock_ns(clockid_t clock)
 {
@@ -139,7 +152,7 @@ static bool driver_send(driver_t *d, int ep, int i, const char *msg)
                 epoll_ctl(ep, EPOLL_CTL_MOD, d->fds[i], &ev);
                 return false;
             }
-            d->failed++;
+            driver_fail(d, "send", errno);
             return false;
         }
         d->sent[i] += (size_t)w;
@@ -154,7 +167,7 @@ static void *driver_main(void *arg)
     char *msg = malloc(d->size), *buf = malloc(BENCH_STREAM_READ);
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (!msg || !buf || ep < 0) {
-        d->failed++;
+        driver_fail(d, "setup", errno);
         goto out;
     }
     memset(msg, 'm', d->size);
@@ -170,7 +183,8 @@ static void *driver_main(void *arg)
         int64_t now = bench_now_ns();
         if (!t0 && now - start >= (int64_t)(d->warmup * 1e9)) {
             t0 = now, cpu0 = clock_ns(d->server_clock), messages0 = messages;
-        } else if (t0 && now - t0 >= (int64_t)(d->window * 1e9)) {
+        } else if (t0 && now - t0 >= (int64_t)(d->window * 1e9) &&
+                   (messages - messages0 >= d->min_messages || now - t0 >= WINDOW_DEADLINE_NS)) {
             d->server_cpu_ns = (double)(clock_ns(d->server_clock) - cpu0);
             d->seconds = (double)(now - t0) / 1e9;
             d->messages = (double)(messages - messages0);
@@ -191,7 +205,8 @@ static void *driver_main(void *arg)
             if (r < 0 && errno == EAGAIN)
                 continue;
             if (r <= 0 || d->received[i] + (size_t)r > d->size) { /* closed, or more than we sent */
-                d->failed++;
+                driver_fail(d, r < 0 ? "recv" : r == 0 ? "the server closed a connection" : "echo longer than sent",
+                            r < 0 ? errno : 0);
                 break;
             }
             d->received[i] += (size_t)r;
@@ -272,6 +287,7 @@ static int echo_run(const bench_options_t *o, const bench_peer_t *lib, int conne
                   .size = size,
                   .warmup = o->quick ? 0.05 : 0.3,
                   .window = o->quick ? 0.1 : 1.0,
+                  .min_messages = o->quick ? 1000 : 20000,
                   .cpu = o->producer_cpu};
     pthread_t driver;
     if ((err = -pthread_getcpuclockid(pthread_self(), &d.server_clock)) == 0)
@@ -283,8 +299,11 @@ static int echo_run(const bench_options_t *o, const bench_peer_t *lib, int conne
     }
     err = lib->stream_echo(fds + connections, connections);
     pthread_join(driver, NULL);
-    if (!err && (d.failed || d.messages <= 0))
+    if (!err && (d.failed || d.messages <= 0)) {
+        fprintf(stderr, "stream: %s driver: %s%s%s\n", lib->name, d.failed ? d.why : "no message echoed in the window",
+                d.error ? ": " : "", d.error ? strerror(d.error) : "");
         err = -EIO;
+    }
     if (!err) {
         out->cpu_ns_per_message = d.server_cpu_ns / d.messages;
         out->messages_per_s = d.messages / d.seconds;
@@ -350,12 +369,13 @@ int bench_stream(const bench_options_t *o)
     }
     char note[512];
     snprintf(note, sizeof(note),
-             "median of %d reps (one warm-up rep), each a %.2f s window after %.2f s of warm-up traffic; "
+             "median of %d reps (one warm-up rep), each a %.2f s window (at least %d messages) after %.2f s of "
+             "warm-up traffic; "
              "server on the loop CPU, client driver (epoll, ping-pong per connection) on the producer CPU.\n"
              "CPU = the server thread's own CPU clock / messages echoed. ioloop = read_bytes(partial) + write; "
              "libuv = uv_read_start + uv_try_write (uv_write of a copy for a rest); "
              "libevent = bufferevent, input moved to output.",
-             reps, o->quick ? 0.1 : 1.0, o->quick ? 0.05 : 0.3);
+             reps, o->quick ? 0.1 : 1.0, o->quick ? 1000 : 20000, o->quick ? 0.05 : 0.3);
     bench_table_print("stream (TCP echo, one server loop)", note, rows, err ? 0 : 2 * SIZES);
     free(cpu), free(rate);
     return err;
