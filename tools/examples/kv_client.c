@@ -63,8 +63,7 @@ static void send_commands(client_t *client)
         for (int w = 0; w < words; w++) {
             const char *word = client->commands[i + w];
             (void)ioloop_stream_write(client->stream, word, strlen(word), NULL, NULL);
-            (void)ioloop_stream_write(client->stream, w + 1 < words ? " " : "\r\n", w + 1 < words ? 1 : 2, NULL,
-                                      NULL);
+            (void)ioloop_stream_write(client->stream, w + 1 < words ? " " : "\r\n", w + 1 < words ? 1 : 2, NULL, NULL);
         }
         i += words;
         client->sent++;
@@ -132,7 +131,7 @@ static void line_read(ioloop_stream_t *stream, int status, const char *data, siz
     client_t *client = arg;
     if (status != 0)
         return; /* the close callback reports it */
-    len -= 2; /* the CRLF */
+    len -= 2;   /* the CRLF */
     if (data[0] == '$') {
         long value_len = strtol(data + 1, NULL, 10);
         if (value_len < 0)
@@ -161,8 +160,8 @@ static void conn_closed(ioloop_stream_t *stream, int error, void *arg)
     (void)stream;
     client_t *client = arg;
     if (client->answered < client->total) {
-        fprintf(stderr, "kv_client: connection ended after %ld of %ld replies: %s\n", client->answered,
-                client->total, ioloop_strerror(error));
+        fprintf(stderr, "kv_client: connection ended after %ld of %ld replies: %s\n", client->answered, client->total,
+                ioloop_strerror(error));
         client->exit_status = 1;
     }
     client->stream = NULL;
@@ -244,7 +243,7 @@ int main(int argc, char **argv)
         return 1;
     }
     ioloop_add_callback(client.loop, start, &client); /* connect from the loop's own thread */
-    ioloop_start(client.loop); /* until the stream closes */
+    ioloop_start(client.loop);                        /* until the stream closes */
     ioloop_close(client.loop, false);
     if (client.bench && client.exit_status == 0) {
         double seconds = now_seconds() - client.started;

@@ -31,10 +31,10 @@
 #include <strings.h>
 
 enum {
-    MAX_LINE = 64 * 1024,         /* a longer line closes the connection (-EMSGSIZE) */
-    MAX_PENDING = 64,             /* requests read but not yet answered, per connection */
-    OUTPUT_LIMIT = 256 * 1024,    /* the stream's max_write_buffer_size */
-    INITIAL_BUCKETS = 1024,       /* per shard; doubles when the table is twice as full */
+    MAX_LINE = 64 * 1024,      /* a longer line closes the connection (-EMSGSIZE) */
+    MAX_PENDING = 64,          /* requests read but not yet answered, per connection */
+    OUTPUT_LIMIT = 256 * 1024, /* the stream's max_write_buffer_size */
+    INITIAL_BUCKETS = 1024,    /* per shard; doubles when the table is twice as full */
 };
 
 /* ---- a shard: one loop's hash table ---------------------------------------- */
@@ -141,7 +141,9 @@ static void shard_apply(shard_t *shard, request_t *request)
     if (request->command == CMD_SET) {
         entry_t *entry = malloc(sizeof(*entry) + request->key_len + request->value_len), *old = *at;
         if (entry) {
-            *entry = (entry_t){.next = old ? old->next : NULL, .hash = hash, .key_len = request->key_len,
+            *entry = (entry_t){.next = old ? old->next : NULL,
+                               .hash = hash,
+                               .key_len = request->key_len,
                                .value_len = request->value_len};
             memcpy(entry->data, key, request->key_len + request->value_len);
             *at = entry; /* replaces the old entry, if any */
@@ -322,7 +324,7 @@ static void conn_read_line(ioloop_stream_t *stream, int status, const char *data
     conn_t *conn = arg;
     conn->reading = false;
     if (status != 0)
-        return; /* ended (EOF, reset, line too long): the close callback follows */
+        return;                            /* ended (EOF, reset, line too long): the close callback follows */
     conn_handle_line(conn, data, len - 2); /* without the CRLF */
     conn_flush(conn);
 }

@@ -205,7 +205,10 @@ static void *driver_main(void *arg)
             if (r < 0 && errno == EAGAIN)
                 continue;
             if (r <= 0 || d->received[i] + (size_t)r > d->size) { /* closed, or more than we sent */
-                driver_fail(d, r < 0 ? "recv" : r == 0 ? "the server closed a connection" : "echo longer than sent",
+                driver_fail(d,
+                            r < 0    ? "recv"
+                            : r == 0 ? "the server closed a connection"
+                                     : "echo longer than sent",
                             r < 0 ? errno : 0);
                 break;
             }
@@ -266,8 +269,7 @@ typedef struct {
     double cpu_ns_per_message, messages_per_s;
 } echo_result_t;
 
-static int echo_run(const bench_options_t *o, const bench_peer_t *lib, int connections, size_t size,
-                    echo_result_t *out)
+static int echo_run(const bench_options_t *o, const bench_peer_t *lib, int connections, size_t size, echo_result_t *out)
 {
     int *fds = malloc(2 * (size_t)connections * sizeof(int));
     size_t *progress = calloc(2 * (size_t)connections, sizeof(size_t));
@@ -341,13 +343,11 @@ int bench_stream(const bench_options_t *o)
     }
     for (size_t s = 0; s < SIZES && !err; s++) {
         bench_row_t *row_cpu = &rows[2 * s], *row_rate = &rows[2 * s + 1];
-        *row_cpu = (bench_row_t){.unit = "ns/msg", .sense = BENCH_LOWER_IS_BETTER, .target_mask = both,
-                                 .target_ratio = 0.9, .verdict = -1};
+        *row_cpu = (bench_row_t){
+            .unit = "ns/msg", .sense = BENCH_LOWER_IS_BETTER, .target_mask = both, .target_ratio = 0.9, .verdict = -1};
         *row_rate = (bench_row_t){.unit = "msg/s", .sense = BENCH_INFO, .verdict = -1};
-        snprintf(row_cpu->workload, sizeof(row_cpu->workload), "echo %s x %d conns: server CPU", names[s],
-                 connections);
-        snprintf(row_rate->workload, sizeof(row_rate->workload), "echo %s x %d conns: messages", names[s],
-                 connections);
+        snprintf(row_cpu->workload, sizeof(row_cpu->workload), "echo %s x %d conns: server CPU", names[s], connections);
+        snprintf(row_rate->workload, sizeof(row_rate->workload), "echo %s x %d conns: messages", names[s], connections);
         /* Rep -1 is the warm-up; libraries take turns per rep so noise spreads. */
         for (int r = -1; r < reps && !err; r++)
             for (size_t l = 0; l < LIBS && !err; l++) {
@@ -355,11 +355,12 @@ int bench_stream(const bench_options_t *o)
                     continue;
                 echo_result_t result;
                 err = echo_run(o, lib(l), connections, sizes[s], &result);
-                if (err)
+                if (err) {
                     fprintf(stderr, "stream: %s echo %s failed: %s\n", lib(l)->name, names[s], strerror(-err));
-                else if (r >= 0)
-                    cpu[l * (size_t)reps + (size_t)r] = result.cpu_ns_per_message,
+                } else if (r >= 0) {
+                    cpu[l * (size_t)reps + (size_t)r] = result.cpu_ns_per_message;
                     rate[l * (size_t)reps + (size_t)r] = result.messages_per_s;
+                }
             }
         for (size_t l = 0; l < LIBS; l++) {
             bool ran = lib(l)->stream_echo && !err;
