@@ -32,7 +32,7 @@
 
 enum {
     MAX_LINE = 64 * 1024,      /* a longer line closes the connection (-EMSGSIZE) */
-    MAX_PENDING = 64,          /* requests read but not yet answered, per connection */
+    MAX_PENDING = 64,          /* requests read but not yet written, per connection */
     OUTPUT_LIMIT = 256 * 1024, /* the stream's max_write_buffer_size */
     INITIAL_BUCKETS = 1024,    /* per shard; doubles when the table is twice as full */
 };
