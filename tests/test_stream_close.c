@@ -535,6 +535,12 @@ static void test_listener_on_stream_counts_itself(void **state)
     lopts.on_stream = NULL;
     assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), -EINVAL); /* neither */
     lopts.on_stream = on_stream;
+    counting_t shared = {0}; /* a ctx every stream would destroy: refused */
+    lopts.stream.transport = &counting_transport;
+    lopts.stream.transport_ctx = &shared;
+    assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), -EINVAL);
+    lopts.stream.transport = NULL;
+    lopts.stream.transport_ctx = NULL;
     assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), 0);
     struct sockaddr_in sin = {.sin_family = AF_INET,
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
