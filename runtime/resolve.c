@@ -198,10 +198,12 @@ static void home_close(ioloop_t *loop, ioloop__close_hook_t *hook)
         ioloop__lookup_t *lookup = home->head;
         home_unlink(lookup);
         ioloop_future_on_done(lookup->future, NULL, NULL); /* detach (a late settle finds nothing) */
-        /* Done with a NULL result: the pool cancelled the work, which will
-         * not run, so its share is dropped here. Not done yet: the work is
-         * queued or running on the process-wide pool and lets go when it
-         * ends. */
+        /* Not done yet: the work is queued or running on the process-wide
+         * pool and lets go when it ends. Done with a NULL result: a pool
+         * shutdown cancelled the work, which will not run, and the loop
+         * refused the completion's post, so the work's share goes here
+         * (runtime_free shuts the pool down before it closes the loops, so
+         * that post is normally accepted and lookup_done drops it). */
         if (ioloop_future_done(lookup->future) && !ioloop_future_result(lookup->future))
             lookup_release(lookup);
         ioloop__lookup_fn fn = lookup->fn;

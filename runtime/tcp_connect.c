@@ -13,7 +13,8 @@
  *
  * The result is decided once (finish) and delivered by a posted callback, so
  * cb never runs inside the call that asked; the stream is made only then, and
- * opts->stream.transport_ctx is the stream's only if cb gets one. Each loop
+ * opts->stream.transport_ctx goes to it, or is destroyed when cb gets an
+ * error (or the call returns one), as ioloop_stream_new does. Each loop
  * keeps its connects on a list until delivery: when it closes, its close hook
  * delivers -ESHUTDOWN to those there and then.
  */
@@ -92,6 +93,7 @@ struct connect_home {
 };
 
 static void connect_timed_out(ioloop_t *loop, void *arg);
+static void drop_transport_ctx(const ioloop_stream_options_t *opts);
 static void start_attempts(ioloop_tcp_connect_t *conn);
 static void finish(ioloop_tcp_connect_t *conn, int status, int fd);
 static void deliver(ioloop_tcp_connect_t *conn);
@@ -175,7 +177,9 @@ static void deliver(ioloop_tcp_connect_t *conn)
     home_unlink(conn);
     int status = conn->status;
     ioloop_stream_t *stream = NULL;
-    if (!status) {
+    if (status) {
+        drop_transport_ctx(&conn->stream_opts);
+    } else {
         status = ioloop_stream_new(conn->loop, conn->fd, &conn->stream_opts, &stream); /* closes fd on failure */
         if (!status && conn->nodelay && conn->winner_family != AF_UNIX) {
             status = ioloop_stream_set_nodelay(stream, true);
@@ -527,8 +531,16 @@ static int take_one(ioloop_tcp_connect_t *conn, const struct sockaddr_storage *s
     return 0;
 }
 
-int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
-                       ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out)
+/* The stream options' transport_ctx is taken as ioloop_stream_new takes it:
+ * in every case. These destroy it where no stream will. */
+static void drop_transport_ctx(const ioloop_stream_options_t *opts)
+{
+    if (opts->transport && opts->transport->destroy)
+        opts->transport->destroy(opts->transport_ctx);
+}
+
+static int connect_begin(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
+                         ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out)
 {
     if (!host || !*host)
         return -EINVAL;
@@ -571,19 +583,29 @@ int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_
     return 0;
 }
 
+int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
+                       ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out)
+{
+    int err = connect_begin(loop, host, port, opts, cb, arg, out);
+    if (err && opts)
+        drop_transport_ctx(&opts->stream);
+    return err;
+}
+
 int ioloop__tcp_connect_addresses(ioloop_t *loop, const struct addrinfo *list, int port,
                                   const ioloop_tcp_connect_options_t *opts, ioloop_tcp_connect_fn cb, void *arg,
                                   ioloop_tcp_connect_t **out)
 {
-    if (port < 0 || port > 65535)
-        return -EINVAL;
     ioloop_tcp_connect_t *conn;
-    int err = conn_new(loop, opts, cb, arg, &conn);
-    if (err)
-        return err;
-    conn->port = port;
-    if ((err = take_addresses(conn, list)) != 0) {
-        conn_free(conn);
+    int err = port < 0 || port > 65535 ? -EINVAL : conn_new(loop, opts, cb, arg, &conn);
+    if (!err) {
+        conn->port = port;
+        if ((err = take_addresses(conn, list)) != 0)
+            conn_free(conn);
+    }
+    if (err) {
+        if (opts)
+            drop_transport_ctx(&opts->stream);
         return err;
     }
     start_attempts(conn);

@@ -3,8 +3,9 @@
  * names (RFC 6761 .invalid at once, resolver failures mapped), timeouts
  * against a listener whose accept queue is full (Linux drops the SYNs),
  * Happy Eyeballs (the next attempt after the delay, or at once on a failure;
- * families interleaved), getaddrinfo never on the loop thread, cancel, loop
- * close and runtime shutdown during a lookup, source address and port.
+ * families interleaved), getaddrinfo never on the loop thread, cancel, the
+ * timeout, loop close and runtime shutdown during a lookup, the transport
+ * context's ownership, source address and port.
  *
  * Threading rule: the loop runs on the test's main thread, where every
  * assertion is; getaddrinfo (wrapped below) runs on executor threads and
@@ -773,6 +774,28 @@ static void test_cancel_during_lookup(void **state)
     assert_int_equal(ioloop_close(loop, false), 0);
 }
 
+/* The timeout covers the lookup: a getaddrinfo that hangs ends the connect
+ * with -ETIMEDOUT on time, and is dropped when it returns. */
+static void test_timeout_during_lookup(void **state)
+{
+    (void)state;
+    atomic_store(&gate_entered, 0);
+    gate_set(false);
+    ioloop_t *loop = new_loop();
+    client_t client = {0};
+    ioloop_tcp_connect_options_t opts = {.timeout = IOLOOP_MSEC(300)};
+    assert_int_equal(connect_now(loop, "gate.test", 80, &opts, &client, NULL), 0);
+    run(loop, 20000);
+    assert_int_equal(client.calls, 1);
+    assert_int_equal(client.status, -ETIMEDOUT);
+    assert_true(elapsed_ms(&client) >= 250);
+    assert_true(elapsed_ms(&client) < 5000);
+    assert_int_equal(atomic_load(&gate_entered), 1);
+    gate_set(true);
+    assert_int_equal(ioloop_close(loop, false), 0);
+    assert_true(wait_for(no_lookups_live, 10000));
+}
+
 /* The loop closes with a connect in each stage: cb runs once each, with
  * -ESHUTDOWN, during the close; nothing leaks (the lookup still on the pool
  * frees itself when getaddrinfo returns). */
@@ -785,14 +808,23 @@ static void test_loop_close_while_connecting(void **state)
     bool have_bh = blackhole_open(&bh, AF_INET, "127.0.0.1");
     int fds_before = tu_open_fds();
     ioloop_t *loop = new_loop();
-    client_t lookup = {0}, attempt = {0};
+    char dir[] = "/tmp/ioloop-tcp-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[128], host[160];
+    snprintf(path, sizeof(path), "%s/sock", dir);
+    snprintf(host, sizeof(host), "unix:%s", path);
+    int lfd = listen_on(AF_UNIX, path, 4, NULL);
+    assert_true(lfd >= 0);
+    client_t lookup = {0}, attempt = {0}, decided = {0};
     assert_int_equal(connect_now(loop, "gate.test", 80, NULL, &lookup, NULL), 0);
     if (have_bh)
         assert_int_equal(connect_now(loop, "127.0.0.1", bh.port, NULL, &attempt, NULL), 0);
     assert_true(wait_for(gate_was_entered, 10000));
     tu_stop_after(loop, 100);
     assert_int_equal(ioloop_start(loop), 0);
-    assert_int_equal(lookup.calls + attempt.calls, 0);
+    /* Connected inside the call; its delivery is still queued at the close. */
+    assert_int_equal(connect_now(loop, host, 0, NULL, &decided, NULL), 0);
+    assert_int_equal(lookup.calls + attempt.calls + decided.calls, 0);
     assert_int_equal(ioloop_close(loop, false), 0);
     assert_int_equal(lookup.calls, 1);
     assert_int_equal(lookup.status, -ESHUTDOWN);
@@ -800,7 +832,12 @@ static void test_loop_close_while_connecting(void **state)
         assert_int_equal(attempt.calls, 1);
         assert_int_equal(attempt.status, -ESHUTDOWN);
     }
-    assert_int_equal(tu_open_fds(), fds_before); /* the attempt's socket is closed */
+    assert_int_equal(decided.calls, 1);
+    assert_int_equal(decided.status, -ESHUTDOWN);
+    close(lfd);
+    unlink(path);
+    rmdir(dir);
+    assert_int_equal(tu_open_fds(), fds_before); /* every socket of the connects is closed */
     gate_set(true);
     assert_true(wait_for(no_lookups_live, 10000));
     blackhole_close(&bh);
@@ -869,6 +906,86 @@ static void test_runtime_free_during_lookup(void **state)
     assert_int_equal(atomic_load(&client.shutdown_calls), 2);
     assert_int_equal(ioloop__lookups_live(), 0);
     assert_int_equal(atomic_load(&gate_entered), 1); /* the queued one never ran */
+}
+
+/* ---- the stream options' transport context ---------------------------------- */
+
+/* The socket transport, with a context whose destruction is counted. */
+static int ctx_destroyed;
+
+static ssize_t counted_read(void *ctx, int fd, char *buf, size_t len)
+{
+    return ioloop_stream_transport_socket.read(ctx, fd, buf, len);
+}
+
+static ssize_t counted_writev(void *ctx, int fd, const struct iovec *iov, int iovcnt)
+{
+    return ioloop_stream_transport_socket.writev(ctx, fd, iov, iovcnt);
+}
+
+static int counted_shutdown(void *ctx, int fd)
+{
+    return ioloop_stream_transport_socket.shutdown(ctx, fd);
+}
+
+static void counted_destroy(void *ctx)
+{
+    (void)ctx;
+    ctx_destroyed++;
+}
+
+static const ioloop_stream_transport_t counted_transport = {
+    .name = "counted",
+    .read = counted_read,
+    .writev = counted_writev,
+    .shutdown = counted_shutdown,
+    .destroy = counted_destroy,
+};
+
+static int destroyed_at_cb;
+
+static void on_connect_ctx(ioloop_t *loop, int status, ioloop_stream_t *stream, void *arg)
+{
+    destroyed_at_cb = ctx_destroyed;
+    on_connect(loop, status, stream, arg);
+}
+
+/* Taken in every case, as ioloop_stream_new takes it: the stream gets it,
+ * or it is destroyed once before cb gets an error, or before an error
+ * return. */
+static void test_transport_ctx_taken(void **state)
+{
+    (void)state;
+    ioloop_t *loop = new_loop();
+    echo_server_t server;
+    int port = 0;
+    assert_true(echo_start(&server, loop, AF_INET, "127.0.0.1", &port));
+    ioloop_tcp_connect_options_t opts = {.stream = {.transport = &counted_transport}};
+
+    ctx_destroyed = 0;
+    client_t client = {.exchange = true};
+    assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", port, &opts, on_connect_ctx, &client, NULL), 0);
+    run(loop, 10000);
+    assert_int_equal(client.status, 0);
+    assert_true(client.echoed); /* through the counted transport */
+    assert_int_equal(destroyed_at_cb, 0);
+    tu_stop_after(loop, 50); /* the closed stream goes */
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(ctx_destroyed, 1);
+
+    ctx_destroyed = 0;
+    client = (client_t){0};
+    assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", closed_port(), &opts, on_connect_ctx, &client, NULL), 0);
+    run(loop, 10000);
+    assert_int_equal(client.status, -ECONNREFUSED);
+    assert_int_equal(destroyed_at_cb, 1);
+    assert_int_equal(ctx_destroyed, 1);
+
+    ctx_destroyed = 0;
+    assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", 0, &opts, on_connect_ctx, &client, NULL), -EINVAL);
+    assert_int_equal(ctx_destroyed, 1);
+    echo_stop(&server);
+    assert_int_equal(ioloop_close(loop, false), 0);
 }
 
 /* ---- source address, arguments, threads ------------------------------------- */
@@ -997,8 +1114,10 @@ int main(void)
         cmocka_unit_test(test_happy_eyeballs_interleaves_families),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_cancel_during_lookup),
+        cmocka_unit_test(test_timeout_during_lookup),
         cmocka_unit_test(test_loop_close_while_connecting),
         cmocka_unit_test(test_runtime_free_during_lookup),
+        cmocka_unit_test(test_transport_ctx_taken),
         cmocka_unit_test(test_source_address),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_foreign_thread),

@@ -235,26 +235,38 @@ typedef struct {
     ioloop_time_t timeout;              /* name lookup + connect; 0: 20 s */
     ioloop_time_t happy_eyeballs_delay; /* RFC 8305 "connection attempt delay"; 0: 250 ms */
     int family;                         /* AF_UNSPEC (0, both), AF_INET or AF_INET6 */
-    const char *source_address;         /* bind to this local address first; NULL: any */
-    int source_port;                    /* with source_address; 0: any */
+    const char *source_address;         /* bind to this local address first (a literal IPv4/IPv6
+                                           address; it restricts the family); NULL: any */
+    int source_port;                    /* with source_address (or alone: the wildcard); 0: any */
     bool nodelay;                       /* TCP_NODELAY on the connected socket */
     ioloop_stream_options_t stream;     /* options of the stream handed out */
 } ioloop_tcp_connect_options_t;
 
 /* The result: status 0 and a stream the callee owns, or a negative errno
  * (-ECONNREFUSED, -ETIMEDOUT, -ENETUNREACH, IOLOOP_ENONAME, ...) and NULL, or
- * -ECANCELED after ioloop_tcp_connect_cancel. Runs exactly once. */
+ * -ECANCELED after ioloop_tcp_connect_cancel, or -ESHUTDOWN when the loop
+ * closes first (then during ioloop_close). Runs exactly once. When every
+ * address failed, status is the first attempt's error (the most preferred
+ * address's); a bind to the source address fails with its own errno
+ * (-EADDRINUSE, -EADDRNOTAVAIL). opts->stream.transport_ctx is taken as
+ * ioloop_stream_new takes it: the stream gets it, or it is destroyed before
+ * cb gets an error (or before ioloop_tcp_connect returns one). */
 typedef void (*ioloop_tcp_connect_fn)(ioloop_t *loop, int status, ioloop_stream_t *stream, void *arg);
 
-/* Connects to host:port ("example.com", "127.0.0.1", "::1", or "unix:/path"
- * with port ignored). Names are resolved with getaddrinfo on the executor,
- * never on the loop thread; with several addresses, families are interleaved
- * and the next attempt starts every happy_eyeballs_delay until one connects
- * (RFC 8305). Loop thread. 0 (and, if out is not NULL, a handle valid until
- * cb runs), or -EINVAL / -ENOMEM; every other failure reaches cb. */
+/* Connects to host:port ("example.com", "127.0.0.1", "::1", "[::1]", or
+ * "unix:/path" with port, family, source and nodelay ignored). Names are
+ * resolved with getaddrinfo on the executor, never on the loop thread
+ * ("invalid" and names under it fail at once, RFC 6761); with several
+ * addresses, families are interleaved and the next attempt starts every
+ * happy_eyeballs_delay, or at once when one fails, until one connects (RFC
+ * 8305). Loop thread, or before the loop starts. 0 (and, if out is not NULL,
+ * a handle valid until cb runs), or -EINVAL / -ENOMEM, -EPERM from another
+ * thread, -ESHUTDOWN on a closed loop; every other failure reaches cb. */
 int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
                        ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out);
-/* Abandons a connect in progress: cb runs (later) with -ECANCELED. Loop thread. */
+/* Abandons a connect in progress: cb runs (later) with -ECANCELED, also if
+ * it had connected and cb had not run yet. A lookup still running finishes
+ * on its pool thread and is dropped. Loop thread. */
 void ioloop_tcp_connect_cancel(ioloop_tcp_connect_t *conn);
 
 #ifdef __cplusplus
