@@ -5,11 +5,12 @@
 
 kv_server on 2 loops (so every connection has a local and a remote shard):
 kv_client SET/GET/DEL on keys of both shards, a raw pipelined batch whose
-replies must come back byte-exact and in order, a client that stops reading
-(server memory bounded, then every reply correct), kv_client --bench, and a
-refused connection. echo_server: small and large echoes, concurrent clients,
-and a client that stops reading (the server stops reading too: the sender
-blocks; then everything comes back). Both servers must exit 0 on SIGTERM
+replies must come back byte-exact and in order, a client that half-closes
+(every reply, then EOF), a client that stops reading (server memory bounded,
+then every reply correct), kv_client --bench, and a refused connection.
+echo_server: small and large echoes, concurrent clients, and a client that
+stops reading (the server stops reading too: the sender blocks; then
+everything comes back). Both servers must exit 0 on SIGTERM
 with nothing on stderr (sanitizer reports included). Memory bounds are
 checked only in plain builds ("sanitized" skips them: shadow memory and
 quarantines inflate RSS). Standard library only.
@@ -155,6 +156,18 @@ def test_kv_pipelined(port):
                            f"{next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), -1)}")
 
 
+def test_kv_half_close(port):
+    # A client that sends its commands and shuts its side down (nc -N) gets
+    # every reply, then EOF: the server answers what came before the EOF.
+    big = b"h" * 50000
+    with connect(port) as sock:
+        sock.sendall(b"SET half %s\r\n" % big + b"GET half\r\n" * 40 + b"DEL half\r\nGET half\r\nGET par")
+        sock.shutdown(socket.SHUT_WR)
+        want = b"+OK\r\n" + reply(big) * 40 + b":1\r\n$-1\r\n"  # the unterminated line is dropped
+        check(recv_exactly(sock, len(want)) == want, "half-closed client: replies")
+        check(sock.recv(1) == b"", "half-closed client: EOF after the last reply")
+
+
 def test_kv_slow_client(server):
     port = server.port
     # A client that pipelines GETs of a 60 KB value and does not read for a
@@ -249,6 +262,7 @@ def main():
     try:
         test_kv_commands(kv.port)
         test_kv_pipelined(kv.port)
+        test_kv_half_close(kv.port)
         test_kv_slow_client(kv)
         test_kv_bench(kv.port)
     finally:

@@ -17,6 +17,9 @@
  * Memory per connection is bounded: it stops reading while MAX_PENDING
  * requests await their replies or the output is at its limit (a client that
  * does not read), and resumes when replies are written / the output drains.
+ * A client that half-closes (`printf 'GET a\r\n' | nc -N host 6380`) still
+ * gets every reply: the stream is opened with half_close, and the connection
+ * closes once the last reply has left.
  */
 #define _GNU_SOURCE /* strdup, strncasecmp */
 #include "ioloop/runtime.h"
@@ -128,6 +131,8 @@ struct conn {
     int pending;             /* requests in the queue */
     int remote;              /* requests out on another loop: they point at us */
     bool reading;            /* a read_until is outstanding */
+    bool peer_done;          /* the client will send nothing more (EOF) */
+    bool finishing;          /* the close waits for the last reply to leave */
 };
 
 /* Builds the reply into request->reply (on the shard's loop); NULL on ENOMEM. */
@@ -181,6 +186,7 @@ static void shard_apply(shard_t *shard, request_t *request)
 }
 
 static void conn_read_next(conn_t *conn);
+static void conn_finish(conn_t *conn);
 
 static void conn_free_if_done(conn_t *conn)
 {
@@ -218,7 +224,28 @@ static void conn_flush(conn_t *conn)
             return;
         }
     }
-    conn_read_next(conn);
+    if (conn->peer_done)
+        conn_finish(conn);
+    else
+        conn_read_next(conn);
+}
+
+static void conn_sent_all(ioloop_stream_t *stream, int status, void *arg)
+{
+    (void)arg;
+    if (status == 0)
+        ioloop_stream_close(stream); /* nothing is queued: the kernel sends the rest, then FIN */
+}
+
+/* After the client's EOF: once every reply is queued, close when they have left. */
+static void conn_finish(conn_t *conn)
+{
+    if (conn->finishing || conn->head || !conn->stream || !ioloop_stream_writable(conn->stream))
+        return; /* replies to come, or the output drains first (conn_drained flushes again) */
+    conn->finishing = true;
+    /* An empty write: its done runs once everything queued before it has left. */
+    if (ioloop_stream_write(conn->stream, "", 0, conn_sent_all, conn) < 0)
+        ioloop_stream_close(conn->stream);
 }
 
 /* A reply came back from another loop's shard (on the connection's loop). */
@@ -323,8 +350,13 @@ static void conn_read_line(ioloop_stream_t *stream, int status, const char *data
     (void)stream;
     conn_t *conn = arg;
     conn->reading = false;
-    if (status != 0)
-        return;                            /* ended (EOF, reset, line too long): the close callback follows */
+    if (status == IOLOOP_EOF) { /* half_close: answer what came (a partial last line is dropped) */
+        conn->peer_done = true;
+        conn_flush(conn);
+        return;
+    }
+    if (status != 0) /* ended (reset, line too long, ...): the close callback follows */
+        return;
     conn_handle_line(conn, data, len - 2); /* without the CRLF */
     conn_flush(conn);
 }
@@ -409,7 +441,7 @@ int main(int argc, char **argv)
         .address = "0.0.0.0",
         .port = port,
         .on_stream = conn_accepted,
-        .stream = {.max_write_buffer_size = OUTPUT_LIMIT},
+        .stream = {.max_write_buffer_size = OUTPUT_LIMIT, .half_close = true},
         .arg = &server,
     };
     if (!err)
