@@ -6,7 +6,8 @@
  * Threading rule: main owns the runtime; a connection lives on the loop that
  * accepted it, and all its callbacks run there. Flow control: a stream whose
  * output reached its limit (a client that sends but does not read) is not
- * read again until the output has drained, so memory stays bounded.
+ * read again until the output has drained, so memory stays bounded. A
+ * client that half-closes (nc -N) gets all its echo, then EOF.
  * SIGINT/SIGTERM stop the loops; open streams close with the runtime.
  */
 #include "ioloop/runtime.h"
@@ -28,11 +29,23 @@ static void echo_read_next(ioloop_stream_t *stream)
     (void)ioloop_stream_read_bytes(stream, READ_CHUNK, true, echo_read, NULL);
 }
 
+static void echo_sent_all(ioloop_stream_t *stream, int status, void *arg)
+{
+    (void)arg;
+    if (status == 0)
+        ioloop_stream_close(stream); /* nothing is queued: the kernel sends the rest, then FIN */
+}
+
 static void echo_read(ioloop_stream_t *stream, int status, const char *data, size_t len, void *arg)
 {
     (void)arg;
+    if (status == IOLOOP_EOF) { /* the client sends no more (half_close): close once the echo has left */
+        if (ioloop_stream_write(stream, "", 0, echo_sent_all, NULL) < 0)
+            ioloop_stream_close(stream);
+        return;
+    }
     if (status != 0)
-        return; /* the stream has ended (EOF, reset, ...); it frees itself */
+        return; /* the stream has ended (reset, ...); it frees itself */
     if (ioloop_stream_write(stream, data, len, NULL, NULL) < 0) {
         ioloop_stream_close(stream);
         return;
@@ -86,7 +99,7 @@ int main(int argc, char **argv)
         .address = "0.0.0.0",
         .port = port,
         .on_stream = echo_accepted,
-        .stream = {.max_write_buffer_size = OUTPUT_LIMIT},
+        .stream = {.max_write_buffer_size = OUTPUT_LIMIT, .half_close = true},
     };
     err = ioloop_listener_start(rt, &lo, &listener);
     if (err) {
