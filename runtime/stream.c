@@ -164,7 +164,9 @@ static ssize_t socket_writev(void *ctx, int fd, const struct iovec *iov, int iov
     int flags = 0; /* SO_NOSIGPIPE was set at creation */
 #endif
     for (;;) {
-        ssize_t n = sendmsg(fd, &msg, flags);
+        /* One buffer (the usual echo or response): send() skips the kernel's
+         * msghdr and iovec import, measurably cheaper than sendmsg. */
+        ssize_t n = iovcnt == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, flags) : sendmsg(fd, &msg, flags);
         if (n >= 0)
             return n;
         if (errno != EINTR)
