@@ -108,7 +108,7 @@ ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, 
 
 typedef enum {
     IOLOOP_ACCEPT_DEFAULT = 0, /* the mode the benchmarks favour (see README): EXCLUSIVE
-                                  with epoll, else REUSEPORT (DISPATCH for unix:) */
+                                  with epoll (unix: too), else REUSEPORT (DISPATCH for unix:) */
     IOLOOP_ACCEPT_REUSEPORT,   /* one socket per loop, SO_REUSEPORT; the kernel balances */
     IOLOOP_ACCEPT_EXCLUSIVE,   /* one socket in every loop's epoll, EPOLLEXCLUSIVE */
     IOLOOP_ACCEPT_DISPATCH,    /* loop 0 accepts and hands each fd to the least-loaded loop */
