@@ -1207,7 +1207,8 @@ static int queue_copy(ioloop_stream_t *stream, const struct iovec *iov, int iovc
         skip = 0;
         while (len) {
             out_entry_t *tail = stream->out_tail;
-            if (!tail || !tail->block || tail->used == tail->cap) {
+            /* A borrowed tail may carry a cached entry's block: never append there. */
+            if (!tail || tail->release || !tail->block || tail->used == tail->cap) {
                 bool big = len > OUT_BLOCK;
                 tail = entry_take(stream->home, !big);
                 if (!tail)

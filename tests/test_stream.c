@@ -437,6 +437,34 @@ static void test_borrowed_release_once(void **state)
     fixture_close(&fx);
 }
 
+/* A borrowed write gets an entry from the loop's cache, which may still carry
+ * the 16 KiB block of a copied write sent earlier: a copy queued after it
+ * must not be appended into that block (it would send past the borrowed
+ * buffer and lose the copy). */
+static void test_copy_after_borrowed_gets_its_own_block(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    fixture_open(&fx, NULL);
+    rec_t rec = {0};
+    ioloop_stream_cork(fx.stream);
+    assert_int_equal(ioloop_stream_write(fx.stream, "warm", 4, rec_done, &rec), 0); /* a copied entry, queued */
+    ioloop_stream_uncork(fx.stream);
+    assert_true(run_until(fx.loop, &rec.dones, 1, 5000)); /* sent: its entry and block are cached */
+    ioloop_stream_cork(fx.stream);
+    static const char borrowed[] = "BB";
+    assert_int_equal(ioloop_stream_write_borrowed(fx.stream, borrowed, 2, rec_release, &rec), 0);
+    assert_int_equal(ioloop_stream_write(fx.stream, "cc", 2, rec_done, &rec), 0);
+    assert_int_equal(ioloop_stream_write_queue_size(fx.stream), 4);
+    ioloop_stream_uncork(fx.stream);
+    assert_true(run_until(fx.loop, &rec.dones, 2, 5000));
+    assert_true(run_until(fx.loop, &rec.releases, 1, 5000));
+    char buf[16];
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 8);
+    assert_memory_equal(buf, "warmBBcc", 8);
+    fixture_close(&fx);
+}
+
 /* ---- cork: N writes in one writev, through the transport only ------------------------------ */
 
 static void test_cork_one_writev(void **state)
@@ -731,6 +759,7 @@ int main(void)
         cmocka_unit_test(test_done_once_per_write),
         cmocka_unit_test(test_done_gets_error_when_closed_first),
         cmocka_unit_test(test_borrowed_release_once),
+        cmocka_unit_test(test_copy_after_borrowed_gets_its_own_block),
         cmocka_unit_test(test_cork_one_writev),
         cmocka_unit_test(test_transport_is_the_only_io_path),
         cmocka_unit_test(test_consumer_peek_stable_while_stopped),
