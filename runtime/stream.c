@@ -1282,12 +1282,17 @@ int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int i
 {
     if (iovcnt < 0 || (iovcnt && !iov))
         return -EINVAL;
+    /* A total beyond ssize_t is no real buffer (writev(2) says EINVAL too);
+     * a wrapped one would run done callbacks before their bytes left. */
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len > (size_t)SSIZE_MAX - total)
+            return -EINVAL;
+        total += iov[i].iov_len;
+    }
     int err = write_refused(stream);
     if (err)
         return err;
-    size_t total = 0;
-    for (int i = 0; i < iovcnt; i++)
-        total += iov[i].iov_len;
     /* Room first: once bytes are sent the write can no longer be refused. */
     if (done && completion_reserve(stream) < 0)
         return -ENOMEM;
@@ -1322,8 +1327,8 @@ int ioloop_stream_write(ioloop_stream_t *stream, const void *data, size_t len, i
 int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
                                  ioloop_stream_release_fn release, void *arg)
 {
-    if (!release || (len && !data))
-        return -EINVAL;
+    if (!release || (len && !data) || len > (size_t)SSIZE_MAX)
+        return -EINVAL; /* bad arguments: release is not called */
     int err = write_refused(stream);
     out_entry_t *entry = err == -EPERM ? NULL : entry_take(stream->home, false);
     if (!entry) {

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "test_stream_util.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -465,6 +466,36 @@ static void test_copy_after_borrowed_gets_its_own_block(void **state)
     fixture_close(&fx);
 }
 
+/* Sizes whose sum does not fit in ssize_t are refused (-EINVAL, as writev(2)
+ * does), before a byte is sent or the stream suffers: a wrapped total would
+ * run done callbacks before their bytes left, and an absurd length would send
+ * whatever memory follows the buffer. */
+static void test_write_sizes_that_overflow_are_einval(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    fixture_open(&fx, NULL);
+    rec_t rec = {0};
+    static char small[4] = "abcd";
+    struct iovec wrap[2] = {{small, SIZE_MAX / 2 + 1}, {small, SIZE_MAX / 2 + 1}}; /* sums to 0 */
+    assert_int_equal(ioloop_stream_writev(fx.stream, wrap, 2, rec_done, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_write(fx.stream, small, SIZE_MAX, rec_done, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_write(fx.stream, small, (size_t)SSIZE_MAX + 1, rec_done, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_write_borrowed(fx.stream, small, SIZE_MAX, rec_release, &rec), -EINVAL);
+    run_for(fx.loop, 20);
+    assert_false(ioloop_stream_closed(fx.stream));
+    assert_int_equal(rec.dones + rec.releases, 0);
+    assert_int_equal(ioloop_stream_write_queue_size(fx.stream), 0);
+    char buf[16];
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 0);
+    /* The stream goes on: a sane write still works. */
+    assert_int_equal(ioloop_stream_write(fx.stream, small, 4, rec_done, &rec), 0);
+    assert_true(run_until(fx.loop, &rec.dones, 1, 5000));
+    assert_int_equal(rec.last_done_status, 0);
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 4);
+    fixture_close(&fx);
+}
+
 /* ---- cork: N writes in one writev, through the transport only ------------------------------ */
 
 static void test_cork_one_writev(void **state)
@@ -760,6 +791,7 @@ int main(void)
         cmocka_unit_test(test_done_gets_error_when_closed_first),
         cmocka_unit_test(test_borrowed_release_once),
         cmocka_unit_test(test_copy_after_borrowed_gets_its_own_block),
+        cmocka_unit_test(test_write_sizes_that_overflow_are_einval),
         cmocka_unit_test(test_cork_one_writev),
         cmocka_unit_test(test_transport_is_the_only_io_path),
         cmocka_unit_test(test_consumer_peek_stable_while_stopped),
