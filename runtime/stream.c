@@ -369,7 +369,8 @@ static size_t input_room(ioloop_stream_t *stream)
         stream->in_cap = IN_BLOCK;
         stream->in_start = stream->in_end = 0;
     }
-    size_t need = stream->read_kind == READ_BYTES && stream->want > have ? stream->want - have : 1;
+    /* Only a whole read_bytes needs its n at once; a partial one takes what is there. */
+    size_t need = stream->read_kind == READ_BYTES && !stream->partial && stream->want > have ? stream->want - have : 1;
     size_t room = stream->in_cap - stream->in_end;
     /* Compact only when a recv needs the room: the unconsumed tail moves to
      * the front, and that tail is short (a partial message), so moving it is

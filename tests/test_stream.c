@@ -496,6 +496,25 @@ static void test_write_sizes_that_overflow_are_einval(void **state)
     fixture_close(&fx);
 }
 
+/* A partial read_bytes takes whatever is there: a large n must not grow the
+ * input towards max_buffer_size (100 MiB by default) before the first byte. */
+static void test_partial_read_bytes_reads_in_blocks(void **state)
+{
+    (void)state;
+    counting_t counts = {0};
+    ioloop_stream_options_t opts = {.transport = &counting_transport, .transport_ctx = &counts};
+    fixture_t fx;
+    fixture_open(&fx, &opts);
+    rec_t rec = {0};
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, (size_t)64 << 20, true, rec_read, &rec), 0);
+    assert_int_equal(write(fx.peer, "hello", 5), 5);
+    assert_true(run_until(fx.loop, &rec.reads, 1, 5000));
+    assert_int_equal(rec.read_status, 0);
+    assert_int_equal(rec.len, 5);
+    assert_true(counts.max_read_len > 0 && counts.max_read_len <= 65536);
+    fixture_close(&fx);
+}
+
 /* ---- cork: N writes in one writev, through the transport only ------------------------------ */
 
 static void test_cork_one_writev(void **state)
@@ -792,6 +811,7 @@ int main(void)
         cmocka_unit_test(test_borrowed_release_once),
         cmocka_unit_test(test_copy_after_borrowed_gets_its_own_block),
         cmocka_unit_test(test_write_sizes_that_overflow_are_einval),
+        cmocka_unit_test(test_partial_read_bytes_reads_in_blocks),
         cmocka_unit_test(test_cork_one_writev),
         cmocka_unit_test(test_transport_is_the_only_io_path),
         cmocka_unit_test(test_consumer_peek_stable_while_stopped),
