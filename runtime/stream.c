@@ -1401,8 +1401,10 @@ void ioloop_stream_uncork(ioloop_stream_t *stream)
     if (!owner_ok(stream) || !stream->cork)
         return;
     stream->cork--;
-    if (!stream->cork)
+    if (!stream->cork) {
+        stream->write_since = stream_now(stream); /* the write timeout does not run while corked */
         update_io(stream);
+    }
 }
 
 /* ---- controls and closing ------------------------------------------------------ */
@@ -1447,6 +1449,8 @@ int ioloop_stream_shutdown(ioloop_stream_t *stream)
         return -EPERM;
     if (stream->ended || stream->shut_requested)
         return -EPIPE;
+    if (stream->cork)
+        stream->write_since = stream_now(stream); /* the output moves from now (corked until here) */
     stream->shut_requested = true;
     update_io(stream);
     return 0;
