@@ -748,9 +748,12 @@ static int on_event(ioloop_t *loop, int fd, unsigned events, void *arg)
 {
     (void)loop, (void)fd;
     ioloop_stream_t *stream = arg;
-    if (events & (IOLOOP_WRITE | IOLOOP_ERROR))
+    /* A transport that maps interest (TLS reads to write, or writes to read)
+     * may need either event for either direction: both get another try. */
+    unsigned either = stream->transport->events ? IOLOOP_READ | IOLOOP_WRITE : 0u;
+    if (events & (IOLOOP_WRITE | IOLOOP_ERROR | either))
         stream->write_blocked = false;
-    if (events & (IOLOOP_READ | IOLOOP_ERROR))
+    if (events & (IOLOOP_READ | IOLOOP_ERROR | either))
         stream->readable = true;
     stream->reads_left = READ_BUDGET;
     pump(stream);

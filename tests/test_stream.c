@@ -625,6 +625,72 @@ static void test_transport_is_the_only_io_path(void **state)
     assert_int_equal(flip.destroys, 1);
 }
 
+/* A transport that needs to READ to write (TLS in a handshake or
+ * renegotiation): its events() asks for READ in place of WRITE, and writev
+ * says EAGAIN until `open`. The READ event must let the stream try writing
+ * again; it must not be taken as "readable" only (the write would wait for a
+ * WRITE event that was never asked for, while READ fires again and again). */
+typedef struct {
+    bool open;
+    int writevs;
+} gate_t;
+
+static ssize_t gate_writev(void *ctx, int fd, const struct iovec *iov, int iovcnt)
+{
+    gate_t *gate = ctx;
+    gate->writevs++;
+    if (!gate->open)
+        return -EAGAIN;
+    return ioloop_stream_transport_socket.writev(NULL, fd, iov, iovcnt);
+}
+
+static ssize_t gate_read(void *ctx, int fd, char *buf, size_t len)
+{
+    (void)ctx;
+    return ioloop_stream_transport_socket.read(NULL, fd, buf, len);
+}
+
+static int gate_shutdown(void *ctx, int fd)
+{
+    (void)ctx;
+    return ioloop_stream_transport_socket.shutdown(NULL, fd);
+}
+
+static unsigned gate_events(void *ctx, unsigned wanted)
+{
+    (void)ctx;
+    return wanted & IOLOOP_WRITE ? (wanted & ~IOLOOP_WRITE) | IOLOOP_READ : wanted;
+}
+
+static const ioloop_stream_transport_t gate_transport = {
+    .name = "gate",
+    .read = gate_read,
+    .writev = gate_writev,
+    .shutdown = gate_shutdown,
+    .events = gate_events,
+};
+
+static void test_transport_events_remap_lets_writes_go(void **state)
+{
+    (void)state;
+    gate_t gate = {0};
+    ioloop_stream_options_t opts = {.transport = &gate_transport, .transport_ctx = &gate};
+    fixture_t fx;
+    fixture_open(&fx, &opts);
+    rec_t rec = {0};
+    assert_int_equal(ioloop_stream_write(fx.stream, "abc", 3, rec_done, &rec), 0);
+    run_for(fx.loop, 10);
+    assert_int_equal(rec.dones, 0);
+    gate.open = true;                          /* as if the handshake went on */
+    assert_int_equal(write(fx.peer, "x", 1), 1); /* the fd turns readable: the READ the transport asked for */
+    assert_true(run_until(fx.loop, &rec.dones, 1, 3000));
+    assert_int_equal(rec.last_done_status, 0);
+    char buf[8];
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 3);
+    assert_memory_equal(buf, "abc", 3);
+    fixture_close(&fx);
+}
+
 /* ---- the consumer form: peek/consume, stop, pause/resume ------------------------------------ */
 
 typedef struct {
@@ -814,6 +880,7 @@ int main(void)
         cmocka_unit_test(test_partial_read_bytes_reads_in_blocks),
         cmocka_unit_test(test_cork_one_writev),
         cmocka_unit_test(test_transport_is_the_only_io_path),
+        cmocka_unit_test(test_transport_events_remap_lets_writes_go),
         cmocka_unit_test(test_consumer_peek_stable_while_stopped),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_eperm_from_another_thread),
