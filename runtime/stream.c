@@ -1105,8 +1105,8 @@ int ioloop_stream_read_until(ioloop_stream_t *stream, const void *delim, size_t 
 
 int ioloop_stream_read_bytes(ioloop_stream_t *stream, size_t n, bool partial, ioloop_stream_read_fn cb, void *arg)
 {
-    if (!n)
-        return -EINVAL;
+    if (!n || (!partial && n > (size_t)SSIZE_MAX))
+        return -EINVAL; /* never met; and the input's doubling towards n must not wrap */
     int err = read_begin(stream, READ_BYTES, cb, arg);
     if (err)
         return err;

@@ -496,6 +496,25 @@ static void test_write_sizes_that_overflow_are_einval(void **state)
     fixture_close(&fx);
 }
 
+/* A whole read_bytes beyond ssize_t can never be met: -EINVAL at once (with
+ * max_buffer_size SIZE_MAX the buffer's doubling wrapped to 0 and the first
+ * byte hung the loop). */
+static void test_read_bytes_beyond_ssize_max_is_einval(void **state)
+{
+    (void)state;
+    ioloop_stream_options_t opts = {.max_buffer_size = SIZE_MAX};
+    fixture_t fx;
+    fixture_open(&fx, &opts);
+    rec_t rec = {0};
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, SIZE_MAX, false, rec_read, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, (size_t)SSIZE_MAX + 1, false, rec_read, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, SIZE_MAX, true, rec_read, &rec), 0); /* whatever is there */
+    assert_int_equal(write(fx.peer, "hi", 2), 2);
+    assert_true(run_until(fx.loop, &rec.reads, 1, 5000));
+    assert_int_equal(rec.len, 2);
+    fixture_close(&fx);
+}
+
 /* A partial read_bytes takes whatever is there: a large n must not grow the
  * input towards max_buffer_size (100 MiB by default) before the first byte. */
 static void test_partial_read_bytes_reads_in_blocks(void **state)
@@ -878,6 +897,7 @@ int main(void)
         cmocka_unit_test(test_copy_after_borrowed_gets_its_own_block),
         cmocka_unit_test(test_write_sizes_that_overflow_are_einval),
         cmocka_unit_test(test_partial_read_bytes_reads_in_blocks),
+        cmocka_unit_test(test_read_bytes_beyond_ssize_max_is_einval),
         cmocka_unit_test(test_cork_one_writev),
         cmocka_unit_test(test_transport_is_the_only_io_path),
         cmocka_unit_test(test_transport_events_remap_lets_writes_go),

@@ -140,7 +140,8 @@ typedef void (*ioloop_stream_read_fn)(ioloop_stream_t *stream, int status, const
  * with -EMSGSIZE (Tornado's UnsatisfiableReadError). */
 int ioloop_stream_read_until(ioloop_stream_t *stream, const void *delim, size_t delim_len, size_t max_bytes,
                              ioloop_stream_read_fn cb, void *arg);
-/* Reads exactly n bytes, or with partial, between 1 and n (whatever is there). */
+/* Reads exactly n bytes, or with partial, between 1 and n (whatever is there).
+ * n 0, or n beyond SSIZE_MAX without partial: -EINVAL. */
 int ioloop_stream_read_bytes(ioloop_stream_t *stream, size_t n, bool partial, ioloop_stream_read_fn cb, void *arg);
 /* Reads everything until the peer's EOF (status 0 then); bounded by max_buffer_size. */
 int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_fn cb, void *arg);
@@ -178,7 +179,8 @@ typedef void (*ioloop_stream_write_fn)(ioloop_stream_t *stream, int status, void
 /* A borrowed buffer's release: the stream no longer needs data. */
 typedef void (*ioloop_stream_release_fn)(void *data, void *arg);
 
-/* Queues a copy of data (done may be NULL). 0; -ENOBUFS when the output is
+/* Queues a copy of data (done may be NULL). 0; -EINVAL for sizes beyond
+ * SSIZE_MAX (in all, for writev); -ENOBUFS when the output is
  * already at or above max_write_buffer_size (nothing queued: wait for the
  * drain callback); -EPIPE once the stream ended or was shut down; -ENOMEM. A
  * single write may take the output past the mark. */
@@ -189,7 +191,8 @@ int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int i
                          void *arg);
 /* Zero-copy: data is borrowed until release(data, arg) runs (exactly once,
  * after the bytes left or the stream ended; also when refused: later, as a
- * callback, except for -EPERM and -ENOMEM, where it runs before the return). */
+ * callback, except for -EPERM and -ENOMEM, where it runs before the return;
+ * -EINVAL for bad arguments, where it does not run). */
 int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
                                  ioloop_stream_release_fn release, void *arg);
 
