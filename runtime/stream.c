@@ -768,9 +768,12 @@ static int on_event(ioloop_t *loop, int fd, unsigned events, void *arg)
         } else {
             /* The peer is gone: read ahead what it left (bounded by
              * max_buffer_size) to learn of its EOF, so an idle stream ends
-             * now rather than at its next read. Not while paused. */
-            while (!stream->ended && !stream->paused && !stream->peer_eof && avail(stream) < stream->max_in &&
-                   fill(stream))
+             * now rather than at its next read. Not while paused, nor while
+             * input waits with no read pending (a stopped consumer's view
+             * must not move; such a stream does not end at EOF anyway). */
+            bool held = stream->read_kind == READ_NONE && avail(stream) > 0;
+            while (!held && !stream->ended && !stream->paused && !stream->peer_eof &&
+                   avail(stream) < stream->max_in && fill(stream))
                 continue;
             if (!stream->ended)
                 check_eof(stream);

@@ -768,6 +768,47 @@ static void test_consumer_peek_stable_while_stopped(void **state)
     assert_int_equal(c.rec.consumer_status, -ESHUTDOWN);
 }
 
+/* The same when the peer hangs up meanwhile (a socketpair reports the
+ * hang-up at once): learning of its EOF must not compact or grow the input a
+ * stopped consumer still looks at. */
+static void test_consumer_peek_stable_across_hangup(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    fixture_open(&fx, NULL);
+    enum { TOTAL = 60000 }; /* most of a 64 KiB block: a recv after it compacts */
+    static char sent[TOTAL + 10];
+    for (size_t i = 0; i < sizeof(sent); i++)
+        sent[i] = (char)(i % 251);
+    consumer_t c = {.consume_each = 10, .stop_after_first = true};
+    assert_int_equal(write(fx.peer, sent, TOTAL), TOTAL);
+    assert_int_equal(ioloop_stream_read_start(fx.stream, consumer_cb, &c), 0);
+    assert_true(run_until(fx.loop, &c.rec.consumer_calls, 1, 5000));
+    size_t len;
+    const char *p = ioloop_stream_peek(fx.stream, &len);
+    assert_non_null(p);
+    assert_memory_equal(p, sent + 10, len);
+    assert_int_equal(write(fx.peer, sent + TOTAL, 10), 10);
+    close(fx.peer);
+    fx.peer = open("/dev/null", O_RDONLY); /* fixture_close closes it */
+    run_for(fx.loop, 50);
+    size_t len2;
+    const char *p2 = ioloop_stream_peek(fx.stream, &len2);
+    assert_ptr_equal(p2, p);
+    assert_int_equal(len2, len);
+    assert_memory_equal(p, sent + 10, len);
+    assert_false(ioloop_stream_closed(fx.stream));
+    /* Started again: it gets the rest, then the end. */
+    c.stop_after_first = false;
+    c.consume_each = TOTAL;
+    ioloop_stream_set_close_callback(fx.stream, rec_close, &c.rec);
+    assert_int_equal(ioloop_stream_read_start(fx.stream, consumer_cb, &c), 0);
+    assert_true(run_until(fx.loop, &c.rec.closes, 1, 5000));
+    assert_int_equal(c.rec.consumer_status, IOLOOP_EOF);
+    assert_int_equal(c.rec.close_error, IOLOOP_EOF);
+    fixture_close(&fx);
+}
+
 static void test_pause_resume(void **state)
 {
     (void)state;
@@ -902,6 +943,7 @@ int main(void)
         cmocka_unit_test(test_transport_is_the_only_io_path),
         cmocka_unit_test(test_transport_events_remap_lets_writes_go),
         cmocka_unit_test(test_consumer_peek_stable_while_stopped),
+        cmocka_unit_test(test_consumer_peek_stable_across_hangup),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_eperm_from_another_thread),
         cmocka_unit_test(test_nodelay_and_strerror),
