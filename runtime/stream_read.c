@@ -221,17 +221,26 @@ bool ioloop__stream_deliver(ioloop_stream_t *stream)
 
 /* ---- the read calls -------------------------------------------------------------- */
 
-/* Common checks and setup of a read request. */
-static int read_begin(ioloop_stream_t *stream, int kind, ioloop_stream_read_fn cb, void *arg)
+/* Whether a read (or the consumer) may start now: 0, or why not. */
+static int read_refused(const ioloop_stream_t *stream, bool has_cb)
 {
     if (!stream_owner_ok(stream))
         return -EPERM;
-    if (!cb)
+    if (!has_cb)
         return -EINVAL;
     if (stream->ended)
         return -EPIPE;
     if (stream->read_kind != READ_NONE)
         return -EBUSY;
+    return 0;
+}
+
+/* Common checks and setup of a read request. */
+static int read_begin(ioloop_stream_t *stream, int kind, ioloop_stream_read_fn cb, void *arg)
+{
+    int err = read_refused(stream, cb != NULL);
+    if (err)
+        return err;
     stream->read_kind = kind;
     stream->read_fn = cb;
     stream->read_arg = arg;
@@ -294,14 +303,9 @@ int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_f
 
 int ioloop_stream_read_start(ioloop_stream_t *stream, ioloop_stream_data_fn cb, void *arg)
 {
-    if (!stream_owner_ok(stream))
-        return -EPERM;
-    if (!cb)
-        return -EINVAL;
-    if (stream->ended)
-        return -EPIPE;
-    if (stream->read_kind != READ_NONE)
-        return -EBUSY;
+    int err = read_refused(stream, cb != NULL);
+    if (err)
+        return err;
     stream->read_kind = READ_CONSUMER;
     stream->data_fn = cb;
     stream->read_arg = arg;

@@ -12,6 +12,7 @@
  * only records into atomics.
  */
 #define _GNU_SOURCE
+#include "test_stream_util.h"
 #include "test_util.h"
 
 #include "ioloop/runtime.h"
@@ -910,43 +911,15 @@ static void test_runtime_free_during_lookup(void **state)
 
 /* ---- the stream options' transport context ---------------------------------- */
 
-/* The socket transport, with a context whose destruction is counted. */
-static int ctx_destroyed;
-
-static ssize_t counted_read(void *ctx, int fd, char *buf, size_t len)
-{
-    return ioloop_stream_transport_socket.read(ctx, fd, buf, len);
-}
-
-static ssize_t counted_writev(void *ctx, int fd, const struct iovec *iov, int iovcnt)
-{
-    return ioloop_stream_transport_socket.writev(ctx, fd, iov, iovcnt);
-}
-
-static int counted_shutdown(void *ctx, int fd)
-{
-    return ioloop_stream_transport_socket.shutdown(ctx, fd);
-}
-
-static void counted_destroy(void *ctx)
-{
-    (void)ctx;
-    ctx_destroyed++;
-}
-
-static const ioloop_stream_transport_t counted_transport = {
-    .name = "counted",
-    .read = counted_read,
-    .writev = counted_writev,
-    .shutdown = counted_shutdown,
-    .destroy = counted_destroy,
-};
+/* The socket transport, with a context whose destruction is counted
+ * (test_stream_util.h's counting transport). */
+static counting_t counted;
 
 static int destroyed_at_cb;
 
 static void on_connect_ctx(ioloop_t *loop, int status, ioloop_stream_t *stream, void *arg)
 {
-    destroyed_at_cb = ctx_destroyed;
+    destroyed_at_cb = counted.destroys;
     on_connect(loop, status, stream, arg);
 }
 
@@ -960,9 +933,9 @@ static void test_transport_ctx_taken(void **state)
     echo_server_t server;
     int port = 0;
     assert_true(echo_start(&server, loop, AF_INET, "127.0.0.1", &port));
-    ioloop_tcp_connect_options_t opts = {.stream = {.transport = &counted_transport}};
+    ioloop_tcp_connect_options_t opts = {.stream = {.transport = &counting_transport, .transport_ctx = &counted}};
 
-    ctx_destroyed = 0;
+    counted = (counting_t){0};
     client_t client = {.exchange = true};
     assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", port, &opts, on_connect_ctx, &client, NULL), 0);
     run(loop, 10000);
@@ -971,19 +944,19 @@ static void test_transport_ctx_taken(void **state)
     assert_int_equal(destroyed_at_cb, 0);
     tu_stop_after(loop, 50); /* the closed stream goes */
     assert_int_equal(ioloop_start(loop), 0);
-    assert_int_equal(ctx_destroyed, 1);
+    assert_int_equal(counted.destroys, 1);
 
-    ctx_destroyed = 0;
+    counted = (counting_t){0};
     client = (client_t){0};
     assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", closed_port(), &opts, on_connect_ctx, &client, NULL), 0);
     run(loop, 10000);
     assert_int_equal(client.status, -ECONNREFUSED);
     assert_int_equal(destroyed_at_cb, 1);
-    assert_int_equal(ctx_destroyed, 1);
+    assert_int_equal(counted.destroys, 1);
 
-    ctx_destroyed = 0;
+    counted = (counting_t){0};
     assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", 0, &opts, on_connect_ctx, &client, NULL), -EINVAL);
-    assert_int_equal(ctx_destroyed, 1);
+    assert_int_equal(counted.destroys, 1);
     echo_stop(&server);
     assert_int_equal(ioloop_close(loop, false), 0);
 }
