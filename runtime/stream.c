@@ -189,8 +189,9 @@ static ioloop_time_t next_deadline(const ioloop_stream_t *stream)
     ioloop_time_t at = NO_DEADLINE;
     if (stream->idle_timeout)
         at = stream->last_activity + stream->idle_timeout;
-    if (stream->read_timeout && stream->read_kind != READ_NONE && !stream->paused && !stream->peer_eof &&
-        stream->read_since + stream->read_timeout < at)
+    /* Only while the socket is being read: a stop of our own (input full for
+     * a consumer that holds it, output above its mark) is not the peer's delay. */
+    if (stream->read_timeout && stream->read_clock_on && stream->read_since + stream->read_timeout < at)
         at = stream->read_since + stream->read_timeout;
     if (stream->write_timeout && stream->out_bytes && (!stream->cork || stream->shut_requested) &&
         stream->write_since + stream->write_timeout < at)
@@ -225,7 +226,11 @@ void ioloop__stream_update_io(ioloop_stream_t *stream)
     if (stream->in && stream->in_start == stream->in_end)
         ioloop__stream_input_release(stream); /* idle streams hold no input block */
     unsigned want = 0;
-    if (stream_reading_wanted(stream)) {
+    bool reading = stream_reading_wanted(stream);
+    if (reading && !stream->read_clock_on)
+        stream->read_since = stream_now(stream); /* reading again: the read timeout starts over */
+    stream->read_clock_on = reading;
+    if (reading) {
         want |= IOLOOP_READ;
         if (stream->transport->pending && stream->transport->pending(stream->transport_ctx) > 0) {
             stream->readable = true;

@@ -97,6 +97,7 @@ struct ioloop_stream {
     ioloop_stream_data_fn data_fn;
     void *read_arg;
     ioloop_time_t read_since;
+    bool read_clock_on; /* the read timeout runs: reading was wanted at the last update_io */
 
     /* output */
     out_entry_t *out_head, *out_tail;

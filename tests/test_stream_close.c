@@ -293,6 +293,49 @@ static void test_read_timeout(void **state)
     close(fds[1]);
 }
 
+static void consume_all(ioloop_stream_t *stream, int status, void *arg)
+{
+    rec_t *rec = arg;
+    rec->consumer_calls++;
+    rec->consumer_status = status;
+    size_t len;
+    ioloop_stream_peek(stream, &len);
+    ioloop_stream_consume(stream, len);
+}
+
+/* Reading that stops for our own reasons (output above its mark, the peer
+ * not reading) does not run the read timeout: the peer is not late. Once our
+ * output drains and reading resumes, the timeout starts over. */
+static void test_read_timeout_not_while_we_hold_reading(void **state)
+{
+    (void)state;
+    int fds[2];
+    tu_socketpair(fds);
+    small_buffers(fds[0]);
+    ioloop_t *loop = ioloop_new(NULL);
+    rec_t rec = {0};
+    ioloop_stream_options_t opts = {.read_timeout = IOLOOP_MSEC(80), .max_write_buffer_size = 64 << 10};
+    ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
+    assert_int_equal(ioloop_stream_read_start(stream, consume_all, &rec), 0);
+    static char big[256 << 10];
+    assert_int_equal(ioloop_stream_write(stream, big, sizeof(big), rec_done, &rec), 0);
+    run_for(loop, 300); /* far past the read timeout, output stuck above the mark */
+    assert_int_equal(rec.closes, 0);
+    assert_true(ioloop_stream_write_queue_size(stream) >= (64u << 10));
+    /* The peer reads everything: the output drains, reading resumes, and
+     * the read timeout runs again from then on. */
+    size_t got = 0;
+    for (int i = 0; i < 5000 && got < sizeof(big); i++) {
+        got += drain_fd(fds[1], NULL, 0);
+        run_for(loop, 1);
+    }
+    assert_int_equal(got, sizeof(big));
+    assert_true(run_until(loop, &rec.closes, 1, 5000));
+    assert_int_equal(rec.close_error, -ETIMEDOUT);
+    ioloop_close(loop, false);
+    close(fds[1]);
+}
+
 /* A stream whose output is stuck: 1 MiB written (small kernel buffers) to a
  * peer that never reads, with this write timeout. The peer's fd in *peer. */
 static ioloop_stream_t *stuck_writer(ioloop_t *loop, ioloop_time_t write_timeout, rec_t *rec, int *peer)
@@ -686,6 +729,7 @@ int main(void)
         cmocka_unit_test(test_hangup_while_not_reading_does_not_spin),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_read_timeout),
+        cmocka_unit_test(test_read_timeout_not_while_we_hold_reading),
         cmocka_unit_test(test_write_timeout),
         cmocka_unit_test(test_write_timeout_not_while_corked),
         cmocka_unit_test(test_timeouts_from_calls_before_start),
