@@ -125,7 +125,9 @@ static bool status_has_body(int status)
 static int write_head(ioloop_http_request_t *req, http_conn_t *c, bool known_length, size_t body_len)
 {
     bool body = status_has_body(req->status);
-    bool keep = req->keep_alive && !c->w->draining && !c->close_after;
+    /* A response finished before its request's body arrived ends the
+     * connection (the rest of the body is not read): say so. */
+    bool keep = req->keep_alive && !c->w->draining && !c->close_after && (req->complete || !known_length);
     if (!known_length && !req->user_length && body) {
         if (req->minor == 1)
             req->chunked = true;
