@@ -113,6 +113,16 @@ typedef struct {
     uint64_t next_seq;
 } ioloop__timers_t;
 
+/* ---- close hooks (loop.c) -------------------------------------------------- */
+
+/* A higher layer's per-loop state (the streams) that ioloop_close must end
+ * before the handlers and timers go. The hook is usually the first member of
+ * that state; fn may free it. */
+typedef struct ioloop__close_hook {
+    struct ioloop__close_hook *next;
+    void (*fn)(ioloop_t *loop, struct ioloop__close_hook *hook);
+} ioloop__close_hook_t;
+
 /* ---- the loop -------------------------------------------------------------- */
 
 enum { IOLOOP__OPEN = 0, IOLOOP__CLOSING = 1, IOLOOP__CLOSED = 2 };
@@ -152,6 +162,7 @@ struct ioloop {
     ioloop_error_fn error_fn;
     void *error_arg;
     uint64_t rng;
+    ioloop__close_hook_t *close_hooks; /* run by ioloop_close, newest first */
 
     /* handler table */
     pthread_mutex_t handlers_lock;
@@ -204,6 +215,11 @@ static inline bool ioloop__on_loop_thread(const ioloop_t *loop)
 /* loop.c */
 ioloop_time_t ioloop__clock_now(ioloop_t *loop); /* refreshes loop->now */
 uint64_t ioloop__random(ioloop_t *loop);
+/* Loop thread (or a loop not running). Registers hook; find returns the one
+ * registered with fn, or NULL. ioloop_close runs each once, after the last
+ * callbacks and before timers and handlers go, with ioloop_current() == loop. */
+void ioloop__close_hook_add(ioloop_t *loop, ioloop__close_hook_t *hook);
+ioloop__close_hook_t *ioloop__close_hook_find(ioloop_t *loop, void (*fn)(ioloop_t *, ioloop__close_hook_t *));
 
 /* handlers.c */
 int ioloop__handlers_init(ioloop_t *loop);

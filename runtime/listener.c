@@ -49,6 +49,7 @@
  */
 #define _GNU_SOURCE
 #include "runtime_internal.h"
+#include "stream_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,6 +178,19 @@ void ioloop__listener_hand_over(ioloop_listener_t *l, ioloop_t *loop, int fd, co
 {
     if (atomic_load_explicit(&loop->state, memory_order_relaxed) != IOLOOP__OPEN) {
         close(fd); /* the loop is closing: nobody can serve it */
+        return;
+    }
+    if (l->on_stream) {
+        /* The stream counts itself: its end lowers live_connections. */
+        ioloop_stream_t *stream;
+        int err = ioloop_stream_new(loop, fd, &l->stream_opts, &stream); /* closes fd on failure */
+        if (err) {
+            ioloop_report_error(loop, "accepted stream", err);
+            return;
+        }
+        IOLOOP__STAT_ADD(loop, live_connections, 1);
+        ioloop__stream_count_connection(stream);
+        l->on_stream(loop, stream, peer, peer_len, l->arg);
         return;
     }
     IOLOOP__STAT_ADD(loop, live_connections, 1);
@@ -383,7 +397,12 @@ static void remove_stale_socket(const char *path)
 
 int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t *opts, ioloop_listener_t **out)
 {
-    if (!rt || !opts || !opts->on_accept || !out)
+    if (!rt || !opts || !out || !opts->on_accept == !opts->on_stream)
+        return -EINVAL; /* exactly one of on_accept and on_stream */
+    /* Each stream owns (destroys) its transport_ctx: one ctx cannot be
+     * shared by every accepted stream unless the transport never frees it. */
+    if (opts->on_stream && opts->stream.transport_ctx && opts->stream.transport &&
+        opts->stream.transport->destroy)
         return -EINVAL;
     if (opts->mode < IOLOOP_ACCEPT_DEFAULT || opts->mode > IOLOOP_ACCEPT_DISPATCH)
         return -EINVAL;
@@ -401,6 +420,8 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
         return -ENOMEM;
     l->mode = mode;
     l->on_accept = opts->on_accept;
+    l->on_stream = opts->on_stream;
+    l->stream_opts = opts->stream;
     l->arg = opts->arg;
     l->nacc = nacc;
     l->nloops = rt->n;

@@ -149,6 +149,13 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     ioloop_t *running_here = ioloop__thread_running_loop();
     ioloop__set_thread_running_loop(loop);
     ioloop__callbacks_close(loop);
+    /* Higher layers (streams) end what is still open; their callbacks run
+     * here and can add nothing (posts are refused from now on). */
+    while (loop->close_hooks) {
+        ioloop__close_hook_t *hook = loop->close_hooks;
+        loop->close_hooks = hook->next;
+        hook->fn(loop, hook);
+    }
     ioloop__set_thread_running_loop(running_here);
     ioloop__timers_free(&loop->timers);
     ioloop__handlers_close(loop, all_fds);
@@ -159,6 +166,20 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     atomic_store(&loop->state, IOLOOP__CLOSED);
     ioloop_unref(loop);
     return 0;
+}
+
+void ioloop__close_hook_add(ioloop_t *loop, ioloop__close_hook_t *hook)
+{
+    hook->next = loop->close_hooks;
+    loop->close_hooks = hook;
+}
+
+ioloop__close_hook_t *ioloop__close_hook_find(ioloop_t *loop, void (*fn)(ioloop_t *, ioloop__close_hook_t *))
+{
+    for (ioloop__close_hook_t *hook = loop->close_hooks; hook; hook = hook->next)
+        if (hook->fn == fn)
+            return hook;
+    return NULL;
 }
 
 ioloop_time_t ioloop__clock_now(ioloop_t *loop)

@@ -72,6 +72,8 @@ typedef struct ioloop__acceptor {
 struct ioloop_listener {
     ioloop_accept_mode_t mode; /* in effect, after fallback */
     ioloop_accept_fn on_accept;
+    ioloop_listener_stream_fn on_stream; /* instead of on_accept */
+    ioloop_stream_options_t stream_opts;
     void *arg;
     int port;
     char *unix_path; /* unlinked when the last reference goes */
