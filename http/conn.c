@@ -268,8 +268,12 @@ void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const st
  * better answered (with Connection: close) than met by a closed socket. */
 void ioloop__http_conn_drain(http_conn_t *c)
 {
-    if (conn_idle(c))
+    if (conn_idle(c)) {
         set_deadline(c, now_of(c) + HTTP_DRAIN_GRACE);
+    } else if (c->state == CONN_HEAD && !c->req && input_len(c) == 0) {
+        c->close_after = true; /* a keep-alive response still going out: then close */
+        conn_update(c);
+    }
 }
 
 /* Closing right after a response could reset the connection (RST) if the

@@ -190,6 +190,8 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len)
     ioloop_http_request_t *req = c->req;
     if (!req || req->headers_done)
         return req ? 0 : -1;
+    if (len == 0)
+        return 0; /* an empty value's span may point at the next line: it stays at the ':' */
     http_hdr_t *h = &req->hdrs[req->nhdrs - 1];
     if (!h->val_len)
         h->val_off = (uint32_t)(at - c->parse_base);

@@ -321,7 +321,9 @@ static void test_streamed_upload_resumes_after_output_drains(void **state)
             complete = got > body && memcmp(tail, "0\r\n\r\n", 5) == 0;
         }
     }
-    print_message("uploaded %zu, got %zu bytes of echo\n", sent, got);
+    print_message("uploaded %zu, got %zu bytes of echo, ending %02x %02x %02x %02x %02x\n", sent, got,
+                  (unsigned char)tail[0], (unsigned char)tail[1], (unsigned char)tail[2], (unsigned char)tail[3],
+                  (unsigned char)tail[4]);
     assert_int_equal(sent, body);
     assert_true(complete);
     close(fd);
