@@ -341,8 +341,12 @@ void ioloop__http_conn_send(http_conn_t *c)
         if (!c->req || c->state == CONN_LINGER)
             ioloop__hbuf_release(c->w, &c->out); /* an idle connection holds no block */
     }
-    if (err) { /* the stream ended or is shut down; or no memory */
-        ioloop__http_conn_close(c);
+    if (err) {
+        /* The stream ended (or no memory): its close callback tears the
+         * connection down later. Never here: a caller (100-continue in head
+         * handling, a flush) still uses the request that teardown would
+         * recycle. */
+        ioloop_stream_close(c->stream);
         return;
     }
     c->writes_issued++;
