@@ -401,8 +401,7 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
         return -EINVAL; /* exactly one of on_accept and on_stream */
     /* Each stream owns (destroys) its transport_ctx: one ctx cannot be
      * shared by every accepted stream unless the transport never frees it. */
-    if (opts->on_stream && opts->stream.transport_ctx && opts->stream.transport &&
-        opts->stream.transport->destroy)
+    if (opts->on_stream && opts->stream.transport_ctx && opts->stream.transport && opts->stream.transport->destroy)
         return -EINVAL;
     if (opts->mode < IOLOOP_ACCEPT_DEFAULT || opts->mode > IOLOOP_ACCEPT_DISPATCH)
         return -EINVAL;

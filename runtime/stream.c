@@ -293,6 +293,13 @@ static bool owner_ok(const ioloop_stream_t *stream)
     return ioloop__on_loop_thread(stream->loop) || !atomic_load_explicit(&stream->loop->running, memory_order_acquire);
 }
 
+/* The loop's time; a loop that is not running (calls before start) has not
+ * read its clock since it last ran, so read it now. */
+static ioloop_time_t stream_now(ioloop_stream_t *stream)
+{
+    return ioloop__on_loop_thread(stream->loop) ? stream->loop->now : ioloop__clock_now(stream->loop);
+}
+
 static size_t avail(const ioloop_stream_t *stream)
 {
     return stream->in_end - stream->in_start;
@@ -405,7 +412,7 @@ static bool fill(ioloop_stream_t *stream)
     ssize_t n = stream->transport->read(stream->transport_ctx, stream->fd, stream->in + stream->in_end, len);
     if (n > 0) {
         stream->in_end += (size_t)n;
-        stream->last_activity = stream->loop->now;
+        stream->last_activity = stream_now(stream);
         stream->read_checked = false;
         stream->consumer_fresh = true;
         if ((size_t)n < len || --stream->reads_left <= 0)
@@ -470,7 +477,7 @@ static bool deliver(ioloop_stream_t *stream)
     if (stream->read_kind == READ_CONSUMER) {
         if (stream->consumer_fresh) {
             stream->consumer_fresh = false;
-            stream->read_since = stream->loop->now;
+            stream->read_since = stream_now(stream);
             stream->data_fn(stream, 0, stream->read_arg);
             return true;
         }
@@ -599,7 +606,7 @@ static void flush(ioloop_stream_t *stream)
             return;
         }
         drop_sent(stream, (size_t)n);
-        stream->last_activity = stream->write_since = stream->loop->now;
+        stream->last_activity = stream->write_since = stream_now(stream);
         if ((size_t)n < total)
             stream->write_blocked = true; /* the socket is full: wait for WRITE */
     }
@@ -746,6 +753,16 @@ static int on_event(ioloop_t *loop, int fd, unsigned events, void *arg)
         if (getsockopt(stream->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr) {
             end_stream(stream, -soerr);
         } else {
+            /* The peer is gone: read ahead what it left (bounded by
+             * max_buffer_size) to learn of its EOF, so an idle stream ends
+             * now rather than at its next read. Not while paused. */
+            while (!stream->ended && !stream->paused && !stream->peer_eof && avail(stream) < stream->max_in &&
+                   fill(stream))
+                continue;
+            if (!stream->ended)
+                check_eof(stream);
+        }
+        if (!stream->ended) {
             ioloop_remove_handler(stream->loop, stream->fd);
             stream->handler_on = false;
             stream->events = 0;
@@ -1041,7 +1058,7 @@ static int read_begin(ioloop_stream_t *stream, int kind, ioloop_stream_read_fn c
     stream->read_arg = arg;
     stream->read_checked = false;
     stream->scanned = 0;
-    stream->read_since = stream->loop->now;
+    stream->read_since = stream_now(stream);
     return 0;
 }
 
@@ -1110,7 +1127,7 @@ int ioloop_stream_read_start(ioloop_stream_t *stream, ioloop_stream_data_fn cb, 
     stream->data_fn = cb;
     stream->read_arg = arg;
     stream->consumer_fresh = avail(stream) > 0; /* what is buffered is new to this consumer */
-    stream->read_since = stream->loop->now;
+    stream->read_since = stream_now(stream);
     update_io(stream);
     return 0;
 }
@@ -1159,7 +1176,7 @@ void ioloop_stream_resume(ioloop_stream_t *stream)
         return;
     stream->paused = false;
     stream->read_checked = false;
-    stream->read_since = stream->loop->now;
+    stream->read_since = stream_now(stream);
     if (stream->read_kind == READ_CONSUMER && avail(stream))
         stream->consumer_fresh = true; /* it may have left a whole message for later */
     update_io(stream);
@@ -1232,7 +1249,7 @@ static ssize_t write_now(ioloop_stream_t *stream, const struct iovec *iov, int i
         end_stream(stream, (int)n);
         return -1;
     }
-    stream->last_activity = stream->write_since = stream->loop->now;
+    stream->last_activity = stream->write_since = stream_now(stream);
     if ((size_t)n < total)
         stream->write_blocked = true;
     return n;
@@ -1276,7 +1293,7 @@ int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int i
         if (queue_copy(stream, iov, iovcnt, (size_t)sent) < 0 && !stream->ended)
             end_stream(stream, -ENOMEM); /* part of it may be gone already: the stream cannot go on */
         if (was_empty && !stream->ended)
-            stream->write_since = stream->loop->now;
+            stream->write_since = stream_now(stream);
     }
     stream->sent_total += (uint64_t)sent;
     stream->queued_total += total;
@@ -1335,7 +1352,7 @@ int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size
     }
     drop_sent(stream, (size_t)sent); /* a fully sent entry moves to the released list */
     if (was_empty && stream->out_bytes)
-        stream->write_since = stream->loop->now;
+        stream->write_since = stream_now(stream);
     if (stream->out_bytes >= stream->max_out)
         stream->drain_wanted = true;
     update_io(stream);
@@ -1399,7 +1416,7 @@ void ioloop_stream_set_timeouts(ioloop_stream_t *stream, ioloop_time_t idle, iol
     stream->idle_timeout = idle > 0 ? idle : 0;
     stream->read_timeout = read > 0 ? read : 0;
     stream->write_timeout = write > 0 ? write : 0;
-    ioloop_time_t now = ioloop__on_loop_thread(stream->loop) ? stream->loop->now : ioloop__clock_now(stream->loop);
+    ioloop_time_t now = ioloop__on_loop_thread(stream->loop) ? stream_now(stream) : ioloop__clock_now(stream->loop);
     stream->last_activity = stream->read_since = stream->write_since = now;
     update_io(stream);
 }
