@@ -314,12 +314,6 @@ static void on_written(ioloop_stream_t *stream, int status, void *arg)
         conn_update(c);
 }
 
-static void release_buffer(void *data, void *arg)
-{
-    free(data);
-    on_written(NULL, 0, arg);
-}
-
 void ioloop__http_conn_send(http_conn_t *c)
 {
     if (c->state == CONN_DEAD)
@@ -330,17 +324,12 @@ void ioloop__http_conn_send(http_conn_t *c)
     }
     if (!ioloop_stream_writable(c->stream))
         return; /* the drain callback brings us back */
-    int err;
-    if (c->out.cap > HTTP_BLOCK) {
-        /* An outgrown buffer (a large response) is lent, not copied. */
-        err = ioloop_stream_write_borrowed(c->stream, c->out.data, c->out.len, release_buffer, c);
-        c->out = (hbuf_t){0};
-    } else {
-        err = ioloop_stream_write(c->stream, c->out.data, c->out.len, on_written, c);
-        c->out.len = 0;
-        if (!c->req || c->state == CONN_LINGER)
-            ioloop__hbuf_release(c->w, &c->out); /* an idle connection holds no block */
-    }
+    /* A copy (the stream coalesces small ones into its blocks); an outgrown
+     * buffer (a large response) is given back at once. */
+    int err = ioloop_stream_write(c->stream, c->out.data, c->out.len, on_written, c);
+    c->out.len = 0;
+    if (!c->req || c->state == CONN_LINGER || c->out.cap > HTTP_BLOCK)
+        ioloop__hbuf_release(c->w, &c->out); /* an idle connection holds no block */
     if (err) {
         /* The stream ended (or no memory): its close callback tears the
          * connection down later. Never here: a caller (100-continue in head

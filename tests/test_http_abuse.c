@@ -287,10 +287,10 @@ static void test_streamed_upload_resumes_after_output_drains(void **state)
     tcli_sendn(fd, head, (size_t)hl);
     set_nonblocking(fd);
     static char chunk[65536];
-    memset(chunk, 'a', sizeof(chunk));
+    memset(chunk, 'z', sizeof(chunk)); /* not a hex digit: the echo must hold exactly `body` of them */
     /* Upload before reading, as far as the server lets it (a bounded server
      * stops reading once its output is full); then read and upload the rest. */
-    size_t sent = 0, got = 0;
+    size_t sent = 0, got = 0, zs = 0;
     bool reading = false, complete = false;
     int64_t last = tu_now_ns(), deadline = tu_now_ns() + 20 * 1000000000LL;
     static char buf[65536];
@@ -315,6 +315,7 @@ static void test_streamed_upload_resumes_after_output_drains(void **state)
             for (ssize_t i = 0; i < n; i++) {
                 memmove(tail, tail + 1, 4);
                 tail[4] = buf[i];
+                zs += buf[i] == 'z';
             }
             if (n > 0)
                 got += (size_t)n;
@@ -326,6 +327,7 @@ static void test_streamed_upload_resumes_after_output_drains(void **state)
                   (unsigned char)tail[4]);
     assert_int_equal(sent, body);
     assert_true(complete);
+    assert_int_equal(zs, body);
     close(fd);
 }
 
