@@ -13,8 +13,8 @@
  * API call made inside one only records what it wants. The end (finalize:
  * pending read, write dones, releases, close callback, free) runs in a
  * deferred callback, or in the loop's close hook (-ESHUTDOWN).
- * Decisions (EOF, buffers, timeouts) are listed in the README's stream part
- * and in stream.h; the per-loop caches are in `stream_home_t`.
+ * The semantics chosen (EOF, buffers, timeouts) are written in stream.h;
+ * the per-loop list and caches are `stream_home_t`, ended by a close hook.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -37,11 +37,11 @@
 #endif
 
 enum {
-    IN_BLOCK = 16384,    /* input block: one recv's worth; cached per loop */
-    OUT_BLOCK = 16384,   /* copied-output block: small writes coalesce in it */
-    CACHE_BLOCKS = 64,   /* input blocks a loop keeps for reuse (1 MiB) */
-    CACHE_ENTRIES = 256, /* output entries (with their blocks) a loop keeps */
-    READ_BUDGET = 16,    /* recvs per fd event, so one fast peer cannot starve the loop */
+    IN_BLOCK = 65536,   /* input block: one recv's worth; cached per loop */
+    OUT_BLOCK = 16384,  /* copied-output block: small writes coalesce in it */
+    CACHE_BLOCKS = 16,  /* input blocks a loop keeps for reuse (1 MiB) */
+    CACHE_ENTRIES = 64, /* output entries (with their 16 KiB blocks) a loop keeps */
+    READ_BUDGET = 16,   /* recvs per fd event, so one fast peer cannot starve the loop */
     IOV_BATCH = IOV_MAX < 1024 ? IOV_MAX : 1024,
     DELIM_INLINE = 16,
 };
@@ -457,6 +457,8 @@ static ssize_t read_satisfiable(ioloop_stream_t *stream)
         break;
     }
     case READ_BYTES:
+        if (!stream->partial && stream->want > stream->max_in && have > 0)
+            return -ENOBUFS; /* can never fit: fail at the first byte, not at a full buffer */
         if (have >= stream->want || (stream->partial && have > 0))
             return (ssize_t)(have < stream->want ? have : stream->want);
         break;
@@ -980,8 +982,6 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
     ioloop_stream_t *stream = home ? calloc(1, sizeof(*stream)) : NULL;
     if (!err && !stream)
         err = -ENOMEM;
-    if (!err)
-        err = ioloop__handler_add(loop, fd, 0, on_event, stream);
     if (err) {
         free(stream);
         if (transport->destroy)
@@ -1003,7 +1003,8 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
     stream->read_timeout = opts->read_timeout > 0 ? opts->read_timeout : 0;
     stream->write_timeout = opts->write_timeout > 0 ? opts->write_timeout : 0;
     stream->half_close = opts->half_close;
-    stream->handler_on = true;
+    /* The handler is registered at the first interest (update_io): a
+     * registration with no events would cost an epoll_ctl per connection. */
     ioloop_time_t now = ioloop__on_loop_thread(loop) ? loop->now : ioloop__clock_now(loop);
     stream->last_activity = stream->read_since = stream->write_since = now;
     stream->next = home->streams;

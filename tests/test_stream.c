@@ -239,6 +239,17 @@ static void test_max_buffer_size_ends_with_enobufs(void **state)
     assert_int_equal(rec.read_status, -ENOBUFS);
     assert_int_equal(rec.len, 64);
     fixture_close(&fx);
+
+    /* A read_bytes larger than the limit fails with the first byte. */
+    fixture_open(&fx, &opts);
+    rec = (rec_t){0};
+    ioloop_stream_set_close_callback(fx.stream, rec_close, &rec);
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, 65, false, rec_read, &rec), 0);
+    assert_int_equal(write(fx.peer, "j", 1), 1);
+    assert_true(run_until(fx.loop, &rec.closes, 1, 5000));
+    assert_int_equal(rec.close_error, -ENOBUFS);
+    assert_int_equal(rec.len, 1);
+    fixture_close(&fx);
 }
 
 static void test_read_until_max_bytes_ends_with_emsgsize(void **state)

@@ -1,6 +1,6 @@
 /* test_stream_close.c — how ioloop_stream ends, and that its close callback
  * runs exactly once in every path: peer reset (SO_LINGER 0, with a read
- * pending and while idle), local close, close from inside a read callback,
+ * pending, while idle, while writing), local close, close from inside a read callback,
  * EOF (a pending read gets what was buffered), a hang-up nobody reads (no
  * spinning), idle/read/write timeouts (-ETIMEDOUT), the loop's close
  * (-ESHUTDOWN); half-close both ways; the listener's on_stream with its own
@@ -58,7 +58,9 @@ static void test_peer_reset_with_read_pending(void **state)
     ioloop_close(loop, false);
 }
 
-/* Reset while nothing is read or written: the error event names it. */
+/* Reset while nothing is read or written: a stream that wants nothing is not
+ * polled (as libuv's), so the reset is noticed by the next read, and the end
+ * comes once, with the error. */
 static void test_peer_reset_while_idle(void **state)
 {
     (void)state;
@@ -66,10 +68,39 @@ static void test_peer_reset_while_idle(void **state)
     tcp_pair(fds);
     ioloop_t *loop = ioloop_new(NULL);
     rec_t rec = {0};
-    new_stream(loop, fds[1], NULL, &rec);
+    ioloop_stream_t *stream = new_stream(loop, fds[1], NULL, &rec);
     reset_close(fds[0]);
+    run_for(loop, 20);
+    assert_int_equal(rec.closes, 0);
+    assert_int_equal(ioloop_stream_read_bytes(stream, 1, true, rec_read, &rec), 0);
     assert_true(run_until(loop, &rec.closes, 1, 5000));
     assert_int_equal(rec.close_error, -ECONNRESET);
+    assert_int_equal(rec.read_status, -ECONNRESET);
+    ioloop_close(loop, false);
+    assert_int_equal(rec.closes, 1);
+}
+
+/* Reset while writing to a peer that does not read: the error event (or the
+ * next send) names it. */
+static void test_peer_reset_while_writing(void **state)
+{
+    (void)state;
+    int fds[2];
+    tcp_pair(fds);
+    small_buffers(fds[1]);
+    ioloop_t *loop = ioloop_new(NULL);
+    rec_t rec = {0};
+    ioloop_stream_options_t opts = {.max_write_buffer_size = 8 << 20};
+    ioloop_stream_t *stream = new_stream(loop, fds[1], &opts, &rec);
+    static char big[4 << 20];
+    assert_int_equal(ioloop_stream_write(stream, big, sizeof(big), rec_done, &rec), 0);
+    run_for(loop, 20);
+    assert_true(ioloop_stream_write_queue_size(stream) > 0);
+    reset_close(fds[0]);
+    assert_true(run_until(loop, &rec.closes, 1, 5000));
+    assert_true(rec.close_error == -ECONNRESET || rec.close_error == -EPIPE);
+    assert_int_equal(rec.dones, 1);
+    assert_int_equal(rec.last_done_status, rec.close_error);
     ioloop_close(loop, false);
     assert_int_equal(rec.closes, 1);
 }
@@ -504,6 +535,12 @@ static void test_listener_on_stream_counts_itself(void **state)
     lopts.on_stream = NULL;
     assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), -EINVAL); /* neither */
     lopts.on_stream = on_stream;
+    counting_t shared = {0}; /* a ctx every stream would destroy: refused */
+    lopts.stream.transport = &counting_transport;
+    lopts.stream.transport_ctx = &shared;
+    assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), -EINVAL);
+    lopts.stream.transport = NULL;
+    lopts.stream.transport_ctx = NULL;
     assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), 0);
     struct sockaddr_in sin = {.sin_family = AF_INET,
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
@@ -607,6 +644,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peer_reset_with_read_pending),
         cmocka_unit_test(test_peer_reset_while_idle),
+        cmocka_unit_test(test_peer_reset_while_writing),
         cmocka_unit_test(test_local_close),
         cmocka_unit_test(test_close_inside_read_callback),
         cmocka_unit_test(test_eof_gives_pending_read_the_data),

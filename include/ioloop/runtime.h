@@ -126,13 +126,15 @@ typedef struct {
                                   DISPATCH (EXCLUSIVE without epoll, REUSEPORT on unix:) */
     ioloop_accept_fn on_accept;        /* one of on_accept and on_stream */
     ioloop_listener_stream_fn on_stream;
-    ioloop_stream_options_t stream;    /* options of the streams on_stream gets */
+    ioloop_stream_options_t stream;    /* options of the streams on_stream gets (a transport_ctx,
+                                          shared by them all, only with a transport that has no
+                                          destroy: -EINVAL otherwise) */
     void *arg;
 } ioloop_listener_options_t;
 
 /* Binds, listens and starts accepting on rt's loops. Any thread. 0 and the
  * listener in *out, or a negative errno (-EADDRINUSE, -EINVAL for a bad
- * address, ...). */
+ * address or not exactly one of on_accept and on_stream, ...). */
 int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t *opts, ioloop_listener_t **out);
 /* The bound port (the kernel's choice for port 0); 0 for a unix socket. Any thread. */
 int ioloop_listener_port(const ioloop_listener_t *l);

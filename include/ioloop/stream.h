@@ -24,7 +24,20 @@
  * has returned.
  *
  * Errors: 0 or a negative errno; IOLOOP_EOF for the peer's clean end of
- * stream; ioloop_strerror names any of them.
+ * stream; ioloop_strerror names any of them. Once the stream has ended, the
+ * read, write and shutdown calls return -EPIPE and the void calls do nothing.
+ *
+ * EOF is seen while reading (a stream that wants neither to read nor to
+ * write is not polled, as in libuv). Without half_close the stream then ends
+ * with IOLOOP_EOF as soon as no buffered byte can satisfy the pending read
+ * (which gets IOLOOP_EOF and those bytes), or at once when nothing is
+ * buffered and no read is pending.
+ *
+ * Memory: input is read in 64 KiB blocks from a per-loop cache (growing, by
+ * doubling up to max_buffer_size, only for one larger message); a stream
+ * holds its block only while it has unconsumed input, so idle streams hold
+ * none. Copied writes coalesce in 16 KiB blocks; when nothing is queued a
+ * write goes to the socket at once and only what it did not take is copied.
  */
 #ifndef IOLOOP_STREAM_H
 #define IOLOOP_STREAM_H
@@ -89,8 +102,10 @@ typedef struct {
     size_t max_write_buffer_size; /* output high-water mark; 0: 1 MiB. At or above it, writes
                                      are refused with -ENOBUFS and the socket is not read. */
     ioloop_time_t idle_timeout;   /* close (-ETIMEDOUT) after this long with no byte either way; 0: none */
-    ioloop_time_t read_timeout;   /* a pending read not satisfied within this; 0: none */
-    ioloop_time_t write_timeout;  /* queued output that makes no progress for this long; 0: none */
+    ioloop_time_t read_timeout;   /* a pending read not satisfied within this (the consumer: no new
+                                     byte for this long); not while paused; 0: none */
+    ioloop_time_t write_timeout;  /* queued output that makes no progress for this long (not while
+                                     corked); 0: none */
     bool half_close;              /* the peer's EOF does not close the stream: the pending read gets
                                      IOLOOP_EOF and writing goes on (close when done) */
     const ioloop_stream_transport_t *transport; /* NULL: ioloop_stream_transport_socket */
@@ -100,7 +115,7 @@ typedef struct {
 /* Wraps a connected socket (made non-blocking and close-on-exec) in a stream
  * on `loop`, which owns fd from here: it is closed with the stream, and on
  * failure. opts may be NULL. Loop thread, or before the loop starts. 0 and
- * the stream in *out; -EBADF, -ENOMEM, -ESHUTDOWN (closed loop). */
+ * the stream in *out; -EBADF, -ENOMEM, -ESHUTDOWN (closed loop), -EPERM. */
 int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opts, ioloop_stream_t **out);
 
 ioloop_t *ioloop_stream_loop(const ioloop_stream_t *stream);
@@ -114,7 +129,10 @@ int ioloop_stream_error(const ioloop_stream_t *stream);
 
 /* A completed read: status 0 and the data (valid only during the call, then
  * consumed), or the error the stream ended with and whatever was buffered
- * (not consumed; a read_until_close gets status 0 at the peer's EOF). */
+ * (not consumed; a read_until_close gets status 0 at the peer's EOF). After
+ * ioloop_stream_close the status is -ECANCELED; with half_close, the peer's
+ * EOF gives IOLOOP_EOF and the stream goes on (a later read gets buffered
+ * bytes that satisfy it, else IOLOOP_EOF again). */
 typedef void (*ioloop_stream_read_fn)(ioloop_stream_t *stream, int status, const char *data, size_t len, void *arg);
 
 /* Reads until `delim` (delim_len bytes; the data includes it). max_bytes > 0
@@ -132,7 +150,11 @@ int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_f
  * or an error). It looks at the unconsumed input with ioloop_stream_peek and
  * consumes what it used; the rest stays for the next call. The input does not
  * move while the consumer is stopped or paused: what peek returned stays valid
- * until the next consume, read_start or resume. */
+ * until the next consume, read_start or resume. read_start and resume call
+ * it again when input is buffered (it may hold a whole message). When the
+ * unconsumed input reaches max_buffer_size, reading stops until it consumes
+ * (no error). The end call (IOLOOP_EOF, -ECANCELED after a local close, or
+ * the error) comes once; with half_close, IOLOOP_EOF also stops the consumer. */
 typedef void (*ioloop_stream_data_fn)(ioloop_stream_t *stream, int status, void *arg);
 int ioloop_stream_read_start(ioloop_stream_t *stream, ioloop_stream_data_fn cb, void *arg);
 /* Ends the consumer form (the input stays buffered). */
@@ -143,7 +165,8 @@ const char *ioloop_stream_peek(const ioloop_stream_t *stream, size_t *len);
 void ioloop_stream_consume(ioloop_stream_t *stream, size_t n);
 
 /* Stops reading from the socket whatever is pending (flow control), and
- * resumes; a paused stream still writes. Idempotent. */
+ * resumes; a paused stream still writes. No read callback runs while paused.
+ * Idempotent. */
 void ioloop_stream_pause(ioloop_stream_t *stream);
 void ioloop_stream_resume(ioloop_stream_t *stream);
 
@@ -165,7 +188,8 @@ int ioloop_stream_write(ioloop_stream_t *stream, const void *data, size_t len, i
 int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int iovcnt, ioloop_stream_write_fn done,
                          void *arg);
 /* Zero-copy: data is borrowed until release(data, arg) runs (exactly once,
- * after the bytes left or the stream ended; also when refused). */
+ * after the bytes left or the stream ended; also when refused: later, as a
+ * callback, except for -EPERM and -ENOMEM, where it runs before the return). */
 int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
                                  ioloop_stream_release_fn release, void *arg);
 
@@ -199,7 +223,8 @@ void ioloop_stream_set_close_callback(ioloop_stream_t *stream, ioloop_stream_clo
  * goes on. Later writes get -EPIPE. 0, or -EPIPE if already ended. */
 int ioloop_stream_shutdown(ioloop_stream_t *stream);
 /* Ends the stream now (queued output is dropped: its done callbacks get
- * -ECANCELED; the close callback gets 0). Idempotent. */
+ * -ECANCELED; the close callback gets 0). Idempotent. The fd is closed at
+ * once; the callbacks run later. */
 void ioloop_stream_close(ioloop_stream_t *stream);
 
 /* ---- TCP connections out (Tornado's TCPClient) -------------------------- */
