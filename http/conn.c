@@ -221,8 +221,8 @@ void ioloop__http_stream_options(const ioloop_http_server_t *s, ioloop_stream_op
 static void on_data(ioloop_stream_t *stream, int status, void *arg);
 static void on_drain(ioloop_stream_t *stream, int status, void *arg);
 
-void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const struct sockaddr *peer,
-                             socklen_t peer_len, bool report_close)
+void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const struct sockaddr *peer, socklen_t peer_len,
+                             bool report_close)
 {
     http_conn_t *c = w->free_conns;
     if (c) {

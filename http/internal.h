@@ -126,8 +126,8 @@ struct ioloop_http_request {
 
     /* ---- state ---- */
     bool headers_done, complete, finished, closed;
-    bool user_owned; /* application code has seen it (prepare or handler) */
-    bool dispatched; /* the method handler ran: parsing waits for finish */
+    bool user_owned;  /* application code has seen it (prepare or handler) */
+    bool dispatched;  /* the method handler ran: parsing waits for finish */
     hbuf_t head_copy; /* the request line and headers, copied out of the stream at headers complete */
     struct sockaddr_in6 peer;
     socklen_t peer_len;
@@ -161,28 +161,28 @@ enum {
 
 struct http_conn {
     llhttp_t parser;
-    http_worker_t *w; /* NULL once the server was freed while the stream still closes */
+    http_worker_t *w;         /* NULL once the server was freed while the stream still closes */
     http_conn_t *prev, *next; /* w->conns, or w->closing once dead */
     ioloop_stream_t *stream;
-    ioloop_http_request_t *req; /* the request being parsed or handled */
-    const char *parse_base;     /* the stream's unconsumed input during llhttp_execute */
-    size_t parsed;              /* bytes of a head in progress already fed to llhttp (not consumed) */
-    hbuf_t out;                 /* response formatting buffer: handed to the stream by conn_send */
+    ioloop_http_request_t *req;          /* the request being parsed or handled */
+    const char *parse_base;              /* the stream's unconsumed input during llhttp_execute */
+    size_t parsed;                       /* bytes of a head in progress already fed to llhttp (not consumed) */
+    hbuf_t out;                          /* response formatting buffer: handed to the stream by conn_send */
     uint64_t writes_issued, writes_done; /* stream writes and their completions */
     ioloop_timer_t timer;
     ioloop_time_t timer_at, deadline;
     uint8_t state;
-    bool close_after;  /* no keep-alive: linger once the response is out */
-    bool eof;          /* the client shut down its side */
-    bool reading;      /* the stream is not paused */
+    bool close_after;            /* no keep-alive: linger once the response is out */
+    bool eof;                    /* the client shut down its side */
+    bool reading;                /* the stream is not paused */
     bool updating, update_again; /* conn_update re-entrancy */
-    bool corked, wrote_corked; /* inside the parse loop's cork; wrote meanwhile (one send) */
-    bool shut;                  /* ioloop_stream_shutdown was called */
-    size_t parse_len;           /* length of the input at parse_base */
-    int busy; /* response.c frames on the stack (enter/leave) */
-    bool report_close; /* fed through ioloop_http_server_accept: report the close to the loop */
-    int fail_status;   /* >0: answer this and close; -1: parse no more */
-    struct sockaddr_in6 peer; /* AF_INET or AF_INET6 */
+    bool corked, wrote_corked;   /* inside the parse loop's cork; wrote meanwhile (one send) */
+    bool shut;                   /* ioloop_stream_shutdown was called */
+    size_t parse_len;            /* length of the input at parse_base */
+    int busy;                    /* response.c frames on the stack (enter/leave) */
+    bool report_close;           /* fed through ioloop_http_server_accept: report the close to the loop */
+    int fail_status;             /* >0: answer this and close; -1: parse no more */
+    struct sockaddr_in6 peer;    /* AF_INET or AF_INET6 */
     socklen_t peer_len;
 };
 
@@ -244,8 +244,8 @@ size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_sp
 /* conn.c */
 /* Serves a stream (from the listener's on_stream, or wrapped around an fd by
  * ioloop_http_server_accept: report_close then tells the loop of its close). */
-void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const struct sockaddr *peer,
-                             socklen_t peer_len, bool report_close);
+void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const struct sockaddr *peer, socklen_t peer_len,
+                             bool report_close);
 /* Ends the connection now (its request hears on_close). */
 void ioloop__http_conn_close(http_conn_t *c);
 /* The drain began: an idle connection closes after a short grace. */

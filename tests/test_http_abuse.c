@@ -103,7 +103,8 @@ static int setup(void **state)
     tsrv_route(&srv, "/hold", (ioloop_http_route_t){.get = hold});
     tsrv_route(&srv, "/big4", (ioloop_http_route_t){.get = send_big4});
     tsrv_route(&srv, "/echo", (ioloop_http_route_t){.post = echo_end, .on_body = echo_chunk});
-    tsrv_route(&srv, "/early-prepare", (ioloop_http_route_t){.post = never, .prepare = early_prepare, .on_body = early_body});
+    tsrv_route(&srv, "/early-prepare",
+               (ioloop_http_route_t){.post = never, .prepare = early_prepare, .on_body = early_body});
     tsrv_route(&srv, "/early-body", (ioloop_http_route_t){.post = never, .on_body = early_body});
     tsrv_route(&srv, "/x", (ioloop_http_route_t){.get = show_x});
     tsrv_route(&srv, "/kb", (ioloop_http_route_t){.get = send_kb});
