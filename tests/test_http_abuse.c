@@ -77,6 +77,24 @@ static void never(ioloop_http_request_t *req, void *arg)
     ioloop_http_response_send(req, 500, "text/plain", "unreachable", 11);
 }
 
+static atomic_int prepared, prepared_closed;
+
+static void count_prepare(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    /* A request whose connection was torn down under the head handling has
+     * been recycled already: prepare must never see one. */
+    if (ioloop_http_request_closed(req))
+        atomic_fetch_add(&prepared_closed, 1);
+    atomic_fetch_add(&prepared, 1);
+}
+
+static int drop_body(ioloop_http_request_t *req, const char *data, size_t len, void *arg)
+{
+    (void)req, (void)data, (void)len, (void)arg;
+    return 0;
+}
+
 static char kb[1024];
 
 static void send_kb(ioloop_http_request_t *req, void *arg)
@@ -108,6 +126,8 @@ static int setup(void **state)
     tsrv_route(&srv, "/early-body", (ioloop_http_route_t){.post = never, .on_body = early_body});
     tsrv_route(&srv, "/x", (ioloop_http_route_t){.get = show_x});
     tsrv_route(&srv, "/kb", (ioloop_http_route_t){.get = send_kb});
+    tsrv_route(&srv, "/upload",
+               (ioloop_http_route_t){.post = echo_end, .prepare = count_prepare, .on_body = drop_body});
     memset(kb, 'k', sizeof(kb));
     tsrv_start(&srv);
     return 0;
@@ -525,6 +545,27 @@ static void test_empty_header_value(void **state)
     tresp_free(&r);
 }
 
+/* ---- defect 12: 100-continue to a client already gone ----------------------- */
+
+/* The client sends a head with Expect: 100-continue and resets at once: the
+ * 100 goes to a dead socket while the head is handled, and prepare must still
+ * get a live request (the connection is torn down later, never inline). */
+static void test_continue_to_a_client_already_gone(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 20; i++) {
+        int fd = tcli_connect(srv.port);
+        tcli_send(fd, "POST /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n");
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(fd); /* RST */
+    }
+    another_client_is_served();
+    print_message("prepare ran %d times, %d of them on a closed request\n", atomic_load(&prepared),
+                  atomic_load(&prepared_closed));
+    assert_int_equal(atomic_load(&prepared_closed), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -536,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_half_closed_http10_gets_the_whole_stream),
         cmocka_unit_test(test_early_answer_says_connection_close),
         cmocka_unit_test(test_empty_header_value),
+        cmocka_unit_test(test_continue_to_a_client_already_gone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
