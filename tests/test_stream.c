@@ -2,7 +2,8 @@
  * 1-byte writes and a split delimiter, read_bytes whole and partial,
  * read_until_close, -EBUSY, the input limits (-ENOBUFS, -EMSGSIZE), write
  * back-pressure against a peer that does not read, done and release exactly
- * once, cork (one writev through the transport double), the consumer form
+ * once, cork (one writev through the transport double), a transport that
+ * transforms the bytes (the only I/O path), the consumer form
  * (peek/consume, stop, pause/resume), and -EPERM from another thread.
  *
  * Threading rule: the loop runs on the test's main thread (except in the
@@ -470,6 +471,82 @@ static void test_cork_one_writev(void **state)
     fixture_close(&fx);
 }
 
+/* ---- the transport is the only I/O path -------------------------------------------------- */
+
+/* A transport that flips bit 5 of every byte each way: had the stream used
+ * recv/send itself anywhere, the peer (or the reader) would see unflipped bytes. */
+typedef struct {
+    int reads, writevs, shutdowns, destroys;
+} flip_t;
+
+static ssize_t flip_read(void *ctx, int fd, char *buf, size_t len)
+{
+    ((flip_t *)ctx)->reads++;
+    ssize_t n = read(fd, buf, len);
+    if (n < 0)
+        return errno == EAGAIN ? -EAGAIN : -errno;
+    for (ssize_t i = 0; i < n; i++)
+        buf[i] ^= 0x20;
+    return n;
+}
+
+static ssize_t flip_writev(void *ctx, int fd, const struct iovec *iov, int iovcnt)
+{
+    ((flip_t *)ctx)->writevs++;
+    char out[4096];
+    size_t len = 0;
+    for (int i = 0; i < iovcnt && len < sizeof(out); i++)
+        for (size_t k = 0; k < iov[i].iov_len && len < sizeof(out); k++)
+            out[len++] = (char)(((const char *)iov[i].iov_base)[k] ^ 0x20);
+    ssize_t n = send(fd, out, len, MSG_NOSIGNAL);
+    return n < 0 ? (errno == EAGAIN ? -EAGAIN : -errno) : n;
+}
+
+static int flip_shutdown(void *ctx, int fd)
+{
+    ((flip_t *)ctx)->shutdowns++;
+    return shutdown(fd, SHUT_WR) < 0 ? -errno : 0;
+}
+
+static void flip_destroy(void *ctx)
+{
+    ((flip_t *)ctx)->destroys++;
+}
+
+static const ioloop_stream_transport_t flip_transport = {
+    .name = "flip",
+    .read = flip_read,
+    .writev = flip_writev,
+    .shutdown = flip_shutdown,
+    .destroy = flip_destroy,
+};
+
+static void test_transport_is_the_only_io_path(void **state)
+{
+    (void)state;
+    flip_t flip = {0};
+    ioloop_stream_options_t opts = {.transport = &flip_transport, .transport_ctx = &flip};
+    fixture_t fx;
+    fixture_open(&fx, &opts);
+    rec_t rec = {0};
+    assert_int_equal(ioloop_stream_read_until(fx.stream, "\n", 1, 0, rec_read, &rec), 0);
+    assert_int_equal(write(fx.peer, "HELLO*", 6), 6); /* '*' ^ 0x20 == '\n' */
+    assert_true(run_until(fx.loop, &rec.reads, 1, 5000));
+    assert_memory_equal(rec.data, "hello\n", 6);
+    assert_int_equal(ioloop_stream_write(fx.stream, "abc", 3, rec_done, &rec), 0);
+    static const char borrowed[] = "def";
+    assert_int_equal(ioloop_stream_write_borrowed(fx.stream, borrowed, 3, rec_release, &rec), 0);
+    assert_int_equal(ioloop_stream_shutdown(fx.stream), 0);
+    assert_true(run_until(fx.loop, &rec.releases, 1, 5000));
+    char buf[16];
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 6);
+    assert_memory_equal(buf, "ABCDEF", 6);
+    assert_int_equal(flip.shutdowns, 1);
+    assert_true(flip.reads >= 1 && flip.writevs >= 2);
+    fixture_close(&fx);
+    assert_int_equal(flip.destroys, 1);
+}
+
 /* ---- the consumer form: peek/consume, stop, pause/resume ------------------------------------ */
 
 typedef struct {
@@ -655,6 +732,7 @@ int main(void)
         cmocka_unit_test(test_done_gets_error_when_closed_first),
         cmocka_unit_test(test_borrowed_release_once),
         cmocka_unit_test(test_cork_one_writev),
+        cmocka_unit_test(test_transport_is_the_only_io_path),
         cmocka_unit_test(test_consumer_peek_stable_while_stopped),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_eperm_from_another_thread),
