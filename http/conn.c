@@ -40,10 +40,10 @@ static size_t input_len(const http_conn_t *c)
     return len;
 }
 
-/* Everything conn handed to the stream has reached the kernel. */
+/* Everything formatted so far has reached the kernel. */
 static bool output_done(const http_conn_t *c)
 {
-    return c->out.len == 0 && c->writes_done == c->writes_issued;
+    return c->out.len == 0 && ioloop_stream_write_queue_size(c->stream) == 0;
 }
 
 static bool conn_idle(const http_conn_t *c)
@@ -296,17 +296,35 @@ static void linger_start(http_conn_t *c)
 
 /* ---- writing -------------------------------------------------------------- */
 
+static void on_written(ioloop_stream_t *stream, int status, void *arg);
+
+/* Asks for a call once what is queued now has left: a zero-length write's
+ * done. Responses are written without one (most go out at once, and a done
+ * costs a deferred callback each); only a waiting flush and the close need
+ * to know. While c->out waits for room, the drain callback tells instead. */
+static void watch_output(http_conn_t *c)
+{
+    if (c->watching || c->out.len || ioloop_stream_write_queue_size(c->stream) == 0)
+        return;
+    if (ioloop_stream_write(c->stream, NULL, 0, on_written, c) == 0)
+        c->watching = true;
+}
+
 static void maybe_flushed(http_conn_t *c)
 {
-    if (c->req && c->req->flush_waiting && output_done(c))
+    if (!c->req || !c->req->flush_waiting)
+        return;
+    if (output_done(c))
         ioloop__http_response_drained(c->req); /* posts the handler's completion */
+    else
+        watch_output(c);
 }
 
 static void on_written(ioloop_stream_t *stream, int status, void *arg)
 {
     (void)stream;
     http_conn_t *c = arg;
-    c->writes_done++;
+    c->watching = false;
     if (c->state == CONN_DEAD || status != 0)
         return; /* the stream ended: its close callback follows */
     maybe_flushed(c);
@@ -326,7 +344,7 @@ void ioloop__http_conn_send(http_conn_t *c)
         return; /* the drain callback brings us back */
     /* A copy (the stream coalesces small ones into its blocks); an outgrown
      * buffer (a large response) is given back at once. */
-    int err = ioloop_stream_write(c->stream, c->out.data, c->out.len, on_written, c);
+    int err = ioloop_stream_write(c->stream, c->out.data, c->out.len, NULL, NULL);
     c->out.len = 0;
     if (!c->req || c->state == CONN_LINGER || c->out.cap > HTTP_BLOCK)
         ioloop__hbuf_release(c->w, &c->out); /* an idle connection holds no block */
@@ -338,11 +356,11 @@ void ioloop__http_conn_send(http_conn_t *c)
         ioloop_stream_close(c->stream);
         return;
     }
-    c->writes_issued++;
     if (c->corked)
         c->wrote_corked = true;
     else
         HTTP_STAT_INC(c->w, st_sends);
+    maybe_flushed(c);
 }
 
 static void on_drain(ioloop_stream_t *stream, int status, void *arg)
@@ -444,6 +462,7 @@ static void conn_step(http_conn_t *c)
     case CONN_LINGER:
         ioloop_stream_consume(c->stream, input_len(c));
         if (!c->shut && c->out.len == 0) {
+            watch_output(c); /* before the shutdown refuses writes */
             c->shut = true;
             if (ioloop_stream_shutdown(c->stream) != 0) {
                 ioloop__http_conn_close(c);
@@ -455,7 +474,7 @@ static void conn_step(http_conn_t *c)
                 ioloop__http_conn_close(c);
             else if (!c->deadline)
                 set_deadline(c, now_of(c) + HTTP_LINGER);
-        }
+        } /* else the watch (or the drain) brings us back */
         return;
     default:
         return;

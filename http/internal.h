@@ -164,11 +164,10 @@ struct http_conn {
     http_worker_t *w;         /* NULL once the server was freed while the stream still closes */
     http_conn_t *prev, *next; /* w->conns, or w->closing once dead */
     ioloop_stream_t *stream;
-    ioloop_http_request_t *req;          /* the request being parsed or handled */
-    const char *parse_base;              /* the stream's unconsumed input during llhttp_execute */
-    size_t parsed;                       /* bytes of a head in progress already fed to llhttp (not consumed) */
-    hbuf_t out;                          /* response formatting buffer: handed to the stream by conn_send */
-    uint64_t writes_issued, writes_done; /* stream writes and their completions */
+    ioloop_http_request_t *req; /* the request being parsed or handled */
+    const char *parse_base;     /* the stream's unconsumed input during llhttp_execute */
+    size_t parsed;              /* bytes of a head in progress already fed to llhttp (not consumed) */
+    hbuf_t out;                 /* response formatting buffer: handed to the stream by conn_send */
     ioloop_timer_t timer;
     ioloop_time_t timer_at, deadline;
     uint8_t state;
@@ -178,6 +177,7 @@ struct http_conn {
     bool updating, update_again; /* conn_update re-entrancy */
     bool corked, wrote_corked;   /* inside the parse loop's cork; wrote meanwhile (one send) */
     bool shut;                   /* ioloop_stream_shutdown was called */
+    bool watching;               /* a zero-length write's done is pending (watch_output) */
     size_t parse_len;            /* length of the input at parse_base */
     int busy;                    /* response.c frames on the stack (enter/leave) */
     bool report_close;           /* fed through ioloop_http_server_accept: report the close to the loop */
