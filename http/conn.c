@@ -546,7 +546,7 @@ static void on_data(ioloop_stream_t *stream, int status, void *arg)
     conn_update(c);
 }
 
-/* White-box (tests/test_http_abuse.c): the largest input and output any
+/* White-box (tests/test_http_conn.c): the largest input and output any
  * connection of s holds on `loop` (its thread). */
 void ioloop__http_conn_memory(ioloop_http_server_t *s, ioloop_t *loop, size_t *in_max, size_t *out_max)
 {

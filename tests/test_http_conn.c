@@ -1,4 +1,4 @@
-/* test_http_abuse.c — hostile and unusual clients: one that pipelines without
+/* test_http_conn.c — hostile and unusual clients: one that pipelines without
  * ever reading (against a held request and against a large response), a
  * streamed upload echoed to a client that reads only at the end, a long
  * pipeline (work per request stays flat), a pipeline ended by a half-close,
