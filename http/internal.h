@@ -27,12 +27,11 @@
 #include <time.h>
 
 enum {
-    HTTP_BLOCK = 16384,          /* pooled buffer block */
-    HTTP_MAX_PATH_ARGS = 16,     /* capture groups a pattern may have */
-    HTTP_MAX_HEADERS = 256,      /* header lines per request (431 beyond) */
-    HTTP_POOL_KEEP = 256,        /* free blocks/requests a worker keeps */
-    HTTP_BATCH = HTTP_BLOCK / 2, /* pipelined responses held back for one send, at most: small
-                                    responses then never outgrow the pooled out block */
+    HTTP_BLOCK = 16384,      /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
+    HTTP_QUARANTINE = 64,    /* finished requests reused only behind this many others (FIFO) */
 };
 /* A connection's output mark (the stream's max_write_buffer_size): at or
  * above it nothing more is parsed, so the stream stops reading too. */
@@ -95,7 +94,7 @@ struct ioloop_http_request {
     http_worker_t *w;
     const http_route_t *route;
     ioloop_http_handler_fn handler;
-    ioloop_http_request_t *next_free;
+    ioloop_http_request_t *next_free;                 /* w's FIFO of finished requests */
     ioloop_http_request_t *orphan_next, *orphan_prev; /* w->orphans */
     bool orphaned;
 
@@ -140,12 +139,15 @@ struct ioloop_http_request {
     hbuf_t rhdr;  /* user headers, formatted "Name: value\r\n" */
     hbuf_t rbody; /* written, not yet flushed */
     bool user_length, user_ctype, headers_sent, chunked, head, no_body, close_delimited;
+    bool length_error;      /* the body disagreed with the handler's Content-Length */
+    uint64_t user_length_n; /* the handler's Content-Length value */
+    uint64_t body_sent;     /* body bytes framed into c->out so far */
     ioloop_http_close_fn on_close;
     void *on_close_arg;
     ioloop_http_flush_fn flush_fn;
     void *flush_arg;
     bool flush_waiting; /* flush_fn waits for the out buffer to drain */
-    int refs;           /* scheduled flush completions holding req */
+    int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
 };
 
@@ -195,8 +197,11 @@ struct http_worker {
     http_conn_t *closing; /* closed, waiting for their stream's close callback */
     char **blocks;
     int nblocks, blocks_cap;
-    ioloop_http_request_t *free_reqs;
+    ioloop_http_request_t *limbo, *limbo_tail; /* finished in this iteration: join free_reqs in the next */
+    bool reap_posted;
+    ioloop_http_request_t *free_reqs, *free_reqs_tail; /* FIFO: the oldest is reused first */
     int nfree_reqs;
+    int live_reqs;                  /* requests not in free_reqs: each keeps the worker alive (see worker_free) */
     ioloop_http_request_t *orphans; /* held by handlers, connection gone */
     http_conn_t *free_conns;
     int nfree_conns;
@@ -204,7 +209,7 @@ struct http_worker {
     char date[40];
     char discard[4096]; /* lingering reads land here */
     bool draining;
-    bool freeing; /* server_free runs: post nothing (it would outlive the server) */
+    bool dead; /* server_free ran: only live requests keep this struct; the last one frees it */
     ioloop_timer_t drain_timer;
     ioloop_callback_fn drain_done;
     void *drain_arg;
@@ -220,10 +225,15 @@ struct http_worker {
 /* server.c */
 http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool create);
 const char *ioloop__http_date(http_worker_t *w);
+/* Writes t as an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT", 29 chars and a
+ * NUL) into out, whatever the locale. Returns the length. */
+size_t ioloop__http_format_date(time_t t, char out[32]);
 void ioloop__http_worker_conn_gone(http_worker_t *w);
 /* The listener's on_stream (ioloop_http_server_serve). */
 void ioloop__http_server_on_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
                                    socklen_t peer_len, void *arg);
+/* A live request went back to a dead worker's hands: the last one frees it. */
+void ioloop__http_worker_release(http_worker_t *w);
 
 /* shutdown.c */
 void ioloop__http_signals_unwatch(ioloop_http_server_t *s);
@@ -235,8 +245,10 @@ void ioloop__hbuf_release(http_worker_t *w, hbuf_t *b);
 
 /* router.c */
 int ioloop__http_router_add(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
-/* Finds the route for req->path; fills req->pargs. NULL: 404. */
-const http_route_t *ioloop__http_router_match(const ioloop_http_server_t *s, ioloop_http_request_t *req);
+/* Finds the route for req->path into *out (NULL: none, 404) and fills
+ * req->pargs. Returns 0, or an HTTP status to answer with: 400 for a path
+ * argument that decodes to a NUL, 503 without memory. */
+int ioloop__http_router_match(const ioloop_http_server_t *s, ioloop_http_request_t *req, const http_route_t **out);
 void ioloop__http_router_free(ioloop_http_server_t *s);
 /* Percent-decodes src[0..len) into dst (NUL-terminated); plus_space for forms. */
 size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_space);
@@ -273,7 +285,11 @@ extern const llhttp_settings_t ioloop__http_settings;
 void ioloop__http_conn_parse(http_conn_t *c);
 
 /* request.c */
+/* A request from the worker's pool (counted in w->live_reqs until put). */
 ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w);
+/* Marks req finished and recycles it (once no flush completion is queued):
+ * in the next loop iteration, FIFO behind HTTP_QUARANTINE others, so a stale
+ * pointer meets finished. */
 void ioloop__http_request_put(ioloop_http_request_t *req);
 /* Runs on headers complete: validation, routing, xheaders. Returns 0 or an
  * HTTP status to answer with (and close). */

@@ -289,6 +289,7 @@ static int cb_headers_complete(llhttp_t *p)
         c->fail_status = st;
         return -1;
     }
+    ioloop__http_conn_send(c); /* a 100 Continue head_done queued (never tears down inline) */
     if (req->streaming) {
         req->user_owned = true;
         if (req->route->route.prepare)

@@ -13,6 +13,7 @@
 #include "internal.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,12 +21,22 @@
 
 /* ---- pool --------------------------------------------------------------- */
 
+/* A finished request joins the pool's FIFO only in the next loop iteration
+ * (w->limbo until then), and is reused only once HTTP_QUARANTINE others
+ * joined after it. Until then it keeps finished = true, so a stale pointer (a
+ * late write, a duplicate completion) gets -EALREADY instead of writing into
+ * another client's response (http.h states the guarantee). A full pool frees
+ * its oldest, never the newest. */
 ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w)
 {
-    ioloop_http_request_t *r = w->free_reqs;
-    if (r) {
+    ioloop_http_request_t *r = NULL;
+    if (w->nfree_reqs > HTTP_QUARANTINE) {
+        r = w->free_reqs;
         w->free_reqs = r->next_free;
+        if (!w->free_reqs)
+            w->free_reqs_tail = NULL;
         w->nfree_reqs--;
+        assert(r->finished);
     } else if (!(r = calloc(1, sizeof(*r)))) {
         return NULL;
     }
@@ -42,13 +53,52 @@ ioloop_http_request_t *ioloop__http_request_get(http_worker_t *w)
     r->w = w;
     r->status = 200;
     r->protocol = "http";
+    w->live_reqs++;
     return r;
+}
+
+static void to_pool(http_worker_t *w, ioloop_http_request_t *req)
+{
+    req->next_free = NULL;
+    if (w->free_reqs_tail)
+        w->free_reqs_tail->next_free = req;
+    else
+        w->free_reqs = req;
+    w->free_reqs_tail = req;
+    w->nfree_reqs++;
+    if (w->nfree_reqs > HTTP_POOL_KEEP) {
+        ioloop_http_request_t *old = w->free_reqs;
+        w->free_reqs = old->next_free;
+        w->nfree_reqs--;
+        free(old->hdrs);
+        free(old->args);
+        free(old);
+    }
+    ioloop__http_worker_release(w); /* may free a dead worker: the caller's last use of w */
+}
+
+/* Next iteration: the requests finished in the previous one join the pool. */
+static void reap(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    http_worker_t *w = arg;
+    ioloop_http_request_t *req = w->limbo;
+    w->limbo = w->limbo_tail = NULL;
+    w->reap_posted = false;
+    while (req) {
+        ioloop_http_request_t *next = req->next_free;
+        to_pool(w, req); /* each holds the worker until here */
+        req = next;
+    }
 }
 
 void ioloop__http_request_put(ioloop_http_request_t *req)
 {
+    req->finished = true; /* what a stale pointer sees from now on */
+    req->c = NULL;
     if (req->refs > 0)
         return; /* a scheduled flush completion still points here; it puts */
+    assert(!req->orphaned);
     http_worker_t *w = req->w;
     ioloop__hbuf_release(w, &req->body);
     ioloop__hbuf_release(w, &req->pbuf);
@@ -56,14 +106,19 @@ void ioloop__http_request_put(ioloop_http_request_t *req)
     ioloop__hbuf_release(w, &req->rhdr);
     ioloop__hbuf_release(w, &req->rbody);
     ioloop__hbuf_release(w, &req->head_copy);
-    if (w->nfree_reqs < HTTP_POOL_KEEP) {
-        req->next_free = w->free_reqs;
-        w->free_reqs = req;
-        w->nfree_reqs++;
-    } else {
-        free(req->hdrs);
-        free(req->args);
-        free(req);
+    req->nhdrs = req->npargs = req->nargs = 0;
+    req->args_parsed = true;
+    req->next_free = NULL;
+    if (w->limbo_tail)
+        w->limbo_tail->next_free = req;
+    else
+        w->limbo = req;
+    w->limbo_tail = req;
+    if (!w->reap_posted) {
+        if (ioloop_add_callback(w->loop, reap, w) == 0)
+            w->reap_posted = true;
+        else
+            reap(w->loop, w); /* the loop is closing: no later iteration */
     }
 }
 
@@ -189,7 +244,10 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req)
     req->keep_alive = !o->no_keep_alive && llhttp_should_keep_alive(p) && !p->upgrade;
 
     /* Route and method. */
-    const http_route_t *route = ioloop__http_router_match(c->w->server, req);
+    const http_route_t *route;
+    int st = ioloop__http_router_match(c->w->server, req, &route);
+    if (st)
+        return st;
     req->route = route;
     req->head = req->method == HTTP_HEAD;
     if (!route) {
@@ -260,11 +318,14 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req)
         }
     }
 
-    if (req->expect_continue && req->has_body && req->minor == 1) {
+    /* 100 Continue only for a request that will be read (not for a 404/405:
+     * the client need not send a body that is dropped). It is only queued
+     * here: the connection sends it once head handling is over (a send here
+     * could close the connection and recycle req under its callers). */
+    if (req->expect_continue && req->has_body && req->minor == 1 && !req->fail_status) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         if (ioloop__hbuf_append(c->w, &c->out, cont, sizeof(cont) - 1))
             return 503;
-        ioloop__http_conn_send(c);
     }
     return 0;
 }
@@ -283,17 +344,17 @@ const char *ioloop_http_request_method(const ioloop_http_request_t *req)
 
 const char *ioloop_http_request_path(const ioloop_http_request_t *req)
 {
-    return req->path;
+    return req->finished ? NULL : req->path;
 }
 
 const char *ioloop_http_request_query(const ioloop_http_request_t *req)
 {
-    return req->query;
+    return req->finished ? NULL : req->query;
 }
 
 const char *ioloop_http_request_uri(const ioloop_http_request_t *req)
 {
-    return req->uri;
+    return req->finished ? NULL : req->uri;
 }
 
 const char *ioloop_http_request_version(const ioloop_http_request_t *req)
@@ -303,11 +364,13 @@ const char *ioloop_http_request_version(const ioloop_http_request_t *req)
 
 const char *ioloop_http_request_host(const ioloop_http_request_t *req)
 {
-    return req->host;
+    return req->finished ? NULL : req->host;
 }
 
 const char *ioloop_http_request_header(const ioloop_http_request_t *req, const char *name)
 {
+    if (req->finished)
+        return NULL;
     size_t len = strlen(name);
     for (int i = 0; i < req->nhdrs; i++) {
         const http_hdr_t *h = &req->hdrs[i];
@@ -319,6 +382,8 @@ const char *ioloop_http_request_header(const ioloop_http_request_t *req, const c
 
 int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const char **name, const char **value)
 {
+    if (req->finished)
+        return -EALREADY;
     if (i < 0 || i >= req->nhdrs)
         return -ENOENT;
     *name = req->base + req->hdrs[i].name_off;
@@ -329,12 +394,16 @@ int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const
 const char *ioloop_http_request_body(const ioloop_http_request_t *req, size_t *len)
 {
     if (len)
-        *len = req->body.len;
+        *len = req->finished ? 0 : req->body.len;
+    if (req->finished)
+        return NULL;
     return req->body.data ? req->body.data : "";
 }
 
 const char *ioloop_http_request_remote_ip(ioloop_http_request_t *req)
 {
+    if (req->finished)
+        return NULL;
     if (!req->remote_ip_set) {
         const struct sockaddr_in6 *sa = &req->peer;
         req->remote_ip[0] = '\0';
@@ -354,12 +423,12 @@ const char *ioloop_http_request_protocol(const ioloop_http_request_t *req)
 
 int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req)
 {
-    return req->npargs;
+    return req->finished ? -EALREADY : req->npargs;
 }
 
 const char *ioloop_http_request_path_arg(const ioloop_http_request_t *req, int i)
 {
-    return i >= 0 && i < req->npargs ? req->pargs[i] : NULL;
+    return !req->finished && i >= 0 && i < req->npargs ? req->pargs[i] : NULL;
 }
 
 /* Splits "a=1&b=2" into decoded name/value pairs appended to req->args. */
@@ -384,8 +453,12 @@ static int parse_pairs(ioloop_http_request_t *req, const char *s, size_t len)
             size_t n1 = ioloop__http_unquote(dst, s, (size_t)(ne - s), true);
             char *val = dst + n1 + 1;
             size_t n2 = eq ? ioloop__http_unquote(val, eq + 1, (size_t)(pe - eq - 1), true) : (*val = '\0', 0);
-            req->abuf.len += n1 + n2 + 2;
-            req->args[req->nargs++] = (http_arg_t){dst, val};
+            /* A %00 would cut the C string short (and "a.php%00.jpg" pass a
+             * suffix check as "a.php"): such a pair is dropped, as if absent. */
+            if (!memchr(dst, '\0', n1) && !memchr(val, '\0', n2)) {
+                req->abuf.len += n1 + n2 + 2;
+                req->args[req->nargs++] = (http_arg_t){dst, val};
+            }
         }
         s = pe + 1;
     }
@@ -416,7 +489,7 @@ static int parse_args(ioloop_http_request_t *req)
 
 const char *ioloop_http_request_argument(ioloop_http_request_t *req, const char *name, const char *def)
 {
-    if (parse_args(req) != 0)
+    if (req->finished || parse_args(req) != 0)
         return def;
     for (int i = req->nargs - 1; i >= 0; i--)
         if (strcmp(req->args[i].name, name) == 0)
@@ -426,6 +499,8 @@ const char *ioloop_http_request_argument(ioloop_http_request_t *req, const char 
 
 int ioloop_http_request_arguments(ioloop_http_request_t *req, const char *name, const char **values, int max)
 {
+    if (req->finished)
+        return -EALREADY;
     int err = parse_args(req);
     if (err)
         return err;
@@ -442,11 +517,13 @@ int ioloop_http_request_arguments(ioloop_http_request_t *req, const char *name, 
 
 void ioloop_http_request_on_close(ioloop_http_request_t *req, ioloop_http_close_fn fn, void *arg)
 {
+    if (req->finished)
+        return;
     req->on_close = fn;
     req->on_close_arg = arg;
 }
 
 bool ioloop_http_request_closed(const ioloop_http_request_t *req)
 {
-    return req->closed;
+    return req->closed || req->finished;
 }

@@ -1,7 +1,9 @@
 /* response.c — the response writer: status, headers, buffered writes, flush
  * with a completion for back-pressure, finish. Content-Length when the whole
  * body is known at finish, chunked once something was flushed before (HTTP/1.0
- * clients get a close-delimited body instead), no body for HEAD, 1xx, 204, 304.
+ * clients get a close-delimited body instead), no body for HEAD, 204, 304.
+ * A handler's own Content-Length is counted against what it writes: a body
+ * that disagrees closes the connection after it, so framing never desyncs.
  *
  * Threading rule: the loop thread that owns the request.
  *
@@ -11,6 +13,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -125,9 +128,7 @@ static bool status_has_body(int status)
 static int write_head(ioloop_http_request_t *req, http_conn_t *c, bool known_length, size_t body_len)
 {
     bool body = status_has_body(req->status);
-    /* A response finished before its request's body arrived ends the
-     * connection (the rest of the body is not read): say so. */
-    bool keep = req->keep_alive && !c->w->draining && !c->close_after && (req->complete || !known_length);
+    bool keep = req->keep_alive && !c->w->draining && !c->close_after;
     if (!known_length && !req->user_length && body) {
         if (req->minor == 1)
             req->chunked = true;
@@ -175,6 +176,7 @@ static int emit_body(ioloop_http_request_t *req, http_conn_t *c)
     req->rbody.len = 0;
     if (n == 0 || req->head || !status_has_body(req->status))
         return 0;
+    req->body_sent += n;
     if (ioloop__hbuf_reserve(c->w, &c->out, n + 32) != 0)
         return -ENOMEM;
     if (req->chunked) {
@@ -191,10 +193,46 @@ int ioloop_http_response_status(ioloop_http_request_t *req, int status)
 {
     if (req->headers_sent || req->finished)
         return -EALREADY;
-    if (status < 100 || status > 599)
-        return -EINVAL;
+    if (status < 200 || status > 599)
+        return -EINVAL; /* a 1xx is interim, never the final response */
     req->status = status;
     return 0;
+}
+
+/* field-value (RFC 9110 5.5): no CTL but HTAB, no DEL; obs-text passes. */
+static bool valid_value(const char *s)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* Content-Length = 1*DIGIT, at most 2^63 - 1. */
+static bool parse_length(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > (UINT64_MAX / 2 - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* Would the body still fit the handler's Content-Length after len more
+ * bytes? (HEAD and bodiless statuses send none, so nothing is counted.) */
+static bool length_allows(const ioloop_http_request_t *req, size_t len)
+{
+    if (!req->user_length || req->head || !status_has_body(req->status))
+        return true;
+    uint64_t have = req->body_sent + req->rbody.len;
+    return have <= req->user_length_n && len <= req->user_length_n - have;
 }
 
 static bool valid_token(const char *s)
@@ -213,7 +251,7 @@ int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, co
 {
     if (req->headers_sent || req->finished)
         return -EALREADY;
-    if (!valid_token(name) || strpbrk(value, "\r\n"))
+    if (!valid_token(name) || !valid_value(value))
         return -EINVAL;
     if (!strcasecmp(name, "Connection") && !strcasecmp(value, "close")) {
         req->keep_alive = false; /* the server writes the header itself */
@@ -221,8 +259,13 @@ int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, co
     }
     if (!strcasecmp(name, "Date") || !strcasecmp(name, "Connection") || !strcasecmp(name, "Transfer-Encoding"))
         return -EINVAL;
-    if (!strcasecmp(name, "Content-Length"))
+    if (!strcasecmp(name, "Content-Length")) {
+        /* The server frames what it sends: one length, digits only, and the
+         * body is counted against it (see check_length). */
+        if (req->user_length || !parse_length(value, &req->user_length_n))
+            return -EINVAL;
         req->user_length = true;
+    }
     if (!strcasecmp(name, "Content-Type"))
         req->user_ctype = true;
     size_t nl = strlen(name), vl = strlen(value);
@@ -242,20 +285,35 @@ int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, siz
         return -EALREADY;
     if (!req->c)
         return -EPIPE;
+    if (!length_allows(req, len)) {
+        /* Past the handler's Content-Length: the extra bytes would be read
+         * as the next response. Refused, and the connection closes after
+         * this response. */
+        req->length_error = true;
+        req->keep_alive = false;
+        return -EMSGSIZE;
+    }
     return ioloop__hbuf_append(req->w, &req->rbody, data, len);
 }
 
+/* One completion at a time (a second flush with a callback gets -EBUSY until
+ * this one ran), so fn/arg/status on req are this completion's own. */
 static void flush_done(ioloop_t *loop, void *arg)
 {
     (void)loop;
     ioloop_http_request_t *req = arg;
+    assert(req->refs == 1);
     req->refs--;
-    if (!req->finished) {
-        if (req->flush_fn)
-            req->flush_fn(req, req->flush_status, req->flush_arg);
-    } else if (req->refs == 0) {
-        ioloop__http_request_put(req);
+    if (req->finished) {
+        ioloop__http_request_put(req); /* finish came first: its put waited for us */
+        return;
     }
+    ioloop_http_flush_fn fn = req->flush_fn;
+    void *fn_arg = req->flush_arg;
+    req->flush_fn = NULL;
+    req->flush_arg = NULL;
+    if (fn)
+        fn(req, req->flush_status, fn_arg);
 }
 
 static void flush_complete(ioloop_http_request_t *req, int status)
@@ -263,14 +321,16 @@ static void flush_complete(ioloop_http_request_t *req, int status)
     if (!req->flush_waiting)
         return;
     req->flush_waiting = false;
-    if (req->w->freeing)
-        return; /* the server is being freed: no completion outlives it */
     req->flush_status = status;
     req->refs++;
+    /* Queued even while the server is being freed: the loop runs it when it
+     * closes, and req (with its worker) stays valid until then. */
     if (ioloop_add_callback(req->w->loop, flush_done, req) != 0) {
         req->refs--;
-        if (req->flush_fn)
-            req->flush_fn(req, status, req->flush_arg);
+        ioloop_http_flush_fn fn = req->flush_fn;
+        req->flush_fn = NULL;
+        if (fn)
+            fn(req, status, req->flush_arg);
     }
 }
 
@@ -291,18 +351,19 @@ int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn 
     http_conn_t *c = req->c;
     if (!c)
         return -EPIPE;
-    if (req->flush_waiting)
-        return -EBUSY;
+    if (done && (req->flush_waiting || req->refs > 0))
+        return -EBUSY; /* the previous flush's done has not run yet */
     ioloop__http_conn_enter(c);
     int err = req->headers_sent ? 0 : write_head(req, c, false, 0);
     if (!err)
         err = emit_body(req, c);
-    if (!err) {
+    if (!err && done) {
         req->flush_fn = done;
         req->flush_arg = arg;
-        req->flush_waiting = done != NULL;
-        ioloop__http_conn_send(c);
+        req->flush_waiting = true;
     }
+    if (!err)
+        ioloop__http_conn_send(c);
     ioloop__http_conn_leave(c);
     return err;
 }
@@ -329,6 +390,17 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
     }
     ioloop__http_conn_enter(c);
     int err = 0;
+    /* A body shorter than the handler's Content-Length leaves the client
+     * waiting for bytes that would come from the next response. */
+    if (req->user_length && !req->head && status_has_body(req->status) &&
+        req->body_sent + req->rbody.len != req->user_length_n) {
+        req->length_error = true;
+        req->keep_alive = false;
+    }
+    /* Answered before the request body was in: the rest of it is never read,
+     * so the connection closes after this response; say so in its head. */
+    if (!req->complete)
+        req->keep_alive = false;
     if (!req->headers_sent) {
         err = write_head(req, c, true, req->rbody.len);
         if (!err)
@@ -342,6 +414,8 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
                 err = -ENOMEM;
         }
     }
+    if (!err && req->length_error)
+        err = -EPROTO;
     if (err || !req->keep_alive || !req->complete || req->close_delimited)
         c->close_after = true;
     if (!req->complete)

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,13 +118,51 @@ int ioloop__http_router_add(ioloop_http_server_t *s, const char *pattern, const 
     return 0;
 }
 
-const http_route_t *ioloop__http_router_match(const ioloop_http_server_t *s, ioloop_http_request_t *req)
+/* Decodes the groups of match m into req->pargs. Groups may nest (and so
+ * overlap), so the room is the sum of their lengths, reserved at once (the
+ * pointers handed out never move). */
+static int take_args(const http_route_t *r, const regmatch_t *m, ioloop_http_request_t *req)
 {
     const char *path = req->path;
+    size_t need = 0;
+    for (int g = 0; g < r->groups; g++)
+        if (m[g + 2].rm_so >= 0)
+            need += (size_t)(m[g + 2].rm_eo - m[g + 2].rm_so);
+    need += (size_t)r->groups + 1;
+    /* pbuf may already hold an absolute-form target's host: follow it if it moves. */
+    const char *old = req->pbuf.data;
+    if (ioloop__hbuf_reserve(req->w, &req->pbuf, need) != 0)
+        return 503;
+    if (old && req->pbuf.data != old && req->host >= old && req->host < old + req->pbuf.len)
+        req->host = req->pbuf.data + (req->host - old);
+    req->npargs = 0;
+    for (int g = 0; g < r->groups; g++) {
+        char *dst = req->pbuf.data + req->pbuf.len;
+        size_t n = 0;
+        if (m[g + 2].rm_so >= 0)
+            n = ioloop__http_unquote(dst, path + m[g + 2].rm_so, (size_t)(m[g + 2].rm_eo - m[g + 2].rm_so), false);
+        else
+            *dst = '\0';
+        if (memchr(dst, '\0', n))
+            return 400; /* %00: a C string would end there, silently */
+        req->pbuf.len += n + 1;
+        req->pargs[req->npargs++] = dst;
+    }
+    assert(req->pbuf.len <= req->pbuf.cap);
+    return 0;
+}
+
+int ioloop__http_router_match(const ioloop_http_server_t *s, ioloop_http_request_t *req, const http_route_t **out)
+{
+    const char *path = req->path;
+    *out = NULL;
     if (s->lit) {
-        for (unsigned i = hash_path(path) & s->lit_mask; s->lit[i]; i = (i + 1) & s->lit_mask)
-            if (strcmp(s->lit[i]->pattern, path) == 0)
-                return s->lit[i];
+        for (unsigned i = hash_path(path) & s->lit_mask; s->lit[i]; i = (i + 1) & s->lit_mask) {
+            if (strcmp(s->lit[i]->pattern, path) == 0) {
+                *out = s->lit[i];
+                return 0;
+            }
+        }
     }
     for (int k = 0; k < s->nroutes; k++) {
         const http_route_t *r = s->routes[k];
@@ -132,23 +171,12 @@ const http_route_t *ioloop__http_router_match(const ioloop_http_server_t *s, iol
         regmatch_t m[HTTP_MAX_PATH_ARGS + 2];
         if (regexec(&r->re, path, (size_t)r->groups + 2, m, 0) != 0)
             continue;
-        size_t plen = strlen(path);
-        if (ioloop__hbuf_reserve(req->w, &req->pbuf, plen + HTTP_MAX_PATH_ARGS + 1) != 0)
-            return NULL;
-        req->npargs = 0;
-        for (int g = 0; g < r->groups; g++) {
-            char *dst = req->pbuf.data + req->pbuf.len;
-            size_t n = 0;
-            if (m[g + 2].rm_so >= 0)
-                n = ioloop__http_unquote(dst, path + m[g + 2].rm_so, (size_t)(m[g + 2].rm_eo - m[g + 2].rm_so), false);
-            else
-                *dst = '\0';
-            req->pbuf.len += n + 1;
-            req->pargs[req->npargs++] = dst;
-        }
-        return r;
+        int st = take_args(r, m, req);
+        if (!st)
+            *out = r;
+        return st;
     }
-    return NULL;
+    return 0;
 }
 
 void ioloop__http_router_free(ioloop_http_server_t *s)

@@ -7,12 +7,15 @@
  * loop serves. A worker is created on its loop's thread on the first
  * connection there and pushed onto the server's list with a CAS; only that
  * loop's thread touches it afterwards (its counters are written there with
- * relaxed atomic stores, so other threads may read them).
+ * relaxed atomic stores, so other threads may read them). ioloop_http_server_free
+ * kills the workers; a worker's struct outlives it while requests point at it
+ * (see worker_free).
  */
 #define _GNU_SOURCE
 #include "internal.h"
 #include "ioloop/runtime.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +66,7 @@ void ioloop__hbuf_release(http_worker_t *w, hbuf_t *b)
 {
     if (!b->data)
         return;
-    if (b->cap == HTTP_BLOCK && w->nblocks < HTTP_POOL_KEEP) {
+    if (b->cap == HTTP_BLOCK && w->nblocks < HTTP_POOL_KEEP && !w->dead) {
         if (w->nblocks == w->blocks_cap) {
             int cap = w->blocks_cap ? w->blocks_cap * 2 : 16;
             char **n = realloc(w->blocks, (size_t)cap * sizeof(*n));
@@ -113,35 +116,60 @@ http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool
     return w;
 }
 
+/* IMF-fixdate (RFC 9110 5.6.7) by hand: strftime's %a and %b follow LC_TIME,
+ * and an embedder's setlocale must not change what goes on the wire. */
+size_t ioloop__http_format_date(time_t t, char out[32])
+{
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || tm.tm_year + 1900 < 0 || tm.tm_year + 1900 > 9999) {
+        out[0] = '\0';
+        return 0;
+    }
+    int year = tm.tm_year + 1900;
+    char *p = out;
+    memcpy(p, days[tm.tm_wday], 3);
+    p += 3;
+    *p++ = ',';
+    *p++ = ' ';
+    *p++ = (char)('0' + tm.tm_mday / 10);
+    *p++ = (char)('0' + tm.tm_mday % 10);
+    *p++ = ' ';
+    memcpy(p, months[tm.tm_mon], 3);
+    p += 3;
+    *p++ = ' ';
+    *p++ = (char)('0' + year / 1000);
+    *p++ = (char)('0' + year / 100 % 10);
+    *p++ = (char)('0' + year / 10 % 10);
+    *p++ = (char)('0' + year % 10);
+    *p++ = ' ';
+    const int hms[3] = {tm.tm_hour, tm.tm_min, tm.tm_sec};
+    for (int i = 0; i < 3; i++) {
+        *p++ = (char)('0' + hms[i] / 10);
+        *p++ = (char)('0' + hms[i] % 10);
+        *p++ = i < 2 ? ':' : ' ';
+    }
+    memcpy(p, "GMT", 4);
+    return (size_t)(p + 3 - out);
+}
+
 /* The Date header value, formatted again only when the second changes. */
 const char *ioloop__http_date(http_worker_t *w)
 {
     time_t now = time(NULL);
     if (now != w->date_sec) {
-        struct tm tm;
-        gmtime_r(&now, &tm);
-        strftime(w->date, sizeof(w->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        ioloop__http_format_date(now, w->date);
         w->date_sec = now;
     }
     return w->date;
 }
 
-static void worker_free(http_worker_t *w)
+/* Frees the pooled memory; the struct itself only once no request points at it. */
+static void worker_destroy(http_worker_t *w)
 {
-    /* Posts made from here on would outlive the server: the loops run what
-     * was posted to them when they close, after this. So none are made. */
-    w->freeing = true;
-    while (w->conns)
-        ioloop__http_conn_close(w->conns);
-    ioloop__http_worker_forget_conns(w); /* their streams close after this, alone */
-    while (w->orphans) { /* requests a handler never finished */
-        ioloop_http_request_t *r = w->orphans;
-        w->orphans = r->orphan_next;
-        r->refs = 0;
-        ioloop__http_request_put(r);
-    }
-    if (w->drain_timer)
-        ioloop_remove_timeout(w->loop, w->drain_timer);
+    assert(w->dead && w->live_reqs == 0 && !w->conns && !w->limbo);
     while (w->free_conns) {
         http_conn_t *c = w->free_conns;
         w->free_conns = c->next;
@@ -152,17 +180,50 @@ static void worker_free(http_worker_t *w)
         w->free_reqs = r->next_free;
         free(r->hdrs);
         free(r->args);
-        free(r->body.data);
-        free(r->pbuf.data);
-        free(r->abuf.data);
-        free(r->rhdr.data);
-        free(r->rbody.data);
         free(r);
     }
     for (int i = 0; i < w->nblocks; i++)
         free(w->blocks[i]);
     free(w->blocks);
     free(w);
+}
+
+/* Callbacks queued on the loop before it stopped (a flush completion, an
+ * executor job's completion that finishes its request) run in
+ * ioloop_runtime_free, after this. So the worker does not free what they
+ * point at: it closes its connections and marks itself dead; a request still
+ * held (an orphan, or one with a completion queued) stays valid and keeps the
+ * worker struct alive until it is finished, then frees itself
+ * (ioloop__http_worker_release). A request the application never finishes
+ * is never freed: nothing can tell that no callback holds it. */
+static void worker_free(http_worker_t *w)
+{
+    w->dead = true;
+    w->server = NULL; /* freed after this: a late request must not reach it */
+    w->live_reqs++;   /* our own reference: closing a connection may put the last request */
+    while (w->conns)
+        ioloop__http_conn_close(w->conns);
+    ioloop__http_worker_forget_conns(w); /* their streams close after this, alone */
+    if (w->drain_timer)
+        ioloop_remove_timeout(w->loop, w->drain_timer);
+    w->drain_timer = 0;
+    while (w->free_conns) {
+        http_conn_t *c = w->free_conns;
+        w->free_conns = c->next;
+        free(c);
+    }
+    w->nfree_conns = 0;
+    for (int i = 0; i < w->nblocks; i++)
+        free(w->blocks[i]);
+    w->nblocks = 0;
+    ioloop__http_worker_release(w);
+}
+
+void ioloop__http_worker_release(http_worker_t *w)
+{
+    assert(w->live_reqs > 0);
+    if (--w->live_reqs == 0 && w->dead)
+        worker_destroy(w);
 }
 
 /* ---- server ------------------------------------------------------------- */
@@ -258,7 +319,7 @@ int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop
 
 static void drain_check(http_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || !w->drain_done || w->freeing)
+    if (!w->draining || w->nconns > 0 || !w->drain_done || w->dead)
         return;
     if (w->drain_timer) {
         ioloop_remove_timeout(w->loop, w->drain_timer);

@@ -38,13 +38,14 @@ int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, cons
 /* ---- shutdown ------------------------------------------------------------ */
 
 /* Runs fn on every loop of the runtime; a loop that takes no more callbacks
- * (closed) counts as having run it. */
+ * (closed) counts as having run it. Ordered: on the loop that posts to
+ * itself too, fn runs after the DISPATCH hand-offs posted to it before. */
 static void post_all(ioloop_http_server_t *s, ioloop_callback_fn fn, void (*skip)(ioloop_http_server_t *))
 {
     int n = ioloop_runtime_size(s->shut_rt);
     atomic_store(&s->shut_pending, n);
     for (int i = 0; i < n; i++)
-        if (ioloop_add_callback(ioloop_runtime_loop(s->shut_rt, i), fn, s) != 0)
+        if (ioloop_add_callback_ordered(ioloop_runtime_loop(s->shut_rt, i), fn, s) != 0)
             skip(s);
 }
 

@@ -7,10 +7,15 @@
  * (atomics: raised here, lowered by the receiving loop once the connection
  * is counted live there). A handoff is an ordinary cross-thread post.
  *
- * Load = live connections + handoffs in flight, so a burst accepted in one
- * batch spreads out instead of all going to the loop that looked emptiest
- * when the batch began. Ties go round-robin (the scan starts one further each
- * time), which is what short-lived connections, where every load is 0, need.
+ * The pick: the next loop in turn (round-robin: ties rotate, and with short
+ * connections, where every load is about 0, no loop is favoured), unless it
+ * is really more loaded than another (more than one live connection above
+ * the fewest, or a full accept batch handed to it and not yet taken); then
+ * the least loaded by live connections + hand-offs in flight, so a burst
+ * accepted in one batch spreads out. The acceptor's own loop gets its
+ * connections by a post like the others (counted in flight until it runs):
+ * served at once, a connection that ends at once kept its load at 0 while the
+ * others counted theirs in flight, and it took most of them.
  */
 #define _GNU_SOURCE
 #include "runtime_internal.h"
@@ -37,32 +42,61 @@ static void receive_handoff(ioloop_t *loop, void *arg)
     ioloop__listener_unref(l);
 }
 
+/* Hand-offs in flight to one loop that do not count against it yet: under
+ * CPU contention a loop that simply has not been scheduled since its last
+ * wakeup lags by up to an accept batch (64) without being busy. */
+enum { INFLIGHT_SLACK = 64 };
+
+static int64_t live_of(ioloop_listener_t *l, int i)
+{
+    return atomic_load_explicit(&l->loops[i]->stats.live_connections, memory_order_relaxed);
+}
+
+static int64_t inflight_of(ioloop_listener_t *l, int i)
+{
+    return atomic_load_explicit(&l->inflight[i], memory_order_relaxed);
+}
+
+/* The next loop in turn (round-robin, so ties rotate and no loop is
+ * favoured), unless it is really more loaded than another: more than one live
+ * connection above the fewest, or a full accept batch of hand-offs it has not
+ * taken yet (blocked, or far behind). Then the least loaded, counting live
+ * connections and hand-offs in flight, so that a burst still spreads out. */
 static int least_loaded(ioloop_listener_t *l)
 {
-    int n = l->nloops, best = 0;
-    int64_t best_load = INT64_MAX;
+    int n = l->nloops;
     unsigned start = l->next_start++;
-    for (int k = 0; k < n; k++) {
+    int turn = (int)(start % (unsigned)n), best = turn;
+    int64_t fewest_live = live_of(l, turn), best_load = fewest_live + inflight_of(l, turn);
+    for (int k = 1; k < n; k++) {
         int i = (int)((start + (unsigned)k) % (unsigned)n);
-        int64_t load = atomic_load_explicit(&l->loops[i]->stats.live_connections, memory_order_relaxed) +
-                       atomic_load_explicit(&l->inflight[i], memory_order_relaxed);
+        int64_t live = live_of(l, i), load = live + inflight_of(l, i);
+        if (live < fewest_live)
+            fewest_live = live;
         if (load < best_load) {
             best_load = load;
             best = i;
         }
     }
+    if (live_of(l, turn) <= fewest_live + 1 && inflight_of(l, turn) <= INFLIGHT_SLACK)
+        return turn;
     return best;
 }
 
 void ioloop__dispatch_accepted(ioloop_listener_t *l, ioloop_t *from, int fd, const struct sockaddr *peer,
                                socklen_t peer_len)
 {
-    int i = least_loaded(l);
-    ioloop_t *to = l->loops[i];
-    if (to == from) {
+    if (l->nloops == 1) { /* no choice to make */
         ioloop__listener_hand_over(l, from, fd, peer, peer_len);
         return;
     }
+    int i = least_loaded(l);
+    ioloop_t *to = l->loops[i];
+    /* A hand-off to the acceptor's own loop is posted too (the cheap
+     * own-thread path), not served at once: served at once, a connection
+     * that ends at once leaves this loop's load at 0 while every other
+     * loop's counts its hand-off in flight, and this loop would win every
+     * pick of an accept batch. */
     handoff_t *h = malloc(sizeof(*h));
     if (!h) {
         ioloop__listener_hand_over(l, from, fd, peer, peer_len); /* serve it here rather than drop it */

@@ -33,6 +33,7 @@ typedef struct {
     bool dirty;       /* under handlers_lock */
     file_id_t *files; /* under handlers_lock: by fd, the file registered (ino 0: none) */
     size_t files_capacity;
+    size_t scan_start; /* loop thread: where the next scan of revents begins */
 } poll_set_t;
 
 static int poll_init(ioloop_t *loop)
@@ -159,8 +160,13 @@ static int poll_wait_ready(ioloop_t *loop, int timeout_ms, ioloop__ready_t *out,
     int n = poll(set->fds, (nfds_t)set->count, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
+    /* The scan starts where the last one stopped: with more than max fds
+     * ready (level-triggered, they stay ready), a scan from index 0 would
+     * report the same lowest max fds every time and starve the rest. */
     int filled = 0;
-    for (size_t i = 0; i < set->count && filled < max && n > 0; i++) {
+    size_t start = set->count ? set->scan_start % set->count : 0, k = 0;
+    for (; k < set->count && filled < max && n > 0; k++) {
+        size_t i = (start + k) % set->count;
         short r = set->fds[i].revents;
         if (!r)
             continue;
@@ -178,6 +184,7 @@ static int poll_wait_ready(ioloop_t *loop, int timeout_ms, ioloop__ready_t *out,
                       ((r & (POLLERR | POLLHUP)) ? IOLOOP_ERROR : 0u),
         };
     }
+    set->scan_start = set->count ? (start + k) % set->count : 0;
     return filled;
 }
 

@@ -26,8 +26,9 @@
  * (`wakeup_pending`). Both sides use seq_cst: the poster pushes then reads
  * `polling`; the loop sets `polling` then reads the stack. At least one of them
  * sees the other, so no wakeup is lost (libuv#4584 lost them with a relaxed
- * check). `wakeup_pending` is cleared only by the loop after it drained the
- * waker, so while it is set a write is made or on its way.
+ * check). `wakeup_pending` is cleared by the loop after it drained the
+ * waker (or by a poster whose write failed), so while it is set a write is
+ * made or on its way.
  *
  * Closing: the stack head itself carries the "closed" mark (CLOSED, address
  * 1). ioloop_close takes the stack and sets the mark in one exchange; a
@@ -90,8 +91,14 @@ int ioloop__callbacks_init(ioloop_t *loop)
         if (pipe(fds) < 0)
             return -errno;
         for (int i = 0; i < 2; i++) {
-            fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
-            fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+            /* A blocking waker could block a poster on a full pipe: fail instead. */
+            int flags = fcntl(fds[i], F_GETFL);
+            if (flags < 0 || fcntl(fds[i], F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fds[i], F_SETFD, FD_CLOEXEC) < 0) {
+                int err = -errno;
+                close(fds[0]);
+                close(fds[1]);
+                return err;
+            }
         }
         loop->wake_read_fd = fds[0];
         loop->wake_write_fd = fds[1];
@@ -106,9 +113,15 @@ static void wake(ioloop_t *loop)
         return; /* a write is made or on its way */
     atomic_fetch_add_explicit(&loop->stats.wakeups_written, 1, memory_order_relaxed);
     uint64_t one = 1; /* an eventfd takes 8 bytes, a pipe any */
-    ssize_t n = write(loop->wake_write_fd, &one, loop->wake_write_fd == loop->wake_read_fd ? sizeof(one) : 1);
-    /* EAGAIN: the counter/pipe is full, so the loop is bound to wake anyway. */
-    (void)n;
+    ssize_t n;
+    do
+        n = write(loop->wake_write_fd, &one, loop->wake_write_fd == loop->wake_read_fd ? sizeof(one) : 1);
+    while (n < 0 && errno == EINTR);
+    /* EAGAIN: the counter/pipe is full, so the loop is bound to wake anyway.
+     * Any other failure made no wakeup: wakeup_pending left set would
+     * silence every later one, so it is cleared for the next poster to try. */
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+        atomic_store(&loop->wakeup_pending, false);
 }
 
 void ioloop__waker_drain(ioloop_t *loop)
@@ -238,13 +251,10 @@ void ioloop__wake_unless_closed(ioloop_t *loop)
     atomic_fetch_sub(&loop->posters_inside, 1);
 }
 
-int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
+/* Pushes a post on the stack (the cross-thread path, also usable from the
+ * loop's own thread, where it never needs to wake the loop). */
+static int push_post(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
 {
-    if (!fn)
-        return -EINVAL;
-    if (ioloop__on_loop_thread(loop)) /* cheap path: no atomics, no allocation */
-        return atomic_load_explicit(&loop->state, memory_order_relaxed) == IOLOOP__OPEN ? push_local(loop, fn, arg)
-                                                                                         : -ESHUTDOWN;
     /* The state check makes "closing" refuse posts early; the mark on the
      * stack head is what makes the refusal exact. */
     ioloop__post_t *head = atomic_load_explicit(&loop->posts, memory_order_relaxed);
@@ -265,6 +275,27 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     if (atomic_load(&loop->polling))
         ioloop__wake_unless_closed(loop);
     return 0;
+}
+
+int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    if (ioloop__on_loop_thread(loop)) /* cheap path: no atomics, no allocation */
+        return atomic_load_explicit(&loop->state, memory_order_relaxed) == IOLOOP__OPEN ? push_local(loop, fn, arg)
+                                                                                         : -ESHUTDOWN;
+    return push_post(loop, fn, arg);
+}
+
+/* Own-thread callbacks of an iteration run before the posts it takes, so
+ * ioloop_add_callback on the loop's thread can overtake a post another thread
+ * made before it; going through the stack keeps the order (posts run in the
+ * order they were pushed). */
+int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    return push_post(loop, fn, arg);
 }
 
 /* Reverses a LIFO chain into posting order. */

@@ -85,6 +85,9 @@ int ioloop_future_complete(ioloop_future_t *f, int status, void *result)
 
 int ioloop_future_on_done(ioloop_future_t *f, ioloop_future_done_fn fn, void *arg)
 {
+    int perm = ioloop__owner_check(f->loop);
+    if (perm)
+        return perm;
     f->done_fn = fn;
     f->done_arg = arg;
     if (!f->settled)
@@ -128,6 +131,7 @@ typedef struct {
     bool begun;     /* run_sync_begin ran */
     bool abandoned; /* run_sync returned first: run_sync_begin frees this */
     bool timed_out;
+    int on_done_error; /* the done callback could not be set: run_sync returns this */
 } run_sync_t;
 
 static void run_sync_done(ioloop_future_t *f, void *arg)
@@ -155,7 +159,13 @@ static void run_sync_begin(ioloop_t *loop, void *arg)
         ioloop_stop(loop);
         return;
     }
-    ioloop_future_on_done(rs->future, run_sync_done, rs);
+    /* It fails for a future of a loop another thread runs (-EPERM) or on
+     * ENOMEM; nothing would then stop the loop. */
+    int err = ioloop_future_on_done(rs->future, run_sync_done, rs);
+    if (err) {
+        rs->on_done_error = err;
+        ioloop_stop(loop);
+    }
 }
 
 static int run_sync_finish(run_sync_t *rs, void **result)
@@ -164,7 +174,9 @@ static int run_sync_finish(run_sync_t *rs, void **result)
     if (!rs->future) {
         err = -ENOMEM; /* fn could not make its future */
     } else if (!ioloop_future_done(rs->future)) {
-        err = rs->timed_out ? -ETIMEDOUT : -ECANCELED; /* someone else stopped the loop */
+        err = rs->on_done_error ? rs->on_done_error
+              : rs->timed_out   ? -ETIMEDOUT
+                                : -ECANCELED; /* someone else stopped the loop */
     } else {
         if (result)
             *result = rs->future->result;
@@ -172,7 +184,8 @@ static int run_sync_finish(run_sync_t *rs, void **result)
     }
     if (rs->future) {
         /* A done callback may still be due: detach it, rs goes now. */
-        rs->future->done_fn = NULL;
+        if (!rs->on_done_error) /* else not ours to touch: another loop's */
+            rs->future->done_fn = NULL;
         ioloop_future_unref(rs->future);
     }
     free(rs);
@@ -186,8 +199,10 @@ int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void 
     if (atomic_load(&loop->state) != IOLOOP__OPEN)
         return -ESHUTDOWN;
     ioloop_t *outer = ioloop__thread_running_loop();
-    if (outer == loop || atomic_load(&loop->running))
+    if (outer == loop)
         return -EBUSY;
+    if (atomic_load(&loop->running) || atomic_load(&loop->runtime_index) >= 0 || atomic_load(&loop->runtime_claimed))
+        return -EPERM; /* run elsewhere, or a runtime's */
     if (outer)
         return -EINVAL; /* another loop runs on this thread */
     /* run_sync is a start of its own: a stop made before it was for an

@@ -12,6 +12,7 @@
 #include "ioloop/ioloop.h"
 #include "rcu.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -111,7 +112,18 @@ typedef struct {
     uint32_t slot_count, slot_capacity, free_head;
     size_t cancelled; /* cancelled entries still in the heap */
     uint64_t next_seq;
+    uint32_t due_head; /* collected this iteration, chained through next_free */
 } ioloop__timers_t;
+
+/* ---- the error hook's rate limit (loop.c) ----------------------------------- */
+
+typedef struct {
+    char what[96]; /* the last error reported (truncated) */
+    int err;
+    ioloop_time_t window_end; /* repeats before this are folded */
+    uint64_t repeated;        /* folded since it was reported */
+    ioloop_timer_t timer;     /* reports the repeats at window_end */
+} ioloop__error_limit_t;
 
 /* ---- close hooks (loop.c) -------------------------------------------------- */
 
@@ -142,6 +154,13 @@ struct ioloop {
     _Atomic bool stop_requested;
     _Atomic(struct ioloop *) registry_next; /* registry.c, guarded by its mutex */
     bool registered;
+    /* The runtime's (runtime_threads.c): the loop's index in its runtime, -1
+     * for a loop of the application's own; set before its thread starts. */
+    _Atomic int runtime_index;
+    /* Set by the runtime from its start until the loop's thread is done with
+     * the loop: owner-only calls are then refused off that thread. */
+    _Atomic bool runtime_claimed;
+    _Atomic(void *) user_data; /* ioloop_set_user_data */
 
     /* posting (callbacks.c): on cache lines of their own, so that posters
      * hammering them do not slow the loop thread's own fields. */
@@ -162,6 +181,9 @@ struct ioloop {
     ioloop_error_fn error_fn;
     void *error_arg;
     uint64_t rng;
+    /* The error hook's rate limit (loop.c): the last error reported, folded
+     * repeats of it within its window, and the timer that reports them. */
+    ioloop__error_limit_t error_limit;
     ioloop__close_hook_t *close_hooks; /* run by ioloop_close, newest first */
 
     /* handler table */
@@ -212,8 +234,26 @@ static inline bool ioloop__on_loop_thread(const ioloop_t *loop)
     return ioloop__tls_running_loop == loop;
 }
 
+/* The thread rule for owner-only calls (ioloop.h): 0 when the calling thread
+ * may make one on `loop`, -EPERM when another thread runs it or a runtime
+ * thread owns it. A loop that nobody runs is the holder's: the check cannot
+ * see a start racing on another thread, which is the holder's to prevent. */
+static inline int ioloop__owner_check(const ioloop_t *loop)
+{
+    if (ioloop__on_loop_thread(loop))
+        return 0;
+    if (atomic_load_explicit(&loop->running, memory_order_relaxed) ||
+        atomic_load_explicit(&loop->runtime_claimed, memory_order_relaxed))
+        return -EPERM;
+    return 0;
+}
+
 /* loop.c */
 ioloop_time_t ioloop__clock_now(ioloop_t *loop); /* refreshes loop->now */
+/* For the runtime, which owns its loops: start and close without the
+ * "not a runtime loop" refusal of the public calls. */
+int ioloop__start(ioloop_t *loop);
+int ioloop__close(ioloop_t *loop, bool all_fds);
 uint64_t ioloop__random(ioloop_t *loop);
 /* Loop thread (or a loop not running). Registers hook; find returns the one
  * registered with fn, or NULL. ioloop_close runs each once, after the last
@@ -253,7 +293,10 @@ void ioloop__woke_up(ioloop_t *loop);
 void ioloop__callbacks_close(ioloop_t *loop); /* runs what was accepted, then frees */
 
 /* timers.c */
-void ioloop__timers_run_due(ioloop_t *loop);
+/* Iteration start: takes the timers due now out of the heap; run_collected
+ * runs them after the iteration's callbacks. */
+void ioloop__timers_collect_due(ioloop_t *loop);
+void ioloop__timers_run_collected(ioloop_t *loop);
 int ioloop__timers_poll_timeout_ms(ioloop_t *loop); /* -1: no timer */
 void ioloop__timers_init(ioloop__timers_t *timers);
 void ioloop__timers_free(ioloop__timers_t *timers);

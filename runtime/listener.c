@@ -160,10 +160,7 @@ void ioloop__listener_unref(ioloop_listener_t *l)
 {
     if (atomic_fetch_sub_explicit(&l->refcount, 1, memory_order_acq_rel) != 1)
         return;
-    if (l->unix_path) {
-        unlink(l->unix_path);
-        free(l->unix_path);
-    }
+    free(l->unix_path);
     for (int i = 0; i < l->nloops; i++)
         ioloop_unref(l->loops[i]);
     free(l->loops);
@@ -337,10 +334,22 @@ static void stop_acceptor(ioloop_t *loop, void *arg)
     ioloop__listener_unref(a->listener);
 }
 
+/* Removes the socket file this listener bound, now (not when the acceptors
+ * close on their loops: a listener started meanwhile on the same path would
+ * lose its file), and only if the path still names that file. */
+static void unlink_own_socket(ioloop_listener_t *l)
+{
+    struct stat st;
+    if (l->unix_path && l->unix_ino && lstat(l->unix_path, &st) == 0 && st.st_dev == l->unix_dev &&
+        st.st_ino == l->unix_ino)
+        unlink(l->unix_path);
+}
+
 void ioloop_listener_stop(ioloop_listener_t *l)
 {
     if (!l || atomic_exchange(&l->stop_requested, true))
         return;
+    unlink_own_socket(l);
     for (int i = 0; i < l->nacc; i++) {
         ioloop__acceptor_t *a = &l->acc[i];
         if (ioloop_add_callback(a->loop, stop_acceptor, a) < 0) {
@@ -455,8 +464,14 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
             err = fd;
             break;
         }
-        if (ss.ss_family == AF_UNIX && !l->unix_path)
+        if (ss.ss_family == AF_UNIX && !l->unix_path) {
             l->unix_path = strdup(((struct sockaddr_un *)&ss)->sun_path);
+            struct stat st;
+            if (l->unix_path && stat(l->unix_path, &st) == 0) { /* ours: bind just made it */
+                l->unix_dev = st.st_dev;
+                l->unix_ino = st.st_ino;
+            }
+        }
         l->acc[i] = (ioloop__acceptor_t){.listener = l, .loop = rt->loops[i], .fd = fd};
         made++;
     }

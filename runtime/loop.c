@@ -1,13 +1,15 @@
 /* loop.c — the loop's life cycle and its iteration (Tornado 4 PollIOLoop.start).
  *
- * One iteration: take the callbacks queued so far and run them; run the timers
- * that are due; poll (timeout 0 if callbacks are pending, else until the next
- * timer, after a look without sleeping that a busy loop usually ends with);
- * dispatch the ready fds; pass an RCU quiescent state.
+ * One iteration: collect the timers due now; take the callbacks queued so far
+ * and run them; run the collected timers; poll (timeout 0 if callbacks are
+ * pending, else until the next timer, after a look without sleeping that a
+ * busy loop usually ends with); dispatch the ready fds; pass an RCU
+ * quiescent state.
  *
- * Threading rule: ioloop_start runs on one thread at a time (a second start
- * fails with -EBUSY); ioloop_stop and the stats are for any thread; the rest is
- * for the loop's thread, or any thread while the loop is not running.
+ * Threading rule: ioloop_start runs on one thread at a time (a start from
+ * another thread fails with -EPERM); ioloop_stop, the stats and the user data
+ * are for any thread; the rest is the owner's (ioloop.h), checked with
+ * ioloop__owner_check.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -90,6 +92,8 @@ ioloop_t *ioloop_new(const ioloop_options_t *opts)
     loop->backend_fd = -1;
     loop->wake_read_fd = loop->wake_write_fd = -1;
     atomic_init(&loop->refcount, 1);
+    atomic_init(&loop->runtime_index, -1);
+    loop->error_limit.window_end = INT64_MIN; /* no error reported yet */
     pthread_mutex_init(&loop->handlers_lock, NULL);
     loop->now = loop->clock(loop->clock_arg);
 
@@ -133,10 +137,14 @@ void ioloop_unref(ioloop_t *loop)
     ioloop__rcu_defer_free(&loop->rcu, free_loop);
 }
 
-int ioloop_close(ioloop_t *loop, bool all_fds)
+static void flush_error_repeats(ioloop_t *loop);
+
+int ioloop__close(ioloop_t *loop, bool all_fds)
 {
+    if (ioloop__on_loop_thread(loop))
+        return -EBUSY; /* from one of its own callbacks */
     if (atomic_load(&loop->running))
-        return -EBUSY;
+        return -EPERM; /* another thread runs it */
     int expected = IOLOOP__OPEN;
     if (!atomic_compare_exchange_strong(&loop->state, &expected, IOLOOP__CLOSING))
         return -ESHUTDOWN;
@@ -156,6 +164,7 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
         loop->close_hooks = hook->next;
         hook->fn(loop, hook);
     }
+    flush_error_repeats(loop); /* its timer is dropped below */
     ioloop__set_thread_running_loop(running_here);
     ioloop__timers_free(&loop->timers);
     ioloop__handlers_close(loop, all_fds);
@@ -166,6 +175,14 @@ int ioloop_close(ioloop_t *loop, bool all_fds)
     atomic_store(&loop->state, IOLOOP__CLOSED);
     ioloop_unref(loop);
     return 0;
+}
+
+int ioloop_close(ioloop_t *loop, bool all_fds)
+{
+    if (atomic_load_explicit(&loop->runtime_index, memory_order_relaxed) >= 0 && !ioloop__on_loop_thread(loop))
+        return -EPERM; /* the runtime closes its loops */
+    int err = ioloop__owner_check(loop);
+    return err ? err : ioloop__close(loop, all_fds);
 }
 
 void ioloop__close_hook_add(ioloop_t *loop, ioloop__close_hook_t *hook)
@@ -214,18 +231,92 @@ const char *ioloop_backend_name(const ioloop_t *loop)
     return loop->backend->name;
 }
 
-void ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg)
+int ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg)
 {
+    int err = ioloop__owner_check(loop);
+    if (err)
+        return err;
     loop->error_fn = fn ? fn : default_error_hook;
     loop->error_arg = fn ? arg : NULL;
+    return 0;
 }
 
-void ioloop_report_error(ioloop_t *loop, const char *what, int err)
+/* ---- the error hook's rate limit ------------------------------------------
+ * A handler that fails on every event would call the hook thousands of times
+ * a second. The first report of a (what, err) pair goes through and opens a
+ * one-second window; repeats inside it are counted, not reported, and one
+ * line "<what> (repeated N times)" reports them when the window ends (a
+ * timer), when a different error comes, or when the loop closes. */
+
+#define ERROR_WINDOW IOLOOP_SEC(1)
+
+/* Reports the repeats folded so far, if any, and closes the window. */
+static void flush_error_repeats(ioloop_t *loop)
 {
+    ioloop__error_limit_t *limit = &loop->error_limit;
+    if (limit->timer) {
+        ioloop_remove_timeout(loop, limit->timer);
+        limit->timer = 0;
+    }
+    limit->window_end = INT64_MIN;
+    if (!limit->repeated)
+        return;
+    char what[sizeof(limit->what) + 40];
+    snprintf(what, sizeof(what), "%s (repeated %llu times)", limit->what, (unsigned long long)limit->repeated);
+    limit->repeated = 0;
+    loop->error_fn(loop, what, limit->err, loop->error_arg);
+}
+
+static void error_window_ended(ioloop_t *loop, void *arg)
+{
+    (void)arg;
+    loop->error_limit.timer = 0;
+    flush_error_repeats(loop);
+}
+
+static bool same_error(const ioloop_t *loop, const char *what, int err)
+{
+    const ioloop__error_limit_t *limit = &loop->error_limit;
+    size_t len = strlen(limit->what); /* what was cut to the buffer's size */
+    return limit->err == err && strncmp(limit->what, what, len) == 0 &&
+           (what[len] == 0 || len == sizeof(limit->what) - 1);
+}
+
+int ioloop_report_error(ioloop_t *loop, const char *what, int err)
+{
+    int perm = ioloop__owner_check(loop);
+    if (perm)
+        return perm;
     /* A peer resetting or closing is a normal end of a connection. */
     if (err == -EPIPE || err == -ECONNRESET)
-        return;
+        return 0;
+    if (!what)
+        what = "error";
+    ioloop__error_limit_t *limit = &loop->error_limit;
+    /* A fresh reading: the loop may not be running (its cached time is old). */
+    ioloop_time_t now = loop->clock(loop->clock_arg);
+    if (now < limit->window_end && same_error(loop, what, err)) {
+        limit->repeated++;
+        if (!limit->timer && atomic_load_explicit(&loop->state, memory_order_relaxed) == IOLOOP__OPEN)
+            limit->timer = ioloop_call_at(loop, limit->window_end, error_window_ended, NULL);
+        return 0;
+    }
+    flush_error_repeats(loop);
+    snprintf(limit->what, sizeof(limit->what), "%s", what);
+    limit->err = err;
+    limit->window_end = now + ERROR_WINDOW;
     loop->error_fn(loop, what, err, loop->error_arg);
+    return 0;
+}
+
+void ioloop_set_user_data(ioloop_t *loop, void *data)
+{
+    atomic_store_explicit(&loop->user_data, data, memory_order_release);
+}
+
+void *ioloop_user_data(const ioloop_t *loop)
+{
+    return atomic_load_explicit(&((ioloop_t *)loop)->user_data, memory_order_acquire);
 }
 
 void ioloop_stop(ioloop_t *loop)
@@ -304,6 +395,14 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
 
 int ioloop_start(ioloop_t *loop)
 {
+    if (atomic_load(&loop->state) == IOLOOP__OPEN && !ioloop__on_loop_thread(loop) &&
+        atomic_load_explicit(&loop->runtime_index, memory_order_relaxed) >= 0)
+        return -EPERM; /* a runtime loop: its runtime thread runs it */
+    return ioloop__start(loop);
+}
+
+int ioloop__start(ioloop_t *loop)
+{
     if (atomic_load(&loop->state) != IOLOOP__OPEN)
         return -ESHUTDOWN;
     ioloop_t *outer = ioloop__thread_running_loop();
@@ -313,7 +412,7 @@ int ioloop_start(ioloop_t *loop)
         return -EINVAL; /* another loop runs on this thread */
     bool was_running = false;
     if (!atomic_compare_exchange_strong(&loop->running, &was_running, true))
-        return -EBUSY; /* running on another thread */
+        return -EPERM; /* running on another thread */
 
     /* A stop that came before start makes this start return at once. */
     if (atomic_exchange(&loop->stop_requested, false)) {
@@ -328,8 +427,9 @@ int ioloop_start(ioloop_t *loop)
     while (!atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
         ioloop_time_t busy_start = loop->now;
         atomic_store_explicit(&loop->watch.busy_since, busy_start, memory_order_relaxed);
+        ioloop__timers_collect_due(loop); /* before the callbacks: see timers.c */
         ioloop__callbacks_run(loop);
-        ioloop__timers_run_due(loop);
+        ioloop__timers_run_collected(loop);
         if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed) &&
             atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
             note_busy(loop, busy_start, ioloop__clock_now(loop));

@@ -1,8 +1,8 @@
 /* periodic.c — ioloop_periodic_*: Tornado's PeriodicCallback.
  *
- * Threading rule: loop thread only (or any thread while the loop is not
- * running). Freeing from inside the callback is allowed: run() frees once the
- * callback returns.
+ * Threading rule: loop thread only (or the thread that holds a loop nobody
+ * runs); new/start/stop/free from another thread fail with EPERM. Freeing
+ * from inside the callback is allowed: run() frees once the callback returns.
  *
  * Rules (Tornado 5+): the period runs from the start of one call to the start
  * of the next; a call that overruns skips the periods it missed, landing back
@@ -34,6 +34,10 @@ ioloop_periodic_t *ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, dou
 {
     if (period <= 0 || !fn || jitter < 0 || jitter >= 1) {
         errno = EINVAL;
+        return NULL;
+    }
+    if (ioloop__owner_check(loop)) {
+        errno = EPERM;
         return NULL;
     }
     ioloop_periodic_t *pc = calloc(1, sizeof(*pc));
@@ -95,6 +99,9 @@ static void run(ioloop_t *loop, void *arg)
 
 int ioloop_periodic_start(ioloop_periodic_t *pc)
 {
+    int err = ioloop__owner_check(pc->loop);
+    if (err)
+        return err;
     if (pc->running)
         return -EALREADY;
     pc->running = true;
@@ -104,11 +111,15 @@ int ioloop_periodic_start(ioloop_periodic_t *pc)
     return schedule_next(pc, pc->next_timeout);
 }
 
-void ioloop_periodic_stop(ioloop_periodic_t *pc)
+int ioloop_periodic_stop(ioloop_periodic_t *pc)
 {
+    int err = ioloop__owner_check(pc->loop);
+    if (err)
+        return err;
     pc->running = false;
     ioloop_remove_timeout(pc->loop, pc->timer);
     pc->timer = 0;
+    return 0;
 }
 
 bool ioloop_periodic_is_running(const ioloop_periodic_t *pc)
@@ -121,13 +132,16 @@ ioloop_time_t ioloop_periodic_scheduled(const ioloop_periodic_t *pc)
     return pc->next_timeout;
 }
 
-void ioloop_periodic_free(ioloop_periodic_t *pc)
+int ioloop_periodic_free(ioloop_periodic_t *pc)
 {
     if (!pc)
-        return;
-    ioloop_periodic_stop(pc);
+        return 0;
+    int err = ioloop_periodic_stop(pc);
+    if (err)
+        return err; /* not this thread's: the loop may be running it */
     if (pc->in_callback)
         pc->free_pending = true; /* run() still holds pc: it frees on return */
     else
         free(pc);
+    return 0;
 }

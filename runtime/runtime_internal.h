@@ -23,6 +23,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/types.h>
 
 typedef struct ioloop__executor ioloop__executor_t;
 typedef struct ioloop__watchdog ioloop__watchdog_t;
@@ -76,7 +77,9 @@ struct ioloop_listener {
     ioloop_stream_options_t stream_opts;
     void *arg;
     int port;
-    char *unix_path; /* unlinked when the last reference goes */
+    char *unix_path; /* unlinked by stop, if still the file bound here: */
+    dev_t unix_dev;  /* the socket file's device and inode at bind (ino 0: unknown) */
+    ino_t unix_ino;
     int nloops;
     ioloop_t **loops;     /* a reference on each: posting stays safe */
     _Atomic int refcount; /* the user's, one per live acceptor, one per handoff */

@@ -93,10 +93,13 @@ static void *loop_thread_main(void *arg)
 #endif
     free(lt);
     current_runtime = rt;
-    int err = ioloop_start(loop);
+    int err = ioloop__start(loop);
     if (err)
         fprintf(stderr, "ioloop runtime: loop %u did not start: %s\n", ioloop_id(loop), strerror(-err));
     current_runtime = NULL;
+    /* Done with it: from here the thread that holds the runtime may use it
+     * (free the listeners and servers, close it). */
+    atomic_store(&loop->runtime_claimed, false);
     return NULL;
 }
 
@@ -127,9 +130,12 @@ static void teardown(ioloop_runtime_t *rt)
     if (rt->executor)
         ioloop__executor_free(rt->executor);
     rt->executor = NULL;
-    for (int i = 0; i < rt->n; i++)
-        if (rt->loops[i])
-            ioloop_close(rt->loops[i], false);
+    for (int i = 0; i < rt->n; i++) {
+        if (rt->loops[i]) {
+            atomic_store(&rt->loops[i]->runtime_claimed, false); /* a loop whose thread never started */
+            ioloop__close(rt->loops[i], false);
+        }
+    }
     free(rt->loops);
     free(rt->threads);
     free(rt);
@@ -157,8 +163,14 @@ int ioloop_runtime_start(const ioloop_runtime_options_t *opts, ioloop_runtime_t 
     ioloop_options_t loop_opts = {.backend = opts->backend};
     for (int i = 0; !err && i < rt->n; i++) {
         rt->loops[i] = ioloop_new(&loop_opts);
-        if (!rt->loops[i])
+        if (!rt->loops[i]) {
             err = -errno;
+        } else {
+            /* Before any thread can see it: from now on only loop i's thread
+             * may make owner-only calls on it, until that thread is done. */
+            atomic_store(&rt->loops[i]->runtime_index, i);
+            atomic_store(&rt->loops[i]->runtime_claimed, true);
+        }
     }
     if (!err) {
         int threads = opts->executor_threads ? opts->executor_threads : (ncpus < 2 ? 2 : ncpus);
@@ -237,6 +249,12 @@ void ioloop_runtime_free(ioloop_runtime_t *rt)
     ioloop_runtime_stop(rt);
     ioloop_runtime_join(rt);
     teardown(rt);
+}
+
+int ioloop_runtime_index(const ioloop_t *loop)
+{
+    int index = atomic_load_explicit(&((ioloop_t *)loop)->runtime_index, memory_order_relaxed);
+    return index >= 0 ? index : -ENOENT;
 }
 
 ioloop_runtime_t *ioloop_runtime_current(void)

@@ -10,7 +10,8 @@
  * Threading rule: watch/unwatch from any thread, serialised by one mutex
  * over the table of watchers (signal number -> loop, fn, arg); the callback
  * runs on the watching loop's thread, after looking its watcher up under the
- * mutex, so an unwatch from another thread is seen at once. One loop per
+ * mutex, so an unwatch from another thread is seen at once; a source's fd
+ * is closed, and the source freed, on its loop's thread. One loop per
  * signal: a process-directed signal is consumed by one reader anyway.
  * ioloop_close calls ioloop__signals_forget (closing thread, the loop no
  * longer running), which unwatches whatever the loop still watched.
@@ -33,13 +34,14 @@ typedef struct {
     void *arg;
 } watcher_t;
 
-/* One per watching loop. */
+/* One per watching loop. Freed on its loop's thread (see free_source). */
 typedef struct sigsource {
     struct sigsource *next;
     ioloop_t *loop;
     int read_fd, write_fd; /* signalfd: both the same */
     sigset_t mask;
     int count;
+    bool live; /* under lock: in `sources`, its fds open */
 } sigsource_t;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -79,12 +81,20 @@ static void deliver(ioloop_t *loop, int signo)
 
 static int source_readable(ioloop_t *loop, int fd, unsigned events, void *arg)
 {
-    (void)events, (void)arg;
+    (void)fd, (void)events;
+    sigsource_t *s = arg; /* valid: freed only by a callback on this thread */
     /* Read under the lock that also guards changing the signalfd's mask:
      * the kernel orders the two anyway, but ThreadSanitizer models the mask
-     * change as a write to the fd and would see a race. Signals are rare. */
+     * change as a write to the fd and would see a race. Signals are rare.
+     * An unwatch from another thread may have retired the source since this
+     * call was dispatched: then there is nothing to read. */
     int signos[64], n = 0;
     pthread_mutex_lock(&lock);
+    if (!s->live) {
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    fd = s->read_fd;
 #ifdef __linux__
     struct signalfd_siginfo info[8];
     ssize_t got;
@@ -138,7 +148,8 @@ static int new_source(ioloop_t *loop, sigsource_t **out)
     s->read_fd = fds[0];
     s->write_fd = fds[1];
 #endif
-    int err = ioloop_add_handler(loop, s->read_fd, IOLOOP_READ, source_readable, NULL);
+    s->live = true;
+    int err = ioloop_add_handler(loop, s->read_fd, IOLOOP_READ, source_readable, s);
     if (err) {
         close(s->read_fd);
         if (s->write_fd != s->read_fd)
@@ -153,7 +164,27 @@ static int new_source(ioloop_t *loop, sigsource_t **out)
     return 0;
 }
 
-/* lock held */
+static void close_source(sigsource_t *s)
+{
+    close(s->read_fd);
+    if (s->write_fd != s->read_fd)
+        close(s->write_fd);
+    free(s);
+}
+
+static void close_source_cb(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    close_source(arg);
+}
+
+/* lock held. Seen from another thread than the one running the loop, the
+ * handler may be running right now (ioloop_remove_handler's contract): it
+ * sees `live` false under the lock and reads nothing, and the fds are closed
+ * and the memory freed by a callback posted after the removal, which runs on
+ * the loop thread after any such call. On the loop's own thread, or for a
+ * loop nobody runs (or one closing, which takes no callbacks), nothing can be
+ * reading: done here. */
 static void free_source(sigsource_t *s)
 {
     for (sigsource_t **link = &sources; *link; link = &(*link)->next)
@@ -161,11 +192,10 @@ static void free_source(sigsource_t *s)
             *link = s->next;
             break;
         }
+    s->live = false;
     ioloop_remove_handler(s->loop, s->read_fd);
-    close(s->read_fd);
-    if (s->write_fd != s->read_fd)
-        close(s->write_fd);
-    free(s);
+    if (ioloop__owner_check(s->loop) == 0 || ioloop_add_callback(s->loop, close_source_cb, s) != 0)
+        close_source(s);
 }
 
 /* lock held: makes the OS deliver signo to s (or stop doing so). */

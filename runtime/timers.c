@@ -1,8 +1,8 @@
 /* timers.c — call_at / call_later / remove_timeout: a binary min-heap of
  * (deadline, insertion sequence) over a slab of timer slots.
  *
- * Threading rule: loop thread only (or any thread while the loop is not
- * running).
+ * Threading rule: loop thread only (or the thread that holds a loop nobody
+ * runs); from another thread the calls fail with EPERM (ioloop__owner_check).
  *
  * Decisions:
  *  - FIFO among equal deadlines: the heap orders by (deadline, seq).
@@ -13,12 +13,16 @@
  *  - Handles carry the slot's generation: a handle for a timer that ran or was
  *    removed no longer matches and remove_timeout ignores it. Slots are
  *    recycled through a free list, so steady-state scheduling allocates nothing.
- *  - Like Tornado, the timers due when the run starts are collected first and
- *    then run; one that a due callback cancels does not run; one that a
- *    callback adds runs in a later iteration even if already due.
+ *  - Like Tornado 4 (PollIOLoop.start), the timers due are collected at the
+ *    start of an iteration, before its callbacks run, and run after them; one
+ *    cancelled meanwhile does not run; one added during the iteration (by a
+ *    callback, a timer or a handler) is due at the earliest in the next one,
+ *    after the callbacks queued ahead of it: call_later(0) made after
+ *    add_callback(1) and add_callback(2) runs 1, 2, then the timer.
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -103,6 +107,10 @@ ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_cal
         errno = EINVAL;
         return 0;
     }
+    if (ioloop__owner_check(loop)) {
+        errno = EPERM;
+        return 0;
+    }
     if (atomic_load_explicit(&loop->state, memory_order_relaxed) != IOLOOP__OPEN) {
         errno = ESHUTDOWN;
         return 0;
@@ -133,6 +141,10 @@ ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_cal
 
 ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg)
 {
+    if (ioloop__owner_check(loop)) { /* before the clock is read into loop->now */
+        errno = EPERM;
+        return 0;
+    }
     /* A loop that is not running has not read its clock since it last ran
      * (or was made): measure the delay from now, not from then. */
     ioloop_time_t now = ioloop__on_loop_thread(loop) ? loop->now : ioloop__clock_now(loop);
@@ -164,22 +176,26 @@ static void compact(ioloop__timers_t *t)
         sift_down(t->heap, t->count, i);
 }
 
-void ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer)
+int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer)
 {
+    int err = ioloop__owner_check(loop);
+    if (err)
+        return err;
     ioloop__timers_t *t = &loop->timers;
     uint32_t s = (uint32_t)timer - 1;
     if (timer == 0 || s >= t->slot_count)
-        return;
+        return 0;
     ioloop__timer_slot_t *slot = &t->slots[s];
     if (slot->generation != (uint32_t)(timer >> 32) || !slot->fn)
-        return; /* already ran or removed */
+        return 0; /* already ran or removed */
     slot->fn = NULL;
     slot->generation++;
     if (!slot->in_heap)
-        return; /* collected as due in the current run: it is skipped there */
+        return 0; /* collected as due in the current run: it is skipped there */
     t->cancelled++;
     if (t->cancelled > COMPACT_MIN && t->cancelled > t->count / 2)
         compact(t);
+    return 0;
 }
 
 /* Pops cancelled entries off the top so the top is a live timer (or none). */
@@ -206,15 +222,16 @@ int ioloop__timers_poll_timeout_ms(ioloop_t *loop)
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
-void ioloop__timers_run_due(ioloop_t *loop)
+void ioloop__timers_collect_due(ioloop_t *loop)
 {
     ioloop__timers_t *t = &loop->timers;
+    assert(t->due_head == NO_SLOT); /* the last iteration ran what it collected */
     skip_cancelled(t);
     if (!t->count || t->heap[0].deadline > loop->now)
         return;
-    /* Collect first: due slots are chained through next_free, which a slot
-     * does not use while it is taken. */
-    uint32_t due_head = NO_SLOT, due_tail = NO_SLOT;
+    /* Due slots are chained through next_free, which a slot does not use
+     * while it is taken. */
+    uint32_t due_tail = NO_SLOT;
     ioloop_time_t now = loop->now;
     while (t->count && t->heap[0].deadline <= now) {
         uint32_t s = t->heap[0].slot;
@@ -227,19 +244,26 @@ void ioloop__timers_run_due(ioloop_t *loop)
         t->slots[s].in_heap = false;
         t->slots[s].next_free = NO_SLOT;
         if (due_tail == NO_SLOT)
-            due_head = s;
+            t->due_head = s;
         else
             t->slots[due_tail].next_free = s;
         due_tail = s;
     }
+}
+
+void ioloop__timers_run_collected(ioloop_t *loop)
+{
+    ioloop__timers_t *t = &loop->timers;
+    uint32_t s = t->due_head;
+    t->due_head = NO_SLOT;
     uint64_t fired = 0;
-    for (uint32_t s = due_head; s != NO_SLOT;) {
+    while (s != NO_SLOT) {
         /* t->slots may move if a callback schedules: index, never hold a pointer. */
         uint32_t next = t->slots[s].next_free;
         ioloop_callback_fn fn = t->slots[s].fn;
         void *arg = t->slots[s].arg;
         slot_release(t, s);
-        if (fn) { /* not cancelled by an earlier callback of this run */
+        if (fn) { /* not cancelled since it was collected */
             IOLOOP__WATCH_RUNNING(loop, fn);
             fn(loop, arg);
             fired++;
@@ -254,7 +278,7 @@ void ioloop__timers_run_due(ioloop_t *loop)
 
 void ioloop__timers_init(ioloop__timers_t *t)
 {
-    *t = (ioloop__timers_t){.free_head = NO_SLOT};
+    *t = (ioloop__timers_t){.free_head = NO_SLOT, .due_head = NO_SLOT};
 }
 
 void ioloop__timers_free(ioloop__timers_t *t)

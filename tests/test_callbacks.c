@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* ---- 1. a callback added from a timer runs in the next iteration ---------- */
 
@@ -311,6 +312,124 @@ static void test_post_to_closed_loop_fails(void **state)
     ioloop_unref(loop);
 }
 
+/* ---- ordered posts: behind the cross-thread posts made before ------------- */
+
+/* On the loop's thread, ioloop_add_callback takes the own-thread queue, which
+ * runs before the posts of the same iteration; ioloop_add_callback_ordered
+ * runs after a post another thread made before it. */
+typedef struct {
+    _Atomic int posted; /* the foreign post is made */
+    _Atomic int log[4];
+    _Atomic int n;
+} ordered_probe_t;
+
+static void log_tag(ioloop_t *loop, void *arg, int tag)
+{
+    (void)loop;
+    ordered_probe_t *p = arg;
+    int i = atomic_fetch_add(&p->n, 1);
+    if (i < 4)
+        atomic_store(&p->log[i], tag);
+}
+
+static void tag_foreign(ioloop_t *loop, void *arg)
+{
+    log_tag(loop, arg, 1);
+}
+
+static void tag_ordered(ioloop_t *loop, void *arg)
+{
+    log_tag(loop, arg, 2);
+}
+
+static void tag_plain(ioloop_t *loop, void *arg)
+{
+    log_tag(loop, arg, 3);
+}
+
+static void wait_then_add(ioloop_t *loop, void *arg)
+{
+    ordered_probe_t *p = arg;
+    while (!atomic_load(&p->posted)) /* the foreign post lands while we run */
+        tu_sleep_ms(1);
+    assert_int_equal(ioloop_add_callback_ordered(loop, tag_ordered, p), 0);
+    assert_int_equal(ioloop_add_callback(loop, tag_plain, p), 0);
+}
+
+static void test_ordered_callback_runs_after_earlier_posts(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    ordered_probe_t p = {0};
+    pthread_t thread = tu_start_loop_thread(loop);
+    assert_int_equal(ioloop_add_callback(loop, wait_then_add, &p), 0);
+    tu_sleep_ms(20); /* usually inside wait_then_add by now; either way the order holds */
+    assert_int_equal(ioloop_add_callback(loop, tag_foreign, &p), 0);
+    atomic_store(&p.posted, 1);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(10);
+    while (atomic_load(&p.n) < 3 && tu_now_ns() < deadline)
+        tu_sleep_ms(1);
+    tu_join_loop_thread(loop, thread);
+    assert_int_equal(atomic_load(&p.n), 3);
+    assert_int_equal(atomic_load(&p.log[0]), 3); /* own-thread queue first */
+    assert_int_equal(atomic_load(&p.log[1]), 1); /* the foreign post ... */
+    assert_int_equal(atomic_load(&p.log[2]), 2); /* ... before the ordered one */
+    assert_int_equal(ioloop_add_callback_ordered(loop, tag_ordered, &p), 0);
+    ioloop_ref(loop);
+    assert_int_equal(ioloop_close(loop, false), 0); /* runs it */
+    assert_int_equal(atomic_load(&p.n), 4);
+    assert_int_equal(ioloop_add_callback_ordered(loop, tag_ordered, &p), -ESHUTDOWN);
+    ioloop_unref(loop);
+}
+
+/* ---- a failed waker write does not silence later wakeups ------------------ */
+
+static void set_ran(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    atomic_store((_Atomic int *)arg, 1);
+}
+
+static bool wait_asleep(ioloop_t *loop)
+{
+    for (int k = 0; k < 5000; k++) {
+        if (atomic_load(&loop->polling))
+            return true;
+        tu_sleep_ms(1);
+    }
+    return false;
+}
+
+/* White-box: the waker's write end is swapped for an fd that refuses writes
+ * (EBADF), a post is made while the loop sleeps, then the waker is restored;
+ * the next post must wake the loop. */
+static void test_failed_wake_write_does_not_silence_wakeups(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(&(ioloop_options_t){.backend = IOLOOP_BACKEND_POLL}); /* a pipe waker */
+    assert_int_not_equal(loop->wake_read_fd, loop->wake_write_fd);
+    int refuse[2];
+    assert_int_equal(pipe(refuse), 0);
+    pthread_t thread = tu_start_loop_thread(loop);
+    assert_true(wait_asleep(loop));
+    int good = loop->wake_write_fd;
+    loop->wake_write_fd = refuse[0]; /* a read end: write fails with EBADF */
+    _Atomic int first = 0, second = 0;
+    assert_int_equal(ioloop_add_callback(loop, set_ran, &first), 0);
+    loop->wake_write_fd = good;
+    /* The loop did not wake for the first post; the second wakes it. */
+    assert_int_equal(ioloop_add_callback(loop, set_ran, &second), 0);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(5);
+    while (!atomic_load(&second) && tu_now_ns() < deadline)
+        tu_sleep_ms(1);
+    assert_true(atomic_load(&second));
+    assert_true(atomic_load(&first));
+    tu_join_loop_thread(loop, thread);
+    ioloop_close(loop, false);
+    close(refuse[0]);
+    close(refuse[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -321,6 +440,8 @@ int main(void)
         cmocka_unit_test(test_posts_while_closing),
         cmocka_unit_test(test_four_producers_exactly_once),
         cmocka_unit_test(test_post_to_closed_loop_fails),
+        cmocka_unit_test(test_ordered_callback_runs_after_earlier_posts),
+        cmocka_unit_test(test_failed_wake_write_does_not_silence_wakeups),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,7 +14,9 @@
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -534,6 +536,163 @@ static void test_closed_fd_number_can_be_reused(void **state)
     close(n[1]);
 }
 
+
+/* ---- the poll backend does not starve fds past the first batch ------------ */
+
+enum { MANY_READY = 400, POLL_ROUNDS = 3 };
+
+typedef struct {
+    int *calls_by_fd;
+    int rounds;
+} many_t;
+
+static int note_ready(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)events;
+    ((many_t *)arg)->calls_by_fd[fd]++; /* the byte is never read: the fd stays ready */
+    return 0;
+}
+
+/* Reposts itself, so every iteration polls once with timeout 0; stops the
+ * loop once POLL_ROUNDS polls have been dispatched. */
+static void count_round(ioloop_t *loop, void *arg)
+{
+    many_t *m = arg;
+    if (++m->rounds > POLL_ROUNDS)
+        ioloop_stop(loop);
+    else
+        ioloop_add_callback(loop, count_round, m);
+}
+
+/* 400 fds kept readable, more than one poll reports (256): every one is
+ * dispatched within 3 iterations (a scan always starting at index 0 served
+ * the lowest 256 every time and never the rest). */
+static void test_poll_backend_rotates_past_first_batch(void **state)
+{
+    (void)state;
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 2 * MANY_READY + 64) {
+        rl.rlim_cur = 2 * MANY_READY + 64;
+        if (rl.rlim_max < rl.rlim_cur || setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            skip(); /* not enough fds here (valgrind virtualises the limit) */
+    }
+    ioloop_t *loop = ioloop_new(&(ioloop_options_t){.backend = IOLOOP_BACKEND_POLL});
+    assert_non_null(loop);
+    assert_string_equal(ioloop_backend_name(loop), "poll");
+    static int pairs[MANY_READY][2];
+    int max_fd = 0;
+    for (int i = 0; i < MANY_READY; i++) {
+        tu_socketpair(pairs[i]);
+        fill(pairs[i][1]);
+        if (pairs[i][0] > max_fd)
+            max_fd = pairs[i][0];
+    }
+    many_t m = {.calls_by_fd = calloc((size_t)max_fd + 1, sizeof(int))};
+    assert_non_null(m.calls_by_fd);
+    for (int i = 0; i < MANY_READY; i++)
+        assert_int_equal(ioloop_add_handler(loop, pairs[i][0], IOLOOP_READ, note_ready, &m), 0);
+    assert_int_equal(ioloop_add_callback(loop, count_round, &m), 0);
+    tu_stop_after(loop, 10000);
+    ioloop_start(loop);
+    int starved = 0;
+    for (int i = 0; i < MANY_READY; i++)
+        starved += m.calls_by_fd[pairs[i][0]] == 0;
+    assert_int_equal(m.rounds, POLL_ROUNDS + 1);
+    assert_int_equal(starved, 0);
+    ioloop_close(loop, false);
+    for (int i = 0; i < MANY_READY; i++) {
+        close(pairs[i][0]);
+        close(pairs[i][1]);
+    }
+    free(m.calls_by_fd);
+}
+
+/* ---- a handler that keeps failing is reported once, with a count ---------- */
+
+typedef struct {
+    int failures; /* handler calls, each failing */
+    int hook_calls;
+    long repeats;      /* summed from the "(repeated N times)" reports */
+    int plain_reports; /* reports without a count */
+    int wrong_err;
+} flood_probe_t;
+
+static int always_failing(ioloop_t *loop, int fd, unsigned events, void *arg)
+{
+    (void)loop, (void)fd, (void)events;
+    ((flood_probe_t *)arg)->failures++; /* never reads: fails on every iteration */
+    return -EIO;
+}
+
+static void counting_hook(ioloop_t *loop, const char *what, int err, void *arg)
+{
+    (void)loop;
+    flood_probe_t *p = arg;
+    p->hook_calls++;
+    if (err != -EIO)
+        p->wrong_err++;
+    const char *count = strstr(what, "(repeated ");
+    if (count)
+        p->repeats += strtol(count + strlen("(repeated "), NULL, 10);
+    else
+        p->plain_reports++;
+}
+
+static void test_failing_handler_reports_are_folded(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    flood_probe_t p = {0};
+    assert_int_equal(ioloop_set_error_hook(loop, counting_hook, &p), 0);
+    int s[2];
+    tu_socketpair(s);
+    fill(s[1]);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, always_failing, &p), 0);
+    tu_stop_after(loop, 200);
+    ioloop_start(loop);
+    print_message("%d failures, %d hook calls before close\n", p.failures, p.hook_calls);
+    assert_true(p.failures > 10); /* the loop spun on the ready fd */
+    assert_true(p.hook_calls <= 2);
+    ioloop_close(loop, true); /* reports the count folded so far */
+    close(s[1]);
+    assert_true(p.hook_calls <= 3);
+    assert_int_equal(p.wrong_err, 0);
+    /* Every failure is accounted for: reported, or counted in a summary. */
+    assert_int_equal(p.plain_reports + p.repeats, p.failures);
+}
+
+/* A different error ends the fold at once: the count comes first. */
+typedef struct {
+    char lines[4][128];
+    int n;
+} lines_t;
+
+static void line_hook(ioloop_t *loop, const char *what, int err, void *arg)
+{
+    (void)loop;
+    lines_t *l = arg;
+    if (l->n < 4)
+        snprintf(l->lines[l->n++], sizeof(l->lines[0]), "%s/%d", what, -err);
+}
+
+static void test_different_error_flushes_the_count(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    lines_t l = {0};
+    assert_int_equal(ioloop_set_error_hook(loop, line_hook, &l), 0);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(ioloop_report_error(loop, "read", -EIO), 0);
+    assert_int_equal(ioloop_report_error(loop, "write", -EIO), 0);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.lines[0], "read/5");
+    assert_string_equal(l.lines[1], "read (repeated 4 times)/5");
+    assert_string_equal(l.lines[2], "write/5");
+    ioloop_close(loop, false);
+    assert_int_equal(l.n, 3); /* nothing left to report */
+}
+
 /* ---- handler calls on a closed loop --------------------------------------- */
 
 static void test_handlers_on_closed_loop(void **state)
@@ -571,6 +730,9 @@ int main(void)
         cmocka_unit_test(test_fd_closed_without_remove_does_not_spin),
         cmocka_unit_test(test_closed_fd_number_can_be_reused),
         cmocka_unit_test(test_handlers_on_closed_loop),
+        cmocka_unit_test(test_poll_backend_rotates_past_first_batch),
+        cmocka_unit_test(test_failing_handler_reports_are_folded),
+        cmocka_unit_test(test_different_error_flushes_the_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

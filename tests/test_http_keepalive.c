@@ -470,38 +470,66 @@ static void test_reset_mid_response(void **state)
     tresp_free(&r);
 }
 
+/* Requests a handler still holds when the server is freed stay valid until
+ * it finishes them, even from callbacks that run as the loop closes (after
+ * ioloop_http_server_free); the last finish frees what is left
+ * (LeakSanitizer checks). */
+static _Atomic(ioloop_http_request_t *) held[2];
+static atomic_int held_n, held_finish_rc[2];
+
 static void never(ioloop_http_request_t *req, void *arg)
 {
-    (void)req;
-    (void)arg; /* never finishes: server_free must still release it (LeakSanitizer checks) */
+    (void)arg; /* holds req: finished by finish_held, after server_free */
+    atomic_store(&held[atomic_fetch_add(&held_n, 1)], req);
 }
 
-static void test_unfinished_request_freed_with_server(void **state)
+static void finish_held(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    int i = (int)(intptr_t)arg;
+    ioloop_http_request_t *req = atomic_load(&held[i]);
+    assert_true(ioloop_http_request_closed(req));
+    assert_int_equal(ioloop_http_response_write(req, "x", 1), -EPIPE);
+    atomic_store(&held_finish_rc[i], ioloop_http_response_finish(req) + 1000);
+}
+
+static void test_unfinished_request_outlives_server_free(void **state)
 {
     (void)state;
     tsrv_t t;
     tsrv_init(&t, NULL);
     tsrv_route(&t, "/never", (ioloop_http_route_t){.get = never});
     tsrv_start(&t);
+    atomic_store(&held_n, 0);
     int a = tcli_connect(t.port), b = tcli_connect(t.port);
     tcli_send(a, "GET /never HTTP/1.1\r\nHost: a\r\n\r\n");
     tcli_send(b, "GET /never HTTP/1.1\r\nHost: a\r\n\r\n");
-    tu_sleep_ms(50);
+    for (int i = 0; i < 500 && atomic_load(&held_n) < 2; i++)
+        tu_sleep_ms(10);
+    assert_int_equal(atomic_load(&held_n), 2);
     close(a); /* a's request is orphaned; b's is still open at server_free */
     tu_sleep_ms(50);
-    tsrv_stop(&t);
+    tsrv_stop_server(&t);
+    for (int i = 0; i < 2; i++) {
+        atomic_store(&held_finish_rc[i], 0);
+        assert_int_equal(ioloop_add_callback(t.loop, finish_held, (void *)(intptr_t)i), 0);
+    }
+    tsrv_free_runtime(&t); /* closing the loop runs finish_held */
+    assert_int_equal(atomic_load(&held_finish_rc[0]), 1000);
+    assert_int_equal(atomic_load(&held_finish_rc[1]), 1000);
     close(b);
 }
 
 /* A handler waiting for a flush the client never lets complete (it does not
- * read) when the server is freed: the completion is not called (nor posted to
- * run after the server is gone, which ASan would catch). */
-static atomic_int stuck_flush_calls;
+ * read) when the server is freed: the completion runs once, with -EPIPE, as
+ * the loop closes (the request and its worker still valid then: ASan checks). */
+static atomic_int stuck_flush_calls, stuck_flush_status;
 
 static void stuck_flushed(ioloop_http_request_t *req, int status, void *arg)
 {
-    (void)arg, (void)status;
+    (void)arg;
     atomic_fetch_add(&stuck_flush_calls, 1);
+    atomic_store(&stuck_flush_status, status);
     ioloop_http_response_finish(req);
 }
 
@@ -525,8 +553,11 @@ static void test_waiting_flush_freed_with_server(void **state)
     tcli_send(fd, "GET /stuck HTTP/1.1\r\nHost: a\r\n\r\n");
     tu_sleep_ms(100); /* the socket buffers are full: the flush waits */
     assert_int_equal(atomic_load(&stuck_flush_calls), 0);
-    tsrv_stop(&t);
-    assert_int_equal(atomic_load(&stuck_flush_calls), 0);
+    tsrv_stop_server(&t);
+    assert_int_equal(atomic_load(&stuck_flush_calls), 0); /* never inline */
+    tsrv_free_runtime(&t);
+    assert_int_equal(atomic_load(&stuck_flush_calls), 1);
+    assert_int_equal(atomic_load(&stuck_flush_status), -EPIPE);
     close(fd);
 }
 
@@ -549,7 +580,7 @@ int main(void)
         cmocka_unit_test(test_finish_from_other_thread),
         cmocka_unit_test(test_on_close_when_client_leaves),
         cmocka_unit_test(test_reset_mid_response),
-        cmocka_unit_test(test_unfinished_request_freed_with_server),
+        cmocka_unit_test(test_unfinished_request_outlives_server_free),
         cmocka_unit_test(test_waiting_flush_freed_with_server),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -17,6 +17,20 @@ static void echo_path_arg(ioloop_http_request_t *req, void *arg)
     ioloop_http_response_send(req, 200, "text/plain", buf, (size_t)n);
 }
 
+/* Every path argument as "len=value" (values cut at 16 bytes), and the host. */
+static void echo_all_args(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf), "%d", ioloop_http_request_path_arg_count(req));
+    for (int i = 0; i < ioloop_http_request_path_arg_count(req); i++) {
+        const char *a = ioloop_http_request_path_arg(req, i);
+        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "|%zu=%.16s", strlen(a), a);
+    }
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n, " host=%s", ioloop_http_request_host(req));
+    ioloop_http_response_send(req, 200, "text/plain", buf, (size_t)n);
+}
+
 static void echo_info(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
@@ -51,6 +65,7 @@ static int setup(void **state)
     tsrv_route(&srv, "/info", (ioloop_http_route_t){.get = echo_info, .post = echo_info});
     tsrv_route(&srv, "/user/([0-9]+)", (ioloop_http_route_t){.get = echo_path_arg});
     tsrv_route(&srv, "^/file/(.*)/(v[0-9])$", (ioloop_http_route_t){.get = echo_path_arg});
+    tsrv_route(&srv, "/n/(([a-z]+)/([0-9]*))", (ioloop_http_route_t){.get = echo_all_args});
     tsrv_start(&srv);
     return 0;
 }
@@ -124,6 +139,58 @@ static void test_path_args(void **state)
     /* anchored at both ends */
     tcli_request(srv.port, "GET /user/42/more HTTP/1.1\r\nHost: x\r\n\r\n", &r);
     assert_int_equal(r.status, 404);
+    tresp_free(&r);
+}
+
+/* Nested groups overlap: their decoded copies need more room than the path
+ * (ASan caught the overflow with a 9 KB path). */
+static void test_nested_groups(void **state)
+{
+    (void)state;
+    tresp_t r;
+    tcli_request(srv.port, "GET /n/abc/123 HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "3|7=abc/123|3=abc|3=123 host=x");
+    tresp_free(&r);
+    char *raw = malloc(20000);
+    assert_non_null(raw);
+    const char *prefixes[] = {"GET /n/", "GET http://example.com/n/"};
+    for (int k = 0; k < 2; k++) {
+        size_t n = (size_t)sprintf(raw, "%s", prefixes[k]);
+        memset(raw + n, 'a', 9000);
+        n += 9000;
+        sprintf(raw + n, "/%s HTTP/1.1\r\nHost: x\r\n\r\n", k ? "123" : "1");
+        tcli_request(srv.port, raw, &r);
+        assert_int_equal(r.status, 200);
+        if (k == 0)
+            assert_string_equal(r.body, "3|9002=aaaaaaaaaaaaaaaa|9000=aaaaaaaaaaaaaaaa|1=1 host=x");
+        else /* the absolute form's host lives in the same buffer as the arguments */
+            assert_string_equal(r.body, "3|9004=aaaaaaaaaaaaaaaa|9000=aaaaaaaaaaaaaaaa|3=123 host=example.com");
+        tresp_free(&r);
+    }
+    free(raw);
+}
+
+/* %00 would end a C string early: 400 in a path argument; a query argument
+ * holding one is dropped (as if absent). */
+static void test_nul_in_arguments(void **state)
+{
+    (void)state;
+    const char *nul_path[] = {"GET /file/a%00b/v1 HTTP/1.1\r\nHost: x\r\n\r\n",
+                              "GET /file/%00/v1 HTTP/1.1\r\nHost: x\r\n\r\n"};
+    for (int i = 0; i < 2; i++)
+        tcli_expect_close(srv.port, nul_path[i], strlen(nul_path[i]), 400);
+    tresp_t r;
+    tcli_request(srv.port, "GET /file/a%2500b/v1 HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200); /* an encoded '%' is not a NUL */
+    assert_string_equal(r.body, "2:a%00b|v1");
+    tresp_free(&r);
+    tcli_request(srv.port, "GET /info?name=evil.php%00.jpg&x=1&x%00=2 HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "name=[none] x=1 last=1 "));
+    tresp_free(&r);
+    tcli_request(srv.port, "GET /user/42 HTTP/1.1\r\nHost: x\r\n\r\n", &r); /* others are still served */
+    assert_string_equal(r.body, "1:42|-");
     tresp_free(&r);
 }
 
@@ -264,7 +331,8 @@ int main(void)
         cmocka_unit_test(test_query_and_headers), cmocka_unit_test(test_form_body_arguments),
         cmocka_unit_test(test_absolute_form),     cmocka_unit_test(test_head),
         cmocka_unit_test(test_xheaders),          cmocka_unit_test(test_route_errors),
-        cmocka_unit_test(test_accept_fed_fd),
+        cmocka_unit_test(test_accept_fed_fd),     cmocka_unit_test(test_nested_groups),
+        cmocka_unit_test(test_nul_in_arguments),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

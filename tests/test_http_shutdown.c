@@ -14,6 +14,8 @@
 #include "test_http_util.h"
 
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 
 typedef struct {
     ioloop_runtime_t *rt;
@@ -166,6 +168,140 @@ static void test_shutdown_twice_refused(void **state)
     rsrv_finish(&t); /* nothing open: the runtime stops by itself */
 }
 
+/* ---- DISPATCH: the drain is ordered behind the hand-offs ------------------- */
+
+/* Review F7: on the loop that passes the fence last and posts the drain to
+ * itself, the drain must not run before connections handed to that loop just
+ * before (the backlog the listener's stop accepted). 2 loops, DISPATCH on a
+ * unix socket, 8 requests queued in the backlog; loop 1 takes its fence
+ * together with a 300 ms callback, so loop 0's stop hands loop 1 its share
+ * while loop 1 is busy, and loop 1's fence is the last. Every request is
+ * answered, with Connection: close. */
+static void finish_slower(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    ioloop_http_response_send(arg, 200, "text/plain", "slower", 6);
+}
+
+static void slower(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(400), finish_slower, req);
+}
+
+static atomic_int held, hold_loop_0, hold_loop_1, sleeping;
+
+static void hold_loop(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    atomic_fetch_add(&held, 1);
+    while (atomic_load((atomic_int *)arg))
+        tu_sleep_ms(1);
+}
+
+static void sleep_300ms(ioloop_t *loop, void *arg)
+{
+    (void)loop, (void)arg;
+    atomic_store(&sleeping, 1);
+    tu_sleep_ms(300);
+}
+
+static int connect_unix(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+typedef struct {
+    int fd;
+    bool answered, told_to_close;
+} queued_client_t;
+
+static void *read_answer(void *arg)
+{
+    queued_client_t *c = arg;
+    tresp_t r;
+    if (tcli_response(c->fd, &r) == 0) {
+        c->answered = r.status == 200 && strcmp(r.body, "slower") == 0;
+        c->told_to_close = tresp_has(&r, "Connection", "close");
+        tresp_free(&r);
+    }
+    close(c->fd);
+    return NULL;
+}
+
+static void test_dispatch_drain_after_handoffs(void **state)
+{
+    (void)state;
+    enum { QUEUED_REQUESTS = 8 };
+    char path[64], address[80];
+    snprintf(path, sizeof(path), "/tmp/ioloop-test-drain-%d.sock", (int)getpid());
+    snprintf(address, sizeof(address), "unix:%s", path);
+    rsrv_t t = {.server = ioloop_http_server_new(NULL)};
+    assert_non_null(t.server);
+    ioloop_http_route_t sl = {.get = slower};
+    assert_int_equal(ioloop_http_server_route(t.server, "/slower", &sl), 0);
+    ioloop_runtime_options_t ro = {.loops = 2, .executor_threads = 1};
+    assert_int_equal(ioloop_runtime_start(&ro, &t.rt), 0);
+    assert_int_equal(ioloop_http_server_serve(t.server, t.rt, address, 0, IOLOOP_ACCEPT_DISPATCH, &t.listener), 0);
+    assert_int_equal(ioloop_listener_mode(t.listener), IOLOOP_ACCEPT_DISPATCH);
+
+    /* Both loops held: the requests wait in the backlog, and loop 1 takes
+     * the 300 ms callback and its fence in one batch. */
+    atomic_store(&held, 0);
+    atomic_store(&sleeping, 0);
+    atomic_store(&hold_loop_0, 1);
+    atomic_store(&hold_loop_1, 1);
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(t.rt, 0), hold_loop, &hold_loop_0), 0);
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(t.rt, 1), hold_loop, &hold_loop_1), 0);
+    for (int k = 0; k < 5000 && atomic_load(&held) < 2; k++)
+        tu_sleep_ms(1);
+    assert_int_equal(atomic_load(&held), 2);
+    int fds[QUEUED_REQUESTS];
+    for (int k = 0; k < QUEUED_REQUESTS; k++) {
+        fds[k] = connect_unix(path);
+        assert_true(fds[k] >= 0);
+        tcli_send(fds[k], "GET /slower HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(t.rt, 1), sleep_300ms, NULL), 0);
+    assert_int_equal(ioloop_http_server_shutdown(t.server, t.rt, t.listener, IOLOOP_SEC(10)), 0);
+    /* Loop 1 first, into its batch of the 300 ms callback and the fence;
+     * then loop 0, whose stop hands loop 1 its share meanwhile. */
+    atomic_store(&hold_loop_1, 0);
+    for (int k = 0; k < 5000 && !atomic_load(&sleeping); k++)
+        tu_sleep_ms(1);
+    assert_true(atomic_load(&sleeping));
+    atomic_store(&hold_loop_0, 0);
+
+    /* One reader per connection, each closing once answered: no connection
+     * waits for the client to read another first. */
+    queued_client_t clients[QUEUED_REQUESTS];
+    pthread_t readers[QUEUED_REQUESTS];
+    for (int k = 0; k < QUEUED_REQUESTS; k++) {
+        clients[k] = (queued_client_t){.fd = fds[k]};
+        assert_int_equal(pthread_create(&readers[k], NULL, read_answer, &clients[k]), 0);
+    }
+    int answered = 0, told_to_close = 0;
+    for (int k = 0; k < QUEUED_REQUESTS; k++) {
+        pthread_join(readers[k], NULL);
+        answered += clients[k].answered;
+        told_to_close += clients[k].told_to_close;
+    }
+    assert_int_equal(answered, QUEUED_REQUESTS);
+    assert_int_equal(told_to_close, QUEUED_REQUESTS);
+    rsrv_finish(&t);
+    struct stat st;
+    assert_int_equal(stat(path, &st), -1);
+}
+
 /* ---- under load ---------------------------------------------------------- */
 
 static atomic_int load_stop, load_done, load_cut, load_reset, load_closes, load_exited;
@@ -255,6 +391,7 @@ int main(void)
         cmocka_unit_test(test_sigterm_dispatch_mode),
         cmocka_unit_test(test_shutdown_call),
         cmocka_unit_test(test_shutdown_twice_refused),
+        cmocka_unit_test(test_dispatch_drain_after_handoffs),
         cmocka_unit_test(test_sigterm_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -64,9 +64,11 @@ static inline void tsrv_start(tsrv_t *t)
     assert_true(t->port > 0);
 }
 
-/* Stops the runtime, then checks that every connection the listener handed
- * over was reported closed exactly once (once the server is freed). */
-static inline void tsrv_stop(tsrv_t *t)
+/* The documented order up to the server: stop the runtime, join, free the
+ * listener and the server, then check that every connection the listener
+ * handed over was reported closed exactly once. The loops are not closed yet
+ * (tsrv_free_runtime): what is queued on them still runs then. */
+static inline void tsrv_stop_server(tsrv_t *t)
 {
     ioloop_runtime_stop(t->rt);
     assert_int_equal(ioloop_runtime_join(t->rt), 0);
@@ -76,7 +78,18 @@ static inline void tsrv_stop(tsrv_t *t)
     ioloop_stats_t st;
     ioloop_get_stats(t->loop, &st);
     assert_int_equal(st.live_connections, t->expect_live);
+}
+
+static inline void tsrv_free_runtime(tsrv_t *t)
+{
     ioloop_runtime_free(t->rt);
+    t->rt = NULL;
+}
+
+static inline void tsrv_stop(tsrv_t *t)
+{
+    tsrv_stop_server(t);
+    tsrv_free_runtime(t);
 }
 
 /* A blocking client socket with a 5 s receive timeout. */

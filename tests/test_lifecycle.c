@@ -104,7 +104,7 @@ static void test_current_only_while_running_here(void **state)
     ioloop_start(loop);
     assert_non_null(o.seen_on_other_thread);
     assert_ptr_not_equal(o.seen_on_other_thread, loop);
-    assert_int_equal(o.start_on_other_thread, -EBUSY);
+    assert_int_equal(o.start_on_other_thread, -EPERM);
     assert_ptr_equal(ioloop_current(), mine); /* back to this thread's own loop */
     ioloop_close(loop, false);
 }

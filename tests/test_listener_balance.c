@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,6 +273,96 @@ static void test_balance_dispatch(void **state)
     check_balance(IOLOOP_ACCEPT_DISPATCH);
 }
 
+/* DISPATCH with short connections (each closed at once on both sides): every
+ * loop's load is about 0, so the pick is a tie, and ties must go round, not
+ * to the acceptor's own loop (which served its own connections at once and
+ * so always looked emptiest). 4 clients, each waiting until the server took
+ * its last connection, so that the loops keep up even on a loaded machine. */
+enum { SHORT_CONNECTIONS = 4000 };
+
+static void close_at_once(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
+{
+    (void)peer, (void)peer_len;
+    server_t *s = arg;
+    atomic_fetch_add(&s->accepted[loop_index(s->rt, loop)], 1);
+    close(fd);
+    ioloop_connection_closed(loop);
+}
+
+/* Each client waits until the server took its connection before the next:
+ * the loops keep up (the machine may be loaded), so the choice is a tie. */
+static server_t *short_server;
+static _Atomic long short_issued;
+
+static long short_accepted(void)
+{
+    long total = 0;
+    for (int i = 0; i < LOOPS; i++)
+        total += atomic_load(&short_server->accepted[i]);
+    return total;
+}
+
+static void *connect_and_close(void *arg)
+{
+    client_t *c = arg;
+    for (int k = 0; k < c->count; k++) {
+        long ticket = atomic_fetch_add(&short_issued, 1) + 1;
+        int fd = client_connect(&c->target);
+        if (fd < 0) {
+            c->failed++;
+            continue;
+        }
+        close(fd);
+        int64_t deadline = tu_now_ns() + IOLOOP_SEC(10);
+        while (short_accepted() < ticket - (CLIENTS - 1) && tu_now_ns() < deadline)
+            sched_yield();
+    }
+    return NULL;
+}
+
+static void test_dispatch_ties_rotate(void **state)
+{
+    (void)state;
+    server_t s = {.rt = start_runtime()};
+    short_server = &s;
+    atomic_store(&short_issued, 0);
+    ioloop_listener_t *l = NULL;
+    ioloop_listener_options_t lo = {
+        .address = "127.0.0.1", .mode = IOLOOP_ACCEPT_DISPATCH, .on_accept = close_at_once, .arg = &s};
+    assert_int_equal(ioloop_listener_start(s.rt, &lo, &l), 0);
+    client_t clients[CLIENTS];
+    pthread_t threads[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+        clients[c] = (client_t){.target = target_for("127.0.0.1", ioloop_listener_port(l)),
+                                .count = SHORT_CONNECTIONS / CLIENTS};
+        assert_int_equal(pthread_create(&threads[c], NULL, connect_and_close, &clients[c]), 0);
+    }
+    for (int c = 0; c < CLIENTS; c++) {
+        pthread_join(threads[c], NULL);
+        assert_int_equal(clients[c].failed, 0);
+    }
+    long total = 0, most = 0, least = SHORT_CONNECTIONS;
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(20);
+    do {
+        total = 0;
+        for (int i = 0; i < LOOPS; i++)
+            total += atomic_load(&s.accepted[i]);
+    } while (total < SHORT_CONNECTIONS && tu_now_ns() < deadline && (tu_sleep_ms(1), 1));
+    assert_int_equal(total, SHORT_CONNECTIONS);
+    print_message("dispatch, short connections:");
+    for (int i = 0; i < LOOPS; i++) {
+        long n = atomic_load(&s.accepted[i]);
+        print_message(" %ld", n);
+        most = n > most ? n : most;
+        least = n < least ? n : least;
+    }
+    print_message("\n");
+    assert_true(least > 0);
+    assert_true(most * 100 <= least * 110); /* max/min <= 1.10 (round-robin gives 1.00; the old pick 1.16-1.43) */
+    ioloop_listener_free(l);
+    ioloop_runtime_free(s.rt);
+}
+
 /* ---- stop drains what is queued ---------------------------------------------- */
 
 enum { QUEUED = 600 }; /* more than LOOPS accept batches of 64 */
@@ -495,6 +586,55 @@ static void test_unix_socket(void **state)
     assert_int_equal(stat(path, &st), -1); /* the socket file is removed */
 }
 
+/* Freeing a unix: listener and at once starting a new one on the same path
+ * (a hot restart): the old listener's sockets close later, on its loop, and
+ * that must not remove the new listener's socket file. */
+static void mark_ran(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    atomic_store((_Atomic int *)arg, 1);
+}
+
+static void test_unix_restart_on_same_path(void **state)
+{
+    (void)state;
+    char path[64], address[80];
+    snprintf(path, sizeof(path), "/tmp/ioloop-test-restart-%d.sock", (int)getpid());
+    snprintf(address, sizeof(address), "unix:%s", path);
+    server_t s = {.rt = start_runtime()};
+    ioloop_listener_options_t lo = {
+        .address = address, .mode = IOLOOP_ACCEPT_DISPATCH, .on_accept = on_accept, .arg = &s};
+    ioloop_listener_t *old = NULL, *fresh = NULL;
+    assert_int_equal(ioloop_listener_start(s.rt, &lo, &old), 0);
+    assert_int_equal(ioloop_listener_mode(old), IOLOOP_ACCEPT_DISPATCH); /* its acceptor is on loop 0 */
+    /* Loop 0 busy: the old acceptor's stop waits there, as under load. */
+    _Atomic int blocked = 0, stop_ran = 0;
+    atomic_store(&hold, true);
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(s.rt, 0), block_loop, &blocked), 0);
+    while (atomic_load(&blocked) < 1)
+        tu_sleep_ms(1);
+    ioloop_listener_free(old);
+    assert_int_equal(ioloop_listener_start(s.rt, &lo, &fresh), 0);
+    /* Posted after the old stop: when it ran, so had the stop. */
+    assert_int_equal(ioloop_add_callback(ioloop_runtime_loop(s.rt, 0), mark_ran, &stop_ran), 0);
+    atomic_store(&hold, false);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(10);
+    while (!atomic_load(&stop_ran) && tu_now_ns() < deadline)
+        tu_sleep_ms(1);
+    assert_true(atomic_load(&stop_ran));
+    tu_sleep_ms(100);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0); /* the new listener's file is still there */
+    target_t t = target_unix(path);
+    int fd = client_connect(&t);
+    assert_true(fd >= 0);
+    assert_true(client_ask(fd) >= 0);
+    close(fd);
+    ioloop_listener_free(fresh);
+    assert_int_equal(stat(path, &st), -1); /* removed by the stop itself */
+    ioloop_runtime_free(s.rt);
+}
+
 static void test_bad_address_and_busy_port(void **state)
 {
     (void)state;
@@ -548,6 +688,7 @@ int main(void)
         cmocka_unit_test(test_balance_reuseport),
         cmocka_unit_test(test_balance_exclusive),
         cmocka_unit_test(test_balance_dispatch),
+        cmocka_unit_test(test_dispatch_ties_rotate),
         cmocka_unit_test(test_stop_drains_reuseport),
         cmocka_unit_test(test_stop_drains_exclusive),
         cmocka_unit_test(test_stop_drains_dispatch),
@@ -556,6 +697,7 @@ int main(void)
         cmocka_unit_test(test_flood_leaves_room_dispatch),
         cmocka_unit_test(test_ipv6_port_zero),
         cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_unix_restart_on_same_path),
         cmocka_unit_test(test_bad_address_and_busy_port),
         cmocka_unit_test(test_free_after_runtime_stopped),
     };

@@ -17,6 +17,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 static bool blocked_here(int signo)
@@ -179,6 +181,67 @@ static void test_close_forgets_the_loops_watchers(void **state)
     assert_int_equal(ioloop_close(b, false), 0);
 }
 
+/* Review F8: an unwatch from another thread must not close the signalfd
+ * under the loop thread, which may have dispatched its handler already and be
+ * about to read it (a closed fd, or one reused meanwhile by another thread's
+ * open or accept). The fd is closed on the loop thread, by a callback posted
+ * after the removal: while the loop is busy, the fd stays open; once it runs,
+ * the fd is gone. */
+static int signalfd_number(void)
+{
+    for (int fd = 0; fd < 1024; fd++) {
+        char path[64], target[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, target, sizeof(target) - 1);
+        if (n > 0) {
+            target[n] = 0;
+            if (strstr(target, "signalfd"))
+                return fd;
+        }
+    }
+    return -1;
+}
+
+static _Atomic bool hold_loop;
+
+static void busy_until_released(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    atomic_store((_Atomic int *)arg, 1);
+    while (atomic_load(&hold_loop))
+        tu_sleep_ms(1);
+}
+
+static void test_foreign_unwatch_closes_fd_on_loop_thread(void **state)
+{
+    (void)state;
+#ifndef __linux__
+    skip();
+#endif
+    ioloop_t *loop = ioloop_new(NULL);
+    sig_probe_t p = {.want = loop};
+    assert_int_equal(signalfd_number(), -1);
+    assert_int_equal(ioloop_signal_watch(loop, SIGWINCH, on_usr, &p), 0);
+    int fd = signalfd_number();
+    assert_true(fd >= 0);
+    pthread_t thread = tu_start_loop_thread(loop);
+    _Atomic int busy = 0;
+    atomic_store(&hold_loop, true);
+    assert_int_equal(ioloop_add_callback(loop, busy_until_released, &busy), 0);
+    while (!atomic_load(&busy))
+        tu_sleep_ms(1);
+    assert_int_equal(ioloop_signal_unwatch(loop, SIGWINCH), 0);
+    assert_int_equal(signalfd_number(), fd); /* not closed under the loop thread */
+    atomic_store(&hold_loop, false);
+    int64_t deadline = tu_now_ns() + IOLOOP_SEC(10);
+    while (signalfd_number() == fd && tu_now_ns() < deadline)
+        tu_sleep_ms(1);
+    assert_int_equal(signalfd_number(), -1); /* closed there, not leaked */
+    tu_join_loop_thread(loop, thread);
+    assert_int_equal(ioloop_close(loop, false), 0);
+    assert_int_equal(atomic_load(&p.hits), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -188,6 +251,7 @@ int main(void)
         cmocka_unit_test(test_watch_on_embedded_loop),
         cmocka_unit_test(test_failed_watch_leaves_mask_as_it_was),
         cmocka_unit_test(test_close_forgets_the_loops_watchers),
+        cmocka_unit_test(test_foreign_unwatch_closes_fd_on_loop_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "test_stream_util.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -437,6 +438,102 @@ static void test_borrowed_release_once(void **state)
     fixture_close(&fx);
 }
 
+/* A borrowed write gets an entry from the loop's cache, which may still carry
+ * the 16 KiB block of a copied write sent earlier: a copy queued after it
+ * must not be appended into that block (it would send past the borrowed
+ * buffer and lose the copy). */
+static void test_copy_after_borrowed_gets_its_own_block(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    fixture_open(&fx, NULL);
+    rec_t rec = {0};
+    ioloop_stream_cork(fx.stream);
+    assert_int_equal(ioloop_stream_write(fx.stream, "warm", 4, rec_done, &rec), 0); /* a copied entry, queued */
+    ioloop_stream_uncork(fx.stream);
+    assert_true(run_until(fx.loop, &rec.dones, 1, 5000)); /* sent: its entry and block are cached */
+    ioloop_stream_cork(fx.stream);
+    static const char borrowed[] = "BB";
+    assert_int_equal(ioloop_stream_write_borrowed(fx.stream, borrowed, 2, rec_release, &rec), 0);
+    assert_int_equal(ioloop_stream_write(fx.stream, "cc", 2, rec_done, &rec), 0);
+    assert_int_equal(ioloop_stream_write_queue_size(fx.stream), 4);
+    ioloop_stream_uncork(fx.stream);
+    assert_true(run_until(fx.loop, &rec.dones, 2, 5000));
+    assert_true(run_until(fx.loop, &rec.releases, 1, 5000));
+    char buf[16];
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 8);
+    assert_memory_equal(buf, "warmBBcc", 8);
+    fixture_close(&fx);
+}
+
+/* Sizes whose sum does not fit in ssize_t are refused (-EINVAL, as writev(2)
+ * does), before a byte is sent or the stream suffers: a wrapped total would
+ * run done callbacks before their bytes left, and an absurd length would send
+ * whatever memory follows the buffer. */
+static void test_write_sizes_that_overflow_are_einval(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    fixture_open(&fx, NULL);
+    rec_t rec = {0};
+    static char small[4] = "abcd";
+    struct iovec wrap[2] = {{small, SIZE_MAX / 2 + 1}, {small, SIZE_MAX / 2 + 1}}; /* sums to 0 */
+    assert_int_equal(ioloop_stream_writev(fx.stream, wrap, 2, rec_done, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_write(fx.stream, small, SIZE_MAX, rec_done, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_write(fx.stream, small, (size_t)SSIZE_MAX + 1, rec_done, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_write_borrowed(fx.stream, small, SIZE_MAX, rec_release, &rec), -EINVAL);
+    run_for(fx.loop, 20);
+    assert_false(ioloop_stream_closed(fx.stream));
+    assert_int_equal(rec.dones + rec.releases, 0);
+    assert_int_equal(ioloop_stream_write_queue_size(fx.stream), 0);
+    char buf[16];
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 0);
+    /* The stream goes on: a sane write still works. */
+    assert_int_equal(ioloop_stream_write(fx.stream, small, 4, rec_done, &rec), 0);
+    assert_true(run_until(fx.loop, &rec.dones, 1, 5000));
+    assert_int_equal(rec.last_done_status, 0);
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 4);
+    fixture_close(&fx);
+}
+
+/* A whole read_bytes beyond ssize_t can never be met: -EINVAL at once (with
+ * max_buffer_size SIZE_MAX the buffer's doubling wrapped to 0 and the first
+ * byte hung the loop). */
+static void test_read_bytes_beyond_ssize_max_is_einval(void **state)
+{
+    (void)state;
+    ioloop_stream_options_t opts = {.max_buffer_size = SIZE_MAX};
+    fixture_t fx;
+    fixture_open(&fx, &opts);
+    rec_t rec = {0};
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, SIZE_MAX, false, rec_read, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, (size_t)SSIZE_MAX + 1, false, rec_read, &rec), -EINVAL);
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, SIZE_MAX, true, rec_read, &rec), 0); /* whatever is there */
+    assert_int_equal(write(fx.peer, "hi", 2), 2);
+    assert_true(run_until(fx.loop, &rec.reads, 1, 5000));
+    assert_int_equal(rec.len, 2);
+    fixture_close(&fx);
+}
+
+/* A partial read_bytes takes whatever is there: a large n must not grow the
+ * input towards max_buffer_size (100 MiB by default) before the first byte. */
+static void test_partial_read_bytes_reads_in_blocks(void **state)
+{
+    (void)state;
+    counting_t counts = {0};
+    ioloop_stream_options_t opts = {.transport = &counting_transport, .transport_ctx = &counts};
+    fixture_t fx;
+    fixture_open(&fx, &opts);
+    rec_t rec = {0};
+    assert_int_equal(ioloop_stream_read_bytes(fx.stream, (size_t)64 << 20, true, rec_read, &rec), 0);
+    assert_int_equal(write(fx.peer, "hello", 5), 5);
+    assert_true(run_until(fx.loop, &rec.reads, 1, 5000));
+    assert_int_equal(rec.read_status, 0);
+    assert_int_equal(rec.len, 5);
+    assert_true(counts.max_read_len > 0 && counts.max_read_len <= 65536);
+    fixture_close(&fx);
+}
+
 /* ---- cork: N writes in one writev, through the transport only ------------------------------ */
 
 static void test_cork_one_writev(void **state)
@@ -547,6 +644,59 @@ static void test_transport_is_the_only_io_path(void **state)
     assert_int_equal(flip.destroys, 1);
 }
 
+/* A transport that needs to READ to write (TLS in a handshake or
+ * renegotiation): its events() asks for READ in place of WRITE, and writev
+ * says EAGAIN until `open`. The READ event must let the stream try writing
+ * again; it must not be taken as "readable" only (the write would wait for a
+ * WRITE event that was never asked for, while READ fires again and again). */
+typedef struct {
+    counting_t counts; /* first: the counting transport's read and shutdown take it */
+    bool open;
+} gate_t;
+
+static ssize_t gate_writev(void *ctx, int fd, const struct iovec *iov, int iovcnt)
+{
+    gate_t *gate = ctx;
+    if (!gate->open)
+        return -EAGAIN;
+    return counting_writev(&gate->counts, fd, iov, iovcnt);
+}
+
+static unsigned gate_events(void *ctx, unsigned wanted)
+{
+    (void)ctx;
+    return wanted & IOLOOP_WRITE ? (wanted & ~IOLOOP_WRITE) | IOLOOP_READ : wanted;
+}
+
+static const ioloop_stream_transport_t gate_transport = {
+    .name = "gate",
+    .read = counting_read,
+    .writev = gate_writev,
+    .shutdown = counting_shutdown,
+    .events = gate_events,
+};
+
+static void test_transport_events_remap_lets_writes_go(void **state)
+{
+    (void)state;
+    gate_t gate = {0};
+    ioloop_stream_options_t opts = {.transport = &gate_transport, .transport_ctx = &gate};
+    fixture_t fx;
+    fixture_open(&fx, &opts);
+    rec_t rec = {0};
+    assert_int_equal(ioloop_stream_write(fx.stream, "abc", 3, rec_done, &rec), 0);
+    run_for(fx.loop, 10);
+    assert_int_equal(rec.dones, 0);
+    gate.open = true;                            /* as if the handshake went on */
+    assert_int_equal(write(fx.peer, "x", 1), 1); /* the fd turns readable: the READ the transport asked for */
+    assert_true(run_until(fx.loop, &rec.dones, 1, 3000));
+    assert_int_equal(rec.last_done_status, 0);
+    char buf[8];
+    assert_int_equal(drain_fd(fx.peer, buf, sizeof(buf)), 3);
+    assert_memory_equal(buf, "abc", 3);
+    fixture_close(&fx);
+}
+
 /* ---- the consumer form: peek/consume, stop, pause/resume ------------------------------------ */
 
 typedef struct {
@@ -603,6 +753,47 @@ static void test_consumer_peek_stable_while_stopped(void **state)
     fixture_close(&fx);
     assert_int_equal(c.rec.consumer_calls, 3); /* and the end, once */
     assert_int_equal(c.rec.consumer_status, -ESHUTDOWN);
+}
+
+/* The same when the peer hangs up meanwhile (a socketpair reports the
+ * hang-up at once): learning of its EOF must not compact or grow the input a
+ * stopped consumer still looks at. */
+static void test_consumer_peek_stable_across_hangup(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    fixture_open(&fx, NULL);
+    enum { TOTAL = 60000 }; /* most of a 64 KiB block: a recv after it compacts */
+    static char sent[TOTAL + 10];
+    for (size_t i = 0; i < sizeof(sent); i++)
+        sent[i] = (char)(i % 251);
+    consumer_t c = {.consume_each = 10, .stop_after_first = true};
+    assert_int_equal(write(fx.peer, sent, TOTAL), TOTAL);
+    assert_int_equal(ioloop_stream_read_start(fx.stream, consumer_cb, &c), 0);
+    assert_true(run_until(fx.loop, &c.rec.consumer_calls, 1, 5000));
+    size_t len;
+    const char *p = ioloop_stream_peek(fx.stream, &len);
+    assert_non_null(p);
+    assert_memory_equal(p, sent + 10, len);
+    assert_int_equal(write(fx.peer, sent + TOTAL, 10), 10);
+    close(fx.peer);
+    fx.peer = open("/dev/null", O_RDONLY); /* fixture_close closes it */
+    run_for(fx.loop, 50);
+    size_t len2;
+    const char *p2 = ioloop_stream_peek(fx.stream, &len2);
+    assert_ptr_equal(p2, p);
+    assert_int_equal(len2, len);
+    assert_memory_equal(p, sent + 10, len);
+    assert_false(ioloop_stream_closed(fx.stream));
+    /* Started again: it gets the rest, then the end. */
+    c.stop_after_first = false;
+    c.consume_each = TOTAL;
+    ioloop_stream_set_close_callback(fx.stream, rec_close, &c.rec);
+    assert_int_equal(ioloop_stream_read_start(fx.stream, consumer_cb, &c), 0);
+    assert_true(run_until(fx.loop, &c.rec.closes, 1, 5000));
+    assert_int_equal(c.rec.consumer_status, IOLOOP_EOF);
+    assert_int_equal(c.rec.close_error, IOLOOP_EOF);
+    fixture_close(&fx);
 }
 
 static void test_pause_resume(void **state)
@@ -731,9 +922,15 @@ int main(void)
         cmocka_unit_test(test_done_once_per_write),
         cmocka_unit_test(test_done_gets_error_when_closed_first),
         cmocka_unit_test(test_borrowed_release_once),
+        cmocka_unit_test(test_copy_after_borrowed_gets_its_own_block),
+        cmocka_unit_test(test_write_sizes_that_overflow_are_einval),
+        cmocka_unit_test(test_partial_read_bytes_reads_in_blocks),
+        cmocka_unit_test(test_read_bytes_beyond_ssize_max_is_einval),
         cmocka_unit_test(test_cork_one_writev),
         cmocka_unit_test(test_transport_is_the_only_io_path),
+        cmocka_unit_test(test_transport_events_remap_lets_writes_go),
         cmocka_unit_test(test_consumer_peek_stable_while_stopped),
+        cmocka_unit_test(test_consumer_peek_stable_across_hangup),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_eperm_from_another_thread),
         cmocka_unit_test(test_nodelay_and_strerror),

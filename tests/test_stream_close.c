@@ -293,25 +293,59 @@ static void test_read_timeout(void **state)
     close(fds[1]);
 }
 
-static void test_write_timeout(void **state)
+/* A stream whose output is stuck: 1 MiB written (small kernel buffers) to a
+ * peer that never reads, with this write timeout. The peer's fd in *peer. */
+static ioloop_stream_t *stuck_writer(ioloop_t *loop, ioloop_time_t write_timeout, rec_t *rec, int *peer)
 {
-    (void)state;
     int fds[2];
     tu_socketpair(fds);
     small_buffers(fds[0]);
+    ioloop_stream_options_t opts = {.write_timeout = write_timeout, .max_write_buffer_size = 4 << 20};
+    ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, rec);
+    static char big[1 << 20];
+    assert_int_equal(ioloop_stream_write(stream, big, sizeof(big), rec_done, rec), 0);
+    *peer = fds[1];
+    return stream;
+}
+
+static void test_write_timeout(void **state)
+{
+    (void)state;
     ioloop_t *loop = ioloop_new(NULL);
     rec_t rec = {0};
-    ioloop_stream_options_t opts = {.write_timeout = IOLOOP_MSEC(60), .max_write_buffer_size = 4 << 20};
-    ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
-    static char big[1 << 20];
-    assert_int_equal(ioloop_stream_write(stream, big, sizeof(big), rec_done, &rec), 0);
+    int peer;
+    stuck_writer(loop, IOLOOP_MSEC(60), &rec, &peer);
     int64_t start = tu_now_ns();
     assert_true(run_until(loop, &rec.closes, 1, 5000));
     assert_int_equal(rec.close_error, -ETIMEDOUT);
     assert_int_equal(rec.last_done_status, -ETIMEDOUT);
     assert_true(tu_now_ns() - start >= IOLOOP_MSEC(55));
     ioloop_close(loop, false);
-    close(fds[1]);
+    close(peer);
+}
+
+/* The write timeout does not run while corked: output that could not move
+ * before a long cork gets the whole timeout again from the uncork. */
+static void test_write_timeout_not_while_corked(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    rec_t rec = {0};
+    int peer;
+    ioloop_stream_t *stream = stuck_writer(loop, IOLOOP_MSEC(300), &rec, &peer);
+    run_for(loop, 10);
+    ioloop_stream_cork(stream);
+    run_for(loop, 500); /* longer than the timeout, corked */
+    assert_int_equal(rec.closes, 0);
+    ioloop_stream_uncork(stream);
+    run_for(loop, 50);
+    assert_int_equal(rec.closes, 0); /* the clock restarted at the uncork */
+    int64_t start = tu_now_ns();
+    assert_true(run_until(loop, &rec.closes, 1, 5000)); /* the peer never reads: it fires later */
+    assert_int_equal(rec.close_error, -ETIMEDOUT);
+    assert_true(tu_now_ns() - start >= IOLOOP_MSEC(150));
+    ioloop_close(loop, false);
+    close(peer);
 }
 
 /* Calls made before the loop runs measure from the real time, not from the
@@ -653,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_read_timeout),
         cmocka_unit_test(test_write_timeout),
+        cmocka_unit_test(test_write_timeout_not_while_corked),
         cmocka_unit_test(test_timeouts_from_calls_before_start),
         cmocka_unit_test(test_loop_close_ends_streams),
         cmocka_unit_test(test_new_on_closed_loop),

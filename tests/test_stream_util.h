@@ -169,11 +169,15 @@ typedef struct {
     int reads, writevs, shutdowns, destroys;
     int last_iovcnt;
     size_t bytes_written;
+    size_t max_read_len; /* the largest len a read asked for */
 } counting_t;
 
 static inline ssize_t counting_read(void *ctx, int fd, char *buf, size_t len)
 {
-    ((counting_t *)ctx)->reads++;
+    counting_t *c = ctx;
+    c->reads++;
+    if (len > c->max_read_len)
+        c->max_read_len = len;
     return ioloop_stream_transport_socket.read(NULL, fd, buf, len);
 }
 

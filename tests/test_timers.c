@@ -232,6 +232,41 @@ static void test_timer_added_while_running_is_not_run_in_same_pass(void **state)
     ioloop_close(loop, false);
 }
 
+/* Tornado's order: a timer made with call_later(0) from a callback runs after
+ * the callbacks that callback queued ahead of it (1, 2, then T), and after a
+ * callback queued behind it in the same callback (3): callbacks first, then
+ * due timers, and a timer added in an iteration is due in the next one. */
+static void order_then_stop(ioloop_t *loop, void *arg)
+{
+    log_order(loop, arg);
+    ioloop_stop(loop);
+}
+
+static void queue_1_2_t_3(ioloop_t *loop, void *arg)
+{
+    (void)arg;
+    assert_int_equal(ioloop_add_callback(loop, log_order, (void *)1), 0);
+    assert_int_equal(ioloop_add_callback(loop, log_order, (void *)2), 0);
+    assert_true(ioloop_call_later(loop, 0, order_then_stop, (void *)100) != 0);
+    assert_int_equal(ioloop_add_callback(loop, log_order, (void *)3), 0);
+}
+
+static void test_call_later_zero_runs_after_queued_callbacks(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    order_log.n = 0;
+    assert_int_equal(ioloop_add_callback(loop, queue_1_2_t_3, NULL), 0);
+    tu_stop_after(loop, 5000);
+    ioloop_start(loop);
+    assert_int_equal(order_log.n, 4);
+    assert_int_equal(order_log.order[0], 1);
+    assert_int_equal(order_log.order[1], 2);
+    assert_int_equal(order_log.order[2], 3);
+    assert_int_equal(order_log.order[3], 100);
+    ioloop_close(loop, false);
+}
+
 /* A delay measured from when call_later is called, even if the loop has not
  * read its clock for a while (it was made, or last ran, long ago). */
 static void test_call_later_before_start_uses_fresh_time(void **state)
@@ -286,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_first_due_cancels_second_due),
         cmocka_unit_test(test_never_early),
         cmocka_unit_test(test_timer_added_while_running_is_not_run_in_same_pass),
+        cmocka_unit_test(test_call_later_zero_runs_after_queued_callbacks),
         cmocka_unit_test(test_call_at_on_closed_loop),
         cmocka_unit_test(test_call_later_before_start_uses_fresh_time),
         cmocka_unit_test(test_huge_delay_never_fires),

@@ -16,15 +16,28 @@
  *
  * Request lifetime: a request is valid from its handler's call until the
  * handler calls ioloop_http_response_finish, even if the client went away in
- * between (then writes return -EPIPE and on_close has run). A handler must
- * finish every request it is given.
+ * between (then writes return -EPIPE and on_close has run), and even after
+ * ioloop_http_server_free: a completion still queued on the loop (a flush's
+ * done, an executor job's) runs when the runtime frees the loop, and may
+ * finish it then. A handler must finish every request it is given; one never
+ * finished is never freed.
+ *
+ * After finish, req must not be used. As a safety net (not a licence): a
+ * finished request keeps its memory and refuses every call (the response
+ * calls return -EALREADY, the string accessors NULL, the counts -EALREADY)
+ * until it is reused, and it is reused only in a later loop iteration and
+ * after 64 later requests on the same loop have finished. So a late call (a
+ * duplicate completion, a timer that fires after finish) in that window
+ * never reaches another client's response. Beyond it, or after
+ * ioloop_http_server_free, a stale pointer is undefined behaviour.
  *
  * Routes: a pattern without any of the characters []()*+?{}|^$\ is a literal
  * path, matched exactly through a hash table (a '.' is then a plain dot).
  * Anything else is a POSIX extended regular expression matched against the
  * whole raw path, as Tornado does with r"/user/([0-9]+)": each capture group
- * becomes a path argument, percent-decoded. Literal routes are looked up
- * before patterns; patterns are tried in the order they were added.
+ * becomes a path argument, percent-decoded (a %00 in one gets 400: it would
+ * cut the C string short). Literal routes are looked up before patterns;
+ * patterns are tried in the order they were added.
  *
  * Errors: functions return 0 or a negative errno.
  */
@@ -152,7 +165,8 @@ typedef struct {
 void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out);
 
 /* Frees the server: closes its connections and removes its signal watchers. Call once no loop
- * serving it runs any more and before those loops are closed. */
+ * serving it runs any more and before those loops are closed. Requests a handler still holds
+ * stay valid until finished (see "Request lifetime"). */
 void ioloop_http_server_free(ioloop_http_server_t *s);
 
 /* ---- request (loop thread) --------------------------------------------- */
@@ -186,7 +200,9 @@ const char *ioloop_http_request_protocol(const ioloop_http_request_t *req);
 int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req);
 const char *ioloop_http_request_path_arg(const ioloop_http_request_t *req, int i);
 /* The last value of a query (or form-urlencoded body) argument, decoded
- * ('+' is a space), or def when absent — Tornado's get_argument. */
+ * ('+' is a space), or def when absent — Tornado's get_argument. A pair whose
+ * name or value decodes to a NUL (%00) is dropped, as if absent: as a C
+ * string it would be cut short ("a.php%00.jpg" read as "a.php"). */
 const char *ioloop_http_request_argument(ioloop_http_request_t *req, const char *name, const char *def);
 /* Every value of an argument, in order: stores up to max pointers in values
  * and returns how many there are. */
@@ -199,24 +215,36 @@ bool ioloop_http_request_closed(const ioloop_http_request_t *req);
 /* ---- response (loop thread) -------------------------------------------- */
 
 /* Sets the status (default 200) with its standard reason. -EINVAL outside
- * 100..599, -EALREADY after the headers went out. */
+ * 200..599 (a 1xx is an interim response, which this API does not send; the
+ * server sends 100 Continue itself), -EALREADY after the headers went out. */
 int ioloop_http_response_status(ioloop_http_request_t *req, int status);
-/* Adds a response header. Content-Length set here is trusted (no chunking);
+/* Adds a response header. A Content-Length set here replaces the server's
+ * framing (no chunking) and is held to: the body is counted against it (see
+ * write and finish); a second one, or one that is not digits, is -EINVAL.
  * "Connection: close" closes the connection after this response; Date, other
  * Connection values and Transfer-Encoding are the server's (-EINVAL). -EINVAL
- * for a name that is not a token or a value with CR/LF, -EALREADY after the
+ * for a name that is not a token or a value with a control character other
+ * than HTAB (CR, LF, NUL, ESC, DEL...: RFC 9110 5.5), -EALREADY after the
  * headers went out. */
 int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, const char *value);
 /* Appends to the body (buffered until flush or finish). -EPIPE if the client
- * went away, -EALREADY after finish. */
+ * went away, -EALREADY after finish, -EMSGSIZE (nothing appended) if the body
+ * would outgrow the handler's Content-Length: the connection then closes
+ * after this response. */
 int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, size_t len);
 /* Sends the headers (chunked encoding: the length is not known yet) and what
  * was written; done (may be NULL) runs on the loop, never inline, once it has
  * all reached the kernel — wait for it before writing more to apply
- * back-pressure. */
+ * back-pressure. One done at a time: a flush with a done while an earlier
+ * one has not run yet is -EBUSY (and sends nothing); a flush without one is
+ * not refused for that, and leaves the pending done in place. finish drops a done
+ * that has not run yet. */
 int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn done, void *arg);
 /* Ends the response (Content-Length if nothing was flushed before) and
- * releases the request: req must not be used afterwards. */
+ * releases the request: req must not be used afterwards. -EPROTO if the body
+ * sent differs from the handler's Content-Length, or a write past it was
+ * refused (the connection closes after what was sent, so no byte is read as
+ * the next response). */
 int ioloop_http_response_finish(ioloop_http_request_t *req);
 /* Convenience: status, a body and finish. */
 int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type, const void *body,

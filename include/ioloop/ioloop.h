@@ -1,14 +1,25 @@
 /* ioloop.h — one event loop (Tornado's IOLoop in C).
  *
- * Threading rule, in one line: a loop belongs to the thread that runs it; from
- * any other thread the only calls allowed on it are the ones marked "any thread"
- * below (ioloop_add_callback, ioloop_stop, the handler calls, ioloop_ref/unref,
- * ioloop_get_stats, ioloop_id, ioloop_backend_name, the registry and
- * ioloop_instance, and the future calls so marked). Everything else is for the
- * loop's own thread, or for a loop that is not running.
+ * Threading rule. Calls marked "any thread" are safe from anywhere
+ * (ioloop_add_callback, ioloop_stop, the handler calls, ioloop_ref/unref,
+ * ioloop_get_stats, ioloop_id, ioloop_backend_name, ioloop_user_data, the
+ * registry, ioloop_instance, and the future calls so marked). Every other call
+ * is owner-only, and the owner is:
+ *  - while the loop runs (inside ioloop_start), the thread running it: its
+ *    callbacks, timers and handlers, where ioloop_current() is the loop;
+ *  - for a loop of a runtime (runtime.h), that loop's runtime thread, from the
+ *    runtime's start until the thread is done with the loop (after
+ *    ioloop_runtime_join, the thread holding the runtime); ioloop_start and
+ *    ioloop_close are never the application's on a runtime loop;
+ *  - for a loop nobody runs, the thread that holds it (made it, or was given
+ *    it): it may set it up and close it. Handing it to another thread, or
+ *    starting it there, is the holder's to order.
+ * An owner-only call from another thread returns -EPERM (a call returning a
+ * handle or pointer: 0 or NULL with errno = EPERM) and does nothing. Not
+ * checked: ioloop_time and the periodic getters, which only read.
  *
  * Errors: functions return 0 or a negative errno (-EEXIST, -EINVAL, -ESHUTDOWN,
- * -ETIMEDOUT, ...). Nothing aborts on bad input.
+ * -ETIMEDOUT, -EPERM, ...). Nothing aborts on bad input.
  */
 #ifndef IOLOOP_IOLOOP_H
 #define IOLOOP_IOLOOP_H
@@ -84,14 +95,16 @@ ioloop_t *ioloop_new(const ioloop_options_t *opts);
  * ioloop_current() returning this loop; whatever they add is refused. Pending
  * timers are dropped without running. Later posts return -ESHUTDOWN, and with
  * all_fds every fd still registered is close()d. Call from the thread that
- * owns the loop after ioloop_start returned (or before it ever ran), never
- * from inside the loop. Returns 0, -EBUSY while the loop runs (also from one
- * of its own callbacks), -ESHUTDOWN if already closed. */
+ * holds the loop after ioloop_start returned (or before it ever ran), never
+ * from inside the loop. Returns 0, -EBUSY from one of its own callbacks,
+ * -EPERM while another thread runs it and for a runtime's loop, -ESHUTDOWN if
+ * already closed. */
 int ioloop_close(ioloop_t *loop, bool all_fds);
 
 /* Runs the loop on this thread until ioloop_stop. Returns 0 when stopped,
- * -EBUSY if the loop is already running (nested start), -EINVAL if another
- * loop is already running on this thread, -ESHUTDOWN if closed. While it runs,
+ * -EBUSY if the loop is already running here (nested start), -EPERM if
+ * another thread runs it or it is a runtime's loop, -EINVAL if another loop
+ * is already running on this thread, -ESHUTDOWN if closed. While it runs,
  * ioloop_current() on this thread returns it. */
 int ioloop_start(ioloop_t *loop);
 
@@ -149,13 +162,25 @@ const char *ioloop_backend_name(const ioloop_t *loop);
  * so fn must not block or create/close loops. */
 void ioloop_registry_foreach(void (*fn)(ioloop_t *loop, void *arg), void *arg);
 
-/* Sets the error hook (NULL restores the default). Loop thread, or before start. */
-void ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg);
+/* Sets the error hook (NULL restores the default). Owner only: 0 or -EPERM. */
+int ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg);
 
 /* Reports an error through the loop's hook (the default hook prints
  * "ioloop[<id>]: <what>: <strerror>" on stderr). -EPIPE and -ECONNRESET are
- * normal closes and are not reported. Loop thread. */
-void ioloop_report_error(ioloop_t *loop, const char *what, int err);
+ * normal closes and are not reported. Rate-limited per loop: the same what
+ * and err again within a second of being reported are counted, not passed on,
+ * and the count comes as one call with what = "<what> (repeated N times)"
+ * (the same err) when that second ends, when a different error is reported,
+ * or when the loop closes. Owner only: 0 or -EPERM. */
+int ioloop_report_error(ioloop_t *loop, const char *what, int err);
+
+/* One pointer of the application's per loop (e.g. its shard of a runtime's
+ * state; NULL until set). Set it from the owner (see the top of this file),
+ * typically before the loop runs or from one of its callbacks; read it from
+ * any thread (an atomic, with release/acquire ordering: what it points to as
+ * set up before the store is visible to a reader that sees the pointer). */
+void ioloop_set_user_data(ioloop_t *loop, void *data);
+void *ioloop_user_data(const ioloop_t *loop);
 
 /* ---- fd handlers (any thread) -------------------------------------------- */
 
@@ -182,45 +207,64 @@ int ioloop_remove_handler(ioloop_t *loop, int fd);
 
 /* ---- callbacks ---------------------------------------------------------- */
 
+/* Order within one iteration (Tornado 4's PollIOLoop): (1) the timers due now
+ * are collected; (2) the callbacks queued before the iteration began run, own-
+ * thread ones first, in the order they were added, then cross-thread posts in
+ * the order each thread made them; (3) the collected timers run, by deadline
+ * (FIFO among equal deadlines); (4) poll, and the ready fds' handlers run.
+ * What any of these adds (a callback, a timer, even one already due) waits
+ * for a later iteration: from a callback, add_callback(1), add_callback(2),
+ * call_later(0, T) runs 1, 2, then T. */
+
 /* Runs fn(loop, arg) on the loop's thread in a later iteration. Any thread.
  * Returns -ESHUTDOWN (and fn never runs) once the loop is closing or closed,
  * -ENOMEM when out of memory. */
 int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
 
-/* ---- timers (loop thread) ------------------------------------------------ */
+/* Like ioloop_add_callback, and fn runs after every callback added to loop
+ * before this call, from any thread. (ioloop_add_callback from the loop's own
+ * thread takes a faster queue, whose callbacks run before the cross-thread
+ * posts taken in the same iteration: it may overtake a post that another
+ * thread made just before. This one does not, at the cost of an atomic
+ * push.) Any thread; same returns. */
+int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
+
+/* ---- timers (owner only) -------------------------------------------------- */
 
 /* Runs fn at the loop time `deadline` (or soon after). Timers with equal
  * deadlines run in the order they were added. Returns a handle for
- * ioloop_remove_timeout, or 0 with errno set (ENOMEM, ESHUTDOWN). */
+ * ioloop_remove_timeout, or 0 with errno set (ENOMEM, ESHUTDOWN, EPERM). */
 ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg);
 
 /* Same, `delay` after ioloop_time(loop). */
 ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg);
 
-/* Cancels a timer: it will not run. Harmless (a no-op) after it ran or was
- * removed, and for 0. O(1). */
-void ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
+/* Cancels a timer: it will not run. Harmless (a no-op returning 0) after it
+ * ran or was removed, and for 0. O(1). -EPERM off the owner's thread. */
+int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
 
-/* ---- periodic callbacks (loop thread), Tornado's PeriodicCallback --------- */
+/* ---- periodic callbacks (owner only), Tornado's PeriodicCallback --------- */
 
 /* Creates a periodic callback: fn runs every `period`, measured start to start.
  * A run that overruns skips the periods it missed (no catch-up burst). jitter in
  * [0,1): each period is scaled by a random factor in [1-jitter/2, 1+jitter/2].
- * Not started. NULL with errno set on failure (EINVAL, ENOMEM). These calls are
- * for the loop's thread, or any thread while the loop is not running. */
+ * Not started. NULL with errno set on failure (EINVAL, ENOMEM, EPERM). These
+ * calls are for the loop's owner (see the top of this file): new, start, stop
+ * and free return -EPERM (NULL, errno EPERM) elsewhere and do nothing. */
 ioloop_periodic_t *ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter,
                                        ioloop_callback_fn fn, void *arg);
 /* Starts it: the first call comes one period from now. Returns 0, -EALREADY
  * if running, -ESHUTDOWN if the loop is closed, -ENOMEM. */
 int ioloop_periodic_start(ioloop_periodic_t *pc);
-/* Stops it (also from inside fn); it may be started again. */
-void ioloop_periodic_stop(ioloop_periodic_t *pc);
+/* Stops it (also from inside fn); it may be started again. 0 or -EPERM. */
+int ioloop_periodic_stop(ioloop_periodic_t *pc);
 /* True between start and stop. */
 bool ioloop_periodic_is_running(const ioloop_periodic_t *pc);
 /* The deadline the current (or last) run was scheduled for. */
 ioloop_time_t ioloop_periodic_scheduled(const ioloop_periodic_t *pc);
-/* Stops and frees; allowed from inside fn (freed once fn returns). NULL: no-op. */
-void ioloop_periodic_free(ioloop_periodic_t *pc);
+/* Stops and frees; allowed from inside fn (freed once fn returns). NULL: no-op.
+ * 0, or -EPERM (nothing freed) off the owner's thread. */
+int ioloop_periodic_free(ioloop_periodic_t *pc);
 
 /* ---- futures ------------------------------------------------------------ */
 
@@ -240,9 +284,10 @@ void ioloop_future_unref(ioloop_future_t *f);
  * closed loop the done callback never runs; the result stays readable. */
 int ioloop_future_complete(ioloop_future_t *f, int status, void *result);
 
-/* Sets the done callback (loop thread). If the future is already complete the
- * callback is scheduled for the next iteration, never called inline. Returns
- * 0, or -ESHUTDOWN / -ENOMEM if that scheduling failed. */
+/* Sets the done callback (the future's loop's owner). If the future is
+ * already complete the callback is scheduled for the next iteration, never
+ * called inline. Returns 0, -EPERM off the owner's thread, or -ESHUTDOWN /
+ * -ENOMEM if that scheduling failed. */
 int ioloop_future_on_done(ioloop_future_t *f, ioloop_future_done_fn fn, void *arg);
 
 /* True once completed. Any thread. */
@@ -261,8 +306,11 @@ ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
  * the thread that will run the loop, while it is not running. Returns the
  * future's status and stores its result in *result (if not NULL);
  * -ETIMEDOUT if the timeout passed first; -ECANCELED if something else
- * stopped the loop first; -ENOMEM if fn returned NULL; -EBUSY on a running
- * loop; -EINVAL if another loop runs on this thread; -ESHUTDOWN if closed. */
+ * stopped the loop first; -ENOMEM if fn returned NULL; the error of setting
+ * the future's done callback (-EPERM for a future of a loop another thread
+ * runs); -EBUSY when already running here; -EPERM when another thread runs
+ * it or it is a runtime's loop; -EINVAL if another loop runs on this thread;
+ * -ESHUTDOWN if closed. */
 int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
                     ioloop_time_t timeout, void **result);
 

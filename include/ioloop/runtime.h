@@ -11,8 +11,11 @@
  *    callbacks;
  *  - posting work to loop i: ioloop_add_callback(ioloop_runtime_loop(rt, i),
  *    fn, arg) from any thread; fn runs on loop i's thread, where
- *    ioloop_current() is loop i. Never call ioloop_start/ioloop_close on a
- *    runtime loop: the runtime owns them;
+ *    ioloop_current() is loop i. ioloop_start/ioloop_close on a runtime loop
+ *    return -EPERM: the runtime owns them. Every other owner-only call of
+ *    ioloop.h (timers, periodics, the error hook, ...) on loop i is for loop
+ *    i's thread until ioloop_runtime_join returned (-EPERM elsewhere), then
+ *    for the thread that holds the runtime;
  *  - embedding: a thread of the application that is not a runtime thread may
  *    still call ioloop_current() and run that loop itself (ioloop_start); it
  *    can post to runtime loops and they to it. The registry
@@ -88,6 +91,10 @@ int ioloop_runtime_join(ioloop_runtime_t *rt);
  * started completes with -ECANCELED, running work is waited for), then closes
  * the loops. Free listeners first. Owning thread. */
 void ioloop_runtime_free(ioloop_runtime_t *rt);
+/* The index i of a runtime's loop (ioloop_runtime_loop(rt, i) == loop), or
+ * -ENOENT for a loop that is not a runtime's. Any thread; constant for the
+ * loop's life, so a callback can pick its per-loop shard without a search. */
+int ioloop_runtime_index(const ioloop_t *loop);
 /* The runtime whose loop runs on this thread, or NULL. Any thread. */
 ioloop_runtime_t *ioloop_runtime_current(void);
 
@@ -101,7 +108,7 @@ ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, 
 
 typedef enum {
     IOLOOP_ACCEPT_DEFAULT = 0, /* the mode the benchmarks favour (see README): EXCLUSIVE
-                                  with epoll, else REUSEPORT (DISPATCH for unix:) */
+                                  with epoll (unix: too), else REUSEPORT (DISPATCH for unix:) */
     IOLOOP_ACCEPT_REUSEPORT,   /* one socket per loop, SO_REUSEPORT; the kernel balances */
     IOLOOP_ACCEPT_EXCLUSIVE,   /* one socket in every loop's epoll, EPOLLEXCLUSIVE */
     IOLOOP_ACCEPT_DISPATCH,    /* loop 0 accepts and hands each fd to the least-loaded loop */

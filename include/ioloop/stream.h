@@ -140,7 +140,8 @@ typedef void (*ioloop_stream_read_fn)(ioloop_stream_t *stream, int status, const
  * with -EMSGSIZE (Tornado's UnsatisfiableReadError). */
 int ioloop_stream_read_until(ioloop_stream_t *stream, const void *delim, size_t delim_len, size_t max_bytes,
                              ioloop_stream_read_fn cb, void *arg);
-/* Reads exactly n bytes, or with partial, between 1 and n (whatever is there). */
+/* Reads exactly n bytes, or with partial, between 1 and n (whatever is there).
+ * n 0, or n beyond SSIZE_MAX without partial: -EINVAL. */
 int ioloop_stream_read_bytes(ioloop_stream_t *stream, size_t n, bool partial, ioloop_stream_read_fn cb, void *arg);
 /* Reads everything until the peer's EOF (status 0 then); bounded by max_buffer_size. */
 int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_fn cb, void *arg);
@@ -178,7 +179,8 @@ typedef void (*ioloop_stream_write_fn)(ioloop_stream_t *stream, int status, void
 /* A borrowed buffer's release: the stream no longer needs data. */
 typedef void (*ioloop_stream_release_fn)(void *data, void *arg);
 
-/* Queues a copy of data (done may be NULL). 0; -ENOBUFS when the output is
+/* Queues a copy of data (done may be NULL). 0; -EINVAL for sizes beyond
+ * SSIZE_MAX (in all, for writev); -ENOBUFS when the output is
  * already at or above max_write_buffer_size (nothing queued: wait for the
  * drain callback); -EPIPE once the stream ended or was shut down; -ENOMEM. A
  * single write may take the output past the mark. */
@@ -189,7 +191,8 @@ int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int i
                          void *arg);
 /* Zero-copy: data is borrowed until release(data, arg) runs (exactly once,
  * after the bytes left or the stream ended; also when refused: later, as a
- * callback, except for -EPERM and -ENOMEM, where it runs before the return). */
+ * callback, except for -EPERM and -ENOMEM, where it runs before the return;
+ * -EINVAL for bad arguments, where it does not run). */
 int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
                                  ioloop_stream_release_fn release, void *arg);
 
@@ -235,26 +238,38 @@ typedef struct {
     ioloop_time_t timeout;              /* name lookup + connect; 0: 20 s */
     ioloop_time_t happy_eyeballs_delay; /* RFC 8305 "connection attempt delay"; 0: 250 ms */
     int family;                         /* AF_UNSPEC (0, both), AF_INET or AF_INET6 */
-    const char *source_address;         /* bind to this local address first; NULL: any */
-    int source_port;                    /* with source_address; 0: any */
+    const char *source_address;         /* bind to this local address first (a literal IPv4/IPv6
+                                           address; it restricts the family); NULL: any */
+    int source_port;                    /* with source_address (or alone: the wildcard); 0: any */
     bool nodelay;                       /* TCP_NODELAY on the connected socket */
     ioloop_stream_options_t stream;     /* options of the stream handed out */
 } ioloop_tcp_connect_options_t;
 
 /* The result: status 0 and a stream the callee owns, or a negative errno
  * (-ECONNREFUSED, -ETIMEDOUT, -ENETUNREACH, IOLOOP_ENONAME, ...) and NULL, or
- * -ECANCELED after ioloop_tcp_connect_cancel. Runs exactly once. */
+ * -ECANCELED after ioloop_tcp_connect_cancel, or -ESHUTDOWN when the loop
+ * closes first (then during ioloop_close). Runs exactly once. When every
+ * address failed, status is the first attempt's error (the most preferred
+ * address's); a bind to the source address fails with its own errno
+ * (-EADDRINUSE, -EADDRNOTAVAIL). opts->stream.transport_ctx is taken as
+ * ioloop_stream_new takes it: the stream gets it, or it is destroyed before
+ * cb gets an error (or before ioloop_tcp_connect returns one). */
 typedef void (*ioloop_tcp_connect_fn)(ioloop_t *loop, int status, ioloop_stream_t *stream, void *arg);
 
-/* Connects to host:port ("example.com", "127.0.0.1", "::1", or "unix:/path"
- * with port ignored). Names are resolved with getaddrinfo on the executor,
- * never on the loop thread; with several addresses, families are interleaved
- * and the next attempt starts every happy_eyeballs_delay until one connects
- * (RFC 8305). Loop thread. 0 (and, if out is not NULL, a handle valid until
- * cb runs), or -EINVAL / -ENOMEM; every other failure reaches cb. */
+/* Connects to host:port ("example.com", "127.0.0.1", "::1", "[::1]", or
+ * "unix:/path" with port, family, source and nodelay ignored). Names are
+ * resolved with getaddrinfo on the executor, never on the loop thread
+ * ("invalid" and names under it fail at once, RFC 6761); with several
+ * addresses, families are interleaved and the next attempt starts every
+ * happy_eyeballs_delay, or at once when one fails, until one connects (RFC
+ * 8305). Loop thread, or before the loop starts. 0 (and, if out is not NULL,
+ * a handle valid until cb runs), or -EINVAL / -ENOMEM, -EPERM from another
+ * thread, -ESHUTDOWN on a closed loop; every other failure reaches cb. */
 int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
                        ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out);
-/* Abandons a connect in progress: cb runs (later) with -ECANCELED. Loop thread. */
+/* Abandons a connect in progress: cb runs (later) with -ECANCELED, also if
+ * it had connected and cb had not run yet. A lookup still running finishes
+ * on its pool thread and is dropped. Loop thread. */
 void ioloop_tcp_connect_cancel(ioloop_tcp_connect_t *conn);
 
 #ifdef __cplusplus

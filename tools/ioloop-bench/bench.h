@@ -53,6 +53,11 @@ typedef struct {
      * first, `writes` reads that each pass a byte on; `runs` timed runs, each
      * run's microseconds stored in us[]. */
     int (*pipes)(int npipes, int active, int writes, int runs, double *us);
+    /* `ioloop-bench stream`: an echo server on the calling thread over n
+     * connected TCP sockets (fds, which it owns and closes), written with the
+     * library's buffered stream: each read is written back. Returns once
+     * every peer has closed its end. */
+    int (*stream_echo)(const int *fds, int n);
 } bench_peer_t;
 
 extern const bench_peer_t bench_ioloop_impl;
@@ -70,6 +75,12 @@ int bench_ioloop_wake_latency(const bench_options_t *o, size_t samples, double *
 int bench_ioloop_timers_cancel(size_t n, double *seconds);
 int bench_ioloop_timers_fire(size_t n, double *seconds);
 int bench_ioloop_pipes(int npipes, int active, int writes, int runs, double *us);
+int bench_ioloop_stream_echo(const int *fds, int n);
+/* The peers' stream echo (peer_libuv_stream.c, peer_libevent_stream.c). */
+int bench_libuv_stream_echo(const int *fds, int n);
+int bench_libevent_stream_echo(const int *fds, int n);
+/* Read size of every stream echo server: the same for all three libraries. */
+enum { BENCH_STREAM_READ = 64 * 1024 };
 
 /* The delay of the i-th timer in the timer workloads, in ms in [base,
  * base+span): the same pseudo-random sequence for every library. */
@@ -84,6 +95,7 @@ static inline unsigned bench_delay_ms(size_t i, unsigned base, unsigned span)
 int bench_callbacks(const bench_options_t *o);
 int bench_timers(const bench_options_t *o);
 int bench_pipes(const bench_options_t *o);
+int bench_stream(const bench_options_t *o);
 
 /* ---- helpers (stats.c) --------------------------------------------------- */
 double bench_now(void);                      /* monotonic seconds */

@@ -25,6 +25,7 @@ const bench_peer_t bench_ioloop_impl = {
     .timers_cancel = bench_ioloop_timers_cancel,
     .timers_fire = bench_ioloop_timers_fire,
     .pipes = bench_ioloop_pipes,
+    .stream_echo = bench_ioloop_stream_echo,
 };
 
 const bench_peer_t *const bench_peers[] = {&bench_peer_libuv, &bench_peer_libevent};
@@ -41,6 +42,7 @@ static const bench_command_t commands[] = {
     {"callbacks", bench_callbacks, true, "posts/s own thread and cross-thread, eventfd writes, wake-up latency"},
     {"timers", bench_timers, true, "1M schedule+cancel, 1M schedule+fire"},
     {"pipes", bench_pipes, true, "libevent test/bench.c: N socketpairs, A active, W writes"},
+    {"stream", bench_stream, true, "TCP echo of 64 B and 16 KiB over 256 connections: server CPU per message"},
 };
 
 /* The runtime's benchmarks parse their own options (`ioloop-bench scale --help`). */

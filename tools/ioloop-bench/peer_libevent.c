@@ -424,6 +424,7 @@ const bench_peer_t bench_peer_libevent = {
     .timers_cancel = ev_timers_cancel,
     .timers_fire = ev_timers_fire,
     .pipes = ev_pipes,
+    .stream_echo = bench_libevent_stream_echo,
 };
 #else
 const bench_peer_t bench_peer_libevent = {.name = "libevent"};

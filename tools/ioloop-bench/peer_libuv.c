@@ -440,6 +440,7 @@ const bench_peer_t bench_peer_libuv = {
     .timers_cancel = uv_timers_cancel,
     .timers_fire = uv_timers_fire,
     .pipes = uv_pipes,
+    .stream_echo = bench_libuv_stream_echo,
 };
 #else
 const bench_peer_t bench_peer_libuv = {.name = "libuv"};
