@@ -6,16 +6,17 @@
  * worker list (lock-free push) and the listener list (under its mutex).
  *
  * Memory plan (the "no allocation per request" rule): every worker keeps free
- * lists of read/write buffer blocks, connections and requests. An idle
- * keep-alive connection holds only its `conn_t` (the llhttp parser and a few
- * fields); it takes a buffer block when bytes arrive and gives it back when
- * the request is answered and nothing more is buffered.
+ * lists of buffer blocks, connections and requests. A connection's input is
+ * its stream's buffer; an idle keep-alive connection holds its `conn_t` (the
+ * llhttp parser and a few fields) and its stream, and takes an output block
+ * only while a response is being formatted.
  */
 #ifndef IOLOOP_HTTP_INTERNAL_H
 #define IOLOOP_HTTP_INTERNAL_H
 
 #include "ioloop/http.h"
 #include "ioloop/runtime.h"
+#include "ioloop/stream.h"
 
 #include <llhttp.h>
 #include <netinet/in.h>
@@ -26,14 +27,15 @@
 #include <time.h>
 
 enum {
-    HTTP_BLOCK = 16384,          /* pooled buffer block */
-    HTTP_MAX_PATH_ARGS = 16,     /* capture groups a pattern may have */
-    HTTP_MAX_HEADERS = 256,      /* header lines per request (431 beyond) */
-    HTTP_POOL_KEEP = 256,        /* free blocks/requests a worker keeps */
-    HTTP_QUARANTINE = 64,        /* finished requests reused only behind this many others (FIFO) */
-    HTTP_BATCH = HTTP_BLOCK / 2, /* pipelined responses held back for one send, at most: small
-                                    responses then never outgrow the pooled out block */
+    HTTP_BLOCK = 16384,      /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
+    HTTP_QUARANTINE = 64,    /* finished requests reused only behind this many others (FIFO) */
 };
+/* A connection's output mark (the stream's max_write_buffer_size): at or
+ * above it nothing more is parsed, so the stream stops reading too. */
+#define HTTP_WRITE_MARK ((size_t)256 * 1024)
 #define HTTP_LINGER IOLOOP_SEC(2)        /* read-and-discard after our FIN */
 #define HTTP_DRAIN_GRACE IOLOOP_MSEC(50) /* an idle connection's last chance in a drain */
 
@@ -78,7 +80,7 @@ struct ioloop_http_server {
     ioloop_time_t sig_timeout;
 };
 
-/* One header line: offsets into the connection's read buffer. */
+/* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
 typedef struct {
     uint32_t name_off, name_len, val_off, val_len;
 } http_hdr_t;
@@ -123,9 +125,9 @@ struct ioloop_http_request {
 
     /* ---- state ---- */
     bool headers_done, complete, finished, closed;
-    bool user_owned; /* application code has seen it (prepare or handler) */
-    bool dispatched; /* the method handler ran: parsing waits for finish */
-    hbuf_t owned_in; /* the read buffer, taken over when the connection closed */
+    bool user_owned;  /* application code has seen it (prepare or handler) */
+    bool dispatched;  /* the method handler ran: parsing waits for finish */
+    hbuf_t head_copy; /* the request line and headers, copied out of the stream at headers complete */
     struct sockaddr_in6 peer;
     socklen_t peer_len;
     ioloop_time_t start;
@@ -149,30 +151,40 @@ struct ioloop_http_request {
     int flush_status;
 };
 
-enum { CONN_OPEN, CONN_LINGER, CONN_DEAD };
+/* A connection's state (conn.c has the diagram). Reading and parsing are
+ * decided from it by one function, conn_update, after every event. */
+enum {
+    CONN_HEAD,    /* waiting for (or reading) a request head */
+    CONN_BODY,    /* the head is in, its body is arriving */
+    CONN_HANDLER, /* the request is complete and dispatched: parsing waits for finish */
+    CONN_LINGER,  /* our side is shut down: discard input until EOF or HTTP_LINGER */
+    CONN_DEAD,    /* closed; freed when the stream's close callback runs */
+};
 
 struct http_conn {
     llhttp_t parser;
-    http_worker_t *w;
-    http_conn_t *prev, *next;
-    ioloop_http_request_t *req;
-    hbuf_t in;      /* request bytes; block taken only while needed */
-    size_t parsed;  /* in.data[0..parsed) went through llhttp */
-    size_t hdr_end; /* end of the current head (body bytes after it are dropped) */
-    hbuf_t out;     /* response bytes not yet sent */
-    size_t out_off;
+    http_worker_t *w;         /* NULL once the server was freed while the stream still closes */
+    http_conn_t *prev, *next; /* w->conns, or w->closing once dead */
+    ioloop_stream_t *stream;
+    ioloop_http_request_t *req; /* the request being parsed or handled */
+    const char *parse_base;     /* the stream's unconsumed input during llhttp_execute */
+    size_t parsed;              /* bytes of a head in progress already fed to llhttp (not consumed) */
+    hbuf_t out;                 /* response formatting buffer: handed to the stream by conn_send */
     ioloop_timer_t timer;
     ioloop_time_t timer_at, deadline;
-    int fd;
-    unsigned events;
     uint8_t state;
-    bool processing, close_after, reading_paused;
-    bool in_execute;        /* inside llhttp_execute: c->in must stay put */
-    bool deferred_done;     /* a response ended inside llhttp_execute */
-    bool resp_done_pending; /* a finished response still has bytes in out */
-    int busy;
-    int fail_status;
-    struct sockaddr_in6 peer; /* AF_INET or AF_INET6 */
+    bool close_after;            /* no keep-alive: linger once the response is out */
+    bool eof;                    /* the client shut down its side */
+    bool reading;                /* the stream is not paused */
+    bool updating, update_again; /* conn_update re-entrancy */
+    bool corked, wrote_corked;   /* inside the parse loop's cork; wrote meanwhile (one send) */
+    bool shut;                   /* ioloop_stream_shutdown was called */
+    bool watching;               /* a zero-length write's done is pending (watch_output) */
+    size_t parse_len;            /* length of the input at parse_base */
+    int busy;                    /* response.c frames on the stack (enter/leave) */
+    bool report_close;           /* fed through ioloop_http_server_accept: report the close to the loop */
+    int fail_status;             /* >0: answer this and close; -1: parse no more */
+    struct sockaddr_in6 peer;    /* AF_INET or AF_INET6 */
     socklen_t peer_len;
 };
 
@@ -182,6 +194,7 @@ struct http_worker {
     http_worker_t *next;
     http_conn_t *conns;
     int nconns;
+    http_conn_t *closing; /* closed, waiting for their stream's close callback */
     char **blocks;
     int nblocks, blocks_cap;
     ioloop_http_request_t *limbo, *limbo_tail; /* finished in this iteration: join free_reqs in the next */
@@ -216,6 +229,9 @@ const char *ioloop__http_date(http_worker_t *w);
  * NUL) into out, whatever the locale. Returns the length. */
 size_t ioloop__http_format_date(time_t t, char out[32]);
 void ioloop__http_worker_conn_gone(http_worker_t *w);
+/* The listener's on_stream (ioloop_http_server_serve). */
+void ioloop__http_server_on_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
+                                   socklen_t peer_len, void *arg);
 /* A live request went back to a dead worker's hands: the last one frees it. */
 void ioloop__http_worker_release(http_worker_t *w);
 
@@ -238,19 +254,35 @@ void ioloop__http_router_free(ioloop_http_server_t *s);
 size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_space);
 
 /* conn.c */
-extern const llhttp_settings_t ioloop__http_settings;
-/* Serves an fd a runtime listener accepted (its loop's live_connections
- * counts it; the close reports back with ioloop_connection_closed). */
-void ioloop__http_conn_start(http_worker_t *w, int fd, const struct sockaddr *peer, socklen_t peer_len);
+/* Serves a stream (from the listener's on_stream, or wrapped around an fd by
+ * ioloop_http_server_accept: report_close then tells the loop of its close). */
+void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const struct sockaddr *peer, socklen_t peer_len,
+                             bool report_close);
+/* Ends the connection now (its request hears on_close). */
 void ioloop__http_conn_close(http_conn_t *c);
 /* The drain began: an idle connection closes after a short grace. */
 void ioloop__http_conn_drain(http_conn_t *c);
-/* Sends what is buffered in c->out; afterwards the connection may be dead. */
+/* Hands c->out to the stream (flush and 100-continue; never inline callbacks). */
 void ioloop__http_conn_send(http_conn_t *c);
-/* The response of c->req ended (finish): decide keep-alive and go on. */
+/* The response of c->req ended (finish cleared c->req): decide keep-alive and go on. */
 void ioloop__http_conn_response_done(http_conn_t *c);
+/* Kept for response.c: a closed connection is freed only by its stream's
+ * close callback, never inline, so these only check the nesting. */
 void ioloop__http_conn_enter(http_conn_t *c);
 void ioloop__http_conn_leave(http_conn_t *c);
+/* The stream options every connection of s uses. */
+void ioloop__http_stream_options(const ioloop_http_server_t *s, ioloop_stream_options_t *out);
+/* The server forgets its connections (server_free): streams still closing free theirs alone. */
+void ioloop__http_worker_forget_conns(http_worker_t *w);
+/* White-box for tests: the largest input and output (stream queue + out
+ * buffer) any connection of s holds on `loop`; that loop's thread. */
+void ioloop__http_conn_memory(ioloop_http_server_t *s, ioloop_t *loop, size_t *in_max, size_t *out_max);
+
+/* parse.c */
+extern const llhttp_settings_t ioloop__http_settings;
+/* Parses what the stream holds while the state allows (HEAD, BODY) and the
+ * output is writable; dispatches a complete request. */
+void ioloop__http_conn_parse(http_conn_t *c);
 
 /* request.c */
 /* A request from the worker's pool (counted in w->live_reqs until put). */

@@ -4,7 +4,7 @@
  *
  * Threading rule: the loop thread that owns the request.
  *
- * Strings handed out point into the connection's read buffer: once the head
+ * Strings handed out point into the request's copy of its head: once the head
  * is complete the parser has consumed the byte after every span (':' after a
  * name, CR after a value, SP after the target), so a NUL is written there and
  * each span becomes a C string without a copy.
@@ -105,7 +105,7 @@ void ioloop__http_request_put(ioloop_http_request_t *req)
     ioloop__hbuf_release(w, &req->abuf);
     ioloop__hbuf_release(w, &req->rhdr);
     ioloop__hbuf_release(w, &req->rbody);
-    ioloop__hbuf_release(w, &req->owned_in);
+    ioloop__hbuf_release(w, &req->head_copy);
     req->nhdrs = req->npargs = req->nargs = 0;
     req->args_parsed = true;
     req->next_free = NULL;
@@ -143,8 +143,7 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req)
 {
     const ioloop_http_server_options_t *o = &c->w->server->opts;
     llhttp_t *p = &c->parser;
-    char *base = c->in.data;
-    req->base = base;
+    char *base = (char *)req->base; /* the request's copy of its head (parse.c) */
     req->method = llhttp_get_method(p);
     req->major = llhttp_get_http_major(p);
     req->minor = llhttp_get_http_minor(p);

@@ -1,6 +1,7 @@
 /* server.c — the HTTP server object: options, per-loop workers with their
  * buffer pools, Date cache and counters, accept (the runtime listener's
- * on_accept), and the drain of one loop.
+ * on_stream, or an fd handed to ioloop_http_server_accept), and the drain of
+ * one loop.
  *
  * Threading rule: ioloop_http_server_new/route/free run on one thread while no
  * loop serves. A worker is created on its loop's thread on the first
@@ -202,6 +203,7 @@ static void worker_free(http_worker_t *w)
     w->live_reqs++;   /* our own reference: closing a connection may put the last request */
     while (w->conns)
         ioloop__http_conn_close(w->conns);
+    ioloop__http_worker_forget_conns(w); /* their streams close after this, alone */
     if (w->drain_timer)
         ioloop_remove_timeout(w->loop, w->drain_timer);
     w->drain_timer = 0;
@@ -271,23 +273,40 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
 
 /* ---- accepting ---------------------------------------------------------- */
 
-/* The runtime's listener takes ioloop_http_server_accept as its on_accept. */
+/* The runtime's listener hands streams to on_stream; ioloop_http_server_accept
+ * stays for an fd accepted elsewhere (it keeps runtime.h's on_accept shape). */
 _Static_assert(_Generic(&ioloop_http_server_accept, ioloop_accept_fn : 1, default : 0),
                "ioloop_http_server_accept must be an ioloop_accept_fn");
 
-void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
+void ioloop__http_server_on_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
+                                   socklen_t peer_len, void *arg)
 {
     ioloop_http_server_t *s = arg;
     http_worker_t *w = ioloop__http_worker(s, loop, true);
     if (!w) {
-        close(fd);
-        ioloop_connection_closed(loop);
+        ioloop_stream_close(stream);
         return;
     }
     /* A connection that was queued when the drain began (a listener stop
      * accepts its backlog first) is served like the others: closing it
      * unread would reset the client. */
-    ioloop__http_conn_start(w, fd, peer, peer_len);
+    ioloop__http_conn_start(w, stream, peer, peer_len, false);
+}
+
+void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
+{
+    ioloop_http_server_t *s = arg;
+    http_worker_t *w = ioloop__http_worker(s, loop, true);
+    ioloop_stream_options_t so;
+    ioloop__http_stream_options(s, &so);
+    ioloop_stream_t *stream;
+    if (!w || ioloop_stream_new(loop, fd, &so, &stream) != 0) { /* stream_new closes fd on failure */
+        if (!w)
+            close(fd);
+        ioloop_connection_closed(loop);
+        return;
+    }
+    ioloop__http_conn_start(w, stream, peer, peer_len, true);
 }
 
 int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop)

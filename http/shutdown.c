@@ -30,7 +30,8 @@ int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, cons
     if (!s || !rt || !out)
         return -EINVAL;
     ioloop_listener_options_t o = {
-        .address = address, .port = port, .mode = mode, .on_accept = ioloop_http_server_accept, .arg = s};
+        .address = address, .port = port, .mode = mode, .on_stream = ioloop__http_server_on_stream, .arg = s};
+    ioloop__http_stream_options(s, &o.stream);
     return ioloop_listener_start(rt, &o, out);
 }
 

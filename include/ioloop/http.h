@@ -160,7 +160,7 @@ int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop
 typedef struct {
     uint64_t connections; /* accepted */
     uint64_t requests;    /* dispatched to a handler (or answered 404/405) */
-    uint64_t sends;       /* send() calls: pipelined responses share them */
+    uint64_t sends;       /* writes to the connection streams: pipelined responses share one */
 } ioloop_http_server_stats_t;
 void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out);
 
