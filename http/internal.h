@@ -32,6 +32,9 @@ enum {
     HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
     HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
     HTTP_QUARANTINE = 64,    /* finished requests reused only behind this many others (FIFO) */
+    HTTP_REQ_POOL_KEEP = 4096, /* free requests a worker keeps: finished ones wait an iteration
+                                  before reuse, so a pipelined burst (64 connections x 16) needs
+                                  more than the blocks' 256 to not malloc per request */
 };
 /* A connection's output mark (the stream's max_write_buffer_size): at or
  * above it nothing more is parsed, so the stream stops reading too. */

@@ -66,7 +66,7 @@ static void to_pool(http_worker_t *w, ioloop_http_request_t *req)
         w->free_reqs = req;
     w->free_reqs_tail = req;
     w->nfree_reqs++;
-    if (w->nfree_reqs > HTTP_POOL_KEEP) {
+    if (w->nfree_reqs > HTTP_REQ_POOL_KEEP) {
         ioloop_http_request_t *old = w->free_reqs;
         w->free_reqs = old->next_free;
         w->nfree_reqs--;
