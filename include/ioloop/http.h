@@ -115,6 +115,13 @@ int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const
 int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
                              ioloop_accept_mode_t mode, ioloop_listener_t **out);
 
+/* The same with every listener option (a TLS transport per connection,
+ * stream limits, backlog): on_accept, on_stream and arg are the server's and
+ * are ignored if set. Requests on a connection whose transport is TLS say
+ * "https" from ioloop_http_request_protocol. */
+int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt, const ioloop_listener_options_t *opts,
+                                  ioloop_listener_t **out);
+
 /* Graceful shutdown of the whole runtime: l (may be NULL) stops accepting
  * (what was queued is still served), then every loop of rt drains s
  * (ioloop_http_server_drain with `timeout`, 0: none), and rt stops once every

@@ -136,6 +136,9 @@ typedef struct {
     ioloop_stream_options_t stream;    /* options of the streams on_stream gets (a transport_ctx,
                                           shared by them all, only with a transport that has no
                                           destroy: -EINVAL otherwise) */
+    ioloop_transport_make_fn make_transport; /* per connection, on its loop: the stream's transport
+                                                (TLS: ioloop_tls_server_options fills these two) */
+    void *make_transport_arg;
     void *arg;
 } ioloop_listener_options_t;
 

@@ -58,6 +58,8 @@ extern "C" {
 #define IOLOOP_EOF (-4095)     /* the peer closed its side cleanly */
 #define IOLOOP_ENONAME (-4094) /* a host name that does not resolve (EAI_NONAME, EAI_NODATA) */
 #define IOLOOP_EDNS (-4093)    /* any other resolver failure (EAI_AGAIN, EAI_FAIL, ...) */
+#define IOLOOP_ETLS (-4092)    /* a TLS protocol failure (handshake, alert, bad record, renegotiation) */
+#define IOLOOP_ECERT (-4091)   /* the peer's certificate failed verification (ioloop_tls_error_message says why) */
 
 /* A short text for 0, a negative errno or an IOLOOP_E* code ("end of
  * stream", "name not found", strerror's text otherwise). Any thread. */
@@ -89,7 +91,13 @@ typedef struct ioloop_stream_transport {
     size_t (*pending)(void *ctx);
     /* Frees ctx (the stream closes the fd afterwards). NULL: nothing. */
     void (*destroy)(void *ctx);
+    /* Called once when the stream is made, before any I/O: the transport
+     * learns its stream (TLS arms its handshake timeout with it, and may end
+     * it with ioloop_stream_close). A negative errno fails ioloop_stream_new.
+     * NULL: nothing. */
+    int (*attach)(void *ctx, ioloop_stream_t *stream);
 } ioloop_stream_transport_t;
+
 
 /* The plain-socket transport (recv / writev with MSG_NOSIGNAL). */
 extern const ioloop_stream_transport_t ioloop_stream_transport_socket;
@@ -112,6 +120,11 @@ typedef struct {
     void *transport_ctx;                        /* owned by the stream from creation (destroyed with it) */
 } ioloop_stream_options_t;
 
+/* Makes the transport of one new connection (fd connected or accepted) into
+ * opts->transport / opts->transport_ctx, e.g. a TLS session per connection.
+ * 0, or a negative errno (the connection is then closed). Loop thread. */
+typedef int (*ioloop_transport_make_fn)(void *arg, int fd, ioloop_stream_options_t *opts);
+
 /* Wraps a connected socket (made non-blocking and close-on-exec) in a stream
  * on `loop`, which owns fd from here: it is closed with the stream, and on
  * failure. opts may be NULL. Loop thread, or before the loop starts. 0 and
@@ -120,6 +133,8 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
 
 ioloop_t *ioloop_stream_loop(const ioloop_stream_t *stream);
 int ioloop_stream_fd(const ioloop_stream_t *stream);
+/* The transport's name: "socket", "tls", ... */
+const char *ioloop_stream_transport_name(const ioloop_stream_t *stream);
 /* True once the stream has ended (its callbacks may not have run yet). */
 bool ioloop_stream_closed(const ioloop_stream_t *stream);
 /* The error it ended with: 0 for a local close, IOLOOP_EOF, or a negative errno. */
@@ -242,6 +257,9 @@ typedef struct {
                                            address; it restricts the family); NULL: any */
     int source_port;                    /* with source_address (or alone: the wildcard); 0: any */
     bool nodelay;                       /* TCP_NODELAY on the connected socket */
+    ioloop_transport_make_fn make_transport; /* with it, the winning connection's transport (TLS:
+                                                ioloop_tls_client_options fills these two) */
+    void *make_transport_arg;
     ioloop_stream_options_t stream;     /* options of the stream handed out */
 } ioloop_tcp_connect_options_t;
 
