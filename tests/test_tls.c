@@ -283,6 +283,195 @@ static void test_context_errors(void **state)
     assert_string_equal(ioloop_strerror(IOLOOP_ETLS), "TLS failure");
 }
 
+/* ---- the stream's transport hooks (runtime side) ----------------------------------------- */
+
+typedef struct {
+    counting_t counts;
+    int attaches, attach_result;
+    ioloop_stream_t *attached;
+    int reads_at_attach;
+} attaching_t;
+
+static int attaching_attach(void *ctx, ioloop_stream_t *stream)
+{
+    attaching_t *a = ctx;
+    a->attaches++;
+    a->attached = stream;
+    a->reads_at_attach = a->counts.reads + a->counts.writevs;
+    return a->attach_result;
+}
+
+static ssize_t attaching_read(void *ctx, int fd, char *buf, size_t len)
+{
+    return counting_read(&((attaching_t *)ctx)->counts, fd, buf, len);
+}
+
+static ssize_t attaching_writev(void *ctx, int fd, const struct iovec *iov, int iovcnt)
+{
+    return counting_writev(&((attaching_t *)ctx)->counts, fd, iov, iovcnt);
+}
+
+static int attaching_shutdown(void *ctx, int fd)
+{
+    return counting_shutdown(&((attaching_t *)ctx)->counts, fd);
+}
+
+static void attaching_destroy(void *ctx)
+{
+    counting_destroy(&((attaching_t *)ctx)->counts);
+}
+
+static const ioloop_stream_transport_t attaching_transport = {
+    .name = "attaching",
+    .read = attaching_read,
+    .writev = attaching_writev,
+    .shutdown = attaching_shutdown,
+    .destroy = attaching_destroy,
+    .attach = attaching_attach,
+};
+
+static void test_attach_hook(void **state)
+{
+    (void)state;
+    ioloop_t *loop = ioloop_new(NULL);
+    int fds[2];
+    tu_socketpair(fds);
+    attaching_t a = {0};
+    ioloop_stream_options_t opts = {.transport = &attaching_transport, .transport_ctx = &a};
+    ioloop_stream_t *stream;
+    assert_int_equal(ioloop_stream_new(loop, fds[0], &opts, &stream), 0);
+    assert_int_equal(a.attaches, 1);
+    assert_ptr_equal(a.attached, stream); /* once, with its stream, before any I/O */
+    assert_int_equal(a.reads_at_attach, 0);
+    assert_string_equal(ioloop_stream_transport_name(stream), "attaching");
+    ioloop_stream_close(stream);
+    run_for(loop, 5);
+    assert_int_equal(a.counts.destroys, 1);
+    assert_int_equal(a.attaches, 1);
+
+    /* A failing attach fails ioloop_stream_new: the transport is destroyed, the fd closed. */
+    a = (attaching_t){.attach_result = -EIO};
+    assert_int_equal(ioloop_stream_new(loop, fds[1], &opts, &stream), -EIO);
+    assert_null(stream);
+    assert_int_equal(a.attaches, 1);
+    assert_int_equal(a.counts.destroys, 1);
+    assert_int_equal(fcntl(fds[1], F_GETFD), -1);
+    assert_int_equal(errno, EBADF);
+
+    /* The plain socket transport has its name too. */
+    tu_socketpair(fds);
+    assert_int_equal(ioloop_stream_new(loop, fds[0], NULL, &stream), 0);
+    assert_string_equal(ioloop_stream_transport_name(stream), "socket");
+    ioloop_stream_close(stream);
+    close(fds[1]);
+    run_for(loop, 5);
+    assert_int_equal(ioloop_close(loop, false), 0);
+}
+
+static atomic_int makes, made_streams;
+
+static int failing_make(void *arg, int fd, ioloop_stream_options_t *opts)
+{
+    (void)arg, (void)fd, (void)opts;
+    atomic_fetch_add(&makes, 1);
+    return -ENOMEM;
+}
+
+static void counted_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer, socklen_t peer_len,
+                           void *arg)
+{
+    (void)loop, (void)peer, (void)peer_len, (void)arg;
+    atomic_fetch_add(&made_streams, 1);
+    ioloop_stream_close(stream);
+}
+
+static void ignore_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)
+{
+    (void)loop, (void)peer, (void)peer_len, (void)arg;
+    close(fd);
+}
+
+/* A listener's make_transport runs per connection; its failure closes that
+ * connection, which never reaches on_stream nor the live count. */
+static void test_listener_make_transport_failure(void **state)
+{
+    (void)state;
+    ioloop_runtime_options_t ropts = {.loops = 1};
+    ioloop_runtime_t *rt;
+    assert_int_equal(ioloop_runtime_start(&ropts, &rt), 0);
+    ioloop_listener_options_t lopts = {.address = "127.0.0.1", .on_accept = ignore_accept, .make_transport = failing_make};
+    ioloop_listener_t *listener;
+    assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), -EINVAL); /* a transport is for streams */
+    lopts.on_accept = NULL;
+    lopts.on_stream = counted_stream;
+    assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), 0);
+    for (int i = 0; i < 3; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sin = {.sin_family = AF_INET,
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                  .sin_port = htons((uint16_t)ioloop_listener_port(listener))};
+        assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+        char buf[8];
+        assert_int_equal(read(fd, buf, sizeof(buf)), 0); /* closed by the server */
+        close(fd);
+    }
+    assert_int_equal(atomic_load(&makes), 3);
+    assert_int_equal(atomic_load(&made_streams), 0);
+    ioloop_stats_t stats;
+    ioloop_get_stats(ioloop_runtime_loop(rt, 0), &stats);
+    assert_int_equal(stats.live_connections, 0);
+    ioloop_listener_free(listener);
+    ioloop_runtime_free(rt);
+}
+
+static void connect_result(ioloop_t *loop, int status, ioloop_stream_t *stream, void *arg)
+{
+    (void)loop;
+    client_t *client = arg;
+    client->connect_status = status;
+    client->stream = stream;
+    client->done++;
+}
+
+/* tcp_connect's make_transport: the winning connection's transport; a
+ * failure reaches the callback (and the options' own ctx is dropped). */
+static void test_connect_make_transport(void **state)
+{
+    (void)state;
+    ioloop_tls_cert_t cert = {certs.server, certs.key};
+    ioloop_tls_options_t sopts = server_options(&cert);
+    server_t server;
+    server_start(&server, &sopts);
+    ioloop_t *loop = ioloop_new(NULL);
+    attaching_t given = {0};
+    ioloop_tcp_connect_options_t opts = {.make_transport = failing_make,
+                                         .stream = {.transport = &attaching_transport, .transport_ctx = &given}};
+    client_t client = {0};
+    int before = atomic_load(&makes);
+    assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", server.port, &opts, connect_result, &client, NULL), 0);
+    assert_true(run_until(loop, &client.done, 1, 5000));
+    assert_int_equal(client.connect_status, -ENOMEM);
+    assert_null(client.stream);
+    assert_int_equal(atomic_load(&makes), before + 1);
+    assert_int_equal(given.counts.destroys, 1);
+    /* The TLS factory replaces the given transport, which is dropped. */
+    ioloop_tls_context_t *cctx = client_context(NULL);
+    given = (attaching_t){0};
+    assert_int_equal(ioloop_tls_client_options(cctx, "localhost", &opts), 0);
+    client = (client_t){0};
+    assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", server.port, &opts, connect_result, &client, NULL), 0);
+    assert_true(run_until(loop, &client.done, 1, 5000));
+    assert_int_equal(client.connect_status, 0);
+    assert_string_equal(ioloop_stream_transport_name(client.stream), "tls");
+    assert_int_equal(given.counts.destroys, 1);
+    assert_int_equal(given.attaches, 0);
+    ioloop_stream_close(client.stream);
+    run_for(loop, 5);
+    ioloop_tls_context_free(cctx);
+    assert_int_equal(ioloop_close(loop, false), 0);
+    server_stop(&server);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -309,6 +498,9 @@ int main(void)
         cmocka_unit_test(test_wrong_host_refused),
         cmocka_unit_test(test_client_certificate_required),
         cmocka_unit_test(test_context_errors),
+        cmocka_unit_test(test_attach_hook),
+        cmocka_unit_test(test_listener_make_transport_failure),
+        cmocka_unit_test(test_connect_make_transport),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
