@@ -29,13 +29,15 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 enum {
     RECORD = 16384,        /* TLS's largest plaintext record */
     SCRATCH = 65536,       /* one recv of ciphertext */
-    SEND_BATCH = 4 * 16413 /* ciphertext gathered before a send (4 full records) */
+    SEND_BATCH = 4 * 16413, /* ciphertext gathered before a send (4 full records) */
+    BIO_KEEP = 4096          /* an empty memory BIO larger than this is replaced (idle streams hold little) */
 };
 
 typedef struct tls_session {
@@ -74,6 +76,31 @@ ioloop__tls_peer_t *ioloop__tls_session_peer(SSL *ssl)
 
 /* ---- ciphertext to and from the socket ---------------------------------------- */
 
+/* An empty memory BIO keeps the largest buffer it ever had, and its reset
+ * clears the whole of it: past BIO_KEEP, a fresh BIO is cheaper and leaves
+ * an idle stream nothing to hold. Returns false (keeping the old one) when
+ * no memory. */
+static bool bio_renew(tls_session_t *session, bool write_side)
+{
+    BIO *old = write_side ? session->wbio : session->rbio;
+    BUF_MEM *mem = NULL;
+    BIO_get_mem_ptr(old, &mem);
+    if (!mem || mem->max <= BIO_KEEP)
+        return false;
+    BIO *fresh = BIO_new(BIO_s_mem());
+    if (!fresh)
+        return false;
+    if (write_side) {
+        SSL_set0_wbio(session->ssl, fresh); /* frees the old one */
+        session->wbio = fresh;
+    } else {
+        BIO_set_mem_eof_return(fresh, -1);
+        SSL_set0_rbio(session->ssl, fresh);
+        session->rbio = fresh;
+    }
+    return true;
+}
+
 /* Sends what the write BIO holds. 0 when all left, -EAGAIN when the socket is
  * full (the rest stays), or a negative errno. */
 static int flush_out(tls_session_t *session)
@@ -88,7 +115,8 @@ static int flush_out(tls_session_t *session)
             return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
         }
         if (n == len) {
-            (void)BIO_reset(session->wbio);
+            if (!bio_renew(session, true))
+                (void)BIO_reset(session->wbio);
             return 0;
         }
         /* Partly sent: drop those bytes from the BIO (a read into the scratch). */
@@ -232,8 +260,11 @@ static ssize_t tls_read(void *arg, int fd, char *buf, size_t len)
         if (got == 0)
             return eof_result(session);
         if (got < 0) {
-            if (got == -EAGAIN)
+            if (got == -EAGAIN) {
                 session->rbio_stale = true;
+                if (!BIO_ctrl_pending(session->rbio))
+                    bio_renew(session, false); /* idle until the peer speaks */
+            }
             return got;
         }
     }
