@@ -304,6 +304,55 @@ static void test_peers_vanish(void **state)
     server_stop(&server);
 }
 
+/* The peer's EOF: after the handshake, with or without close_notify, the
+ * server's stream ends with IOLOOP_EOF (clients often skip close_notify);
+ * during our client's handshake it is IOLOOP_ETLS. */
+static void test_eof_endings(void **state)
+{
+    (void)state;
+    ioloop_tls_cert_t cert = {certs.server, certs.key};
+    ioloop_tls_options_t sopts = server_options(&cert);
+    server_t server;
+    server_start(&server, &sopts);
+    for (int i = 0; i < 2; i++) {
+        raw_tls_t raw;
+        raw_tls_connect(&raw, raw_connect(server.port), TLS1_3_VERSION);
+        char buf[16];
+        assert_int_equal(SSL_write(raw.ssl, "eof\n", 4), 4);
+        assert_int_equal(SSL_read(raw.ssl, buf, sizeof(buf)), 4);
+        if (i == 1)
+            assert_true(SSL_shutdown(raw.ssl) >= 0); /* close_notify */
+        raw_tls_free(&raw);
+        assert_int_equal(wait_server_closed(&server, i + 1), i + 1);
+        assert_int_equal(atomic_load(&server.last_error), IOLOOP_EOF);
+    }
+    server_stop(&server);
+
+    /* A "server" that accepts and closes at once. */
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sin);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    getsockname(lfd, (struct sockaddr *)&sin, &len);
+    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_tls_context_t *cctx = client_context(NULL);
+    ioloop_tcp_connect_options_t opts = {0};
+    assert_int_equal(ioloop_tls_client_options(cctx, "localhost", &opts), 0);
+    client_t client = {0};
+    assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", ntohs(sin.sin_port), &opts, client_connected, &client, NULL),
+                     0);
+    int fd = accept(lfd, NULL, NULL); /* blocking: the connect is in the kernel's queue already */
+    assert_true(fd >= 0);
+    close(fd);
+    assert_true(run_until(loop, &client.closed, 1, 5000));
+    assert_int_equal(client.close_error, IOLOOP_ETLS);
+    assert_non_null(strstr(client.message, "closed by the server"));
+    close(lfd);
+    ioloop_tls_context_free(cctx);
+    assert_int_equal(ioloop_close(loop, false), 0);
+}
+
 /* ---- records ------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -494,6 +543,7 @@ int main(void)
         cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_renegotiation_refused),
         cmocka_unit_test(test_peers_vanish),
+        cmocka_unit_test(test_eof_endings),
         cmocka_unit_test(test_small_writes_one_record),
         cmocka_unit_test(test_client_against_s_server),
     };
