@@ -399,7 +399,8 @@ static void test_listener_make_transport_failure(void **state)
     ioloop_runtime_options_t ropts = {.loops = 1};
     ioloop_runtime_t *rt;
     assert_int_equal(ioloop_runtime_start(&ropts, &rt), 0);
-    ioloop_listener_options_t lopts = {.address = "127.0.0.1", .on_accept = ignore_accept, .make_transport = failing_make};
+    ioloop_listener_options_t lopts = {
+        .address = "127.0.0.1", .on_accept = ignore_accept, .make_transport = failing_make};
     ioloop_listener_t *listener;
     assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), -EINVAL); /* a transport is for streams */
     lopts.on_accept = NULL;

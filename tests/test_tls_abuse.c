@@ -22,9 +22,8 @@ static int raw_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET,
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                              .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in sin = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons((uint16_t)port)};
     assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     struct timeval tv = {.tv_sec = 5};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -139,8 +138,8 @@ static void test_handshake_timeout(void **state)
     size_t hello_len = client_hello(hello, sizeof(hello));
 
     int64_t start = tu_now_ns();
-    int silent = raw_connect(server.port);         /* connects, says nothing */
-    int truncated = raw_connect(server.port);      /* half a ClientHello */
+    int silent = raw_connect(server.port);    /* connects, says nothing */
+    int truncated = raw_connect(server.port); /* half a ClientHello */
     assert_int_equal(write(truncated, hello, hello_len / 2), (ssize_t)(hello_len / 2));
     dribble_t slow = {.fd = raw_connect(server.port), .data = hello, .len = hello_len};
     pthread_t thread;
@@ -184,8 +183,7 @@ typedef struct {
     bool counting;
 } raw_tls_t;
 
-static void count_records(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl,
-                          void *arg)
+static void count_records(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl, void *arg)
 {
     (void)version, (void)ssl;
     raw_tls_t *raw = arg;
@@ -407,8 +405,8 @@ static void test_small_writes_one_record(void **state)
             int fds[2];
             tcp_pair(fds);
             fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) & ~O_NONBLOCK);
-            record_peer_t peer = {.fd = fds[1], .version = versions[v],
-                                  .expect = cases[c].size * (size_t)cases[c].count};
+            record_peer_t peer = {
+                .fd = fds[1], .version = versions[v], .expect = cases[c].size * (size_t)cases[c].count};
             pthread_t thread;
             assert_int_equal(pthread_create(&thread, NULL, record_peer, &peer), 0);
             ioloop_stream_t *stream;
@@ -497,9 +495,8 @@ static void test_client_against_s_server(void **state)
         bool up = false;
         for (int i = 0; i < 500 && !up; i++) {
             int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            struct sockaddr_in sin = {.sin_family = AF_INET,
-                                      .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                                      .sin_port = htons((uint16_t)port)};
+            struct sockaddr_in sin = {
+                .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons((uint16_t)port)};
             up = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
             close(fd);
             if (!up)

@@ -63,8 +63,8 @@ static inline void server_echo(ioloop_stream_t *stream, int status, const char *
     ioloop_stream_read_until(stream, "\n", 1, 0, server_echo, server);
 }
 
-static inline void server_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer, socklen_t peer_len,
-                          void *arg)
+static inline void server_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
+                                 socklen_t peer_len, void *arg)
 {
     (void)loop, (void)peer, (void)peer_len;
     server_t *server = arg;
@@ -158,7 +158,8 @@ static inline void client_connected(ioloop_t *loop, int status, ioloop_stream_t 
 
 /* Connects to the server with ctx (server_name for SNI and verification),
  * sends a line and waits for its echo or the end. */
-static inline void client_run(ioloop_t *loop, ioloop_tls_context_t *ctx, const char *server_name, int port, client_t *client)
+static inline void client_run(ioloop_t *loop, ioloop_tls_context_t *ctx, const char *server_name, int port,
+                              client_t *client)
 {
     ioloop_tcp_connect_options_t opts = {0};
     assert_int_equal(ioloop_tls_client_options(ctx, server_name, &opts), 0);

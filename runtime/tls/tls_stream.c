@@ -34,10 +34,10 @@
 #include <openssl/x509v3.h>
 
 enum {
-    RECORD = 16384,        /* TLS's largest plaintext record */
-    SCRATCH = 65536,       /* one recv of ciphertext */
+    RECORD = 16384,         /* TLS's largest plaintext record */
+    SCRATCH = 65536,        /* one recv of ciphertext */
     SEND_BATCH = 4 * 16413, /* ciphertext gathered before a send (4 full records) */
-    BIO_KEEP = 4096          /* an empty memory BIO larger than this is replaced (idle streams hold little) */
+    BIO_KEEP = 4096         /* an empty memory BIO larger than this is replaced (idle streams hold little) */
 };
 
 typedef struct tls_session {
@@ -49,18 +49,18 @@ typedef struct tls_session {
     ioloop_t *loop;
     ioloop_timer_t handshake_timer;
     int fd;
-    size_t held;      /* plaintext bytes encrypted but kept back from the count (see above) */
+    size_t held;           /* plaintext bytes encrypted but kept back from the count (see above) */
     bool write_wants_read; /* the last write stopped for ciphertext from the peer (handshake) */
-    bool rbio_stale;  /* the read BIO holds only a partial record: not "pending" */
+    bool rbio_stale;       /* the read BIO holds only a partial record: not "pending" */
     bool handshake_done;
-    bool eof;         /* the socket's EOF was seen */
+    bool eof; /* the socket's EOF was seen */
     bool renegotiating;
     bool failed; /* a protocol or verification failure: its session is not resumed */
 } tls_session_t;
 
-static _Thread_local char scratch[SCRATCH];     /* ciphertext in (and bytes dropped from the write BIO) */
+static _Thread_local char scratch[SCRATCH];      /* ciphertext in (and bytes dropped from the write BIO) */
 static _Thread_local char staging_block[RECORD]; /* small plaintext buffers packed into one record */
-static int session_index = -1; /* SSL ex_data slot of our tls_session_t */
+static int session_index = -1;                   /* SSL ex_data slot of our tls_session_t */
 static pthread_once_t index_once = PTHREAD_ONCE_INIT;
 
 static void index_init(void)
@@ -440,8 +440,8 @@ static int tls_attach(void *arg, ioloop_stream_t *stream)
     tls_session_t *session = arg;
     session->stream = stream;
     session->loop = ioloop_stream_loop(stream);
-    session->handshake_timer = ioloop_call_later(session->loop, session->ctx->handshake_timeout, handshake_expired,
-                                                 session);
+    session->handshake_timer =
+        ioloop_call_later(session->loop, session->ctx->handshake_timeout, handshake_expired, session);
     return session->handshake_timer ? 0 : -errno;
 }
 
@@ -502,7 +502,8 @@ static int session_new(ioloop_tls_context_t *ctx, ioloop__tls_peer_t *peer, int 
             err = -ENOMEM;
         if (!err && name && ctx->verify != IOLOOP_TLS_VERIFY_OFF) {
             X509_VERIFY_PARAM *param = SSL_get0_param(session->ssl);
-            int ok = is_ip_literal(name) ? X509_VERIFY_PARAM_set1_ip_asc(param, name) : SSL_set1_host(session->ssl, name);
+            int ok =
+                is_ip_literal(name) ? X509_VERIFY_PARAM_set1_ip_asc(param, name) : SSL_set1_host(session->ssl, name);
             if (ok != 1)
                 err = -ENOMEM;
         }
