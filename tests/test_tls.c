@@ -239,6 +239,38 @@ static void test_client_certificate_required(void **state)
     server_stop(&server);
 }
 
+/* OPTIONAL: no certificate is accepted, an untrusted one refused. */
+static void test_client_certificate_optional(void **state)
+{
+    (void)state;
+    ioloop_tls_cert_t cert = {certs.server, certs.key};
+    ioloop_tls_options_t sopts = server_options(&cert);
+    sopts.verify = IOLOOP_TLS_VERIFY_OPTIONAL;
+    sopts.ca_file = certs.ca;
+    server_t server;
+    server_start(&server, &sopts);
+    ioloop_t *loop = ioloop_new(NULL);
+    const char *files[] = {NULL, certs.client, certs.untrusted_client};
+    for (int i = 0; i < 3; i++) {
+        ioloop_tls_cert_t mine = {files[i], certs.key};
+        ioloop_tls_options_t copts = {.certs = &mine, .ncerts = files[i] ? 1 : 0};
+        ioloop_tls_context_t *cctx = client_context(&copts);
+        client_t client = {0};
+        client_run(loop, cctx, "localhost", server.port, &client);
+        if (i < 2) {
+            assert_string_equal(client.echo, "hello tls\n");
+            client_finish(loop, &client);
+        } else {
+            assert_int_equal(client.close_error, IOLOOP_ETLS);
+            assert_int_equal(wait_closed_count(&server, 3), 3);
+            assert_int_equal(atomic_load(&server.last_error), IOLOOP_ECERT);
+        }
+        ioloop_tls_context_free(cctx);
+    }
+    assert_int_equal(ioloop_close(loop, false), 0);
+    server_stop(&server);
+}
+
 /* ---- contexts ------------------------------------------------------------------------ */
 
 static void test_context_errors(void **state)
@@ -498,6 +530,7 @@ int main(void)
         cmocka_unit_test(test_expired_refused),
         cmocka_unit_test(test_wrong_host_refused),
         cmocka_unit_test(test_client_certificate_required),
+        cmocka_unit_test(test_client_certificate_optional),
         cmocka_unit_test(test_context_errors),
         cmocka_unit_test(test_attach_hook),
         cmocka_unit_test(test_listener_make_transport_failure),

@@ -168,6 +168,7 @@ static void test_handshake_timeout(void **state)
         close(fds[i]);
     close(garbage);
     assert_int_equal(wait_server_closed(&server, 5), 5);
+    assert_int_equal(atomic_load(&server.timeouts), 3); /* the garbage one failed at once */
     ioloop_tls_context_free(cctx);
     assert_int_equal(ioloop_close(loop, false), 0);
     server_stop(&server);
