@@ -152,6 +152,10 @@ static ssize_t fill_in(tls_session_t *session)
 static void handshake_finished(tls_session_t *session)
 {
     session->handshake_done = true;
+    /* A write that waited for the peer's flight can go now; when the flight
+     * came through a read, the stream still waits for the write event, which
+     * events() now asks for (no renegotiation: writes never need reads again). */
+    session->write_wants_read = false;
     if (session->handshake_timer) {
         ioloop_remove_timeout(session->loop, session->handshake_timer);
         session->handshake_timer = 0;
