@@ -491,6 +491,58 @@ static void test_deleted_between_stat_and_open(void **state)
     tsrv_stop(&t);
 }
 
+/* ---- the small-file cache ------------------------------------------------------------------ */
+
+static atomic_int hook_calls;
+
+static void count_hook(const char *rel)
+{
+    (void)rel;
+    atomic_fetch_add(&hook_calls, 1);
+}
+
+/* With cache_valid, a small file is read once per period: later requests
+ * are answered from memory (no executor job: the hook does not run; the
+ * file may even be gone), and after the period it is read again. */
+static void test_small_file_cache(void **state)
+{
+    (void)state;
+    write_file("cached.txt", "version 1", 9);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/cached.txt", root);
+    ioloop_http_static_options_t opts = {.cache_valid = IOLOOP_MSEC(300)};
+    tsrv_t t;
+    start(&t, &opts);
+    atomic_store(&hook_calls, 0);
+    ioloop__http_static_test_hook = count_hook;
+    int fd = tcli_connect(t.port);
+    tresp_t r;
+    char etag[128], hdrs[256];
+    get(fd, "/static/cached.txt", NULL, &r);
+    assert_string_equal(r.body, "version 1");
+    assert_true(tresp_header(&r, "ETag", etag, sizeof(etag)));
+    tresp_free(&r);
+    assert_int_equal(atomic_load(&hook_calls), 1);
+    unlink(path);
+    get(fd, "/static/cached.txt", "Range: bytes=0-6\r\n", &r); /* from memory, ranges included */
+    assert_int_equal(r.status, 206);
+    assert_string_equal(r.body, "version");
+    tresp_free(&r);
+    snprintf(hdrs, sizeof(hdrs), "If-None-Match: %s\r\n", etag);
+    get(fd, "/static/cached.txt", hdrs, &r);
+    assert_int_equal(r.status, 304);
+    tresp_free(&r);
+    assert_int_equal(atomic_load(&hook_calls), 1);
+    tu_sleep_ms(400);
+    get(fd, "/static/cached.txt", NULL, &r); /* expired: opened again, and gone */
+    assert_int_equal(r.status, 404);
+    tresp_free(&r);
+    assert_int_equal(atomic_load(&hook_calls), 2);
+    ioloop__http_static_test_hook = NULL;
+    close(fd);
+    tsrv_stop(&t);
+}
+
 /* ---- directories --------------------------------------------------------------------- */
 
 static void test_directories(void **state)
@@ -657,6 +709,7 @@ int main(void)
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_traversal_refused),
         cmocka_unit_test(test_deleted_between_stat_and_open),
+        cmocka_unit_test(test_small_file_cache),
         cmocka_unit_test(test_directories),
         cmocka_unit_test(test_gzip_static),
         cmocka_unit_test(test_slow_client_memory_flat),
