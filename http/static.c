@@ -33,7 +33,7 @@
  * one send for head and body (sendfile would add a syscall and a packet). */
 #define STATIC_SMALL 32768
 
-void (*ioloop__http_static_test_hook)(const char *relative_path);
+_Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
 
 typedef struct loop_cache loop_cache_t;
 
@@ -54,6 +54,7 @@ typedef struct http_static {
 typedef struct {
     const http_static_t *st;
     ioloop_http_request_t *req;
+    ioloop_t *loop; /* req's (req must not be used after its finish) */
     char *rel; /* decoded path under the root ("" for the root) */
     bool slash, accept_gzip, has_range;
     /* results */
@@ -372,8 +373,9 @@ static void *static_work(void *arg, int *status)
     static_job_t *job = arg;
     const http_static_t *st = job->st;
     *status = 0;
-    if (ioloop__http_static_test_hook)
-        ioloop__http_static_test_hook(job->rel);
+    ioloop__http_static_hook_fn hook = atomic_load_explicit(&ioloop__http_static_test_hook, memory_order_acquire);
+    if (hook)
+        hook(job->rel);
     int fd = open_beneath(st, job->rel);
     if (fd < 0) {
         job->status = status_of(fd);
@@ -750,7 +752,7 @@ static void cache_put(static_job_t *job)
     http_static_t *st = (http_static_t *)job->st;
     if (!st->cache_valid || job->status || !job->small || job->listing || (st->gzip_static && job->has_range))
         return; /* (a range skipped the gzip twin: not the answer for its key) */
-    ioloop_t *loop = ioloop_http_request_loop(job->req);
+    ioloop_t *loop = job->loop;
     loop_cache_t *c = cache_of(st, loop, true);
     if (!c)
         return;
@@ -812,6 +814,7 @@ static void job_done(ioloop_future_t *f, void *arg)
         ioloop_http_response_finish(job->req); /* the client left: nothing to answer */
     else
         answer(job);
+    job->req = NULL; /* finished */
     cache_put(job);
     job_free(job);
 }
@@ -872,6 +875,7 @@ static void static_get(ioloop_http_request_t *req, void *arg)
     }
     job->st = st;
     job->req = req;
+    job->loop = ioloop_http_request_loop(req);
     job->rel = rel;
     job->fd = -1;
     job->slash = slash;

@@ -22,7 +22,8 @@
 #include <time.h>
 
 /* White-box (http/internal.h): runs on the executor before a path is opened. */
-extern void (*ioloop__http_static_test_hook)(const char *relative_path);
+typedef void (*ioloop__http_static_hook_fn)(const char *relative_path);
+extern _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
 
 static char root[64];    /* the served directory */
 static char outside[96]; /* a file next to it, outside the root */
@@ -477,7 +478,7 @@ static void test_deleted_between_stat_and_open(void **state)
     assert_int_equal(stat(doomed, &sb), 0);
     tsrv_t t;
     start(&t, NULL);
-    ioloop__http_static_test_hook = delete_hook;
+    atomic_store(&ioloop__http_static_test_hook, delete_hook);
     int fd = tcli_connect(t.port);
     tresp_t r;
     get(fd, "/static/doomed.txt", NULL, &r);
@@ -486,7 +487,7 @@ static void test_deleted_between_stat_and_open(void **state)
     get(fd, "/static/one.txt", NULL, &r); /* and the server goes on */
     assert_int_equal(r.status, 200);
     tresp_free(&r);
-    ioloop__http_static_test_hook = NULL;
+    atomic_store(&ioloop__http_static_test_hook, (ioloop__http_static_hook_fn)NULL);
     close(fd);
     tsrv_stop(&t);
 }
@@ -514,7 +515,7 @@ static void test_small_file_cache(void **state)
     tsrv_t t;
     start(&t, &opts);
     atomic_store(&hook_calls, 0);
-    ioloop__http_static_test_hook = count_hook;
+    atomic_store(&ioloop__http_static_test_hook, count_hook);
     int fd = tcli_connect(t.port);
     tresp_t r;
     char etag[128], hdrs[256];
@@ -538,7 +539,7 @@ static void test_small_file_cache(void **state)
     assert_int_equal(r.status, 404);
     tresp_free(&r);
     assert_int_equal(atomic_load(&hook_calls), 2);
-    ioloop__http_static_test_hook = NULL;
+    atomic_store(&ioloop__http_static_test_hook, (ioloop__http_static_hook_fn)NULL);
     close(fd);
     tsrv_stop(&t);
 }
