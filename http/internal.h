@@ -318,6 +318,8 @@ void ioloop__http_static_free_all(ioloop_http_server_t *s);
  * checks and before it is opened (a test deletes the file there). */
 typedef void (*ioloop__http_static_hook_fn)(const char *relative_path);
 extern _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
+/* White-box for tests: true takes the path kernels without openat2 take. */
+extern atomic_bool ioloop__http_static_no_openat2;
 
 /* response.c */
 /* Appends a complete error response (status, small HTML body, Connection:

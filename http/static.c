@@ -34,6 +34,7 @@
 #define STATIC_SMALL 32768
 
 _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
+atomic_bool ioloop__http_static_no_openat2;
 
 typedef struct loop_cache loop_cache_t;
 
@@ -145,12 +146,17 @@ static int open_beneath(const http_static_t *st, const char *rel)
         return fd >= 0 ? fd : -errno;
     }
 #ifdef SYS_openat2
+    if (atomic_load_explicit(&ioloop__http_static_no_openat2, memory_order_relaxed))
+        goto fallback;
     struct open_how how = {.flags = (uint64_t)flags, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
     long fd = syscall(SYS_openat2, st->root_fd, path, &how, sizeof(how));
     if (fd >= 0)
         return (int)fd;
     if (errno != ENOSYS && errno != EPERM) /* EPERM: a seccomp filter that does not know openat2 */
         return -errno;
+#endif
+#ifdef SYS_openat2
+fallback:
 #endif
     /* No openat2: open, then check where the fd really is. */
     int ofd = openat(st->root_fd, path, flags);

@@ -24,6 +24,7 @@
 /* White-box (http/internal.h): runs on the executor before a path is opened. */
 typedef void (*ioloop__http_static_hook_fn)(const char *relative_path);
 extern _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
+extern atomic_bool ioloop__http_static_no_openat2; /* the realpath fallback */
 
 static char root[64];    /* the served directory */
 static char outside[96]; /* a file next to it, outside the root */
@@ -404,9 +405,9 @@ static void test_head(void **state)
 
 /* ---- traversal ----------------------------------------------------------------------- */
 
-static void test_traversal_refused(void **state)
+static void traversal_case(bool no_openat2)
 {
-    (void)state;
+    atomic_store(&ioloop__http_static_no_openat2, no_openat2);
     tsrv_t t;
     start(&t, NULL);
     const char *forms[] = {
@@ -457,6 +458,20 @@ static void test_traversal_refused(void **state)
     assert_int_equal(status_of(t.port, "/static/../secret.txt"), 404);
     assert_int_equal(status_of(t.port, "/static/%2e%2e/secret.txt"), 404);
     tsrv_stop(&t);
+    atomic_store(&ioloop__http_static_no_openat2, false);
+}
+
+static void test_traversal_refused(void **state)
+{
+    (void)state;
+    traversal_case(false);
+}
+
+/* The same on the path for kernels without openat2 (open, then where the fd is). */
+static void test_traversal_refused_without_openat2(void **state)
+{
+    (void)state;
+    traversal_case(true);
 }
 
 /* ---- a file deleted before it is opened ------------------------------------------------ */
@@ -709,6 +724,7 @@ int main(void)
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_traversal_refused),
+        cmocka_unit_test(test_traversal_refused_without_openat2),
         cmocka_unit_test(test_deleted_between_stat_and_open),
         cmocka_unit_test(test_small_file_cache),
         cmocka_unit_test(test_directories),

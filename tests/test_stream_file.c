@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 typedef struct {
@@ -279,6 +280,32 @@ static void test_peer_closes_mid_file(void **state)
     fixture_close(&fx);
 }
 
+/* The same over a unix socket, where the write after the peer's close is
+ * EPIPE at once: without SIGPIPE blocked around sendfile the process dies. */
+static void test_peer_closes_mid_file_epipe(void **state)
+{
+    (void)state;
+    ioloop_stream_options_t opts = {.max_write_buffer_size = 64 * 1024};
+    fixture_t fx;
+    fixture_open_pair(&fx, 8 * 1024 * 1024, &opts, true);
+    rec_t rec = {0};
+    ioloop_stream_set_close_callback(fx.stream, rec_close, &rec);
+    assert_int_equal(ioloop_stream_write_file(fx.stream, fx.file, 0, fx.file_len, rec_done, &rec), 0);
+    run_for(fx.loop, 10);
+    char buf[4096];
+    assert_true(read(fx.peer, buf, sizeof(buf)) > 0);
+    close(fx.peer);
+    fx.peer = -1;
+    assert_true(run_until(fx.loop, &rec.closes, 1, 10000));
+    assert_int_equal(rec.close_error, -EPIPE);
+    assert_int_equal(rec.dones, 1);
+    assert_int_equal(rec.last_done_status, -EPIPE);
+    sigset_t pending;
+    assert_int_equal(sigpending(&pending), 0);
+    assert_false(sigismember(&pending, SIGPIPE)); /* taken back, not left pending */
+    fixture_close(&fx);
+}
+
 /* ioloop_stream_close with the file queued: done gets -ECANCELED once. */
 static void test_local_close_mid_file(void **state)
 {
@@ -352,6 +379,7 @@ int main(void)
         cmocka_unit_test(test_sendfile_paced),
         cmocka_unit_test(test_zero_length_done_once),
         cmocka_unit_test(test_peer_closes_mid_file),
+        cmocka_unit_test(test_peer_closes_mid_file_epipe),
         cmocka_unit_test(test_local_close_mid_file),
         cmocka_unit_test(test_file_shorter_than_range_is_eio),
         cmocka_unit_test(test_bad_arguments),
