@@ -17,9 +17,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +56,7 @@ typedef struct {
     const http_static_t *st;
     ioloop_http_request_t *req;
     ioloop_t *loop; /* req's (req must not be used after its finish) */
-    char *rel; /* decoded path under the root ("" for the root) */
+    char *rel;      /* decoded path under the root ("" for the root) */
     bool slash, accept_gzip, has_range;
     /* results */
     int status; /* 0: a file to serve, else the HTTP status (301, 403, 404, 500) */
@@ -730,8 +730,7 @@ static loop_cache_t *cache_of(http_static_t *st, ioloop_t *loop, bool create)
         return NULL;
     c->loop = loop;
     c->next = atomic_load_explicit(&st->caches, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(&st->caches, &c->next, c, memory_order_release,
-                                                  memory_order_relaxed))
+    while (!atomic_compare_exchange_weak_explicit(&st->caches, &c->next, c, memory_order_release, memory_order_relaxed))
         ;
     return c;
 }

@@ -350,8 +350,8 @@ static void test_ranges(void **state)
     /* through sendfile: offsets into the large file */
     expect_range(fd, "/static/f10m.bin", "bytes=100-", 206, "bytes 100-10485759/10485760", content_10m + 100,
                  TEN_MIB - 100);
-    expect_range(fd, "/static/f10m.bin", "bytes=-1", 206, "bytes 10485759-10485759/10485760",
-                 content_10m + TEN_MIB - 1, 1);
+    expect_range(fd, "/static/f10m.bin", "bytes=-1", 206, "bytes 10485759-10485759/10485760", content_10m + TEN_MIB - 1,
+                 1);
     expect_range(fd, "/static/f10m.bin", "bytes=5000000-5065535", 206, "bytes 5000000-5065535/10485760",
                  content_10m + 5000000, 65536);
     /* If-Range with another validator: the whole file */
@@ -428,8 +428,8 @@ static void traversal_case(bool no_openat2)
         "/static/sub//index.html",
         "/static/%zz",
         "/static/%2",
-        "/static/escape.txt",        /* a symlink to a file outside the root */
-        "/static/updir/secret.txt",  /* a symlink to the root's parent */
+        "/static/escape.txt",       /* a symlink to a file outside the root */
+        "/static/updir/secret.txt", /* a symlink to the root's parent */
     };
     for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
         int status = status_of(t.port, forms[i]);

@@ -13,9 +13,9 @@
 #include "test_stream_util.h"
 
 #include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <signal.h>
 #include <sys/stat.h>
 
 typedef struct {

@@ -46,8 +46,10 @@ int main(int argc, char **argv)
             root = NULL, i = argc;
     }
     if (!root || argc % 2 == 0) {
-        fprintf(stderr, "usage: %s --root DIR [--port 8000] [--threads N] [--executor N] [--list yes] "
-                        "[--gzip-static yes] [--cache-control VALUE] [--cache-ms MS]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s --root DIR [--port 8000] [--threads N] [--executor N] [--list yes] "
+                "[--gzip-static yes] [--cache-control VALUE] [--cache-ms MS]\n",
+                argv[0]);
         return 2;
     }
     ioloop_http_server_t *server = ioloop_http_server_new(NULL);
