@@ -41,6 +41,7 @@ typedef struct loop_cache loop_cache_t;
 typedef struct http_static {
     struct http_static *next;
     ioloop_time_t cache_valid;
+    atomic_int refs; /* the server's, and one per executor job: a job may outlive ioloop_http_server_free */
     _Atomic(loop_cache_t *) caches; /* one per loop that served this route (pushed lock-free) */
     char *prefix;
     size_t prefix_len;
@@ -494,8 +495,17 @@ static void *static_work(void *arg, int *status)
 
 /* ---- the answer (loop thread) ---------------------------------------------------- */
 
+static void static_free(http_static_t *st);
+
+static void static_release(http_static_t *st)
+{
+    if (atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel) == 1)
+        static_free(st);
+}
+
 static void job_free(static_job_t *job)
 {
+    static_release((http_static_t *)job->st);
     if (job->fd >= 0)
         close(job->fd);
     free(job->rel);
@@ -878,6 +888,7 @@ static void static_get(ioloop_http_request_t *req, void *arg)
         send_error(req, 503);
         return;
     }
+    atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed);
     job->st = st;
     job->req = req;
     job->loop = ioloop_http_request_loop(req);
@@ -918,7 +929,7 @@ void ioloop__http_static_free_all(ioloop_http_server_t *s)
     while (s->statics) {
         http_static_t *st = s->statics;
         s->statics = st->next;
-        static_free(st);
+        static_release(st); /* jobs still running hold theirs */
     }
 }
 
@@ -953,6 +964,7 @@ int ioloop_http_static_route(ioloop_http_server_t *s, const char *prefix, const 
     st->follow_symlinks = opts->follow_symlinks;
     st->gzip_static = opts->gzip_static;
     st->cache_valid = opts->cache_valid;
+    atomic_init(&st->refs, 1);
     /* the pattern: the prefix with every regex character escaped, then anything */
     size_t pl = strlen(prefix);
     char *pattern = malloc(pl * 2 + 8);

@@ -559,6 +559,48 @@ static void test_small_file_cache(void **state)
     tsrv_stop(&t);
 }
 
+/* ---- a job that outlives the server ------------------------------------------------------------ */
+
+static atomic_int job_entered, job_may_go;
+
+static void blocking_hook(const char *rel)
+{
+    if (strcmp(rel, "one.txt") != 0)
+        return;
+    atomic_store(&job_entered, 1);
+    while (!atomic_load(&job_may_go))
+        tu_sleep_ms(1);
+}
+
+/* The executor job still runs when the server is freed (the documented
+ * order frees the server before the runtime): it keeps the route's state
+ * alive (ASan: no use after free), and its completion finishes the request
+ * when the runtime frees the loop. */
+static void test_job_outlives_server(void **state)
+{
+    (void)state;
+    atomic_store(&job_entered, 0);
+    atomic_store(&job_may_go, 0);
+    tsrv_t t;
+    start(&t, NULL);
+    atomic_store(&ioloop__http_static_test_hook, blocking_hook);
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "GET /static/one.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    for (int i = 0; i < 5000 && !atomic_load(&job_entered); i++)
+        tu_sleep_ms(1);
+    assert_int_equal(atomic_load(&job_entered), 1);
+    t.expect_live = 0;
+    close(fd);
+    ioloop_runtime_stop(t.rt);
+    assert_int_equal(ioloop_runtime_join(t.rt), 0);
+    ioloop_listener_free(t.listener);
+    ioloop_http_server_free(t.server); /* the job is still inside the route's state */
+    t.server = NULL;
+    atomic_store(&job_may_go, 1);
+    atomic_store(&ioloop__http_static_test_hook, (ioloop__http_static_hook_fn)NULL);
+    ioloop_runtime_free(t.rt); /* waits for the job; its completion runs as the loop closes */
+}
+
 /* ---- directories --------------------------------------------------------------------- */
 
 static void test_directories(void **state)
@@ -727,6 +769,7 @@ int main(void)
         cmocka_unit_test(test_traversal_refused_without_openat2),
         cmocka_unit_test(test_deleted_between_stat_and_open),
         cmocka_unit_test(test_small_file_cache),
+        cmocka_unit_test(test_job_outlives_server),
         cmocka_unit_test(test_directories),
         cmocka_unit_test(test_gzip_static),
         cmocka_unit_test(test_slow_client_memory_flat),
