@@ -240,6 +240,37 @@ static void test_sendfile_paced(void **state)
     fixture_close(&fx);
 }
 
+/* A copy written after a file entry never lands in the file entry's block
+ * (a cached entry keeps its 16 KiB block): it goes out after the file. */
+static void test_write_after_file_gets_own_block(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    fixture_open(&fx, 100, NULL);
+    rec_t rec = {0};
+    ioloop_stream_cork(fx.stream); /* queued, so copied into a block entry... */
+    assert_int_equal(ioloop_stream_write(fx.stream, "warm", 4, rec_done, &rec), 0);
+    ioloop_stream_uncork(fx.stream);
+    assert_true(run_until(fx.loop, &rec.dones, 1, 5000)); /* ...which went back to the cache with its block */
+    ioloop_stream_cork(fx.stream);
+    assert_int_equal(ioloop_stream_write_file(fx.stream, fx.file, 0, 100, rec_done, &rec), 0);
+    assert_int_equal(ioloop_stream_write(fx.stream, "TAIL", 4, rec_done, &rec), 0);
+    ioloop_stream_uncork(fx.stream);
+    assert_true(run_until(fx.loop, &rec.dones, 3, 5000));
+    char buf[256];
+    size_t got = 0;
+    for (int i = 0; i < 1000 && got < 108; i++) {
+        got += drain_fd(fx.peer, buf + got, sizeof(buf) - got);
+        if (got < 108)
+            run_for(fx.loop, 1);
+    }
+    assert_int_equal(got, 108);
+    assert_memory_equal(buf, "warm", 4);
+    assert_memory_equal(buf + 4, fx.content, 100);
+    assert_memory_equal(buf + 104, "TAIL", 4);
+    fixture_close(&fx);
+}
+
 static void test_zero_length_done_once(void **state)
 {
     (void)state;
@@ -378,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_other_transport_stages_through_writev),
         cmocka_unit_test(test_paced_by_output_limit),
         cmocka_unit_test(test_sendfile_paced),
+        cmocka_unit_test(test_write_after_file_gets_own_block),
         cmocka_unit_test(test_zero_length_done_once),
         cmocka_unit_test(test_peer_closes_mid_file),
         cmocka_unit_test(test_peer_closes_mid_file_epipe),
