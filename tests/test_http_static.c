@@ -176,6 +176,31 @@ static void test_bytes_identical(void **state)
     tsrv_stop(&t);
 }
 
+/* Connection: close and HTTP/1.0: the file goes out whole before our FIN
+ * (the shutdown waits for the file entry, which follows the head). */
+static void test_file_then_close(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start(&t, NULL);
+    const char *reqs[] = {"GET /static/f10m.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                          "GET /static/f10m.bin HTTP/1.0\r\n\r\n"};
+    for (int i = 0; i < 2; i++) {
+        int fd = tcli_connect(t.port);
+        tcli_send(fd, reqs[i]);
+        tresp_t r;
+        assert_int_equal(tcli_response(fd, &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.body_len, TEN_MIB);
+        assert_memory_equal(r.body, content_10m, TEN_MIB);
+        assert_true(tresp_has(&r, "Connection", "close"));
+        assert_int_equal(tcli_closed(fd, 3000, NULL), 1);
+        tresp_free(&r);
+        close(fd);
+    }
+    tsrv_stop(&t);
+}
+
 static bool huge_case_skipped(void)
 {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -761,6 +786,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bytes_identical),
+        cmocka_unit_test(test_file_then_close),
         cmocka_unit_test(test_one_gib_sparse_file),
         cmocka_unit_test(test_conditional_304),
         cmocka_unit_test(test_ranges),
