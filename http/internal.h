@@ -81,6 +81,7 @@ struct ioloop_http_server {
     ioloop_runtime_t *sig_rt;
     ioloop_listener_t *sig_listener;
     ioloop_time_t sig_timeout;
+    struct http_static *statics; /* static routes' state (static.c), freed with the server */
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -150,6 +151,7 @@ struct ioloop_http_request {
     ioloop_http_flush_fn flush_fn;
     void *flush_arg;
     bool flush_waiting; /* flush_fn waits for the out buffer to drain */
+    bool file_body;     /* finish_file: the body is a file range, not in rbody */
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
 };
@@ -189,6 +191,14 @@ struct http_conn {
     int fail_status;             /* >0: answer this and close; -1: parse no more */
     struct sockaddr_in6 peer;    /* AF_INET or AF_INET6 */
     socklen_t peer_len;
+    /* a response's file body (ioloop__http_response_finish_file), owned by
+     * the connection until handed to the stream right after what c->out
+     * holds (nothing is appended to c->out meanwhile: parsing waits for a
+     * writable stream, which the pending file means it is not) */
+    bool file_pending;
+    int file_fd;
+    off_t file_off;
+    size_t file_len;
 };
 
 struct http_worker {
@@ -298,6 +308,19 @@ void ioloop__http_request_put(ioloop_http_request_t *req);
  * HTTP status to answer with (and close). */
 int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
 
+/* mime.c */
+/* The Content-Type for a file name, from its extension (application/octet-stream if unknown). */
+const char *ioloop__http_mime_type(const char *name);
+
+/* static.c */
+void ioloop__http_static_free_all(ioloop_http_server_t *s);
+/* White-box for tests: runs on the executor thread after a path passed the
+ * checks and before it is opened (a test deletes the file there). */
+typedef void (*ioloop__http_static_hook_fn)(const char *relative_path);
+extern _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
+/* White-box for tests: true takes the path kernels without openat2 take. */
+extern atomic_bool ioloop__http_static_no_openat2;
+
 /* response.c */
 /* Appends a complete error response (status, small HTML body, Connection:
  * close) to out. */
@@ -307,5 +330,15 @@ const char *ioloop__http_reason(int status);
 void ioloop__http_response_abort(ioloop_http_request_t *req);
 /* c->out drained: completes a waiting flush. */
 void ioloop__http_response_drained(ioloop_http_request_t *req);
+/* Finishes req with len bytes of fd from offset as its body (Content-Length:
+ * len; status and other headers as set before): the head goes into c->out
+ * and the range follows it on the connection's stream with
+ * ioloop_stream_write_file (sendfile on a plain socket), in order with the
+ * responses before and after it. Takes fd in every case: closed once the
+ * range has left, or the connection ended, or at once for HEAD, a bodiless
+ * status, a closed connection or an error. Nothing may have been written or
+ * flushed before. 0, or what finish returns; -EALREADY (fd closed) after
+ * finish. */
+int ioloop__http_response_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len);
 
 #endif
