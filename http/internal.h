@@ -21,7 +21,8 @@
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <regex.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -54,8 +55,12 @@ typedef struct {
 typedef struct {
     char *pattern;
     bool literal;
-    regex_t re;
+    pcre2_code *code; /* patterns: compiled with PCRE2_ANCHORED, '$' appended as Tornado does */
+    bool jit;         /* pcre2_jit_compile succeeded */
     int groups;
+    const char *names[HTTP_MAX_PATH_ARGS]; /* named groups: names point into code's name table */
+    int name_group[HTTP_MAX_PATH_ARGS];    /* ... and their group numbers (1-based) */
+    int nnames;
     ioloop_http_route_t route;
 } http_route_t;
 
@@ -81,6 +86,7 @@ struct ioloop_http_server {
     ioloop_runtime_t *sig_rt;
     ioloop_listener_t *sig_listener;
     ioloop_time_t sig_timeout;
+    char last_error[512]; /* ioloop_http_server_last_error */
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -218,6 +224,7 @@ struct http_worker {
     void *drain_arg;
     /* counters (ioloop_http_server_get_stats): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
+    pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
 };
 
 /* Bumps a worker counter: one writer (the loop), so no read-modify-write. */
@@ -253,6 +260,9 @@ int ioloop__http_router_add(ioloop_http_server_t *s, const char *pattern, const 
  * argument that decodes to a NUL, 503 without memory. */
 int ioloop__http_router_match(const ioloop_http_server_t *s, ioloop_http_request_t *req, const http_route_t **out);
 void ioloop__http_router_free(ioloop_http_server_t *s);
+/* White-box for tests: 1 if the pattern route `pattern` was JIT compiled, 0
+ * if not (or no such pattern route), -ENOTSUP without a JIT in PCRE2. */
+int ioloop__http_route_jit(const ioloop_http_server_t *s, const char *pattern);
 /* Percent-decodes src[0..len) into dst (NUL-terminated); plus_space for forms. */
 size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_space);
 

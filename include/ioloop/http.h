@@ -33,11 +33,15 @@
  *
  * Routes: a pattern without any of the characters []()*+?{}|^$\ is a literal
  * path, matched exactly through a hash table (a '.' is then a plain dot).
- * Anything else is a POSIX extended regular expression matched against the
- * whole raw path, as Tornado does with r"/user/([0-9]+)": each capture group
- * becomes a path argument, percent-decoded (a %00 in one gets 400: it would
- * cut the C string short). Literal routes are looked up before patterns;
- * patterns are tried in the order they were added.
+ * Anything else is a regular expression in Python's syntax (PCRE2, JIT
+ * compiled: \d, (?P<name>...), lazy quantifiers, lookarounds) under
+ * Tornado's PathMatches rules: '$' is appended unless the pattern ends with
+ * one, and the match is anchored at the start of the raw path, so
+ * r"/user/(\d+)" matches "/user/42" only. Each capture group becomes a path
+ * argument, percent-decoded (a %00 in one gets 400: it would cut the C string
+ * short; a group that did not take part reads as ""), by index (every group,
+ * named or not, in order) and, for named groups, by name. Literal routes are
+ * looked up before patterns; patterns are tried in the order they were added.
  *
  * Errors: functions return 0 or a negative errno.
  */
@@ -104,8 +108,15 @@ typedef struct {
 ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t *opts);
 
 /* Adds a route (copied). -EEXIST for a literal path already routed, -EINVAL
- * for a pattern that does not compile, -ENOMEM. */
+ * for a pattern that does not compile (or has more than 16 groups), -ENOMEM.
+ * After -EINVAL, ioloop_http_server_last_error says why. */
 int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
+
+/* The message of the last route that failed to compile, quoting its pattern
+ * and PCRE2's reason: 'route pattern "/b/(\d+" does not compile: missing
+ * closing parenthesis at offset 8' ("" if none failed). Owned by s; valid
+ * until the next ioloop_http_server_route. The configuring thread. */
+const char *ioloop_http_server_last_error(const ioloop_http_server_t *s);
 
 /* Serves s on every loop of rt: starts a runtime listener on address:port
  * (NULL: "0.0.0.0"; port 0: the kernel picks, see ioloop_listener_port) in
@@ -206,6 +217,9 @@ const char *ioloop_http_request_protocol(const ioloop_http_request_t *req);
 /* Path arguments captured by a pattern route, percent-decoded. */
 int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req);
 const char *ioloop_http_request_path_arg(const ioloop_http_request_t *req, int i);
+/* A named group's value ((?P<name>...)), percent-decoded; NULL if the route
+ * has no group of that name. Named groups are also counted by index. */
+const char *ioloop_http_request_path_arg_named(const ioloop_http_request_t *req, const char *name);
 /* The last value of a query (or form-urlencoded body) argument, decoded
  * ('+' is a space), or def when absent — Tornado's get_argument. A pair whose
  * name or value decodes to a NUL (%00) is dropped, as if absent: as a C
