@@ -87,6 +87,8 @@ struct ioloop_http_server {
     ioloop_listener_t *sig_listener;
     ioloop_time_t sig_timeout;
     char last_error[512]; /* ioloop_http_server_last_error */
+    ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
+    void *log_arg;
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -158,6 +160,8 @@ struct ioloop_http_request {
     bool flush_waiting; /* flush_fn waits for the out buffer to drain */
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
+    uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
+    int64_t log_start;   /* CLOCK_MONOTONIC ns at the head's first byte, when the server logs */
 };
 
 /* A connection's state (conn.c has the diagram). Reading and parsing are
@@ -307,6 +311,14 @@ void ioloop__http_request_put(ioloop_http_request_t *req);
 /* Runs on headers complete: validation, routing, xheaders. Returns 0 or an
  * HTTP status to answer with (and close). */
 int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
+
+/* access_log.c */
+/* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
+void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
+int64_t ioloop__http_now_ns(void);
+
+/* request.c: the remote address as text, whatever the request's state. */
+const char *ioloop__http_remote_ip(ioloop_http_request_t *req);
 
 /* response.c */
 /* Appends a complete error response (status, small HTML body, Connection:
