@@ -161,7 +161,6 @@ struct ioloop_http_request {
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
     uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
-    int64_t log_start;   /* CLOCK_MONOTONIC ns at the head's first byte, when the server logs */
 };
 
 /* A connection's state (conn.c has the diagram). Reading and parsing are
@@ -315,7 +314,6 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
 /* access_log.c */
 /* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
 void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
-int64_t ioloop__http_now_ns(void);
 
 /* request.c: the remote address as text, whatever the request's state. */
 const char *ioloop__http_remote_ip(ioloop_http_request_t *req);

@@ -201,7 +201,9 @@ typedef struct {
     int status;            /* the status sent (404/405 answered by the server included) */
     uint64_t body_bytes;   /* body bytes sent, without chunked framing; 0 for HEAD, 204, 304 */
     uint64_t bytes;        /* every byte queued for the client: status line, headers, framing, body */
-    ioloop_time_t duration; /* ns from the first byte of the request head to finish (CLOCK_MONOTONIC) */
+    ioloop_time_t duration; /* loop time (ioloop_time: cached per iteration, as nginx's $request_time) from
+                               the iteration that read the head's first byte to the one that finished:
+                               0 for an answer given in the same iteration */
     bool completed;        /* false: the client went away before finish (bytes are what was queued) */
 } ioloop_http_log_entry_t;
 
