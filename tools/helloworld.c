@@ -94,8 +94,8 @@ int main(int argc, char **argv)
 
     ioloop_runtime_join(rt); /* until a signal has drained every loop */
     ioloop_listener_free(listener);
-    ioloop_http_access_log_close(access_log); /* the loops stopped: writes what they buffered */
     ioloop_http_server_free(server);
+    ioloop_http_access_log_close(access_log); /* nothing logs any more: writes what the loops buffered */
     ioloop_runtime_free(rt);
     return 0;
 }

@@ -261,8 +261,11 @@ void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log, ioloo
 
 /* Writes what the loops buffered, stops the writer thread (after it wrote
  * everything, or gave up after ~2 s on a pipe nobody reads) and frees log.
- * Call once no loop that logged to it runs any more (after
- * ioloop_runtime_join; its flush timers are then never run), from any thread. */
+ * Any thread, once nothing can log to it: after ioloop_http_server_free of
+ * every server using it (a request finished later, by a completion that
+ * runs in ioloop_runtime_free, is no longer reported), with the loops stopped
+ * for good (their pending flush timers are dropped when they close, never
+ * run). A batch whose write failed part-way counts all its lines as dropped. */
 void ioloop_http_access_log_close(ioloop_http_access_log_t *log);
 
 /* Frees the server: closes its connections and removes its signal watchers. Call once no loop
