@@ -409,8 +409,8 @@ static void format_date(log_lbuf_t *lb, time_t now)
     if (off < 0)
         off = -off;
     lb->date_len = (size_t)snprintf(lb->date, sizeof(lb->date), "[%02d/%s/%04d:%02d:%02d:%02d %c%02ld%02ld]",
-                                    tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                                    tm.tm_sec, sign, off / 60, off % 60);
+                                    tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                                    sign, off / 60, off % 60);
 }
 
 /* Copies s (at most LOG_FIELD_MAX bytes of it) escaped as nginx does:

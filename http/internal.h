@@ -86,7 +86,7 @@ struct ioloop_http_server {
     ioloop_runtime_t *sig_rt;
     ioloop_listener_t *sig_listener;
     ioloop_time_t sig_timeout;
-    char last_error[512]; /* ioloop_http_server_last_error */
+    char last_error[512];      /* ioloop_http_server_last_error */
     ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
     void *log_arg;
 };

@@ -60,8 +60,10 @@ int main(int argc, char **argv)
     ioloop_runtime_options_t ro = {.pin = true}; /* loops = 0: one per CPU */
     ioloop_accept_mode_t mode = IOLOOP_ACCEPT_DEFAULT;
     if (!parse_args(argc, argv, &port, &ro, &mode)) {
-        fprintf(stderr, "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]"
-                        " [--access-log FILE|-]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]"
+                " [--access-log FILE|-]\n",
+                argv[0]);
         return 2;
     }
 

@@ -188,23 +188,23 @@ void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_ser
  * during the hook's call (they point into the request, which is recycled
  * after it). */
 typedef struct {
-    ioloop_t *loop;         /* the loop that served it: the hook runs on its thread */
-    const char *method;     /* "GET" */
-    const char *target;     /* the request target as sent ("/a%20b?x=1") */
-    const char *version;    /* "HTTP/1.1" or "HTTP/1.0" */
-    const char *host;       /* as ioloop_http_request_host ("" if none) */
-    const char *referer;    /* the Referer header, NULL if absent */
-    const char *user_agent; /* the User-Agent header, NULL if absent */
-    const char *remote_ip;  /* as ioloop_http_request_remote_ip ("" for a peer that is not IP) */
+    ioloop_t *loop;              /* the loop that served it: the hook runs on its thread */
+    const char *method;          /* "GET" */
+    const char *target;          /* the request target as sent ("/a%20b?x=1") */
+    const char *version;         /* "HTTP/1.1" or "HTTP/1.0" */
+    const char *host;            /* as ioloop_http_request_host ("" if none) */
+    const char *referer;         /* the Referer header, NULL if absent */
+    const char *user_agent;      /* the User-Agent header, NULL if absent */
+    const char *remote_ip;       /* as ioloop_http_request_remote_ip ("" for a peer that is not IP) */
     const struct sockaddr *peer; /* the connection's peer address (peer_len 0: none) */
     socklen_t peer_len;
-    int status;            /* the status sent (404/405 answered by the server included) */
-    uint64_t body_bytes;   /* body bytes sent, without chunked framing; 0 for HEAD, 204, 304 */
-    uint64_t bytes;        /* every byte queued for the client: status line, headers, framing, body */
+    int status;             /* the status sent (404/405 answered by the server included) */
+    uint64_t body_bytes;    /* body bytes sent, without chunked framing; 0 for HEAD, 204, 304 */
+    uint64_t bytes;         /* every byte queued for the client: status line, headers, framing, body */
     ioloop_time_t duration; /* loop time (ioloop_time: cached per iteration, as nginx's $request_time) from
                                the iteration that read the head's first byte to the one that finished:
                                0 for an answer given in the same iteration */
-    bool completed;        /* false: the client went away before finish (bytes are what was queued) */
+    bool completed;         /* false: the client went away before finish (bytes are what was queued) */
 } ioloop_http_log_entry_t;
 
 /* Called on the request's loop thread when a handler (or the server, for a

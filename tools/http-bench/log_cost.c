@@ -33,9 +33,18 @@ int main(int argc, char **argv)
         return 1;
     struct sockaddr_in peer = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     ioloop_http_log_entry_t e = {
-        .loop = loop, .method = "GET", .target = "/", .version = "HTTP/1.1", .host = "127.0.0.1:8888",
-        .remote_ip = "127.0.0.1", .peer = (struct sockaddr *)&peer, .peer_len = sizeof(peer),
-        .status = 200, .body_bytes = 12, .bytes = 129, .completed = true,
+        .loop = loop,
+        .method = "GET",
+        .target = "/",
+        .version = "HTTP/1.1",
+        .host = "127.0.0.1:8888",
+        .remote_ip = "127.0.0.1",
+        .peer = (struct sockaddr *)&peer,
+        .peer_len = sizeof(peer),
+        .status = 200,
+        .body_bytes = 12,
+        .bytes = 129,
+        .completed = true,
     };
     double t0 = cpu_seconds();
     for (long i = 0; i < n; i++)
