@@ -180,7 +180,18 @@ void ioloop__listener_hand_over(ioloop_listener_t *l, ioloop_t *loop, int fd, co
     if (l->on_stream) {
         /* The stream counts itself: its end lowers live_connections. */
         ioloop_stream_t *stream;
-        int err = ioloop_stream_new(loop, fd, &l->stream_opts, &stream); /* closes fd on failure */
+        ioloop_stream_options_t stream_opts = l->stream_opts;
+        if (l->make_transport) {
+            /* A connection whose transport cannot be made (no memory for a
+             * TLS session) is closed and never counted. */
+            int err = l->make_transport(l->make_transport_arg, fd, &stream_opts);
+            if (err) {
+                close(fd);
+                ioloop_report_error(loop, "accepted stream transport", err);
+                return;
+            }
+        }
+        int err = ioloop_stream_new(loop, fd, &stream_opts, &stream); /* closes fd on failure */
         if (err) {
             ioloop_report_error(loop, "accepted stream", err);
             return;
@@ -408,6 +419,8 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
 {
     if (!rt || !opts || !out || !opts->on_accept == !opts->on_stream)
         return -EINVAL; /* exactly one of on_accept and on_stream */
+    if (opts->make_transport && !opts->on_stream)
+        return -EINVAL; /* a transport is for streams */
     /* Each stream owns (destroys) its transport_ctx: one ctx cannot be
      * shared by every accepted stream unless the transport never frees it. */
     if (opts->on_stream && opts->stream.transport_ctx && opts->stream.transport && opts->stream.transport->destroy)
@@ -430,6 +443,8 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
     l->on_accept = opts->on_accept;
     l->on_stream = opts->on_stream;
     l->stream_opts = opts->stream;
+    l->make_transport = opts->make_transport;
+    l->make_transport_arg = opts->make_transport_arg;
     l->arg = opts->arg;
     l->nacc = nacc;
     l->nloops = rt->n;

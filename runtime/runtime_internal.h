@@ -75,6 +75,8 @@ struct ioloop_listener {
     ioloop_accept_fn on_accept;
     ioloop_listener_stream_fn on_stream; /* instead of on_accept */
     ioloop_stream_options_t stream_opts;
+    ioloop_transport_make_fn make_transport; /* with on_stream: each connection's transport */
+    void *make_transport_arg;
     void *arg;
     int port;
     char *unix_path; /* unlinked by stop, if still the file bound here: */

@@ -407,6 +407,15 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
     stream->read_timeout = opts->read_timeout > 0 ? opts->read_timeout : 0;
     stream->write_timeout = opts->write_timeout > 0 ? opts->write_timeout : 0;
     stream->half_close = opts->half_close;
+    if (transport->attach && (err = transport->attach(stream->transport_ctx, stream)) < 0) {
+        /* Nothing armed yet but what attach armed, which destroy undoes. */
+        if (transport->destroy)
+            transport->destroy(stream->transport_ctx);
+        close(fd);
+        free(stream);
+        *out = NULL;
+        return err;
+    }
     /* The handler is registered at the first interest (update_io): a
      * registration with no events would cost an epoll_ctl per connection. */
     ioloop_time_t now = ioloop__on_loop_thread(loop) ? loop->now : ioloop__clock_now(loop);
@@ -418,6 +427,22 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
     *out = stream;
     ioloop__stream_update_io(stream); /* arms the idle timer */
     return 0;
+}
+
+void ioloop__stream_abort(ioloop_stream_t *stream, int err)
+{
+    ioloop__stream_end(stream, err);
+    ioloop__stream_update_io(stream); /* schedules the callbacks (not inside a frame: that one does) */
+}
+
+void *ioloop__stream_transport_ctx(const ioloop_stream_t *stream)
+{
+    return stream->transport_ctx;
+}
+
+const char *ioloop_stream_transport_name(const ioloop_stream_t *stream)
+{
+    return stream->transport->name ? stream->transport->name : "";
 }
 
 void ioloop__stream_count_connection(ioloop_stream_t *stream)

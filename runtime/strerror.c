@@ -20,6 +20,10 @@ const char *ioloop_strerror(int err)
         return "name not found";
     case IOLOOP_EDNS:
         return "name resolution failed";
+    case IOLOOP_ETLS:
+        return "TLS failure";
+    case IOLOOP_ECERT:
+        return "certificate verification failed";
     default:
         break;
     }

@@ -69,6 +69,8 @@ struct ioloop_tcp_connect {
     socklen_t source_len;
     int source_port;
     ioloop_stream_options_t stream_opts;
+    ioloop_transport_make_fn make_transport; /* the winner's transport (TLS) */
+    void *make_transport_arg;
     int port; /* 0: keep the addresses' own (white-box entry) */
     ioloop_time_t delay;
 
@@ -180,7 +182,17 @@ static void deliver(ioloop_tcp_connect_t *conn)
     if (status) {
         drop_transport_ctx(&conn->stream_opts);
     } else {
-        status = ioloop_stream_new(conn->loop, conn->fd, &conn->stream_opts, &stream); /* closes fd on failure */
+        ioloop_stream_options_t stream_opts = conn->stream_opts;
+        if (conn->make_transport) {
+            /* The made transport replaces any given in the options, which is then dropped. */
+            status = conn->make_transport(conn->make_transport_arg, conn->fd, &stream_opts);
+            if (status || stream_opts.transport_ctx != conn->stream_opts.transport_ctx)
+                drop_transport_ctx(&conn->stream_opts);
+            if (status)
+                close(conn->fd);
+        }
+        if (!status)
+            status = ioloop_stream_new(conn->loop, conn->fd, &stream_opts, &stream); /* closes fd on failure */
         if (!status && conn->nodelay && conn->winner_family != AF_UNIX) {
             status = ioloop_stream_set_nodelay(stream, true);
             if (status) {
@@ -489,6 +501,8 @@ static int conn_new(ioloop_t *loop, const ioloop_tcp_connect_options_t *opts, io
     conn->family = opts->family;
     conn->nodelay = opts->nodelay;
     conn->stream_opts = opts->stream;
+    conn->make_transport = opts->make_transport;
+    conn->make_transport_arg = opts->make_transport_arg;
     conn->delay = opts->happy_eyeballs_delay ? opts->happy_eyeballs_delay : DEFAULT_DELAY;
     conn->source_port = opts->source_port;
     if (opts->source_address) {
