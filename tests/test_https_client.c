@@ -39,8 +39,8 @@ static int free_port(void)
 static bool port_open(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
     close(fd);
     return ok;
@@ -69,7 +69,9 @@ static int group_setup(void **state)
     fclose(f);
     char errlog[256];
     snprintf(errlog, sizeof(errlog), "%s/error.log", certs.dir);
-    char *argv[] = {"nginx", "-c", conf, "-p", certs.dir, "-e", errlog, NULL};
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s", certs.dir);
+    char *argv[] = {"nginx", "-c", conf, "-p", dir, "-e", errlog, NULL};
     assert_int_equal(posix_spawnp(&nginx_pid, "nginx", NULL, NULL, argv, environ), 0);
     for (int i = 0; i < 500 && !port_open(nginx_port); i++)
         tu_sleep_ms(10);
@@ -125,9 +127,11 @@ static void expect_refused(ioloop_tls_context_t *ctx, const char *server_name)
 {
     tfetch_t f = {.request = request};
     tfetch(&f, nginx_port, ctx, server_name);
-    assert_int_equal(f.connect_status, 0); /* TCP connected; the handshake runs with the first I/O */
+    /* TCP connected; the handshake then ends the stream (while the request is
+     * written or read: the write may be accepted or refused, the read may not
+     * have started) with IOLOOP_ECERT. */
+    assert_int_equal(f.connect_status, 0);
     assert_int_equal(f.close_error, IOLOOP_ECERT);
-    assert_int_equal(f.read_status, IOLOOP_ECERT);
     assert_int_equal(f.len, 0); /* not one byte of the page */
     print_message("  %s: %s\n", server_name, f.tls_message);
     assert_non_null(strstr(f.tls_message, "certificate verify failed"));
