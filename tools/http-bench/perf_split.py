@@ -31,6 +31,10 @@ HANDSHAKE = re.compile(r"ecp_|p256|nistz|x25519|ecx|bn_|ec_|ecdsa|ecdh|mont|sha|
                        # Debian 12's libcrypto 3.0: the unnamed code after DSO_global_lookup is
                        # crypto/ec/curve25519.c (X25519; seen in its disassembly: 10-limb cswaps)
                        r"DSO_global_lookup", re.I)
+# The unnamed code after X509_get0_reject_objects is providers/implementations:
+# OSSL_PARAM handling around every cipher call (seen in its disassembly), not
+# certificate work.
+PROVIDER_GLUE = {"~X509_get0_reject_objects"}
 LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)$")
 
 
@@ -60,6 +64,8 @@ def category(dso, kind, sym):
     if kind == "k" or dso.startswith("[kernel"):
         return "kernel"
     if dso.startswith("libcrypto"):
+        if sym in PROVIDER_GLUE:
+            return "other OpenSSL"
         if SYMMETRIC.search(sym):
             return "symmetric crypto"
         if HANDSHAKE.search(sym):
