@@ -239,6 +239,38 @@ static void test_client_certificate_required(void **state)
     server_stop(&server);
 }
 
+/* OPTIONAL: no certificate is accepted, an untrusted one refused. */
+static void test_client_certificate_optional(void **state)
+{
+    (void)state;
+    ioloop_tls_cert_t cert = {certs.server, certs.key};
+    ioloop_tls_options_t sopts = server_options(&cert);
+    sopts.verify = IOLOOP_TLS_VERIFY_OPTIONAL;
+    sopts.ca_file = certs.ca;
+    server_t server;
+    server_start(&server, &sopts);
+    ioloop_t *loop = ioloop_new(NULL);
+    const char *files[] = {NULL, certs.client, certs.untrusted_client};
+    for (int i = 0; i < 3; i++) {
+        ioloop_tls_cert_t mine = {files[i], certs.key};
+        ioloop_tls_options_t copts = {.certs = &mine, .ncerts = files[i] ? 1 : 0};
+        ioloop_tls_context_t *cctx = client_context(&copts);
+        client_t client = {0};
+        client_run(loop, cctx, "localhost", server.port, &client);
+        if (i < 2) {
+            assert_string_equal(client.echo, "hello tls\n");
+            client_finish(loop, &client);
+        } else {
+            assert_int_equal(client.close_error, IOLOOP_ETLS);
+            assert_int_equal(wait_closed_count(&server, 3), 3);
+            assert_int_equal(atomic_load(&server.last_error), IOLOOP_ECERT);
+        }
+        ioloop_tls_context_free(cctx);
+    }
+    assert_int_equal(ioloop_close(loop, false), 0);
+    server_stop(&server);
+}
+
 /* ---- contexts ------------------------------------------------------------------------ */
 
 static void test_context_errors(void **state)
@@ -399,7 +431,8 @@ static void test_listener_make_transport_failure(void **state)
     ioloop_runtime_options_t ropts = {.loops = 1};
     ioloop_runtime_t *rt;
     assert_int_equal(ioloop_runtime_start(&ropts, &rt), 0);
-    ioloop_listener_options_t lopts = {.address = "127.0.0.1", .on_accept = ignore_accept, .make_transport = failing_make};
+    ioloop_listener_options_t lopts = {
+        .address = "127.0.0.1", .on_accept = ignore_accept, .make_transport = failing_make};
     ioloop_listener_t *listener;
     assert_int_equal(ioloop_listener_start(rt, &lopts, &listener), -EINVAL); /* a transport is for streams */
     lopts.on_accept = NULL;
@@ -497,6 +530,7 @@ int main(void)
         cmocka_unit_test(test_expired_refused),
         cmocka_unit_test(test_wrong_host_refused),
         cmocka_unit_test(test_client_certificate_required),
+        cmocka_unit_test(test_client_certificate_optional),
         cmocka_unit_test(test_context_errors),
         cmocka_unit_test(test_attach_hook),
         cmocka_unit_test(test_listener_make_transport_failure),

@@ -22,9 +22,8 @@ static int raw_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET,
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                              .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in sin = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons((uint16_t)port)};
     assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     struct timeval tv = {.tv_sec = 5};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -139,8 +138,8 @@ static void test_handshake_timeout(void **state)
     size_t hello_len = client_hello(hello, sizeof(hello));
 
     int64_t start = tu_now_ns();
-    int silent = raw_connect(server.port);         /* connects, says nothing */
-    int truncated = raw_connect(server.port);      /* half a ClientHello */
+    int silent = raw_connect(server.port);    /* connects, says nothing */
+    int truncated = raw_connect(server.port); /* half a ClientHello */
     assert_int_equal(write(truncated, hello, hello_len / 2), (ssize_t)(hello_len / 2));
     dribble_t slow = {.fd = raw_connect(server.port), .data = hello, .len = hello_len};
     pthread_t thread;
@@ -169,6 +168,7 @@ static void test_handshake_timeout(void **state)
         close(fds[i]);
     close(garbage);
     assert_int_equal(wait_server_closed(&server, 5), 5);
+    assert_int_equal(atomic_load(&server.timeouts), 3); /* the garbage one failed at once */
     ioloop_tls_context_free(cctx);
     assert_int_equal(ioloop_close(loop, false), 0);
     server_stop(&server);
@@ -184,8 +184,7 @@ typedef struct {
     bool counting;
 } raw_tls_t;
 
-static void count_records(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl,
-                          void *arg)
+static void count_records(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl, void *arg)
 {
     (void)version, (void)ssl;
     raw_tls_t *raw = arg;
@@ -304,6 +303,55 @@ static void test_peers_vanish(void **state)
     server_stop(&server);
 }
 
+/* The peer's EOF: after the handshake, with or without close_notify, the
+ * server's stream ends with IOLOOP_EOF (clients often skip close_notify);
+ * during our client's handshake it is IOLOOP_ETLS. */
+static void test_eof_endings(void **state)
+{
+    (void)state;
+    ioloop_tls_cert_t cert = {certs.server, certs.key};
+    ioloop_tls_options_t sopts = server_options(&cert);
+    server_t server;
+    server_start(&server, &sopts);
+    for (int i = 0; i < 2; i++) {
+        raw_tls_t raw;
+        raw_tls_connect(&raw, raw_connect(server.port), TLS1_3_VERSION);
+        char buf[16];
+        assert_int_equal(SSL_write(raw.ssl, "eof\n", 4), 4);
+        assert_int_equal(SSL_read(raw.ssl, buf, sizeof(buf)), 4);
+        if (i == 1)
+            assert_true(SSL_shutdown(raw.ssl) >= 0); /* close_notify */
+        raw_tls_free(&raw);
+        assert_int_equal(wait_server_closed(&server, i + 1), i + 1);
+        assert_int_equal(atomic_load(&server.last_error), IOLOOP_EOF);
+    }
+    server_stop(&server);
+
+    /* A "server" that accepts and closes at once. */
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sin);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    getsockname(lfd, (struct sockaddr *)&sin, &len);
+    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_tls_context_t *cctx = client_context(NULL);
+    ioloop_tcp_connect_options_t opts = {0};
+    assert_int_equal(ioloop_tls_client_options(cctx, "localhost", &opts), 0);
+    client_t client = {0};
+    assert_int_equal(ioloop_tcp_connect(loop, "127.0.0.1", ntohs(sin.sin_port), &opts, client_connected, &client, NULL),
+                     0);
+    int fd = accept(lfd, NULL, NULL); /* blocking: the connect is in the kernel's queue already */
+    assert_true(fd >= 0);
+    close(fd);
+    assert_true(run_until(loop, &client.closed, 1, 5000));
+    assert_int_equal(client.close_error, IOLOOP_ETLS);
+    assert_non_null(strstr(client.message, "closed by the server"));
+    close(lfd);
+    ioloop_tls_context_free(cctx);
+    assert_int_equal(ioloop_close(loop, false), 0);
+}
+
 /* ---- records ------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -358,8 +406,8 @@ static void test_small_writes_one_record(void **state)
             int fds[2];
             tcp_pair(fds);
             fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) & ~O_NONBLOCK);
-            record_peer_t peer = {.fd = fds[1], .version = versions[v],
-                                  .expect = cases[c].size * (size_t)cases[c].count};
+            record_peer_t peer = {
+                .fd = fds[1], .version = versions[v], .expect = cases[c].size * (size_t)cases[c].count};
             pthread_t thread;
             assert_int_equal(pthread_create(&thread, NULL, record_peer, &peer), 0);
             ioloop_stream_t *stream;
@@ -448,9 +496,8 @@ static void test_client_against_s_server(void **state)
         bool up = false;
         for (int i = 0; i < 500 && !up; i++) {
             int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            struct sockaddr_in sin = {.sin_family = AF_INET,
-                                      .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                                      .sin_port = htons((uint16_t)port)};
+            struct sockaddr_in sin = {
+                .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons((uint16_t)port)};
             up = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
             close(fd);
             if (!up)
@@ -494,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_renegotiation_refused),
         cmocka_unit_test(test_peers_vanish),
+        cmocka_unit_test(test_eof_endings),
         cmocka_unit_test(test_small_writes_one_record),
         cmocka_unit_test(test_client_against_s_server),
     };

@@ -27,6 +27,7 @@ static tls_certs_t certs; /* made by the suite's setup */
 typedef struct {
     atomic_int accepted, closed, echoed;
     atomic_int last_error;
+    atomic_int timeouts; /* streams that ended with -ETIMEDOUT */
     pthread_mutex_t lock;
     char version[16], alpn[32], message[256];
     bool resumed;
@@ -44,6 +45,8 @@ static inline void server_closed(ioloop_stream_t *stream, int error, void *arg)
     snprintf(server->message, sizeof(server->message), "%s", ioloop_tls_error_message());
     pthread_mutex_unlock(&server->lock);
     atomic_store(&server->last_error, error);
+    if (error == -ETIMEDOUT)
+        atomic_fetch_add(&server->timeouts, 1);
     atomic_fetch_add(&server->closed, 1);
 }
 
@@ -63,8 +66,8 @@ static inline void server_echo(ioloop_stream_t *stream, int status, const char *
     ioloop_stream_read_until(stream, "\n", 1, 0, server_echo, server);
 }
 
-static inline void server_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer, socklen_t peer_len,
-                          void *arg)
+static inline void server_stream(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
+                                 socklen_t peer_len, void *arg)
 {
     (void)loop, (void)peer, (void)peer_len;
     server_t *server = arg;
@@ -92,6 +95,14 @@ static inline void server_stop(server_t *server)
     ioloop_runtime_free(server->rt); /* ends the streams still open */
     ioloop_tls_context_free(server->ctx);
     pthread_mutex_destroy(&server->lock);
+}
+
+/* Waits (up to 5 s) until count server streams have ended; returns how many have. */
+static inline int wait_closed_count(server_t *server, int count)
+{
+    for (int i = 0; i < 5000 && atomic_load(&server->closed) < count; i++)
+        tu_sleep_ms(1);
+    return atomic_load(&server->closed);
 }
 
 static inline ioloop_tls_options_t server_options(const ioloop_tls_cert_t *cert)
@@ -158,7 +169,8 @@ static inline void client_connected(ioloop_t *loop, int status, ioloop_stream_t 
 
 /* Connects to the server with ctx (server_name for SNI and verification),
  * sends a line and waits for its echo or the end. */
-static inline void client_run(ioloop_t *loop, ioloop_tls_context_t *ctx, const char *server_name, int port, client_t *client)
+static inline void client_run(ioloop_t *loop, ioloop_tls_context_t *ctx, const char *server_name, int port,
+                              client_t *client)
 {
     ioloop_tcp_connect_options_t opts = {0};
     assert_int_equal(ioloop_tls_client_options(ctx, server_name, &opts), 0);

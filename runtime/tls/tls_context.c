@@ -193,8 +193,8 @@ static int build_ssl_ctx(ioloop_tls_context_t *ctx, const ioloop_tls_options_t *
     /* Renegotiation is refused (TLS 1.3 has none); unexpected EOF is read as
      * EOF by the transport itself; compression never. */
     SSL_CTX_set_options(sctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(sctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                               SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(sctx,
+                     SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
     if (cert) {
         int err;
         if ((err = file_check(cert->cert_file, false)) || (err = file_check(cert->key_file, false)))
@@ -226,7 +226,8 @@ static int build_ssl_ctx(ioloop_tls_context_t *ctx, const ioloop_tls_options_t *
         if (ctx->alpn_len)
             SSL_CTX_set_alpn_select_cb(sctx, alpn_select_cb, ctx);
         if (opts->verify == IOLOOP_TLS_VERIFY_OPTIONAL || opts->verify == IOLOOP_TLS_VERIFY_REQUIRE) {
-            int mode = SSL_VERIFY_PEER | (opts->verify == IOLOOP_TLS_VERIFY_REQUIRE ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
+            int mode =
+                SSL_VERIFY_PEER | (opts->verify == IOLOOP_TLS_VERIFY_REQUIRE ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
             SSL_CTX_set_verify(sctx, mode, NULL);
             if (opts->ca_file) {
                 STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(opts->ca_file);

@@ -29,13 +29,15 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 enum {
-    RECORD = 16384,        /* TLS's largest plaintext record */
-    SCRATCH = 65536,       /* one recv of ciphertext */
-    SEND_BATCH = 4 * 16413 /* ciphertext gathered before a send (4 full records) */
+    RECORD = 16384,         /* TLS's largest plaintext record */
+    SCRATCH = 65536,        /* one recv of ciphertext */
+    SEND_BATCH = 4 * 16413, /* ciphertext gathered before a send (4 full records) */
+    BIO_KEEP = 4096         /* an empty memory BIO larger than this is replaced (idle streams hold little) */
 };
 
 typedef struct tls_session {
@@ -47,18 +49,18 @@ typedef struct tls_session {
     ioloop_t *loop;
     ioloop_timer_t handshake_timer;
     int fd;
-    size_t held;      /* plaintext bytes encrypted but kept back from the count (see above) */
+    size_t held;           /* plaintext bytes encrypted but kept back from the count (see above) */
     bool write_wants_read; /* the last write stopped for ciphertext from the peer (handshake) */
-    bool rbio_stale;  /* the read BIO holds only a partial record: not "pending" */
+    bool rbio_stale;       /* the read BIO holds only a partial record: not "pending" */
     bool handshake_done;
-    bool eof;         /* the socket's EOF was seen */
+    bool eof; /* the socket's EOF was seen */
     bool renegotiating;
     bool failed; /* a protocol or verification failure: its session is not resumed */
 } tls_session_t;
 
-static _Thread_local char scratch[SCRATCH];     /* ciphertext in (and bytes dropped from the write BIO) */
+static _Thread_local char scratch[SCRATCH];      /* ciphertext in (and bytes dropped from the write BIO) */
 static _Thread_local char staging_block[RECORD]; /* small plaintext buffers packed into one record */
-static int session_index = -1; /* SSL ex_data slot of our tls_session_t */
+static int session_index = -1;                   /* SSL ex_data slot of our tls_session_t */
 static pthread_once_t index_once = PTHREAD_ONCE_INIT;
 
 static void index_init(void)
@@ -74,6 +76,31 @@ ioloop__tls_peer_t *ioloop__tls_session_peer(SSL *ssl)
 
 /* ---- ciphertext to and from the socket ---------------------------------------- */
 
+/* An empty memory BIO keeps the largest buffer it ever had, and its reset
+ * clears the whole of it: past BIO_KEEP, a fresh BIO is cheaper and leaves
+ * an idle stream nothing to hold. Returns false (keeping the old one) when
+ * no memory. */
+static bool bio_renew(tls_session_t *session, bool write_side)
+{
+    BIO *old = write_side ? session->wbio : session->rbio;
+    BUF_MEM *mem = NULL;
+    BIO_get_mem_ptr(old, &mem);
+    if (!mem || mem->max <= BIO_KEEP)
+        return false;
+    BIO *fresh = BIO_new(BIO_s_mem());
+    if (!fresh)
+        return false;
+    if (write_side) {
+        SSL_set0_wbio(session->ssl, fresh); /* frees the old one */
+        session->wbio = fresh;
+    } else {
+        BIO_set_mem_eof_return(fresh, -1);
+        SSL_set0_rbio(session->ssl, fresh);
+        session->rbio = fresh;
+    }
+    return true;
+}
+
 /* Sends what the write BIO holds. 0 when all left, -EAGAIN when the socket is
  * full (the rest stays), or a negative errno. */
 static int flush_out(tls_session_t *session)
@@ -88,7 +115,8 @@ static int flush_out(tls_session_t *session)
             return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
         }
         if (n == len) {
-            (void)BIO_reset(session->wbio);
+            if (!bio_renew(session, true))
+                (void)BIO_reset(session->wbio);
             return 0;
         }
         /* Partly sent: drop those bytes from the BIO (a read into the scratch). */
@@ -124,6 +152,10 @@ static ssize_t fill_in(tls_session_t *session)
 static void handshake_finished(tls_session_t *session)
 {
     session->handshake_done = true;
+    /* A write that waited for the peer's flight can go now; when the flight
+     * came through a read, the stream still waits for the write event, which
+     * events() now asks for (no renegotiation: writes never need reads again). */
+    session->write_wants_read = false;
     if (session->handshake_timer) {
         ioloop_remove_timeout(session->loop, session->handshake_timer);
         session->handshake_timer = 0;
@@ -232,8 +264,11 @@ static ssize_t tls_read(void *arg, int fd, char *buf, size_t len)
         if (got == 0)
             return eof_result(session);
         if (got < 0) {
-            if (got == -EAGAIN)
+            if (got == -EAGAIN) {
                 session->rbio_stale = true;
+                if (!BIO_ctrl_pending(session->rbio))
+                    bio_renew(session, false); /* idle until the peer speaks */
+            }
             return got;
         }
     }
@@ -409,8 +444,8 @@ static int tls_attach(void *arg, ioloop_stream_t *stream)
     tls_session_t *session = arg;
     session->stream = stream;
     session->loop = ioloop_stream_loop(stream);
-    session->handshake_timer = ioloop_call_later(session->loop, session->ctx->handshake_timeout, handshake_expired,
-                                                 session);
+    session->handshake_timer =
+        ioloop_call_later(session->loop, session->ctx->handshake_timeout, handshake_expired, session);
     return session->handshake_timer ? 0 : -errno;
 }
 
@@ -471,7 +506,8 @@ static int session_new(ioloop_tls_context_t *ctx, ioloop__tls_peer_t *peer, int 
             err = -ENOMEM;
         if (!err && name && ctx->verify != IOLOOP_TLS_VERIFY_OFF) {
             X509_VERIFY_PARAM *param = SSL_get0_param(session->ssl);
-            int ok = is_ip_literal(name) ? X509_VERIFY_PARAM_set1_ip_asc(param, name) : SSL_set1_host(session->ssl, name);
+            int ok =
+                is_ip_literal(name) ? X509_VERIFY_PARAM_set1_ip_asc(param, name) : SSL_set1_host(session->ssl, name);
             if (ok != 1)
                 err = -ENOMEM;
         }

@@ -73,7 +73,8 @@ int tls_certs_make(tls_certs_t *certs)
 
 void tls_certs_remove(tls_certs_t *certs)
 {
-    if (!certs->dir[0] || strlen(certs->dir) < 18 || strncmp(certs->dir + strlen(certs->dir) - 18, "/ioloop-tls-", 12) != 0)
+    if (!certs->dir[0] || strlen(certs->dir) < 18 ||
+        strncmp(certs->dir + strlen(certs->dir) - 18, "/ioloop-tls-", 12) != 0)
         return; /* only a directory made by tls_certs_make */
     char command[TLS_CERTS_PATH + 16];
     snprintf(command, sizeof(command), "rm -rf '%s'", certs->dir);
