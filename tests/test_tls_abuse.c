@@ -434,6 +434,104 @@ static void test_small_writes_one_record(void **state)
     ioloop_tls_context_free(ctx);
 }
 
+/* ---- back-pressure: both ends on one loop, small socket buffers ------------------------------ */
+
+typedef struct {
+    size_t got;
+    bool bad;
+    int eof;
+    int dones, done_status;
+} bulk_t;
+
+static void bulk_read(ioloop_stream_t *stream, int status, const char *data, size_t len, void *arg)
+{
+    bulk_t *bulk = arg;
+    for (size_t i = 0; i < len; i++)
+        if (data[i] != (char)((bulk->got + i) % 251))
+            bulk->bad = true;
+    bulk->got += len;
+    if (status) {
+        bulk->eof++;
+        return;
+    }
+    ioloop_stream_read_bytes(stream, 1 << 20, true, bulk_read, bulk);
+}
+
+static void bulk_done(ioloop_stream_t *stream, int status, void *arg)
+{
+    (void)stream;
+    bulk_t *bulk = arg;
+    bulk->dones++;
+    bulk->done_status = status;
+}
+
+/* 8 MiB each way at once (far past the socket buffers; tiny buffers would
+ * make both directions crawl on TCP's persist timer, with plain sockets
+ * too): records cut by partial sends, writes held back until their ciphertext left, and every byte
+ * arriving in order; then close_notify and EOF at both ends. */
+static void test_bulk_both_ways(void **state)
+{
+    (void)state;
+    ioloop_tls_cert_t cert = {certs.server, certs.key};
+    ioloop_tls_options_t sopts = server_options(&cert);
+    ioloop_tls_context_t *sctx, *cctx = client_context(NULL);
+    assert_int_equal(ioloop_tls_context_new(&sopts, &sctx), 0);
+    for (int v = 0; v < 2; v++) {
+        ioloop_t *loop = ioloop_new(NULL);
+        int fds[2];
+        tcp_pair(fds);
+        ioloop_stream_options_t half = {.half_close = true, .max_write_buffer_size = 16 << 20};
+        ioloop_stream_t *client, *server;
+        assert_int_equal(ioloop_tls_stream_new(loop, fds[0], cctx, "localhost", &half, &client), 0);
+        assert_int_equal(ioloop_tls_stream_new(loop, fds[1], sctx, NULL, &half, &server), 0);
+        size_t total = 8 << 20;
+        char *data = malloc(total);
+        for (size_t i = 0; i < total; i++)
+            data[i] = (char)(i % 251);
+        bulk_t at_server = {0}, at_client = {0};
+        ioloop_stream_t *ends[] = {client, server};
+        bulk_t *readers[] = {&at_client, &at_server};
+        bulk_t *writers[] = {&at_server, &at_client}; /* done counts kept with the peer's reader */
+        for (int e = 0; e < 2; e++) {
+            assert_int_equal(ioloop_stream_read_bytes(ends[e], 1 << 20, true, bulk_read, readers[e]), 0);
+            /* In uneven pieces, mixed small and large. */
+            for (size_t off = 0, piece = 1; off < total; off += piece, piece = piece * 7 % 100003 + 1) {
+                if (piece > total - off)
+                    piece = total - off;
+                assert_int_equal(ioloop_stream_write(ends[e], data + off, piece, bulk_done, writers[e]), 0);
+                if (v == 1 && ioloop_stream_write_queue_size(ends[e]) > (1 << 20))
+                    break; /* v=1: just what fits under the mark, then shutdown */
+            }
+            assert_int_equal(ioloop_stream_shutdown(ends[e]), 0);
+        }
+        int both = 0;
+        for (int i = 0; i < 500 && both < 2; i++) {
+            run_for(loop, 10);
+            both = (at_client.eof > 0) + (at_server.eof > 0);
+        }
+        if (both != 2)
+            fail_msg("v=%d stalled: client got %zu eof %d, server got %zu eof %d, queues %zu %zu, handshakes %d %d", v,
+                     at_client.got, at_client.eof, at_server.got, at_server.eof, ioloop_stream_write_queue_size(client),
+                     ioloop_stream_write_queue_size(server), ioloop_tls_handshake_done(client),
+                     ioloop_tls_handshake_done(server));
+        assert_false(at_client.bad);
+        assert_false(at_server.bad);
+        if (v == 0) {
+            assert_int_equal(at_client.got, total);
+            assert_int_equal(at_server.got, total);
+        }
+        assert_int_equal(at_client.done_status, 0);
+        assert_int_equal(at_server.done_status, 0);
+        ioloop_stream_close(client);
+        ioloop_stream_close(server);
+        run_for(loop, 5);
+        free(data);
+        assert_int_equal(ioloop_close(loop, false), 0);
+    }
+    ioloop_tls_context_free(cctx);
+    ioloop_tls_context_free(sctx);
+}
+
 /* ---- our client against openssl s_server ---------------------------------------------------- */
 
 static int free_port(void)
@@ -537,13 +635,10 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plain_http_closed),
-        cmocka_unit_test(test_handshake_timeout),
-        cmocka_unit_test(test_renegotiation_refused),
-        cmocka_unit_test(test_peers_vanish),
-        cmocka_unit_test(test_eof_endings),
-        cmocka_unit_test(test_small_writes_one_record),
-        cmocka_unit_test(test_client_against_s_server),
+        cmocka_unit_test(test_plain_http_closed),     cmocka_unit_test(test_handshake_timeout),
+        cmocka_unit_test(test_renegotiation_refused), cmocka_unit_test(test_peers_vanish),
+        cmocka_unit_test(test_eof_endings),           cmocka_unit_test(test_small_writes_one_record),
+        cmocka_unit_test(test_bulk_both_ways),        cmocka_unit_test(test_client_against_s_server),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
