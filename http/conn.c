@@ -246,6 +246,9 @@ void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const st
     c->w = w;
     c->stream = stream;
     c->report_close = report_close;
+    /* Asked once per connection, not per request: the transport never changes. */
+    const char *transport = ioloop_stream_transport_name(stream);
+    c->tls = transport && strcmp(transport, "tls") == 0;
     c->state = CONN_HEAD;
     if (peer && peer_len <= sizeof(c->peer)) {
         memcpy(&c->peer, peer, peer_len);

@@ -197,6 +197,7 @@ struct http_conn {
     size_t parse_len;            /* length of the input at parse_base */
     int busy;                    /* response.c frames on the stack (enter/leave) */
     bool report_close;           /* fed through ioloop_http_server_accept: report the close to the loop */
+    bool tls;                    /* the stream's transport is TLS: requests say "https" */
     int fail_status;             /* >0: answer this and close; -1: parse no more */
     struct sockaddr_in6 peer;    /* AF_INET or AF_INET6 */
     socklen_t peer_len;

@@ -109,6 +109,8 @@ static int cb_message_begin(llhttp_t *p)
         return -1;
     }
     req->c = c;
+    if (c->tls)
+        req->protocol = "https";
     req->start = ioloop_time(c->w->loop);
     memcpy(&req->peer, &c->peer, sizeof(c->peer));
     req->peer_len = c->peer_len;

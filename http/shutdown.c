@@ -29,9 +29,39 @@ int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, cons
 {
     if (!s || !rt || !out)
         return -EINVAL;
-    ioloop_listener_options_t o = {
-        .address = address, .port = port, .mode = mode, .on_stream = ioloop__http_server_on_stream, .arg = s};
-    ioloop__http_stream_options(s, &o.stream);
+    ioloop_listener_options_t o = {.address = address, .port = port, .mode = mode};
+    return ioloop_http_server_serve_with(s, rt, &o, out);
+}
+
+int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt, const ioloop_listener_options_t *opts,
+                                  ioloop_listener_t **out)
+{
+    if (!s || !rt || !opts || !out)
+        return -EINVAL;
+    ioloop_listener_options_t o = *opts;
+    o.on_accept = NULL;
+    o.on_stream = ioloop__http_server_on_stream;
+    o.arg = s;
+    /* The server's stream options, with whatever the caller set in place of
+     * the zeros: limits and timeouts it chose, its transport. half_close
+     * stays on: the connection reads a client's EOF itself (a request may be
+     * answered after the client shut down its side). */
+    ioloop_stream_options_t def;
+    ioloop__http_stream_options(s, &def);
+    const ioloop_stream_options_t *u = &opts->stream;
+    o.stream = def;
+    if (u->max_buffer_size > o.stream.max_buffer_size) /* never below a head plus a block: 431 must stay reachable */
+        o.stream.max_buffer_size = u->max_buffer_size;
+    if (u->max_write_buffer_size)
+        o.stream.max_write_buffer_size = u->max_write_buffer_size;
+    if (u->idle_timeout)
+        o.stream.idle_timeout = u->idle_timeout;
+    if (u->read_timeout)
+        o.stream.read_timeout = u->read_timeout;
+    if (u->write_timeout)
+        o.stream.write_timeout = u->write_timeout;
+    o.stream.transport = u->transport;
+    o.stream.transport_ctx = u->transport_ctx;
     return ioloop_listener_start(rt, &o, out);
 }
 

@@ -1,7 +1,12 @@
 /* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world".
  *
  *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
- *              [--access-log FILE|-]
+ *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]
+ *
+ * With a certificate and its key it serves https:// (TLS 1.2 and 1.3, ALPN
+ * http/1.1) on the same port; that needs a build with IOLOOP_TLS (libioloop-tls).
+ * --port 0 lets the kernel pick: the banner names the port. --access-log
+ * writes Common Log Format lines to FILE, or stdout for "-".
  *
  * Threading rule: main owns the runtime (one loop per CPU unless --threads);
  * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
@@ -11,7 +16,11 @@
 #define _GNU_SOURCE
 #include "ioloop/http.h"
 #include "ioloop/runtime.h"
+#ifdef IOLOOP_HELLO_TLS
+#include "ioloop/tls.h"
+#endif
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,21 +35,34 @@ static void main_handler_get(ioloop_http_request_t *req, void *arg)
 
 static const char *modes[] = {"default", "reuseport", "exclusive", "dispatch"};
 
-/* Reads the options into *port, *ro and *mode; false on anything else. */
-static const char *access_log_path; /* --access-log: Common Log Format to FILE, or stdout for "-" */
+typedef struct {
+    int port;
+    ioloop_runtime_options_t ro;
+    ioloop_accept_mode_t mode;
+    const char *tls_cert, *tls_key;
+    const char *access_log_path;
+} hello_args_t;
 
-static bool parse_args(int argc, char **argv, int *port, ioloop_runtime_options_t *ro, ioloop_accept_mode_t *mode)
+/* Reads the options into *a; false on anything else. */
+static bool parse_args(int argc, char **argv, hello_args_t *a)
 {
+    int *port = &a->port;
+    ioloop_runtime_options_t *ro = &a->ro;
+    ioloop_accept_mode_t *mode = &a->mode;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *opt = argv[i], *v = argv[i + 1];
-        if (!strcmp(opt, "--port") && atoi(v) > 0) {
+        if (!strcmp(opt, "--port") && (atoi(v) > 0 || !strcmp(v, "0"))) {
             *port = atoi(v);
+        } else if (!strcmp(opt, "--tls-cert")) {
+            a->tls_cert = v;
+        } else if (!strcmp(opt, "--tls-key")) {
+            a->tls_key = v;
+        } else if (!strcmp(opt, "--access-log")) {
+            a->access_log_path = v;
         } else if (!strcmp(opt, "--threads") && atoi(v) > 0) {
             ro->loops = atoi(v);
         } else if (!strcmp(opt, "--pin") && (!strcmp(v, "yes") || !strcmp(v, "no"))) {
             ro->pin = !strcmp(v, "yes");
-        } else if (!strcmp(opt, "--access-log")) {
-            access_log_path = v;
         } else if (!strcmp(opt, "--accept")) {
             for (*mode = IOLOOP_ACCEPT_DEFAULT; *mode <= IOLOOP_ACCEPT_DISPATCH; (*mode)++)
                 if (!strcmp(v, modes[*mode]))
@@ -51,29 +73,66 @@ static bool parse_args(int argc, char **argv, int *port, ioloop_runtime_options_
             return false;
         }
     }
-    return argc % 2 == 1;
+    return argc % 2 == 1 && !a->tls_cert == !a->tls_key; /* both or neither */
+}
+
+/* The listener's options: plain, or a TLS session per connection on *tls. */
+static int listen_options(const hello_args_t *a, ioloop_listener_options_t *lo, void **tls)
+{
+    *lo = (ioloop_listener_options_t){.address = "0.0.0.0", .port = a->port, .mode = a->mode};
+    *tls = NULL;
+    if (!a->tls_cert)
+        return 0;
+#ifdef IOLOOP_HELLO_TLS
+    static const char *const alpn[] = {"http/1.1"};
+    ioloop_tls_cert_t cert = {.cert_file = a->tls_cert, .key_file = a->tls_key};
+    ioloop_tls_options_t to = {.server = true, .certs = &cert, .ncerts = 1, .alpn = alpn, .nalpn = 1};
+    ioloop_tls_context_t *ctx;
+    int err = ioloop_tls_context_new(&to, &ctx);
+    if (err) {
+        fprintf(stderr, "helloworld: %s: %s %s\n", a->tls_cert, ioloop_strerror(err), ioloop_tls_error_message());
+        return err;
+    }
+    ioloop_tls_server_options(ctx, lo);
+    *tls = ctx;
+    return 0;
+#else
+    fprintf(stderr, "helloworld: built without TLS (IOLOOP_TLS off)\n");
+    return -ENOTSUP;
+#endif
+}
+
+static void free_tls(void *tls)
+{
+#ifdef IOLOOP_HELLO_TLS
+    ioloop_tls_context_free(tls);
+#else
+    (void)tls;
+#endif
 }
 
 int main(int argc, char **argv)
 {
-    int port = 8888;
-    ioloop_runtime_options_t ro = {.pin = true}; /* loops = 0: one per CPU */
-    ioloop_accept_mode_t mode = IOLOOP_ACCEPT_DEFAULT;
-    if (!parse_args(argc, argv, &port, &ro, &mode)) {
+    hello_args_t a = {.port = 8888, .ro = {.pin = true}, .mode = IOLOOP_ACCEPT_DEFAULT}; /* loops = 0: one per CPU */
+    if (!parse_args(argc, argv, &a)) {
         fprintf(stderr,
-                "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]"
-                " [--access-log FILE|-]\n",
+                "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
+                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]\n",
                 argv[0]);
         return 2;
     }
+    ioloop_listener_options_t lo;
+    void *tls;
+    if (listen_options(&a, &lo, &tls) != 0)
+        return 1;
 
     ioloop_http_server_t *server = ioloop_http_server_new(NULL);
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
     ioloop_http_access_log_t *access_log = NULL;
-    if (access_log_path) {
-        int lerr = ioloop_http_access_log_open(access_log_path, IOLOOP_HTTP_LOG_COMMON, &access_log);
+    if (a.access_log_path) {
+        int lerr = ioloop_http_access_log_open(a.access_log_path, IOLOOP_HTTP_LOG_COMMON, &access_log);
         if (lerr) {
-            fprintf(stderr, "helloworld: --access-log %s: %s\n", access_log_path, strerror(-lerr));
+            fprintf(stderr, "helloworld: --access-log %s: %s\n", a.access_log_path, ioloop_strerror(lerr));
             return 1;
         }
         ioloop_http_server_set_log(server, ioloop_http_access_log_hook, access_log);
@@ -81,17 +140,17 @@ int main(int argc, char **argv)
 
     ioloop_runtime_t *rt;
     ioloop_listener_t *listener;
-    int err = ioloop_runtime_start(&ro, &rt);
+    int err = ioloop_runtime_start(&a.ro, &rt);
     if (!err)
-        err = ioloop_http_server_serve(server, rt, "0.0.0.0", port, mode, &listener);
+        err = ioloop_http_server_serve_with(server, rt, &lo, &listener);
     if (!err)
         err = ioloop_http_server_shutdown_on_signals(server, rt, listener, IOLOOP_SEC(10));
     if (err) {
-        fprintf(stderr, "helloworld: %s\n", strerror(-err));
+        fprintf(stderr, "helloworld: %s\n", ioloop_strerror(err));
         return 1;
     }
-    printf("helloworld: http://127.0.0.1:%d/ on %d loop(s), accept %s\n", port, ioloop_runtime_size(rt),
-           modes[ioloop_listener_mode(listener)]);
+    printf("helloworld: %s://127.0.0.1:%d/ on %d loop(s), accept %s\n", tls ? "https" : "http",
+           ioloop_listener_port(listener), ioloop_runtime_size(rt), modes[ioloop_listener_mode(listener)]);
     fflush(stdout);
 
     ioloop_runtime_join(rt); /* until a signal has drained every loop */
@@ -99,5 +158,6 @@ int main(int argc, char **argv)
     ioloop_http_server_free(server);
     ioloop_http_access_log_close(access_log); /* nothing logs any more: writes what the loops buffered */
     ioloop_runtime_free(rt);
+    free_tls(tls); /* after the loops: their sessions hold references until they close */
     return 0;
 }

@@ -128,8 +128,11 @@ int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, cons
 
 /* The same with every listener option (a TLS transport per connection,
  * stream limits, backlog): on_accept, on_stream and arg are the server's and
- * are ignored if set. Requests on a connection whose transport is TLS say
- * "https" from ioloop_http_request_protocol. */
+ * are ignored if set. opts->stream: a zero field keeps the server's value,
+ * max_buffer_size is never set below max_header_size plus one 16 KiB block,
+ * and half_close is always on (the server handles the client's EOF). Requests
+ * on a connection whose transport is TLS say "https" from
+ * ioloop_http_request_protocol. */
 int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt, const ioloop_listener_options_t *opts,
                                   ioloop_listener_t **out);
 
@@ -298,7 +301,8 @@ int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const
 const char *ioloop_http_request_body(const ioloop_http_request_t *req, size_t *len);
 /* The peer's IP as text (X-Real-IP / X-Forwarded-For with xheaders). */
 const char *ioloop_http_request_remote_ip(ioloop_http_request_t *req);
-/* "http", or what X-Forwarded-Proto/X-Scheme says with xheaders ("https"). */
+/* "https" on a TLS connection; else "http", or what X-Forwarded-Proto/X-Scheme
+ * says with xheaders ("https"). */
 const char *ioloop_http_request_protocol(const ioloop_http_request_t *req);
 /* Path arguments captured by a pattern route, percent-decoded. */
 int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req);
