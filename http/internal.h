@@ -152,6 +152,7 @@ struct ioloop_http_request {
     bool flush_waiting; /* flush_fn waits for the out buffer to drain */
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
+    struct http_gzip *gzip; /* deflate state of a response being compressed (gzip.c), else NULL */
 };
 
 /* A connection's state (conn.c has the diagram). Reading and parsing are
@@ -218,6 +219,8 @@ struct http_worker {
     void *drain_arg;
     /* counters (ioloop_http_server_get_stats): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
+    struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
+    int ngzip_free;
 };
 
 /* Bumps a worker counter: one writer (the loop), so no read-modify-write. */
@@ -307,5 +310,20 @@ const char *ioloop__http_reason(int status);
 void ioloop__http_response_abort(ioloop_http_request_t *req);
 /* c->out drained: completes a waiting flush. */
 void ioloop__http_response_drained(ioloop_http_request_t *req);
+
+/* gzip.c */
+/* Validates and defaults the gzip options (server_new): -EINVAL for a level outside 0..9. */
+int ioloop__http_gzip_check_options(ioloop_http_server_options_t *opts);
+/* Before the head is written: decides whether this response is compressed
+ * (adding Vary / Content-Encoding to rhdr). known_length: rbody is the whole
+ * body (finish without an earlier flush). 0 or -ENOMEM. */
+int ioloop__http_gzip_head(ioloop_http_request_t *req, bool known_length);
+/* Compresses rbody in place when the response is compressed (last: the end
+ * of the body, else a sync flush). 0, -ENOMEM or -EIO. */
+int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last);
+/* Gives the request's deflate state back to its worker's pool. */
+void ioloop__http_gzip_release(ioloop_http_request_t *req);
+/* Frees a worker's idle deflate states. */
+void ioloop__http_gzip_pool_free(http_worker_t *w);
 
 #endif
