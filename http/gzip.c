@@ -150,10 +150,13 @@ static void scan_accept(const char *v, int *gzip_q, int *star_q)
 static bool accepts_gzip(const ioloop_http_request_t *req)
 {
     int gzip_q = -1, star_q = -1;
-    const char *name, *value;
-    for (int i = 0; ioloop_http_request_header_at(req, i, &name, &value) == 0; i++)
-        if (!strcasecmp(name, "Accept-Encoding"))
-            scan_accept(value, &gzip_q, &star_q);
+    /* Not through ioloop_http_request_header_at: finish marks req finished
+     * (refusing the public calls) before it formats the head. */
+    for (int i = 0; i < req->nhdrs; i++) {
+        const http_hdr_t *h = &req->hdrs[i];
+        if (h->name_len == 15 && !strncasecmp(req->base + h->name_off, "Accept-Encoding", 15))
+            scan_accept(req->base + h->val_off, &gzip_q, &star_q);
+    }
     if (gzip_q >= 0)
         return gzip_q > 0;
     return star_q > 0;
