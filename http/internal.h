@@ -21,7 +21,8 @@
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <regex.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -54,8 +55,12 @@ typedef struct {
 typedef struct {
     char *pattern;
     bool literal;
-    regex_t re;
+    pcre2_code *code; /* patterns: compiled with PCRE2_ANCHORED, '$' appended as Tornado does */
+    bool jit;         /* pcre2_jit_compile succeeded */
     int groups;
+    const char *names[HTTP_MAX_PATH_ARGS]; /* named groups: names point into code's name table */
+    int name_group[HTTP_MAX_PATH_ARGS];    /* ... and their group numbers (1-based) */
+    int nnames;
     ioloop_http_route_t route;
 } http_route_t;
 
@@ -81,6 +86,9 @@ struct ioloop_http_server {
     ioloop_runtime_t *sig_rt;
     ioloop_listener_t *sig_listener;
     ioloop_time_t sig_timeout;
+    char last_error[512]; /* ioloop_http_server_last_error */
+    ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
+    void *log_arg;
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -152,6 +160,8 @@ struct ioloop_http_request {
     bool flush_waiting; /* flush_fn waits for the out buffer to drain */
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
+    uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
+    int64_t log_start;   /* CLOCK_MONOTONIC ns at the head's first byte, when the server logs */
     struct http_gzip *gzip; /* deflate state of a response being compressed (gzip.c), else NULL */
 };
 
@@ -219,6 +229,7 @@ struct http_worker {
     void *drain_arg;
     /* counters (ioloop_http_server_get_stats): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
+    pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
     struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
     int ngzip_free;
 };
@@ -256,6 +267,9 @@ int ioloop__http_router_add(ioloop_http_server_t *s, const char *pattern, const 
  * argument that decodes to a NUL, 503 without memory. */
 int ioloop__http_router_match(const ioloop_http_server_t *s, ioloop_http_request_t *req, const http_route_t **out);
 void ioloop__http_router_free(ioloop_http_server_t *s);
+/* White-box for tests: 1 if the pattern route `pattern` was JIT compiled, 0
+ * if not (or no such pattern route), -ENOTSUP without a JIT in PCRE2. */
+int ioloop__http_route_jit(const ioloop_http_server_t *s, const char *pattern);
 /* Percent-decodes src[0..len) into dst (NUL-terminated); plus_space for forms. */
 size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_space);
 
@@ -300,6 +314,14 @@ void ioloop__http_request_put(ioloop_http_request_t *req);
 /* Runs on headers complete: validation, routing, xheaders. Returns 0 or an
  * HTTP status to answer with (and close). */
 int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
+
+/* access_log.c */
+/* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
+void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
+int64_t ioloop__http_now_ns(void);
+
+/* request.c: the remote address as text, whatever the request's state. */
+const char *ioloop__http_remote_ip(ioloop_http_request_t *req);
 
 /* response.c */
 /* Appends a complete error response (status, small HTML body, Connection:

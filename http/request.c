@@ -403,8 +403,11 @@ const char *ioloop_http_request_body(const ioloop_http_request_t *req, size_t *l
 
 const char *ioloop_http_request_remote_ip(ioloop_http_request_t *req)
 {
-    if (req->finished)
-        return NULL;
+    return req->finished ? NULL : ioloop__http_remote_ip(req);
+}
+
+const char *ioloop__http_remote_ip(ioloop_http_request_t *req)
+{
     if (!req->remote_ip_set) {
         const struct sockaddr_in6 *sa = &req->peer;
         req->remote_ip[0] = '\0';

@@ -143,6 +143,7 @@ static int write_head(ioloop_http_request_t *req, http_conn_t *c, bool known_len
     if (ioloop__hbuf_reserve(c->w, &c->out, 256 + req->rhdr.len + extra) != 0)
         return -ENOMEM;
     hbuf_t *o = &c->out;
+    size_t before = o->len;
     PUTS(o, "HTTP/1.1 ");
     put_uint(o, (size_t)req->status, 10);
     PUTS(o, " ");
@@ -168,6 +169,7 @@ static int write_head(ioloop_http_request_t *req, http_conn_t *c, bool known_len
     if (req->rhdr.len)
         put(o, req->rhdr.data, req->rhdr.len);
     PUTS(o, "\r\n");
+    req->wire_bytes += o->len - before;
     req->headers_sent = true;
     return 0;
 }
@@ -182,6 +184,7 @@ static int emit_body(ioloop_http_request_t *req, http_conn_t *c)
     req->body_sent += n;
     if (ioloop__hbuf_reserve(c->w, &c->out, n + 32) != 0)
         return -ENOMEM;
+    size_t before = c->out.len;
     if (req->chunked) {
         put_uint(&c->out, n, 16);
         PUTS(&c->out, "\r\n");
@@ -189,6 +192,7 @@ static int emit_body(ioloop_http_request_t *req, http_conn_t *c)
     put(&c->out, req->rbody.data, n);
     if (req->chunked)
         PUTS(&c->out, "\r\n");
+    req->wire_bytes += c->out.len - before;
     return 0;
 }
 
@@ -392,6 +396,7 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
                 req->orphan_next->orphan_prev = req->orphan_prev;
             req->orphaned = false;
         }
+        ioloop__http_log_request(req, false);
         ioloop__http_request_put(req);
         return 0;
     }
@@ -421,8 +426,10 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
         if (!err)
             err = emit_body(req, c);
         if (!err && req->chunked && !req->head) {
-            if (ioloop__hbuf_reserve(c->w, &c->out, 5) == 0)
+            if (ioloop__hbuf_reserve(c->w, &c->out, 5) == 0) {
                 PUTS(&c->out, "0\r\n\r\n");
+                req->wire_bytes += 5;
+            }
             else
                 err = -ENOMEM;
         }
@@ -433,6 +440,7 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
         c->close_after = true;
     if (!req->complete)
         c->fail_status = -1; /* answered before the body was in: parse no more */
+    ioloop__http_log_request(req, true);
     c->req = NULL;
     req->c = NULL;
     req->flush_waiting = false;

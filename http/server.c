@@ -217,6 +217,8 @@ static void worker_free(http_worker_t *w)
     for (int i = 0; i < w->nblocks; i++)
         free(w->blocks[i]);
     w->nblocks = 0;
+    pcre2_match_data_free(w->match);
+    w->match = NULL;
     ioloop__http_worker_release(w);
 }
 

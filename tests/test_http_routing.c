@@ -7,6 +7,10 @@
 
 #include <fcntl.h>
 
+/* White-box (http/router.c): 1 if the pattern route was JIT compiled, 0 if
+ * not, -ENOTSUP if this PCRE2 has no JIT. */
+int ioloop__http_route_jit(const ioloop_http_server_t *s, const char *pattern);
+
 static void echo_path_arg(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
@@ -47,6 +51,20 @@ static void echo_info(ioloop_http_request_t *req, void *arg)
     ioloop_http_response_send(req, 200, "text/plain", buf, (size_t)n);
 }
 
+/* Named groups by name and by index. */
+static void echo_named(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    const char *user = ioloop_http_request_path_arg_named(req, "user");
+    const char *id = ioloop_http_request_path_arg_named(req, "id");
+    const char *none = ioloop_http_request_path_arg_named(req, "nope");
+    char buf[256];
+    int n = snprintf(buf, sizeof(buf), "user=%s id=%s nope=%s n=%d [0]=%s [1]=%s", user ? user : "(null)",
+                     id ? id : "(null)", none ? none : "(null)", ioloop_http_request_path_arg_count(req),
+                     ioloop_http_request_path_arg(req, 0), ioloop_http_request_path_arg(req, 1));
+    ioloop_http_response_send(req, 200, "text/plain", buf, (size_t)n);
+}
+
 static void hello(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
@@ -66,6 +84,13 @@ static int setup(void **state)
     tsrv_route(&srv, "/user/([0-9]+)", (ioloop_http_route_t){.get = echo_path_arg});
     tsrv_route(&srv, "^/file/(.*)/(v[0-9])$", (ioloop_http_route_t){.get = echo_path_arg});
     tsrv_route(&srv, "/n/(([a-z]+)/([0-9]*))", (ioloop_http_route_t){.get = echo_all_args});
+    tsrv_route(&srv, "^/d/(\\d+)$", (ioloop_http_route_t){.get = echo_path_arg});
+    tsrv_route(&srv, "/u/(?P<user>[^/]+)/posts/(?P<id>\\d+)", (ioloop_http_route_t){.get = echo_named});
+    tsrv_route(&srv, "/lazy/(.*?)(/tail)?", (ioloop_http_route_t){.get = echo_all_args});
+    tsrv_route(&srv, "/greedy/(.*)(/tail)?", (ioloop_http_route_t){.get = echo_all_args});
+    tsrv_route(&srv, "/lazy2/(.*?)/(.*)", (ioloop_http_route_t){.get = echo_path_arg});
+    tsrv_route(&srv, "/pre/[a-z]+", (ioloop_http_route_t){.get = th_ok});
+    tsrv_route(&srv, "/x/(a|b)", (ioloop_http_route_t){.get = echo_path_arg});
     tsrv_start(&srv);
     return 0;
 }
@@ -317,10 +342,107 @@ static void test_route_errors(void **state)
     (void)state;
     ioloop_http_server_t *s = ioloop_http_server_new(NULL);
     ioloop_http_route_t r = {.get = th_ok};
+    assert_string_equal(ioloop_http_server_last_error(s), "");
     assert_int_equal(ioloop_http_server_route(s, "/a", &r), 0);
     assert_int_equal(ioloop_http_server_route(s, "/a", &r), -EEXIST);
     assert_int_equal(ioloop_http_server_route(s, "/b/([0-9]+", &r), -EINVAL);
+    /* the message quotes the pattern and PCRE2's reason */
+    const char *msg = ioloop_http_server_last_error(s);
+    assert_non_null(strstr(msg, "\"/b/([0-9]+\""));
+    assert_non_null(strstr(msg, "missing closing parenthesis"));
+    assert_int_equal(ioloop_http_server_route(s, "/c/(?P<x>a)(?P<x>b)", &r), -EINVAL);
+    assert_non_null(strstr(ioloop_http_server_last_error(s), "\"/c/(?P<x>a)(?P<x>b)\""));
+    assert_int_equal(ioloop_http_server_route(s, "/d/(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)(o)(p)(q)", &r), -EINVAL);
+    assert_non_null(strstr(ioloop_http_server_last_error(s), "more than 16"));
+    /* the failed routes left nothing behind: a good one still goes in */
+    assert_int_equal(ioloop_http_server_route(s, "/e/(\\d+)", &r), 0);
     ioloop_http_server_free(s);
+}
+
+/* Python syntax: \d is a digit (POSIX ERE read it as a literal 'd'). */
+static void test_pcre_digit(void **state)
+{
+    (void)state;
+    tresp_t r;
+    tcli_request(srv.port, "GET /d/42 HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "1:42|-");
+    tresp_free(&r);
+    tcli_request(srv.port, "GET /d/ddd HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 404);
+    tresp_free(&r);
+}
+
+static void test_pcre_named_groups(void **state)
+{
+    (void)state;
+    tresp_t r;
+    tcli_request(srv.port, "GET /u/ann%20b/posts/7 HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "user=ann b id=7 nope=(null) n=2 [0]=ann b [1]=7");
+    tresp_free(&r);
+    tcli_request(srv.port, "GET /u/ann/posts/x HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 404);
+    tresp_free(&r);
+    /* a literal route's request has no named arguments */
+    tcli_request(srv.port, "GET /info HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    tresp_free(&r);
+}
+
+/* .*? is lazy: with the optional tail, the lazy group leaves "/tail" to it,
+ * the greedy one takes it all. */
+static void test_pcre_lazy(void **state)
+{
+    (void)state;
+    tresp_t r;
+    tcli_request(srv.port, "GET /lazy/a/b/tail HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "2|3=a/b|5=/tail host=x");
+    tresp_free(&r);
+    tcli_request(srv.port, "GET /greedy/a/b/tail HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "2|8=a/b/tail|0= host=x"); /* the unmatched group reads as "" */
+    tresp_free(&r);
+    tcli_request(srv.port, "GET /lazy2/a/b/c HTTP/1.1\r\nHost: x\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "2:a|b/c");
+    tresp_free(&r);
+}
+
+/* Tornado's anchors: the start always (re.match), the end by the appended
+ * '$' (or the pattern's own). */
+static void test_pcre_anchors(void **state)
+{
+    (void)state;
+    const struct {
+        const char *target;
+        int status;
+    } cases[] = {
+        {"/pre/abc", 200},   {"/pre/abc/", 404}, {"/pre/abc1", 404}, {"/x/pre/abc", 404}, {"/d/42/", 404},
+        {"/d/42x", 404},     {"/x/d/42", 404},   {"/x/a", 200},      {"/x/ab", 404},      {"/x/b", 200},
+        {"/PRE/abc", 404},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char raw[256];
+        snprintf(raw, sizeof(raw), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", cases[i].target);
+        tresp_t r;
+        tcli_request(srv.port, raw, &r);
+        if (r.status != cases[i].status)
+            fail_msg("%s: %d, expected %d", cases[i].target, r.status, cases[i].status);
+        tresp_free(&r);
+    }
+}
+
+/* The routes are JIT compiled (where PCRE2 has a JIT for this CPU). */
+static void test_pcre_jit(void **state)
+{
+    (void)state;
+    if (ioloop__http_route_jit(srv.server, "^/d/(\\d+)$") == -ENOTSUP)
+        skip();
+    assert_int_equal(ioloop__http_route_jit(srv.server, "^/d/(\\d+)$"), 1);
+    assert_int_equal(ioloop__http_route_jit(srv.server, "/u/(?P<user>[^/]+)/posts/(?P<id>\\d+)"), 1);
+    assert_int_equal(ioloop__http_route_jit(srv.server, "/both"), 0); /* a literal: hashed, never compiled */
 }
 
 int main(void)
@@ -332,7 +454,9 @@ int main(void)
         cmocka_unit_test(test_absolute_form),     cmocka_unit_test(test_head),
         cmocka_unit_test(test_xheaders),          cmocka_unit_test(test_route_errors),
         cmocka_unit_test(test_accept_fed_fd),     cmocka_unit_test(test_nested_groups),
-        cmocka_unit_test(test_nul_in_arguments),
+        cmocka_unit_test(test_nul_in_arguments),  cmocka_unit_test(test_pcre_digit),
+        cmocka_unit_test(test_pcre_named_groups), cmocka_unit_test(test_pcre_lazy),
+        cmocka_unit_test(test_pcre_anchors),      cmocka_unit_test(test_pcre_jit),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

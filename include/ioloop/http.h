@@ -33,11 +33,15 @@
  *
  * Routes: a pattern without any of the characters []()*+?{}|^$\ is a literal
  * path, matched exactly through a hash table (a '.' is then a plain dot).
- * Anything else is a POSIX extended regular expression matched against the
- * whole raw path, as Tornado does with r"/user/([0-9]+)": each capture group
- * becomes a path argument, percent-decoded (a %00 in one gets 400: it would
- * cut the C string short). Literal routes are looked up before patterns;
- * patterns are tried in the order they were added.
+ * Anything else is a regular expression in Python's syntax (PCRE2, JIT
+ * compiled: \d, (?P<name>...), lazy quantifiers, lookarounds) under
+ * Tornado's PathMatches rules: '$' is appended unless the pattern ends with
+ * one, and the match is anchored at the start of the raw path, so
+ * r"/user/(\d+)" matches "/user/42" only. Each capture group becomes a path
+ * argument, percent-decoded (a %00 in one gets 400: it would cut the C string
+ * short; a group that did not take part reads as ""), by index (every group,
+ * named or not, in order) and, for named groups, by name. Literal routes are
+ * looked up before patterns; patterns are tried in the order they were added.
  *
  * Errors: functions return 0 or a negative errno.
  */
@@ -118,8 +122,15 @@ typedef struct {
 ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t *opts);
 
 /* Adds a route (copied). -EEXIST for a literal path already routed, -EINVAL
- * for a pattern that does not compile, -ENOMEM. */
+ * for a pattern that does not compile (or has more than 16 groups), -ENOMEM.
+ * After -EINVAL, ioloop_http_server_last_error says why. */
 int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
+
+/* The message of the last route that failed to compile, quoting its pattern
+ * and PCRE2's reason: 'route pattern "/b/(\d+" does not compile: missing
+ * closing parenthesis at offset 8' ("" if none failed). Owned by s; valid
+ * until the next ioloop_http_server_route. The configuring thread. */
+const char *ioloop_http_server_last_error(const ioloop_http_server_t *s);
 
 /* Serves s on every loop of rt: starts a runtime listener on address:port
  * (NULL: "0.0.0.0"; port 0: the kernel picks, see ioloop_listener_port) in
@@ -185,6 +196,87 @@ typedef struct {
 } ioloop_http_server_stats_t;
 void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out);
 
+/* ---- access log --------------------------------------------------------- */
+
+/* One finished request, as the log hook sees it. Every pointer is valid only
+ * during the hook's call (they point into the request, which is recycled
+ * after it). */
+typedef struct {
+    ioloop_t *loop;         /* the loop that served it: the hook runs on its thread */
+    const char *method;     /* "GET" */
+    const char *target;     /* the request target as sent ("/a%20b?x=1") */
+    const char *version;    /* "HTTP/1.1" or "HTTP/1.0" */
+    const char *host;       /* as ioloop_http_request_host ("" if none) */
+    const char *referer;    /* the Referer header, NULL if absent */
+    const char *user_agent; /* the User-Agent header, NULL if absent */
+    const char *remote_ip;  /* as ioloop_http_request_remote_ip ("" for a peer that is not IP) */
+    const struct sockaddr *peer; /* the connection's peer address (peer_len 0: none) */
+    socklen_t peer_len;
+    int status;            /* the status sent (404/405 answered by the server included) */
+    uint64_t body_bytes;   /* body bytes sent, without chunked framing; 0 for HEAD, 204, 304 */
+    uint64_t bytes;        /* every byte queued for the client: status line, headers, framing, body */
+    ioloop_time_t duration; /* ns from the first byte of the request head to finish (CLOCK_MONOTONIC) */
+    bool completed;        /* false: the client went away before finish (bytes are what was queued) */
+} ioloop_http_log_entry_t;
+
+/* Called on the request's loop thread when a handler (or the server, for a
+ * 404/405) finishes a response, after its bytes were queued and before the
+ * request is recycled. It must be quick and must not call the request or
+ * response API. A request the server rejects while parsing (400, 408, 413,
+ * 431, ...: answered before any handler saw it) is not reported. */
+typedef void (*ioloop_http_log_fn)(const ioloop_http_log_entry_t *entry, void *arg);
+
+/* Sets the server's log hook (NULL: none, the default). Configure before
+ * serving, like routes. */
+void ioloop_http_server_set_log(ioloop_http_server_t *s, ioloop_http_log_fn fn, void *arg);
+
+/* The built-in access log writer: Common Log Format
+ *   127.0.0.1 - - [27/Nov/2026:18:56:40 +0000] "GET /a HTTP/1.1" 200 12
+ * or Combined (the same, then "referer" "user-agent", "-" when absent). The
+ * body size is "-" when 0 (Apache's %b); the time is local, with its offset;
+ * quotes, backslashes, control and non-ASCII bytes in the request line and
+ * headers are written \xHH (nginx's escaping), and each field is cut at
+ * 4 KiB ("..." marks the cut), so a line is never split.
+ *
+ * Lines are formatted on the loop thread into a per-loop 128 KiB buffer,
+ * which goes to the log's writer thread as one batch (one write(2)) when it
+ * is full or 100 ms after its first line (a loop timer). The loop never
+ * writes, so a slow disk never stalls it. The writer thread writes with every
+ * signal blocked: a closed pipe (EPIPE; its SIGPIPE is consumed there, never
+ * delivered), a full disk (ENOSPC) or any write error drops that batch and
+ * counts its lines; serving goes on. A pipe or terminal is written through a
+ * private non-blocking descriptor (reopened via /proc/self/fd), so a reader
+ * that stops reading never blocks close for more than ~2 s. When 4 MiB of
+ * batches wait for the writer, new batches are dropped (counted) rather than
+ * queued without bound. */
+typedef struct ioloop_http_access_log ioloop_http_access_log_t;
+typedef enum { IOLOOP_HTTP_LOG_COMMON, IOLOOP_HTTP_LOG_COMBINED } ioloop_http_log_format_t;
+
+/* Opens path for appending (created 0644), or standard output for "-", and
+ * starts the writer thread. 0 and *out, or a negative errno. Any thread. */
+int ioloop_http_access_log_open(const char *path, ioloop_http_log_format_t format, ioloop_http_access_log_t **out);
+/* The same on an fd the caller keeps (never closed here). */
+int ioloop_http_access_log_open_fd(int fd, ioloop_http_log_format_t format, ioloop_http_access_log_t **out);
+/* The hook that feeds a built-in log: ioloop_http_server_set_log(s,
+ * ioloop_http_access_log_hook, log). One log may serve several servers. */
+void ioloop_http_access_log_hook(const ioloop_http_log_entry_t *entry, void *log);
+
+typedef struct {
+    uint64_t lines_written; /* reached the kernel */
+    uint64_t lines_dropped; /* lost to a write error or a full queue */
+    uint64_t writes;        /* write(2) calls that wrote something */
+    uint64_t write_errors;  /* write(2) calls that failed (last_errno says why) */
+    int last_errno;         /* 0, or the last write error (ENOSPC, EPIPE, ...) */
+} ioloop_http_access_log_stats_t;
+/* Counters (each exact, the set not one snapshot). Any thread. */
+void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log, ioloop_http_access_log_stats_t *out);
+
+/* Writes what the loops buffered, stops the writer thread (after it wrote
+ * everything, or gave up after ~2 s on a pipe nobody reads) and frees log.
+ * Call once no loop that logged to it runs any more (after
+ * ioloop_runtime_join; its flush timers are then never run), from any thread. */
+void ioloop_http_access_log_close(ioloop_http_access_log_t *log);
+
 /* Frees the server: closes its connections and removes its signal watchers. Call once no loop
  * serving it runs any more and before those loops are closed. Requests a handler still holds
  * stay valid until finished (see "Request lifetime"). */
@@ -220,6 +312,9 @@ const char *ioloop_http_request_protocol(const ioloop_http_request_t *req);
 /* Path arguments captured by a pattern route, percent-decoded. */
 int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req);
 const char *ioloop_http_request_path_arg(const ioloop_http_request_t *req, int i);
+/* A named group's value ((?P<name>...)), percent-decoded; NULL if the route
+ * has no group of that name. Named groups are also counted by index. */
+const char *ioloop_http_request_path_arg_named(const ioloop_http_request_t *req, const char *name);
 /* The last value of a query (or form-urlencoded body) argument, decoded
  * ('+' is a space), or def when absent — Tornado's get_argument. A pair whose
  * name or value decodes to a NUL (%00) is dropped, as if absent: as a C
