@@ -23,7 +23,9 @@
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 static void conn_update(http_conn_t *c);
 static void linger_start(http_conn_t *c);
@@ -43,7 +45,7 @@ static size_t input_len(const http_conn_t *c)
 /* Everything formatted so far has reached the kernel. */
 static bool output_done(const http_conn_t *c)
 {
-    return c->out.len == 0 && ioloop_stream_write_queue_size(c->stream) == 0;
+    return c->out.len == 0 && !c->file_pending && ioloop_stream_write_queue_size(c->stream) == 0;
 }
 
 static bool conn_idle(const http_conn_t *c)
@@ -164,6 +166,10 @@ static void conn_teardown(http_conn_t *c)
         ioloop_connection_closed(w->loop);
     detach_request(c);
     ioloop__hbuf_release(w, &c->out);
+    if (c->file_pending) { /* never handed to the stream */
+        close(c->file_fd);
+        c->file_pending = false;
+    }
     ioloop__http_worker_conn_gone(w);
 }
 
@@ -332,22 +338,53 @@ static void on_written(ioloop_stream_t *stream, int status, void *arg)
         conn_update(c);
 }
 
+/* A file body left for the kernel (or the stream ended): its fd is ours to close. */
+static void file_sent(ioloop_stream_t *stream, int status, void *arg)
+{
+    (void)stream, (void)status;
+    close((int)(intptr_t)arg);
+}
+
+/* The pending file goes right after c->out (already handed over). 0, 1 to
+ * wait for the drain (the output is at its mark), or the error. */
+static int send_file(http_conn_t *c)
+{
+    int err = ioloop_stream_write_file(c->stream, c->file_fd, c->file_off, c->file_len, file_sent,
+                                       (void *)(intptr_t)c->file_fd);
+    if (err == -ENOBUFS)
+        return 1; /* refused: the drain callback brings us back */
+    c->file_pending = false;
+    if (err)
+        close(c->file_fd);
+    return err;
+}
+
 void ioloop__http_conn_send(http_conn_t *c)
 {
     if (c->state == CONN_DEAD)
         return;
-    if (c->out.len == 0) {
+    if (c->out.len == 0 && !c->file_pending) {
         maybe_flushed(c);
         return;
     }
     if (!ioloop_stream_writable(c->stream))
         return; /* the drain callback brings us back */
+    if (c->out.len == 0) { /* only the file was left (refused at the mark) */
+        int ferr = send_file(c);
+        if (ferr < 0)
+            ioloop_stream_close(c->stream); /* its close callback tears down, as below */
+        else if (ferr == 0)
+            maybe_flushed(c);
+        return;
+    }
     /* A copy (the stream coalesces small ones into its blocks); an outgrown
      * buffer (a large response) is given back at once. */
     int err = ioloop_stream_write(c->stream, c->out.data, c->out.len, NULL, NULL);
     c->out.len = 0;
     if (!c->req || c->state == CONN_LINGER || c->out.cap > HTTP_BLOCK)
         ioloop__hbuf_release(c->w, &c->out); /* an idle connection holds no block */
+    if (!err && c->file_pending && send_file(c) < 0)
+        err = -EPIPE;
     if (err) {
         /* The stream ended (or no memory): its close callback tears the
          * connection down later. Never here: a caller (100-continue in head
@@ -461,7 +498,7 @@ static void conn_step(http_conn_t *c)
         return;
     case CONN_LINGER:
         ioloop_stream_consume(c->stream, input_len(c));
-        if (!c->shut && c->out.len == 0) {
+        if (!c->shut && c->out.len == 0 && !c->file_pending) {
             watch_output(c); /* before the shutdown refuses writes */
             c->shut = true;
             if (ioloop_stream_shutdown(c->stream) != 0) {

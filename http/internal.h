@@ -89,6 +89,7 @@ struct ioloop_http_server {
     char last_error[512]; /* ioloop_http_server_last_error */
     ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
     void *log_arg;
+    struct http_static *statics; /* static routes' state (static.c), freed with the server */
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -158,6 +159,7 @@ struct ioloop_http_request {
     ioloop_http_flush_fn flush_fn;
     void *flush_arg;
     bool flush_waiting; /* flush_fn waits for the out buffer to drain */
+    bool file_body;     /* finish_file: the body is a file range, not in rbody */
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
     uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
@@ -200,6 +202,14 @@ struct http_conn {
     int fail_status;             /* >0: answer this and close; -1: parse no more */
     struct sockaddr_in6 peer;    /* AF_INET or AF_INET6 */
     socklen_t peer_len;
+    /* a response's file body (ioloop__http_response_finish_file), owned by
+     * the connection until handed to the stream right after what c->out
+     * holds (nothing is appended to c->out meanwhile: parsing waits for a
+     * writable stream, which the pending file means it is not) */
+    bool file_pending;
+    int file_fd;
+    off_t file_off;
+    size_t file_len;
 };
 
 struct http_worker {
@@ -323,6 +333,16 @@ int64_t ioloop__http_now_ns(void);
 /* request.c: the remote address as text, whatever the request's state. */
 const char *ioloop__http_remote_ip(ioloop_http_request_t *req);
 
+/* mime.c */
+/* The Content-Type for a file name, from its extension (application/octet-stream if unknown). */
+const char *ioloop__http_mime_type(const char *name);
+
+/* static.c */
+void ioloop__http_static_free_all(ioloop_http_server_t *s);
+/* White-box for tests: runs on the executor thread after a path passed the
+ * checks and before it is opened (a test deletes the file there). */
+extern void (*ioloop__http_static_test_hook)(const char *relative_path);
+
 /* response.c */
 /* Appends a complete error response (status, small HTML body, Connection:
  * close) to out. */
@@ -332,6 +352,16 @@ const char *ioloop__http_reason(int status);
 void ioloop__http_response_abort(ioloop_http_request_t *req);
 /* c->out drained: completes a waiting flush. */
 void ioloop__http_response_drained(ioloop_http_request_t *req);
+/* Finishes req with len bytes of fd from offset as its body (Content-Length:
+ * len; status and other headers as set before): the head goes into c->out
+ * and the range follows it on the connection's stream with
+ * ioloop_stream_write_file (sendfile on a plain socket), in order with the
+ * responses before and after it. Takes fd in every case: closed once the
+ * range has left, or the connection ended, or at once for HEAD, a bodiless
+ * status, a closed connection or an error. Nothing may have been written or
+ * flushed before. 0, or what finish returns; -EALREADY (fd closed) after
+ * finish. */
+int ioloop__http_response_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len);
 
 /* gzip.c */
 /* Validates and defaults the gzip options (server_new): -EINVAL for a level outside 0..9. */

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 const char *ioloop__http_reason(int status)
 {
@@ -139,7 +140,7 @@ static int write_head(ioloop_http_request_t *req, http_conn_t *c, bool known_len
             req->close_delimited = true, keep = false;
     }
     req->keep_alive = keep;
-    size_t extra = (known_length && body && !req->head) ? body_len : 0;
+    size_t extra = (known_length && body && !req->head && !req->file_body) ? body_len : 0;
     if (ioloop__hbuf_reserve(c->w, &c->out, 256 + req->rhdr.len + extra) != 0)
         return -ENOMEM;
     hbuf_t *o = &c->out;
@@ -448,6 +449,37 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
     ioloop__http_conn_response_done(c);
     ioloop__http_conn_leave(c);
     return err;
+}
+
+int ioloop__http_response_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len)
+{
+    if (req->finished) {
+        close(fd);
+        return -EALREADY;
+    }
+    http_conn_t *c = req->c;
+    if (!c || req->headers_sent || req->rbody.len || req->user_length) {
+        close(fd); /* gone, or misuse: the body would not be this file alone */
+        int err = ioloop_http_response_finish(req);
+        return c ? -EINVAL : err;
+    }
+    bool send_file = len && !req->head && status_has_body(req->status);
+    ioloop__http_conn_enter(c);
+    req->file_body = true;
+    int err = write_head(req, c, true, len); /* HEAD gets the length, 304 none */
+    if (!err && send_file) {
+        assert(!c->file_pending);
+        c->file_pending = true;
+        c->file_fd = fd;
+        c->file_off = offset;
+        c->file_len = len;
+        req->body_sent = len;
+    } else {
+        close(fd);
+    }
+    ioloop__http_conn_leave(c);
+    int ferr = ioloop_http_response_finish(req); /* hands c->out, then the file, to the stream */
+    return err ? err : ferr;
 }
 
 int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type, const void *body,

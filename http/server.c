@@ -276,6 +276,7 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
         w = next;
     }
     ioloop__http_router_free(s);
+    ioloop__http_static_free_all(s);
     free(s);
 }
 

@@ -51,6 +51,14 @@ typedef struct out_entry {
     const void *borrowed;
     ioloop_stream_release_fn release;
     void *release_arg;
+    /* a file range (ioloop_stream_write_file): len bytes from file_off of
+     * file_fd (borrowed); with sendfile nothing is staged, else up to a block
+     * is pread into `block` and sent from data/staged before reading more */
+    bool file;
+    bool file_copy; /* stage through the block (another transport, or sendfile refused the fd) */
+    int file_fd;
+    off_t file_off; /* next byte to send (sendfile) or to read (staged) */
+    size_t staged;  /* bytes read into the block, not yet sent */
 } out_entry_t;
 
 /* A write's done callback, due once `end` bytes (of all ever queued) left. */

@@ -14,8 +14,13 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
+#include <time.h>
+#include <unistd.h>
 
 /* ---- the output queue and its cache ---------------------------------------------- */
 
@@ -44,6 +49,9 @@ static out_entry_t *entry_take(stream_home_t *home, bool with_block)
     entry->data = entry->block;
     entry->borrowed = NULL;
     entry->release = NULL;
+    entry->file = entry->file_copy = false;
+    entry->file_fd = -1;
+    entry->staged = 0;
     return entry;
 }
 
@@ -80,6 +88,18 @@ void ioloop__stream_retire_entry(ioloop_stream_t *stream, out_entry_t *entry)
     }
 }
 
+/* n bytes of a file entry left (fewer than its len). */
+static void file_advance(out_entry_t *entry, size_t n)
+{
+    entry->len -= n;
+    if (entry->file_copy) {
+        entry->data += n;
+        entry->staged -= n;
+    } else {
+        entry->file_off += (off_t)n;
+    }
+}
+
 static void drop_sent(ioloop_stream_t *stream, size_t n)
 {
     stream->sent_total += n;
@@ -87,6 +107,10 @@ static void drop_sent(ioloop_stream_t *stream, size_t n)
     while (n) {
         out_entry_t *entry = stream->out_head;
         if (n < entry->len) {
+            if (entry->file) {
+                file_advance(entry, n);
+                break;
+            }
             entry->data += n;
             entry->len -= n;
             break;
@@ -113,21 +137,112 @@ static void drop_empty_tail(ioloop_stream_t *stream)
     ioloop__stream_retire_entry(stream, entry);
 }
 
+/* sendfile(2) without SIGPIPE: a socket the peer reset raises it and
+ * sendfile has no MSG_NOSIGNAL, so the signal is blocked around the call and
+ * one it raised is taken back (sigtimedwait), leaving a SIGPIPE that was
+ * already pending alone. Costs two sigprocmask per call: one call moves up
+ * to a socket buffer (megabytes on a fast path), small files never get here. */
+static ssize_t sendfile_nosignal(int out_fd, int in_fd, off_t *off, size_t count)
+{
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    bool was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+    ssize_t n;
+    do
+        n = sendfile(out_fd, in_fd, off, count);
+    while (n < 0 && errno == EINTR);
+    int err = n < 0 ? errno : 0;
+    if (err == EPIPE && !was_pending) {
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return n;
+}
+
+/* Sends from the file entry at the head of the queue: sendfile on the plain
+ * socket; for another transport (TLS), or an fd sendfile refuses, through a
+ * staged block: pread at most one block, and write it (the same bytes at
+ * the same address until the transport took them all, as TLS needs) before
+ * reading more. So a file holds at most one block, whatever its size. Bytes
+ * the transport took, -EAGAIN, or a negative errno (-EIO: the file ended
+ * before the promised range). */
+static ssize_t send_file_entry(ioloop_stream_t *stream, out_entry_t *entry)
+{
+    if (!entry->file_copy) {
+        size_t want = entry->len < (size_t)0x7ffff000 ? entry->len : (size_t)0x7ffff000; /* Linux's cap */
+        off_t off = entry->file_off;
+        ssize_t n = sendfile_nosignal(stream->fd, entry->file_fd, &off, want);
+        if (n > 0)
+            return n;
+        if (n == 0)
+            return -EIO; /* the file is shorter than the range: the framing cannot be kept */
+        if (errno == EAGAIN)
+            return -EAGAIN;
+        if (errno != EINVAL && errno != ENOSYS)
+            return -errno;
+        entry->file_copy = true; /* an fd sendfile cannot read from: stage instead */
+    }
+    if (!entry->staged) {
+        if (!entry->block) {
+            entry->block = malloc(OUT_BLOCK);
+            if (!entry->block)
+                return -ENOMEM;
+            entry->cap = OUT_BLOCK;
+        }
+        size_t want = entry->len < entry->cap ? entry->len : entry->cap;
+        ssize_t got;
+        do
+            got = pread(entry->file_fd, entry->block, want, entry->file_off);
+        while (got < 0 && errno == EINTR);
+        if (got < 0)
+            return -errno;
+        if (got == 0)
+            return -EIO;
+        entry->file_off += got;
+        entry->staged = (size_t)got;
+        entry->data = entry->block;
+    }
+    struct iovec iov = {.iov_base = (void *)entry->data, .iov_len = entry->staged};
+    return stream->transport->writev(stream->transport_ctx, stream->fd, &iov, 1);
+}
+
 /* Sends queued output until done or the socket is full; then a requested
- * shutdown. May end the stream. */
+ * shutdown. May end the stream. Memory entries go out in writev batches up
+ * to the next file entry, which goes alone. */
 void ioloop__stream_flush(ioloop_stream_t *stream)
 {
     while (stream->out_bytes && stream_flush_allowed(stream)) {
         struct iovec iov[IOV_BATCH];
         int count = 0;
         size_t total = 0;
-        for (out_entry_t *entry = stream->out_head; entry && count < IOV_BATCH; entry = entry->next) {
-            if (!entry->len)
-                continue;
-            iov[count++] = (struct iovec){.iov_base = (void *)entry->data, .iov_len = entry->len};
-            total += entry->len;
+        ssize_t n;
+        out_entry_t *head = stream->out_head;
+        while (head && !head->len && !head->file)
+            head = head->next;
+        if (head && head->file) {
+            while (stream->out_head != head) { /* empty copied entries before it */
+                out_entry_t *entry = stream->out_head;
+                stream->out_head = entry->next;
+                ioloop__stream_retire_entry(stream, entry);
+            }
+            n = send_file_entry(stream, head);
+            /* a staged block counts as taken only as far as the transport took it */
+            total = head->file_copy ? head->staged : head->len < (size_t)0x7ffff000 ? head->len : (size_t)0x7ffff000;
+        } else {
+            for (out_entry_t *entry = stream->out_head; entry && count < IOV_BATCH && !entry->file;
+                 entry = entry->next) {
+                if (!entry->len)
+                    continue;
+                iov[count++] = (struct iovec){.iov_base = (void *)entry->data, .iov_len = entry->len};
+                total += entry->len;
+            }
+            n = stream->transport->writev(stream->transport_ctx, stream->fd, iov, count);
         }
-        ssize_t n = stream->transport->writev(stream->transport_ctx, stream->fd, iov, count);
         if (n == -EAGAIN) {
             stream->write_blocked = true;
             break;
@@ -252,8 +367,8 @@ static int queue_copy(ioloop_stream_t *stream, const struct iovec *iov, int iovc
         skip = 0;
         while (len) {
             out_entry_t *tail = stream->out_tail;
-            /* A borrowed tail may carry a cached entry's block: never append there. */
-            if (!tail || tail->release || !tail->block || tail->used == tail->cap) {
+            /* A borrowed or file tail may carry a cached entry's block: never append there. */
+            if (!tail || tail->release || tail->file || !tail->block || tail->used == tail->cap) {
                 bool big = len > OUT_BLOCK;
                 tail = entry_take(stream->home, !big);
                 if (!tail)
@@ -412,6 +527,47 @@ int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size
     if (stream->out_bytes >= stream->max_out)
         stream->drain_wanted = true;
     ioloop__stream_update_io(stream);
+    return 0;
+}
+
+int ioloop_stream_write_file(ioloop_stream_t *stream, int fd, off_t offset, size_t len, ioloop_stream_write_fn done,
+                             void *arg)
+{
+    if (fd < 0)
+        return -EBADF;
+    if (offset < 0 || len > (size_t)SSIZE_MAX || (uint64_t)offset > (uint64_t)INT64_MAX - len)
+        return -EINVAL;
+    int err = write_refused(stream);
+    if (err)
+        return err;
+    if (done && completion_reserve(stream) < 0)
+        return -ENOMEM;
+    out_entry_t *entry = entry_take(stream->home, false);
+    if (!entry)
+        return -ENOMEM;
+    entry->file = true;
+    entry->file_copy = stream->transport != &ioloop_stream_transport_socket;
+    entry->file_fd = fd;
+    entry->file_off = offset;
+    entry->len = len;
+    entry->data = entry->block;
+    bool was_empty = !stream->out_bytes;
+    if (stream->out_tail)
+        stream->out_tail->next = entry;
+    else
+        stream->out_head = entry;
+    stream->out_tail = entry;
+    stream->out_bytes += len;
+    stream->queued_total += len;
+    if (len == 0)
+        drop_empty_tail(stream); /* nothing to send: done as soon as what precedes it */
+    if (done)
+        completion_push(stream, done, arg, stream->queued_total);
+    if (was_empty && stream->out_bytes)
+        stream->write_since = stream_now(stream);
+    if (stream->out_bytes >= stream->max_out)
+        stream->drain_wanted = true;
+    ioloop__stream_update_io(stream); /* sends at once unless corked or blocked */
     return 0;
 }
 

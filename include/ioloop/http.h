@@ -366,6 +366,36 @@ int ioloop_http_response_finish(ioloop_http_request_t *req);
 int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type, const void *body,
                               size_t len);
 
+/* ---- static files (static.c) ------------------------------------------ */
+
+/* Options of a static route; zero means the default. */
+typedef struct {
+    const char *cache_control; /* Cache-Control of every file response (and its 304); NULL: none */
+    const char *index;         /* the file served for a directory; NULL: "index.html", "": none */
+    bool list_directories;     /* a directory without index: an HTML listing (else 403) */
+    bool follow_symlinks;      /* symlinks may lead outside root_dir (default: 403) */
+    bool gzip_static;          /* serve file.gz for file when the client accepts gzip and asks no
+                                  range (Content-Encoding: gzip, Vary: Accept-Encoding), as nginx */
+} ioloop_http_static_options_t;
+
+/* Serves the files under root_dir at prefix ("/static/": GET /static/a/b.css
+ * is root_dir/a/b.css), as Tornado's StaticFileHandler and nginx do:
+ * sendfile for the body (ioloop_stream_write_file; small files are read and
+ * copied), a strong ETag (inode, size, mtime) and Last-Modified, 304 for
+ * If-None-Match / If-Modified-Since, one byte range (206, 416 with
+ * "bytes * /size" unsatisfiable; several ranges: the whole file, as Tornado),
+ * If-Range, HEAD, Content-Type from the extension, a directory as
+ * prefix/dir/ (prefix/dir redirects there, 301) with its index or listing.
+ * Nothing outside root_dir is served: a path with "..", ".", empty segments,
+ * a backslash, an encoded '/' or NUL, or bad escapes gets 404; a symlink
+ * leading outside (openat2 RESOLVE_BENEATH, or a realpath check on kernels
+ * without it) 403 unless follow_symlinks. Opening and fstat run on the
+ * executor (ioloop_run_in_executor), never on the loop thread. prefix must
+ * start and end with '/'. Configure before serving, as routes. 0, -EINVAL,
+ * the errno of opening root_dir, or ioloop_http_server_route's error. */
+int ioloop_http_static_route(ioloop_http_server_t *s, const char *prefix, const char *root_dir,
+                             const ioloop_http_static_options_t *opts);
+
 #ifdef __cplusplus
 }
 #endif

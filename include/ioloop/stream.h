@@ -211,6 +211,24 @@ int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int i
 int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
                                  ioloop_stream_release_fn release, void *arg);
 
+/* Zero-copy file bytes: len bytes of fd from offset, queued in order with the
+ * other writes. On the plain socket transport they go with sendfile(2) (the
+ * page cache straight to the socket); on any other transport (TLS) at most
+ * one 16 KiB block at a time is pread and handed to the transport's writev,
+ * and the next one read only once it took all of it. The bytes count in the
+ * output (write_queue_size, max_write_buffer_size) without being in memory,
+ * so a large file is paced by the peer and memory stays flat.
+ * fd is borrowed: keep it open and do not change the range until done runs
+ * (exactly once, as for any write: status 0 once the last byte left, or the
+ * error the stream ended with); then close it. done may be NULL only if the
+ * fd outlives the stream. A file that ends before offset + len ends the
+ * stream with -EIO (the peer's framing could not be kept), a read error with
+ * its errno. Returns as ioloop_stream_write does (refused: done does not
+ * run, fd stays the caller's), -EBADF for fd < 0, -EINVAL for a negative
+ * offset or a range beyond SSIZE_MAX / INT64_MAX. */
+int ioloop_stream_write_file(ioloop_stream_t *stream, int fd, off_t offset, size_t len, ioloop_stream_write_fn done,
+                             void *arg);
+
 /* Bytes queued and not yet taken by the kernel. */
 size_t ioloop_stream_write_queue_size(const ioloop_stream_t *stream);
 /* True while a write would be accepted (output below max_write_buffer_size). */
