@@ -19,6 +19,7 @@
 #include "internal.h"
 
 #include <assert.h>
+#include <unistd.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@ enum {
 struct http_gzip {
     z_stream zs;
     hbuf_t out; /* compressed bytes: swapped with req->rbody before they are framed */
+    bool no_sync; /* a file pumped through (send_file): no sync flush per part, as nginx */
     struct http_gzip *next_free;
 };
 
@@ -276,6 +278,7 @@ void ioloop__http_gzip_release(ioloop_http_request_t *req)
         gz->out.cap = 0;
     }
     gz->out.len = 0;
+    gz->no_sync = false;
     gz->next_free = w->gzip_free;
     w->gzip_free = gz;
     w->ngzip_free++;
@@ -299,37 +302,79 @@ static int add_header(ioloop_http_request_t *req, const char *line, size_t len)
 }
 #define ADD_HEADER(req, lit) add_header((req), (lit), sizeof(lit) - 1)
 
-int ioloop__http_gzip_head(ioloop_http_request_t *req, bool known_length)
+/* A strong ETag names the identity bytes: the gzip'd ones get it weak
+ * (W/"..."), as nginx's gzip filter does, so no cache takes one for the
+ * other in a byte-range or strong comparison. */
+static int weaken_etag(ioloop_http_request_t *req)
 {
-    http_worker_t *w = req->w;
-    const ioloop_http_server_options_t *opts = &w->server->opts;
+    hbuf_t *h = &req->rhdr;
+    for (size_t at = 0; at < h->len;) {
+        char *line = h->data + at;
+        char *eol = memchr(line, '\r', h->len - at);
+        if (!eol)
+            break;
+        if ((size_t)(eol - line) > 7 && !strncasecmp(line, "ETag: \"", 7)) {
+            int err = ioloop__hbuf_reserve(req->w, h, 2);
+            if (err)
+                return err;
+            line = h->data + at; /* reserve may move the buffer */
+            memmove(line + 8, line + 6, h->len - at - 6);
+            memcpy(line + 6, "W/", 2);
+            h->len += 2;
+            return 0;
+        }
+        at = (size_t)(eol - h->data) + 2;
+    }
+    return 0;
+}
+
+enum { GZIP_NONE, GZIP_VARY, GZIP_COMPRESS };
+
+/* What gzip does for req's response: nothing, Vary only, or compress. len:
+ * the whole body's length when known_length. */
+static int decide(const ioloop_http_request_t *req, bool known_length, uint64_t len, user_headers_t *uh)
+{
+    const ioloop_http_server_options_t *opts = &req->w->server->opts;
     if (!opts->gzip || req->gzip)
-        return 0;
+        return GZIP_NONE;
     int status = req->status;
     if (status < 200 || status == 204 || status == 206 || status == 304)
-        return 0; /* no body, or a slice of one: a range of the gzip would be another entity */
+        return GZIP_NONE; /* no body, or a slice of one: a range of the gzip would be another entity */
+    scan_user_headers(req, uh);
+    if (uh->encoding || !compressible(opts, uh->ctype, uh->ctype_len))
+        return GZIP_NONE;
+    if (req->head || req->user_length || !accepts_gzip(req))
+        return GZIP_VARY;
+    if (known_length && len < opts->gzip_min_length)
+        return GZIP_VARY;
+    return GZIP_COMPRESS;
+}
+
+bool ioloop__http_gzip_wanted(const ioloop_http_request_t *req, uint64_t len)
+{
     user_headers_t uh;
-    scan_user_headers(req, &uh);
-    if (uh.encoding || !compressible(opts, uh.ctype, uh.ctype_len))
+    return !req->headers_sent && decide(req, true, len, &uh) == GZIP_COMPRESS;
+}
+
+int ioloop__http_gzip_head(ioloop_http_request_t *req, bool known_length)
+{
+    user_headers_t uh;
+    int what = decide(req, known_length, req->rbody.len, &uh);
+    if (what == GZIP_NONE)
         return 0;
     int err = uh.vary_has ? 0 : ADD_HEADER(req, "Vary: Accept-Encoding\r\n");
-    if (err)
+    if (err || what != GZIP_COMPRESS)
         return err;
-    if (req->head || req->user_length || !accepts_gzip(req))
-        return 0;
-    if (known_length && req->rbody.len < opts->gzip_min_length)
-        return 0;
-    struct http_gzip *gz = gzip_get(w, opts->gzip_level);
+    struct http_gzip *gz = gzip_get(req->w, req->w->server->opts.gzip_level);
     if (!gz)
         return 0; /* no memory for a deflate state: the body goes as it is */
-    err = ADD_HEADER(req, "Content-Encoding: gzip\r\n");
-    if (err) {
-        req->gzip = gz;
-        ioloop__http_gzip_release(req);
-        return err;
-    }
     req->gzip = gz;
-    return 0;
+    err = weaken_etag(req);
+    if (!err)
+        err = ADD_HEADER(req, "Content-Encoding: gzip\r\n");
+    if (err)
+        ioloop__http_gzip_release(req);
+    return err;
 }
 
 int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last)
@@ -344,7 +389,7 @@ int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last)
     zs->next_in = (Bytef *)req->rbody.data;
     zs->avail_in = (uInt)req->rbody.len;
     gz->out.len = 0;
-    int flush = last ? Z_FINISH : Z_SYNC_FLUSH;
+    int flush = last ? Z_FINISH : gz->no_sync ? Z_NO_FLUSH : Z_SYNC_FLUSH;
     /* deflateBound covers a whole stream from here; a little more for the
      * sync marker and the trailer. Grown in the loop if ever short. */
     size_t want = deflateBound(zs, (uLong)req->rbody.len) + 64;
@@ -372,5 +417,63 @@ int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last)
     gz->out.len = 0;
     if (last)
         ioloop__http_gzip_release(req);
+    return 0;
+}
+
+/* ---- a file through gzip (the static route's large files) ------------------ */
+
+enum { GZIP_FILE_BLOCK = 65536 };
+
+typedef struct {
+    int fd;
+    uint64_t offset, left;
+} gzip_file_t;
+
+/* One block per flush completion: read, compress, flush; the next block is
+ * read only once the previous one reached the kernel, so a slow client paces
+ * the file and memory stays flat. */
+static void file_pump(ioloop_http_request_t *req, int status, void *arg)
+{
+    gzip_file_t *gf = arg;
+    if (status == 0 && gf->left > 0) {
+        size_t want = gf->left < GZIP_FILE_BLOCK ? (size_t)gf->left : GZIP_FILE_BLOCK;
+        ssize_t n = -1;
+        if (ioloop__hbuf_reserve(req->w, &req->rbody, want) == 0)
+            n = pread(gf->fd, req->rbody.data + req->rbody.len, want, (off_t)gf->offset);
+        if (n <= 0) {
+            /* The file shrank or failed: a clean end would pass a cut file
+             * for a whole one, so the connection ends instead. */
+            if (req->c)
+                ioloop__http_conn_close(req->c);
+        } else {
+            req->rbody.len += (size_t)n;
+            gf->offset += (uint64_t)n;
+            gf->left -= (uint64_t)n;
+            /* the last block: finish compresses it with the trailer */
+            if (gf->left == 0)
+                goto done;
+            if (ioloop_http_response_flush(req, file_pump, gf) == 0)
+                return;
+            if (req->c)
+                ioloop__http_conn_close(req->c); /* cut short: never framed as the whole */
+        }
+    }
+done:
+    close(gf->fd);
+    free(gf);
+    ioloop_http_response_finish(req);
+}
+
+int ioloop__http_gzip_send_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len)
+{
+    gzip_file_t *gf = malloc(sizeof(*gf));
+    int err = gf ? ioloop__http_gzip_head(req, false) : -ENOMEM;
+    if (err || !req->gzip) {
+        free(gf); /* no memory: the file goes as it is */
+        return ioloop__http_response_finish_file(req, fd, offset, len);
+    }
+    req->gzip->no_sync = true;
+    *gf = (gzip_file_t){.fd = fd, .offset = (uint64_t)offset, .left = len};
+    file_pump(req, 0, gf);
     return 0;
 }

@@ -678,6 +678,10 @@ static void answer(static_job_t *job)
     }
     int fd = job->fd;
     job->fd = -1;
+    if (kind == RANGE_NONE && ioloop__http_gzip_wanted(req, len)) { /* the server's gzip option (gzip.c) */
+        ioloop__http_gzip_send_file(req, fd, (off_t)start, (size_t)len);
+        return;
+    }
     ioloop__http_response_finish_file(req, fd, (off_t)start, (size_t)len);
 }
 
