@@ -350,12 +350,6 @@ static int decide(const ioloop_http_request_t *req, bool known_length, uint64_t 
     return GZIP_COMPRESS;
 }
 
-bool ioloop__http_gzip_wanted(const ioloop_http_request_t *req, uint64_t len)
-{
-    user_headers_t uh;
-    return !req->headers_sent && decide(req, true, len, &uh) == GZIP_COMPRESS;
-}
-
 int ioloop__http_gzip_head(ioloop_http_request_t *req, bool known_length)
 {
     user_headers_t uh;
@@ -464,16 +458,24 @@ done:
     ioloop_http_response_finish(req);
 }
 
-int ioloop__http_gzip_send_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len)
+int ioloop__http_gzip_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len)
 {
-    gzip_file_t *gf = malloc(sizeof(*gf));
-    int err = gf ? ioloop__http_gzip_head(req, false) : -ENOMEM;
-    if (err || !req->gzip) {
-        free(gf); /* no memory: the file goes as it is */
-        return ioloop__http_response_finish_file(req, fd, offset, len);
+    user_headers_t uh;
+    int what = req->headers_sent ? GZIP_NONE : decide(req, true, len, &uh);
+    gzip_file_t *gf = what == GZIP_COMPRESS ? malloc(sizeof(*gf)) : NULL;
+    int err = 0;
+    if (gf) {
+        err = ioloop__http_gzip_head(req, false); /* Vary, Content-Encoding, the deflate state */
+        if (!err && req->gzip) {
+            req->gzip->no_sync = true;
+            *gf = (gzip_file_t){.fd = fd, .offset = (uint64_t)offset, .left = len};
+            file_pump(req, 0, gf);
+            return 0;
+        }
+        free(gf); /* no memory for the state: the file goes as it is, Vary already set */
+    } else if (what != GZIP_NONE && !uh.vary_has) {
+        err = ADD_HEADER(req, "Vary: Accept-Encoding\r\n");
     }
-    req->gzip->no_sync = true;
-    *gf = (gzip_file_t){.fd = fd, .offset = (uint64_t)offset, .left = len};
-    file_pump(req, 0, gf);
-    return 0;
+    (void)err; /* without room for Vary the file still goes: a cache keys on less */
+    return ioloop__http_response_finish_file(req, fd, offset, len);
 }

@@ -375,13 +375,11 @@ int ioloop__http_gzip_head(ioloop_http_request_t *req, bool known_length);
 int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last);
 /* Gives the request's deflate state back to its worker's pool. */
 void ioloop__http_gzip_release(ioloop_http_request_t *req);
-/* Would a body of len bytes be compressed, headers as set so far? */
-bool ioloop__http_gzip_wanted(const ioloop_http_request_t *req, uint64_t len);
-/* Finishes req with len bytes of fd from offset, compressed (call when
- * ioloop__http_gzip_wanted): read and deflated a block at a time, each flushed
- * once the previous one reached the kernel; chunked. Takes fd in every case.
- * Falls back to ioloop__http_response_finish_file without memory. */
-int ioloop__http_gzip_send_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len);
+/* ioloop__http_response_finish_file through gzip: when the response would
+ * be compressed, the range is read and deflated a 64 KiB block at a time,
+ * each flushed once the previous one reached the kernel (chunked); else it
+ * goes as it is, with Vary if its type is compressible. Takes fd in every case. */
+int ioloop__http_gzip_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len);
 /* Frees a worker's idle deflate states. */
 void ioloop__http_gzip_pool_free(http_worker_t *w);
 

@@ -678,11 +678,7 @@ static void answer(static_job_t *job)
     }
     int fd = job->fd;
     job->fd = -1;
-    if (kind == RANGE_NONE && ioloop__http_gzip_wanted(req, len)) { /* the server's gzip option (gzip.c) */
-        ioloop__http_gzip_send_file(req, fd, (off_t)start, (size_t)len);
-        return;
-    }
-    ioloop__http_response_finish_file(req, fd, (off_t)start, (size_t)len);
+    ioloop__http_gzip_finish_file(req, fd, (off_t)start, (size_t)len); /* the server's gzip option, else as is */
 }
 
 static void job_done(ioloop_future_t *f, void *arg)

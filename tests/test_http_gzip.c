@@ -5,6 +5,8 @@
  * without Accept-Encoding, with q=0, for images, below the minimum length,
  * for 206, 304, HEAD, a handler's own Content-Encoding or Content-Length.
  * A streamed body's first flushed part inflates before the handler finishes.
+ * Static files: small ones compressed whole, large ones a block at a time,
+ * with a weak ETag; ranges, images and HEAD stay identity.
  * Threading rule: as test_http_util.h; the streaming handler parks its
  * request in an atomic and the test posts the rest to the loop.
  */
@@ -396,6 +398,90 @@ static void test_options(void **state)
     tsrv_stop(&t);
 }
 
+/* ---- static files (the static route) through gzip ------------------------------------ */
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+static void test_static_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test_http_gzip.XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    /* past the static route's in-memory size, and 3 of gzip.c's 64 KiB blocks */
+    enum { BIG = 3 * (sizeof(text) - 1) };
+    static char big[BIG], out[BIG];
+    for (int i = 0; i < 3; i++)
+        memcpy(big + i * (sizeof(text) - 1), text, sizeof(text) - 1);
+    snprintf(path, sizeof(path), "%s/big.txt", dir);
+    write_file(path, big, BIG);
+    snprintf(path, sizeof(path), "%s/small.txt", dir);
+    write_file(path, text, 4096);
+    snprintf(path, sizeof(path), "%s/pic.png", dir);
+    write_file(path, text, 4096);
+    tsrv_t t;
+    tsrv_init(&t, &(ioloop_http_server_options_t){.gzip = true});
+    assert_int_equal(ioloop_http_static_route(t.server, "/s/", dir, NULL), 0);
+    tsrv_start(&t);
+    const char *ae = "Accept-Encoding: gzip\r\n";
+    tresp_t r;
+    char etag[128], v[128];
+    for (int i = 0; i < 2; i++) { /* twice: the second on a warm pool */
+        get(t.port, "/s/big.txt", ae, &r);
+        assert_true(tresp_has(&r, "Content-Encoding", "gzip"));
+        assert_true(r.chunked); /* streamed a block at a time */
+        assert_int_equal(gunzip(r.body, r.body_len, out, sizeof(out)), BIG);
+        assert_memory_equal(out, big, BIG);
+        assert_true(tresp_header(&r, "ETag", etag, sizeof(etag)));
+        assert_true(strncmp(etag, "W/\"", 3) == 0); /* the gzip'd bytes are another representation */
+        tresp_free(&r);
+    }
+    get(t.port, "/s/small.txt", ae, &r);
+    expect_gzip(&r, 4096);
+    assert_false(r.chunked);
+    tresp_free(&r);
+    /* identity: no Accept-Encoding, a range, an image; the strong ETag stays */
+    get(t.port, "/s/big.txt", "", &r);
+    assert_int_equal(r.status, 200);
+    assert_false(tresp_header(&r, "Content-Encoding", v, sizeof(v)));
+    assert_int_equal(r.body_len, BIG);
+    assert_true(tresp_header(&r, "ETag", v, sizeof(v)) && v[0] == '"');
+    assert_true(tresp_has(&r, "Vary", "Accept-Encoding"));
+    assert_string_equal(v, etag + 2);
+    tresp_free(&r);
+    get(t.port, "/s/big.txt", "Accept-Encoding: gzip\r\nRange: bytes=0-999\r\n", &r);
+    expect_plain(&r, 206, 1000);
+    tresp_free(&r);
+    get(t.port, "/s/pic.png", ae, &r);
+    expect_plain(&r, 200, 4096);
+    tresp_free(&r);
+    /* the weak ETag revalidates: 304, no body, no Content-Encoding */
+    char inm[256];
+    snprintf(inm, sizeof(inm), "Accept-Encoding: gzip\r\nIf-None-Match: %s\r\n", etag);
+    get(t.port, "/s/big.txt", inm, &r);
+    expect_plain(&r, 304, 0);
+    tresp_free(&r);
+    /* HEAD of the large file: its identity length, no body */
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "HEAD /s/big.txt HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n");
+    assert_int_equal(tcli_response_ex(fd, &r, true, false), 0);
+    assert_false(tresp_header(&r, "Content-Encoding", v, sizeof(v)));
+    tresp_free(&r);
+    close(fd);
+    tsrv_stop(&t);
+    const char *names[] = {"big.txt", "small.txt", "pic.png"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 /* ---- the shared server ---------------------------------------------------------------- */
 
 static void add_routes(tsrv_t *t)
@@ -463,6 +549,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest alone[] = {
         cmocka_unit_test(test_off_by_default),
         cmocka_unit_test(test_options),
+        cmocka_unit_test(test_static_files),
     };
     int failed = cmocka_run_group_tests_name("gzip server", shared, setup, teardown);
     return failed + cmocka_run_group_tests_name("gzip options", alone, NULL, NULL);
