@@ -1,6 +1,7 @@
 /* gzip_server.c — the ioloop side of tools/bench-gzip: GET / answers a text
  * file's bytes (read once at start, written from memory per request) as
- * text/plain through the server's dynamic gzip (gzip on, --level N).
+ * text/plain through the server's dynamic gzip (gzip on, --level N); any
+ * path answers the same.
  *
  *   http-bench-gzip-server FILE --port P [--level N] [--threads N]
  *
@@ -58,7 +59,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "gzip_server: bad options\n");
         return 2;
     }
-    ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = get_text});
+    ioloop_http_server_route(server, "/.*", &(ioloop_http_route_t){.get = get_text});
     ioloop_runtime_options_t ro = {.loops = threads};
     ioloop_runtime_t *rt;
     ioloop_listener_t *listener = NULL;
