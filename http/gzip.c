@@ -416,7 +416,7 @@ int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last)
 
 /* ---- a file through gzip (the static route's large files) ------------------ */
 
-enum { GZIP_FILE_BLOCK = 65536 };
+enum { GZIP_FILE_BLOCK = 128 * 1024 }; /* a file up to this goes in one read, with a Content-Length */
 
 typedef struct {
     int fd;

@@ -376,7 +376,7 @@ int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last);
 /* Gives the request's deflate state back to its worker's pool. */
 void ioloop__http_gzip_release(ioloop_http_request_t *req);
 /* ioloop__http_response_finish_file through gzip: when the response would
- * be compressed, the range is read and deflated a 64 KiB block at a time,
+ * be compressed, the range is read and deflated a 128 KiB block at a time,
  * each flushed once the previous one reached the kernel (chunked); else it
  * goes as it is, with Vary if its type is compressible. Takes fd in every case. */
 int ioloop__http_gzip_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len);

@@ -413,7 +413,7 @@ static void test_static_files(void **state)
     (void)state;
     char dir[] = "/tmp/test_http_gzip.XXXXXX", path[128];
     assert_non_null(mkdtemp(dir));
-    /* past the static route's in-memory size, and 3 of gzip.c's 64 KiB blocks */
+    /* past the static route's in-memory size, and more than one of gzip.c's 128 KiB blocks */
     enum { BIG = 3 * (sizeof(text) - 1) };
     static char big[BIG], out[BIG];
     for (int i = 0; i < 3; i++)
