@@ -9,7 +9,10 @@
  * compressible, and a body whose length is known is at least gzip_min_length.
  * A streamed (flushed) body is compressed chunk by chunk: Z_SYNC_FLUSH at each
  * flush, so every flushed part can be inflated as it arrives. Vary:
- * Accept-Encoding goes on every compressible response, compressed or not.
+ * Accept-Encoding goes on every compressible response, compressed or not;
+ * a strong ETag turns weak on a compressed one. The static route's files come
+ * through ioloop__http_gzip_finish_file: read and deflated a block per flush
+ * completion when compressed (paced by the client), else sent as they are.
  *
  * Threading rule: the loop thread that owns the request. Each worker keeps a
  * pool of deflate states (deflateReset between responses), so a warm loop
@@ -18,25 +21,24 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
-#include <assert.h>
-#include <unistd.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <zlib.h>
 
 enum {
-    GZIP_DEFAULT_LEVEL = 6,           /* Tornado's GZIP_LEVEL */
-    GZIP_DEFAULT_MIN_LENGTH = 1024,   /* Tornado's MIN_LENGTH */
-    GZIP_POOL_KEEP = 16,              /* idle deflate states a worker keeps (~270 KiB each) */
-    GZIP_OUT_KEEP = 256 * 1024,       /* a pooled state keeps an output buffer up to this size */
+    GZIP_DEFAULT_LEVEL = 6,         /* Tornado's GZIP_LEVEL */
+    GZIP_DEFAULT_MIN_LENGTH = 1024, /* Tornado's MIN_LENGTH */
+    GZIP_POOL_KEEP = 16,            /* idle deflate states a worker keeps (~270 KiB each) */
+    GZIP_OUT_KEEP = 256 * 1024,     /* a pooled state keeps an output buffer up to this size */
 };
 
 struct http_gzip {
     z_stream zs;
-    hbuf_t out; /* compressed bytes: swapped with req->rbody before they are framed */
-    bool no_sync; /* a file pumped through (send_file): no sync flush per part, as nginx */
+    hbuf_t out;   /* compressed bytes: swapped with req->rbody before they are framed */
+    bool no_sync; /* a file pumped through (finish_file): no sync flush per part, as nginx */
     struct http_gzip *next_free;
 };
 
@@ -169,8 +171,8 @@ static bool accepts_gzip(const ioloop_http_request_t *req)
 typedef struct {
     const char *ctype; /* the handler's Content-Type value (in rhdr), or NULL */
     size_t ctype_len;
-    bool encoding;   /* the handler set a Content-Encoding */
-    bool vary_has;   /* its Vary already names Accept-Encoding (or is "*") */
+    bool encoding; /* the handler set a Content-Encoding */
+    bool vary_has; /* its Vary already names Accept-Encoding (or is "*") */
 } user_headers_t;
 
 static bool contains_token(const char *v, size_t len, const char *tok)
@@ -401,7 +403,7 @@ int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last)
         if (rc != Z_OK && rc != Z_BUF_ERROR)
             return -EIO;
         if (zs->avail_out != 0 && zs->avail_in == 0)
-            break; /* a sync flush is complete once output room is left over */
+            break;          /* a sync flush is complete once output room is left over */
         want = gz->out.cap; /* out of room: double */
     }
     /* The compressed bytes take rbody's place; rbody's buffer holds the next ones. */

@@ -383,8 +383,8 @@ static void test_options(void **state)
     /* a level, a minimum and a type list of one's own */
     static const char *const types[] = {"application/x-custom", "image/*", NULL};
     tsrv_t t;
-    tsrv_init(&t, &(ioloop_http_server_options_t){
-                      .gzip = true, .gzip_level = 1, .gzip_min_length = 10, .gzip_types = types});
+    tsrv_init(
+        &t, &(ioloop_http_server_options_t){.gzip = true, .gzip_level = 1, .gzip_min_length = 10, .gzip_types = types});
     tsrv_route(&t, "/text", (ioloop_http_route_t){.get = h_text, .arg = (void *)(uintptr_t)100});
     tsrv_route(&t, "/png", (ioloop_http_route_t){.get = h_png});
     tsrv_start(&t);
