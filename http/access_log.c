@@ -44,11 +44,31 @@ void ioloop_http_server_set_log(ioloop_http_server_t *s, ioloop_http_log_fn fn, 
     s->log_arg = arg;
 }
 
-int64_t ioloop__http_now_ns(void)
+/* The peer's address as text. inet_ntop (an sprintf inside) cost more than
+ * the rest of a log line, and a loop's clients repeat: one cached answer per
+ * thread (a thread runs one loop). With xheaders the request already holds
+ * the forwarded address as text. */
+static const char *remote_ip(ioloop_http_request_t *req)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    static _Thread_local struct sockaddr_in6 last_peer;
+    static _Thread_local char last_ip[64];
+    if (req->remote_ip_set)
+        return req->remote_ip;
+    const struct sockaddr_in6 *sa = &req->peer;
+    bool same = false;
+    if (sa->sin6_family == AF_INET && last_peer.sin6_family == AF_INET)
+        same = ((const struct sockaddr_in *)sa)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)&last_peer)->sin_addr.s_addr;
+    else if (sa->sin6_family == AF_INET6 && last_peer.sin6_family == AF_INET6)
+        same = memcmp(&sa->sin6_addr, &last_peer.sin6_addr, sizeof(sa->sin6_addr)) == 0;
+    if (same)
+        return last_ip;
+    const char *ip = ioloop__http_remote_ip(req);
+    if (sa->sin6_family == AF_INET || sa->sin6_family == AF_INET6) {
+        memcpy(&last_peer, sa, sizeof(last_peer));
+        snprintf(last_ip, sizeof(last_ip), "%s", ip);
+    }
+    return ip;
 }
 
 static const char *find_header(const ioloop_http_request_t *req, const char *name, size_t len)
@@ -81,13 +101,13 @@ void ioloop__http_log_request(ioloop_http_request_t *req, bool completed)
         .host = req->host ? req->host : "",
         .referer = find_header(req, "Referer", 7),
         .user_agent = find_header(req, "User-Agent", 10),
-        .remote_ip = ioloop__http_remote_ip(req),
+        .remote_ip = remote_ip(req),
         .peer = (const struct sockaddr *)&req->peer,
         .peer_len = req->peer_len,
         .status = req->status,
         .body_bytes = req->head ? 0 : req->body_sent,
         .bytes = req->wire_bytes,
-        .duration = req->log_start ? ioloop__http_now_ns() - req->log_start : 0,
+        .duration = ioloop_time(req->w->loop) - req->start,
         .completed = completed,
     };
     s->log_fn(&e, s->log_arg);
@@ -389,8 +409,8 @@ static void format_date(log_lbuf_t *lb, time_t now)
     if (off < 0)
         off = -off;
     lb->date_len = (size_t)snprintf(lb->date, sizeof(lb->date), "[%02d/%s/%04d:%02d:%02d:%02d %c%02ld%02ld]",
-                                    tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                                    tm.tm_sec, sign, off / 60, off % 60);
+                                    tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                                    sign, off / 60, off % 60);
 }
 
 /* Copies s (at most LOG_FIELD_MAX bytes of it) escaped as nginx does:

@@ -86,7 +86,7 @@ struct ioloop_http_server {
     ioloop_runtime_t *sig_rt;
     ioloop_listener_t *sig_listener;
     ioloop_time_t sig_timeout;
-    char last_error[512]; /* ioloop_http_server_last_error */
+    char last_error[512];      /* ioloop_http_server_last_error */
     ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
     void *log_arg;
     struct http_static *statics; /* static routes' state (static.c), freed with the server */
@@ -163,7 +163,6 @@ struct ioloop_http_request {
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
     uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
-    int64_t log_start;   /* CLOCK_MONOTONIC ns at the head's first byte, when the server logs */
     struct http_gzip *gzip; /* deflate state of a response being compressed (gzip.c), else NULL */
 };
 
@@ -328,7 +327,6 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
 /* access_log.c */
 /* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
 void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
-int64_t ioloop__http_now_ns(void);
 
 /* request.c: the remote address as text, whatever the request's state. */
 const char *ioloop__http_remote_ip(ioloop_http_request_t *req);

@@ -110,8 +110,6 @@ static int cb_message_begin(llhttp_t *p)
     }
     req->c = c;
     req->start = ioloop_time(c->w->loop);
-    if (c->w->server->log_fn)
-        req->log_start = ioloop__http_now_ns();
     memcpy(&req->peer, &c->peer, sizeof(c->peer));
     req->peer_len = c->peer_len;
     c->req = req;

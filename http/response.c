@@ -430,8 +430,7 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
             if (ioloop__hbuf_reserve(c->w, &c->out, 5) == 0) {
                 PUTS(&c->out, "0\r\n\r\n");
                 req->wire_bytes += 5;
-            }
-            else
+            } else
                 err = -ENOMEM;
         }
     }

@@ -98,7 +98,8 @@ static void test_hook_status_and_bytes(void **state)
     tsrv_start(&srv);
 
     size_t got[4];
-    got[0] = raw_exchange(srv.port, "GET /hello?x=1 HTTP/1.1\r\nHost: h\r\nReferer: http://r/\r\nConnection: close\r\n\r\n");
+    got[0] =
+        raw_exchange(srv.port, "GET /hello?x=1 HTTP/1.1\r\nHost: h\r\nReferer: http://r/\r\nConnection: close\r\n\r\n");
     wait_seen(1);
     got[1] = raw_exchange(srv.port, "GET /nowhere HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
     wait_seen(2);
@@ -174,9 +175,8 @@ static void test_line_format(void **state)
         char path[64];
         temp_path(path, sizeof(path));
         ioloop_http_access_log_t *log;
-        assert_int_equal(ioloop_http_access_log_open(
-                             path, combined ? IOLOOP_HTTP_LOG_COMBINED : IOLOOP_HTTP_LOG_COMMON, &log),
-                         0);
+        assert_int_equal(
+            ioloop_http_access_log_open(path, combined ? IOLOOP_HTTP_LOG_COMBINED : IOLOOP_HTTP_LOG_COMMON, &log), 0);
         tsrv_t srv;
         tsrv_init(&srv, NULL);
         tsrv_route(&srv, "/hello", (ioloop_http_route_t){.get = hello});
@@ -256,8 +256,8 @@ static void msrv_start(msrv_t *m, ioloop_http_log_fn fn, void *arg, int loops)
     ioloop_http_route_t route = {.get = hello};
     assert_int_equal(ioloop_http_server_route(m->server, "/hello", &route), 0);
     ioloop_http_server_set_log(m->server, fn, arg);
-    assert_int_equal(
-        ioloop_http_server_serve(m->server, m->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_DEFAULT, &m->listener), 0);
+    assert_int_equal(ioloop_http_server_serve(m->server, m->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_DEFAULT, &m->listener),
+                     0);
     m->port = ioloop_listener_port(m->listener);
 }
 

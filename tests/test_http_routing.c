@@ -352,7 +352,8 @@ static void test_route_errors(void **state)
     assert_non_null(strstr(msg, "missing closing parenthesis"));
     assert_int_equal(ioloop_http_server_route(s, "/c/(?P<x>a)(?P<x>b)", &r), -EINVAL);
     assert_non_null(strstr(ioloop_http_server_last_error(s), "\"/c/(?P<x>a)(?P<x>b)\""));
-    assert_int_equal(ioloop_http_server_route(s, "/d/(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)(o)(p)(q)", &r), -EINVAL);
+    assert_int_equal(ioloop_http_server_route(s, "/d/(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)(o)(p)(q)", &r),
+                     -EINVAL);
     assert_non_null(strstr(ioloop_http_server_last_error(s), "more than 16"));
     /* the failed routes left nothing behind: a good one still goes in */
     assert_int_equal(ioloop_http_server_route(s, "/e/(\\d+)", &r), 0);
@@ -419,9 +420,9 @@ static void test_pcre_anchors(void **state)
         const char *target;
         int status;
     } cases[] = {
-        {"/pre/abc", 200},   {"/pre/abc/", 404}, {"/pre/abc1", 404}, {"/x/pre/abc", 404}, {"/d/42/", 404},
-        {"/d/42x", 404},     {"/x/d/42", 404},   {"/x/a", 200},      {"/x/ab", 404},      {"/x/b", 200},
-        {"/PRE/abc", 404},
+        {"/pre/abc", 200}, {"/pre/abc/", 404}, {"/pre/abc1", 404}, {"/x/pre/abc", 404},
+        {"/d/42/", 404},   {"/d/42x", 404},    {"/x/d/42", 404},   {"/x/a", 200},
+        {"/x/ab", 404},    {"/x/b", 200},      {"/PRE/abc", 404},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char raw[256];

@@ -60,8 +60,10 @@ int main(int argc, char **argv)
     ioloop_runtime_options_t ro = {.pin = true}; /* loops = 0: one per CPU */
     ioloop_accept_mode_t mode = IOLOOP_ACCEPT_DEFAULT;
     if (!parse_args(argc, argv, &port, &ro, &mode)) {
-        fprintf(stderr, "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]"
-                        " [--access-log FILE|-]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]"
+                " [--access-log FILE|-]\n",
+                argv[0]);
         return 2;
     }
 
@@ -94,8 +96,8 @@ int main(int argc, char **argv)
 
     ioloop_runtime_join(rt); /* until a signal has drained every loop */
     ioloop_listener_free(listener);
-    ioloop_http_access_log_close(access_log); /* the loops stopped: writes what they buffered */
     ioloop_http_server_free(server);
+    ioloop_http_access_log_close(access_log); /* nothing logs any more: writes what the loops buffered */
     ioloop_runtime_free(rt);
     return 0;
 }

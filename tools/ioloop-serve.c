@@ -151,9 +151,9 @@ int main(int argc, char **argv)
 
     ioloop_runtime_join(rt); /* until a signal has drained every loop */
     ioloop_listener_free(listener);
-    if (log)
-        ioloop_http_access_log_close(log);
     ioloop_http_server_free(server);
+    if (log)
+        ioloop_http_access_log_close(log); /* nothing logs any more: writes what the loops buffered */
     ioloop_runtime_free(rt);
     return 0;
 }

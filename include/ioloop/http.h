@@ -202,21 +202,23 @@ void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_ser
  * during the hook's call (they point into the request, which is recycled
  * after it). */
 typedef struct {
-    ioloop_t *loop;         /* the loop that served it: the hook runs on its thread */
-    const char *method;     /* "GET" */
-    const char *target;     /* the request target as sent ("/a%20b?x=1") */
-    const char *version;    /* "HTTP/1.1" or "HTTP/1.0" */
-    const char *host;       /* as ioloop_http_request_host ("" if none) */
-    const char *referer;    /* the Referer header, NULL if absent */
-    const char *user_agent; /* the User-Agent header, NULL if absent */
-    const char *remote_ip;  /* as ioloop_http_request_remote_ip ("" for a peer that is not IP) */
+    ioloop_t *loop;              /* the loop that served it: the hook runs on its thread */
+    const char *method;          /* "GET" */
+    const char *target;          /* the request target as sent ("/a%20b?x=1") */
+    const char *version;         /* "HTTP/1.1" or "HTTP/1.0" */
+    const char *host;            /* as ioloop_http_request_host ("" if none) */
+    const char *referer;         /* the Referer header, NULL if absent */
+    const char *user_agent;      /* the User-Agent header, NULL if absent */
+    const char *remote_ip;       /* as ioloop_http_request_remote_ip ("" for a peer that is not IP) */
     const struct sockaddr *peer; /* the connection's peer address (peer_len 0: none) */
     socklen_t peer_len;
-    int status;            /* the status sent (404/405 answered by the server included) */
-    uint64_t body_bytes;   /* body bytes sent, without chunked framing; 0 for HEAD, 204, 304 */
-    uint64_t bytes;        /* every byte queued for the client: status line, headers, framing, body */
-    ioloop_time_t duration; /* ns from the first byte of the request head to finish (CLOCK_MONOTONIC) */
-    bool completed;        /* false: the client went away before finish (bytes are what was queued) */
+    int status;             /* the status sent (404/405 answered by the server included) */
+    uint64_t body_bytes;    /* body bytes sent, without chunked framing; 0 for HEAD, 204, 304 */
+    uint64_t bytes;         /* every byte queued for the client: status line, headers, framing, body */
+    ioloop_time_t duration; /* loop time (ioloop_time: cached per iteration, as nginx's $request_time) from
+                               the iteration that read the head's first byte to the one that finished:
+                               0 for an answer given in the same iteration */
+    bool completed;         /* false: the client went away before finish (bytes are what was queued) */
 } ioloop_http_log_entry_t;
 
 /* Called on the request's loop thread when a handler (or the server, for a
@@ -273,8 +275,11 @@ void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log, ioloo
 
 /* Writes what the loops buffered, stops the writer thread (after it wrote
  * everything, or gave up after ~2 s on a pipe nobody reads) and frees log.
- * Call once no loop that logged to it runs any more (after
- * ioloop_runtime_join; its flush timers are then never run), from any thread. */
+ * Any thread, once nothing can log to it: after ioloop_http_server_free of
+ * every server using it (a request finished later, by a completion that
+ * runs in ioloop_runtime_free, is no longer reported), with the loops stopped
+ * for good (their pending flush timers are dropped when they close, never
+ * run). A batch whose write failed part-way counts all its lines as dropped. */
 void ioloop_http_access_log_close(ioloop_http_access_log_t *log);
 
 /* Frees the server: closes its connections and removes its signal watchers. Call once no loop
