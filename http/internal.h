@@ -339,7 +339,10 @@ const char *ioloop__http_mime_type(const char *name);
 void ioloop__http_static_free_all(ioloop_http_server_t *s);
 /* White-box for tests: runs on the executor thread after a path passed the
  * checks and before it is opened (a test deletes the file there). */
-extern void (*ioloop__http_static_test_hook)(const char *relative_path);
+typedef void (*ioloop__http_static_hook_fn)(const char *relative_path);
+extern _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
+/* White-box for tests: true takes the path kernels without openat2 take. */
+extern atomic_bool ioloop__http_static_no_openat2;
 
 /* response.c */
 /* Appends a complete error response (status, small HTML body, Connection:

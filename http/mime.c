@@ -103,8 +103,8 @@ const char *ioloop__http_mime_type(const char *name)
     const char *base = slash ? slash + 1 : name;
     const char *dot = strrchr(base, '.');
     if (dot && dot[1]) {
-        const mime_t *m = bsearch(dot + 1, mime_table, sizeof(mime_table) / sizeof(mime_table[0]),
-                                  sizeof(mime_table[0]), mime_cmp);
+        const mime_t *m =
+            bsearch(dot + 1, mime_table, sizeof(mime_table) / sizeof(mime_table[0]), sizeof(mime_table[0]), mime_cmp);
         if (m)
             return m->type;
     }

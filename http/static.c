@@ -18,6 +18,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/openat2.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +33,16 @@
  * one send for head and body (sendfile would add a syscall and a packet). */
 #define STATIC_SMALL 32768
 
-void (*ioloop__http_static_test_hook)(const char *relative_path);
+_Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
+atomic_bool ioloop__http_static_no_openat2;
+
+typedef struct loop_cache loop_cache_t;
 
 typedef struct http_static {
     struct http_static *next;
+    ioloop_time_t cache_valid;
+    atomic_int refs; /* the server's, and one per executor job: a job may outlive ioloop_http_server_free */
+    _Atomic(loop_cache_t *) caches; /* one per loop that served this route (pushed lock-free) */
     char *prefix;
     size_t prefix_len;
     int root_fd;     /* O_PATH directory */
@@ -48,7 +56,8 @@ typedef struct http_static {
 typedef struct {
     const http_static_t *st;
     ioloop_http_request_t *req;
-    char *rel; /* decoded path under the root ("" for the root) */
+    ioloop_t *loop; /* req's (req must not be used after its finish) */
+    char *rel;      /* decoded path under the root ("" for the root) */
     bool slash, accept_gzip, has_range;
     /* results */
     int status; /* 0: a file to serve, else the HTTP status (301, 403, 404, 500) */
@@ -138,12 +147,17 @@ static int open_beneath(const http_static_t *st, const char *rel)
         return fd >= 0 ? fd : -errno;
     }
 #ifdef SYS_openat2
+    if (atomic_load_explicit(&ioloop__http_static_no_openat2, memory_order_relaxed))
+        goto fallback;
     struct open_how how = {.flags = (uint64_t)flags, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
     long fd = syscall(SYS_openat2, st->root_fd, path, &how, sizeof(how));
     if (fd >= 0)
         return (int)fd;
     if (errno != ENOSYS && errno != EPERM) /* EPERM: a seccomp filter that does not know openat2 */
         return -errno;
+#endif
+#ifdef SYS_openat2
+fallback:
 #endif
     /* No openat2: open, then check where the fd really is. */
     int ofd = openat(st->root_fd, path, flags);
@@ -366,8 +380,9 @@ static void *static_work(void *arg, int *status)
     static_job_t *job = arg;
     const http_static_t *st = job->st;
     *status = 0;
-    if (ioloop__http_static_test_hook)
-        ioloop__http_static_test_hook(job->rel);
+    ioloop__http_static_hook_fn hook = atomic_load_explicit(&ioloop__http_static_test_hook, memory_order_acquire);
+    if (hook)
+        hook(job->rel);
     int fd = open_beneath(st, job->rel);
     if (fd < 0) {
         job->status = status_of(fd);
@@ -480,8 +495,17 @@ static void *static_work(void *arg, int *status)
 
 /* ---- the answer (loop thread) ---------------------------------------------------- */
 
+static void static_free(http_static_t *st);
+
+static void static_release(http_static_t *st)
+{
+    if (atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel) == 1)
+        static_free(st);
+}
+
 static void job_free(static_job_t *job)
 {
+    static_release((http_static_t *)job->st);
     if (job->fd >= 0)
         close(job->fd);
     free(job->rel);
@@ -681,6 +705,120 @@ static void answer(static_job_t *job)
     ioloop__http_gzip_finish_file(req, fd, (off_t)start, (size_t)len); /* the server's gzip option, else as is */
 }
 
+/* ---- the small-file cache (cache_valid > 0) --------------------------------------------
+ * Per loop and route, direct-mapped: CACHE_SLOTS entries of at most
+ * STATIC_SMALL bytes (2 MiB per loop at most), each answered without the
+ * executor until cache_valid after it was read (nginx's open_file_cache_valid:
+ * a change to the file shows within that time). Only successful small files
+ * are kept; errors always go to the executor. The loop's thread alone
+ * touches its cache; the list of caches is pushed lock-free and freed with
+ * the server. */
+#define CACHE_SLOTS 64
+
+typedef struct {
+    char *rel; /* NULL: empty */
+    bool accept_gzip;
+    ioloop_time_t expires;
+    static_job_t job; /* the answer: status 0, small, sb, type, gz flags */
+} cache_entry_t;
+
+struct loop_cache {
+    loop_cache_t *next;
+    ioloop_t *loop;
+    cache_entry_t slots[CACHE_SLOTS];
+};
+
+static loop_cache_t *cache_of(http_static_t *st, ioloop_t *loop, bool create)
+{
+    for (loop_cache_t *c = atomic_load_explicit(&st->caches, memory_order_acquire); c; c = c->next)
+        if (c->loop == loop)
+            return c;
+    if (!create)
+        return NULL;
+    loop_cache_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->loop = loop;
+    c->next = atomic_load_explicit(&st->caches, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&st->caches, &c->next, c, memory_order_release, memory_order_relaxed))
+        ;
+    return c;
+}
+
+static cache_entry_t *cache_slot(loop_cache_t *c, const char *rel, bool accept_gzip)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)accept_gzip; /* FNV-1a */
+    for (const char *p = rel; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &c->slots[h & (CACHE_SLOTS - 1)];
+}
+
+static void cache_entry_clear(cache_entry_t *e)
+{
+    free(e->rel);
+    free(e->job.small);
+    free(e->job.type_buf);
+    memset(e, 0, sizeof(*e));
+}
+
+/* Keeps a small file's answer (takes job->small and job->type_buf). */
+static void cache_put(static_job_t *job)
+{
+    http_static_t *st = (http_static_t *)job->st;
+    if (!st->cache_valid || job->status || !job->small || job->listing || (st->gzip_static && job->has_range))
+        return; /* (a range skipped the gzip twin: not the answer for its key) */
+    ioloop_t *loop = job->loop;
+    loop_cache_t *c = cache_of(st, loop, true);
+    if (!c)
+        return;
+    cache_entry_t *e = cache_slot(c, job->rel, job->accept_gzip);
+    cache_entry_clear(e);
+    e->rel = strdup(job->rel);
+    if (!e->rel)
+        return;
+    e->accept_gzip = job->accept_gzip;
+    e->expires = ioloop_time(loop) + st->cache_valid;
+    e->job = *job;
+    e->job.rel = e->rel;
+    e->job.req = NULL;
+    e->job.fd = -1;
+    if (job->type_name == job->type_buf)
+        e->job.type_name = e->job.type_buf;
+    else
+        e->job.type_name = e->rel;
+    job->small = NULL;
+    job->type_buf = NULL;
+}
+
+/* A fresh cached answer for rel, or NULL. */
+static const static_job_t *cache_get(http_static_t *st, ioloop_t *loop, const char *rel, bool accept_gzip)
+{
+    loop_cache_t *c = cache_of(st, loop, false);
+    if (!c)
+        return NULL;
+    cache_entry_t *e = cache_slot(c, rel, accept_gzip);
+    if (!e->rel || e->accept_gzip != accept_gzip || strcmp(e->rel, rel) != 0)
+        return NULL;
+    if (ioloop_time(loop) >= e->expires) {
+        cache_entry_clear(e);
+        return NULL;
+    }
+    return &e->job;
+}
+
+static void cache_free_all(http_static_t *st)
+{
+    loop_cache_t *c = atomic_load_explicit(&st->caches, memory_order_acquire);
+    while (c) {
+        loop_cache_t *next = c->next;
+        for (int i = 0; i < CACHE_SLOTS; i++)
+            cache_entry_clear(&c->slots[i]);
+        free(c);
+        c = next;
+    }
+    atomic_store(&st->caches, NULL);
+}
+
 static void job_done(ioloop_future_t *f, void *arg)
 {
     static_job_t *job = arg;
@@ -691,6 +829,8 @@ static void job_done(ioloop_future_t *f, void *arg)
         ioloop_http_response_finish(job->req); /* the client left: nothing to answer */
     else
         answer(job);
+    job->req = NULL; /* finished */
+    cache_put(job);
     job_free(job);
 }
 
@@ -718,7 +858,7 @@ static bool accepts_gzip(const char *ae)
 
 static void static_get(ioloop_http_request_t *req, void *arg)
 {
-    const http_static_t *st = arg;
+    http_static_t *st = arg;
     const char *path = ioloop_http_request_path(req);
     if (strncmp(path, st->prefix, st->prefix_len) != 0) {
         send_error(req, 404);
@@ -730,19 +870,33 @@ static void static_get(ioloop_http_request_t *req, void *arg)
         send_error(req, 404);
         return;
     }
+    bool accept_gzip = st->gzip_static && accepts_gzip(ioloop_http_request_header(req, "Accept-Encoding"));
+    bool has_range = ioloop_http_request_header(req, "Range") != NULL;
+    if (st->cache_valid && (!st->gzip_static || !has_range)) {
+        const static_job_t *hit = cache_get(st, ioloop_http_request_loop(req), rel, accept_gzip);
+        if (hit && hit->slash == slash) {
+            static_job_t answer_job = *hit; /* answer only reads it: the entry keeps its buffers */
+            answer_job.req = req;
+            free(rel);
+            answer(&answer_job);
+            return;
+        }
+    }
     static_job_t *job = calloc(1, sizeof(*job));
     if (!job) {
         free(rel);
         send_error(req, 503);
         return;
     }
+    atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed);
     job->st = st;
     job->req = req;
+    job->loop = ioloop_http_request_loop(req);
     job->rel = rel;
     job->fd = -1;
     job->slash = slash;
-    job->has_range = ioloop_http_request_header(req, "Range") != NULL;
-    job->accept_gzip = st->gzip_static && accepts_gzip(ioloop_http_request_header(req, "Accept-Encoding"));
+    job->has_range = has_range;
+    job->accept_gzip = accept_gzip;
     ioloop_future_t *f = ioloop_run_in_executor(ioloop_http_request_loop(req), static_work, job);
     if (!f) {
         job_free(job);
@@ -760,6 +914,7 @@ static void static_get(ioloop_http_request_t *req, void *arg)
 
 static void static_free(http_static_t *st)
 {
+    cache_free_all(st);
     if (st->root_fd >= 0)
         close(st->root_fd);
     free(st->prefix);
@@ -774,7 +929,7 @@ void ioloop__http_static_free_all(ioloop_http_server_t *s)
     while (s->statics) {
         http_static_t *st = s->statics;
         s->statics = st->next;
-        static_free(st);
+        static_release(st); /* jobs still running hold theirs */
     }
 }
 
@@ -808,6 +963,8 @@ int ioloop_http_static_route(ioloop_http_server_t *s, const char *prefix, const 
     st->list_directories = opts->list_directories;
     st->follow_symlinks = opts->follow_symlinks;
     st->gzip_static = opts->gzip_static;
+    st->cache_valid = opts->cache_valid;
+    atomic_init(&st->refs, 1);
     /* the pattern: the prefix with every regex character escaped, then anything */
     size_t pl = strlen(prefix);
     char *pattern = malloc(pl * 2 + 8);

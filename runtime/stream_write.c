@@ -137,6 +137,11 @@ static void drop_empty_tail(ioloop_stream_t *stream)
     ioloop__stream_retire_entry(stream, entry);
 }
 
+/* At most this much per sendfile call (nginx's sendfile_max_chunk): one
+ * huge call keeps the loop away from its other streams, and copies more
+ * than the caches hold before the peer reads any of it. */
+#define SENDFILE_CHUNK ((size_t)2 * 1024 * 1024)
+
 /* sendfile(2) without SIGPIPE: a socket the peer reset raises it and
  * sendfile has no MSG_NOSIGNAL, so the signal is blocked around the call and
  * one it raised is taken back (sigtimedwait), leaving a SIGPIPE that was
@@ -174,7 +179,7 @@ static ssize_t sendfile_nosignal(int out_fd, int in_fd, off_t *off, size_t count
 static ssize_t send_file_entry(ioloop_stream_t *stream, out_entry_t *entry)
 {
     if (!entry->file_copy) {
-        size_t want = entry->len < (size_t)0x7ffff000 ? entry->len : (size_t)0x7ffff000; /* Linux's cap */
+        size_t want = entry->len < SENDFILE_CHUNK ? entry->len : SENDFILE_CHUNK;
         off_t off = entry->file_off;
         ssize_t n = sendfile_nosignal(stream->fd, entry->file_fd, &off, want);
         if (n > 0)
@@ -232,7 +237,7 @@ void ioloop__stream_flush(ioloop_stream_t *stream)
             }
             n = send_file_entry(stream, head);
             /* a staged block counts as taken only as far as the transport took it */
-            total = head->file_copy ? head->staged : head->len < (size_t)0x7ffff000 ? head->len : (size_t)0x7ffff000;
+            total = head->file_copy ? head->staged : head->len < SENDFILE_CHUNK ? head->len : SENDFILE_CHUNK;
         } else {
             for (out_entry_t *entry = stream->out_head; entry && count < IOV_BATCH && !entry->file;
                  entry = entry->next) {

@@ -22,7 +22,9 @@
 #include <time.h>
 
 /* White-box (http/internal.h): runs on the executor before a path is opened. */
-extern void (*ioloop__http_static_test_hook)(const char *relative_path);
+typedef void (*ioloop__http_static_hook_fn)(const char *relative_path);
+extern _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
+extern atomic_bool ioloop__http_static_no_openat2; /* the realpath fallback */
 
 static char root[64];    /* the served directory */
 static char outside[96]; /* a file next to it, outside the root */
@@ -171,6 +173,31 @@ static void test_bytes_identical(void **state)
     assert_int_equal(r.status, 404);
     tresp_free(&r);
     close(fd);
+    tsrv_stop(&t);
+}
+
+/* Connection: close and HTTP/1.0: the file goes out whole before our FIN
+ * (the shutdown waits for the file entry, which follows the head). */
+static void test_file_then_close(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start(&t, NULL);
+    const char *reqs[] = {"GET /static/f10m.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                          "GET /static/f10m.bin HTTP/1.0\r\n\r\n"};
+    for (int i = 0; i < 2; i++) {
+        int fd = tcli_connect(t.port);
+        tcli_send(fd, reqs[i]);
+        tresp_t r;
+        assert_int_equal(tcli_response(fd, &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.body_len, TEN_MIB);
+        assert_memory_equal(r.body, content_10m, TEN_MIB);
+        assert_true(tresp_has(&r, "Connection", "close"));
+        assert_int_equal(tcli_closed(fd, 3000, NULL), 1);
+        tresp_free(&r);
+        close(fd);
+    }
     tsrv_stop(&t);
 }
 
@@ -348,8 +375,8 @@ static void test_ranges(void **state)
     /* through sendfile: offsets into the large file */
     expect_range(fd, "/static/f10m.bin", "bytes=100-", 206, "bytes 100-10485759/10485760", content_10m + 100,
                  TEN_MIB - 100);
-    expect_range(fd, "/static/f10m.bin", "bytes=-1", 206, "bytes 10485759-10485759/10485760",
-                 content_10m + TEN_MIB - 1, 1);
+    expect_range(fd, "/static/f10m.bin", "bytes=-1", 206, "bytes 10485759-10485759/10485760", content_10m + TEN_MIB - 1,
+                 1);
     expect_range(fd, "/static/f10m.bin", "bytes=5000000-5065535", 206, "bytes 5000000-5065535/10485760",
                  content_10m + 5000000, 65536);
     /* If-Range with another validator: the whole file */
@@ -403,9 +430,9 @@ static void test_head(void **state)
 
 /* ---- traversal ----------------------------------------------------------------------- */
 
-static void test_traversal_refused(void **state)
+static void traversal_case(bool no_openat2)
 {
-    (void)state;
+    atomic_store(&ioloop__http_static_no_openat2, no_openat2);
     tsrv_t t;
     start(&t, NULL);
     const char *forms[] = {
@@ -426,8 +453,8 @@ static void test_traversal_refused(void **state)
         "/static/sub//index.html",
         "/static/%zz",
         "/static/%2",
-        "/static/escape.txt",        /* a symlink to a file outside the root */
-        "/static/updir/secret.txt",  /* a symlink to the root's parent */
+        "/static/escape.txt",       /* a symlink to a file outside the root */
+        "/static/updir/secret.txt", /* a symlink to the root's parent */
     };
     for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
         int status = status_of(t.port, forms[i]);
@@ -456,6 +483,20 @@ static void test_traversal_refused(void **state)
     assert_int_equal(status_of(t.port, "/static/../secret.txt"), 404);
     assert_int_equal(status_of(t.port, "/static/%2e%2e/secret.txt"), 404);
     tsrv_stop(&t);
+    atomic_store(&ioloop__http_static_no_openat2, false);
+}
+
+static void test_traversal_refused(void **state)
+{
+    (void)state;
+    traversal_case(false);
+}
+
+/* The same on the path for kernels without openat2 (open, then where the fd is). */
+static void test_traversal_refused_without_openat2(void **state)
+{
+    (void)state;
+    traversal_case(true);
 }
 
 /* ---- a file deleted before it is opened ------------------------------------------------ */
@@ -477,7 +518,7 @@ static void test_deleted_between_stat_and_open(void **state)
     assert_int_equal(stat(doomed, &sb), 0);
     tsrv_t t;
     start(&t, NULL);
-    ioloop__http_static_test_hook = delete_hook;
+    atomic_store(&ioloop__http_static_test_hook, delete_hook);
     int fd = tcli_connect(t.port);
     tresp_t r;
     get(fd, "/static/doomed.txt", NULL, &r);
@@ -486,9 +527,103 @@ static void test_deleted_between_stat_and_open(void **state)
     get(fd, "/static/one.txt", NULL, &r); /* and the server goes on */
     assert_int_equal(r.status, 200);
     tresp_free(&r);
-    ioloop__http_static_test_hook = NULL;
+    atomic_store(&ioloop__http_static_test_hook, (ioloop__http_static_hook_fn)NULL);
     close(fd);
     tsrv_stop(&t);
+}
+
+/* ---- the small-file cache ------------------------------------------------------------------ */
+
+static atomic_int hook_calls;
+
+static void count_hook(const char *rel)
+{
+    (void)rel;
+    atomic_fetch_add(&hook_calls, 1);
+}
+
+/* With cache_valid, a small file is read once per period: later requests
+ * are answered from memory (no executor job: the hook does not run; the
+ * file may even be gone), and after the period it is read again. */
+static void test_small_file_cache(void **state)
+{
+    (void)state;
+    write_file("cached.txt", "version 1", 9);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/cached.txt", root);
+    ioloop_http_static_options_t opts = {.cache_valid = IOLOOP_MSEC(300)};
+    tsrv_t t;
+    start(&t, &opts);
+    atomic_store(&hook_calls, 0);
+    atomic_store(&ioloop__http_static_test_hook, count_hook);
+    int fd = tcli_connect(t.port);
+    tresp_t r;
+    char etag[128], hdrs[256];
+    get(fd, "/static/cached.txt", NULL, &r);
+    assert_string_equal(r.body, "version 1");
+    assert_true(tresp_header(&r, "ETag", etag, sizeof(etag)));
+    tresp_free(&r);
+    assert_int_equal(atomic_load(&hook_calls), 1);
+    unlink(path);
+    get(fd, "/static/cached.txt", "Range: bytes=0-6\r\n", &r); /* from memory, ranges included */
+    assert_int_equal(r.status, 206);
+    assert_string_equal(r.body, "version");
+    tresp_free(&r);
+    snprintf(hdrs, sizeof(hdrs), "If-None-Match: %s\r\n", etag);
+    get(fd, "/static/cached.txt", hdrs, &r);
+    assert_int_equal(r.status, 304);
+    tresp_free(&r);
+    assert_int_equal(atomic_load(&hook_calls), 1);
+    tu_sleep_ms(400);
+    get(fd, "/static/cached.txt", NULL, &r); /* expired: opened again, and gone */
+    assert_int_equal(r.status, 404);
+    tresp_free(&r);
+    assert_int_equal(atomic_load(&hook_calls), 2);
+    atomic_store(&ioloop__http_static_test_hook, (ioloop__http_static_hook_fn)NULL);
+    close(fd);
+    tsrv_stop(&t);
+}
+
+/* ---- a job that outlives the server ------------------------------------------------------------ */
+
+static atomic_int job_entered, job_may_go;
+
+static void blocking_hook(const char *rel)
+{
+    if (strcmp(rel, "one.txt") != 0)
+        return;
+    atomic_store(&job_entered, 1);
+    while (!atomic_load(&job_may_go))
+        tu_sleep_ms(1);
+}
+
+/* The executor job still runs when the server is freed (the documented
+ * order frees the server before the runtime): it keeps the route's state
+ * alive (ASan: no use after free), and its completion finishes the request
+ * when the runtime frees the loop. */
+static void test_job_outlives_server(void **state)
+{
+    (void)state;
+    atomic_store(&job_entered, 0);
+    atomic_store(&job_may_go, 0);
+    tsrv_t t;
+    start(&t, NULL);
+    atomic_store(&ioloop__http_static_test_hook, blocking_hook);
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "GET /static/one.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    for (int i = 0; i < 5000 && !atomic_load(&job_entered); i++)
+        tu_sleep_ms(1);
+    assert_int_equal(atomic_load(&job_entered), 1);
+    t.expect_live = 0;
+    close(fd);
+    ioloop_runtime_stop(t.rt);
+    assert_int_equal(ioloop_runtime_join(t.rt), 0);
+    ioloop_listener_free(t.listener);
+    ioloop_http_server_free(t.server); /* the job is still inside the route's state */
+    t.server = NULL;
+    atomic_store(&job_may_go, 1);
+    atomic_store(&ioloop__http_static_test_hook, (ioloop__http_static_hook_fn)NULL);
+    ioloop_runtime_free(t.rt); /* waits for the job; its completion runs as the loop closes */
 }
 
 /* ---- directories --------------------------------------------------------------------- */
@@ -651,12 +786,16 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bytes_identical),
+        cmocka_unit_test(test_file_then_close),
         cmocka_unit_test(test_one_gib_sparse_file),
         cmocka_unit_test(test_conditional_304),
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_traversal_refused),
+        cmocka_unit_test(test_traversal_refused_without_openat2),
         cmocka_unit_test(test_deleted_between_stat_and_open),
+        cmocka_unit_test(test_small_file_cache),
+        cmocka_unit_test(test_job_outlives_server),
         cmocka_unit_test(test_directories),
         cmocka_unit_test(test_gzip_static),
         cmocka_unit_test(test_slow_client_memory_flat),

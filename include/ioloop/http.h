@@ -381,6 +381,10 @@ typedef struct {
     bool follow_symlinks;      /* symlinks may lead outside root_dir (default: 403) */
     bool gzip_static;          /* serve file.gz for file when the client accepts gzip and asks no
                                   range (Content-Encoding: gzip, Vary: Accept-Encoding), as nginx */
+    ioloop_time_t cache_valid; /* keep small files (<= 32 KiB, 64 per loop) in memory this long after
+                                  reading them, answered with no executor job nor syscall (a change
+                                  to the file shows within it, as nginx's open_file_cache_valid);
+                                  0: no cache, every request opens the file */
 } ioloop_http_static_options_t;
 
 /* Serves the files under root_dir at prefix ("/static/": GET /static/a/b.css

@@ -3,7 +3,7 @@
  * (tests/checks/static_clients.py): serves DIR at /.
  *
  *   static_server --root DIR [--port 8000] [--threads N] [--executor N] [--list yes] [--gzip-static yes]
- *                 [--cache-control VALUE]
+ *                 [--cache-control VALUE] [--cache-ms MS]
  *
  * Threading rule: main owns the runtime; requests run on the loop that
  * accepted them, open/fstat on the runtime's executor. SIGINT/SIGTERM drain
@@ -38,14 +38,18 @@ int main(int argc, char **argv)
             so.list_directories = !strcmp(v, "yes");
         else if (!strcmp(opt, "--gzip-static"))
             so.gzip_static = !strcmp(v, "yes");
+        else if (!strcmp(opt, "--cache-ms"))
+            so.cache_valid = IOLOOP_MSEC(atoi(v));
         else if (!strcmp(opt, "--cache-control"))
             so.cache_control = v;
         else
             root = NULL, i = argc;
     }
     if (!root || argc % 2 == 0) {
-        fprintf(stderr, "usage: %s --root DIR [--port 8000] [--threads N] [--executor N] [--list yes] "
-                        "[--gzip-static yes] [--cache-control VALUE]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s --root DIR [--port 8000] [--threads N] [--executor N] [--list yes] "
+                "[--gzip-static yes] [--cache-control VALUE] [--cache-ms MS]\n",
+                argv[0]);
         return 2;
     }
     ioloop_http_server_t *server = ioloop_http_server_new(NULL);
