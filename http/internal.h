@@ -86,10 +86,10 @@ struct ioloop_http_server {
     ioloop_runtime_t *sig_rt;
     ioloop_listener_t *sig_listener;
     ioloop_time_t sig_timeout;
-    struct http_static *statics; /* static routes' state (static.c), freed with the server */
     char last_error[512];      /* ioloop_http_server_last_error */
     ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
     void *log_arg;
+    struct http_static *statics; /* static routes' state (static.c), freed with the server */
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -163,6 +163,7 @@ struct ioloop_http_request {
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
     uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
+    struct http_gzip *gzip; /* deflate state of a response being compressed (gzip.c), else NULL */
 };
 
 /* A connection's state (conn.c has the diagram). Reading and parsing are
@@ -239,6 +240,8 @@ struct http_worker {
     /* counters (ioloop_http_server_get_stats): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
     pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
+    struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
+    int ngzip_free;
 };
 
 /* Bumps a worker counter: one writer (the loop), so no read-modify-write. */
@@ -322,6 +325,13 @@ void ioloop__http_request_put(ioloop_http_request_t *req);
  * HTTP status to answer with (and close). */
 int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
 
+/* access_log.c */
+/* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
+void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
+
+/* request.c: the remote address as text, whatever the request's state. */
+const char *ioloop__http_remote_ip(ioloop_http_request_t *req);
+
 /* mime.c */
 /* The Content-Type for a file name, from its extension (application/octet-stream if unknown). */
 const char *ioloop__http_mime_type(const char *name);
@@ -334,13 +344,6 @@ typedef void (*ioloop__http_static_hook_fn)(const char *relative_path);
 extern _Atomic(ioloop__http_static_hook_fn) ioloop__http_static_test_hook;
 /* White-box for tests: true takes the path kernels without openat2 take. */
 extern atomic_bool ioloop__http_static_no_openat2;
-
-/* access_log.c */
-/* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
-void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
-
-/* request.c: the remote address as text, whatever the request's state. */
-const char *ioloop__http_remote_ip(ioloop_http_request_t *req);
 
 /* response.c */
 /* Appends a complete error response (status, small HTML body, Connection:
@@ -361,5 +364,25 @@ void ioloop__http_response_drained(ioloop_http_request_t *req);
  * flushed before. 0, or what finish returns; -EALREADY (fd closed) after
  * finish. */
 int ioloop__http_response_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len);
+
+/* gzip.c */
+/* Validates and defaults the gzip options (server_new): -EINVAL for a level outside 0..9. */
+int ioloop__http_gzip_check_options(ioloop_http_server_options_t *opts);
+/* Before the head is written: decides whether this response is compressed
+ * (adding Vary / Content-Encoding to rhdr). known_length: rbody is the whole
+ * body (finish without an earlier flush). 0 or -ENOMEM. */
+int ioloop__http_gzip_head(ioloop_http_request_t *req, bool known_length);
+/* Compresses rbody in place when the response is compressed (last: the end
+ * of the body, else a sync flush). 0, -ENOMEM or -EIO. */
+int ioloop__http_gzip_body(ioloop_http_request_t *req, bool last);
+/* Gives the request's deflate state back to its worker's pool. */
+void ioloop__http_gzip_release(ioloop_http_request_t *req);
+/* ioloop__http_response_finish_file through gzip: when the response would
+ * be compressed, the range is read and deflated a 128 KiB block at a time,
+ * each flushed once the previous one reached the kernel (chunked); else it
+ * goes as it is, with Vary if its type is compressible. Takes fd in every case. */
+int ioloop__http_gzip_finish_file(ioloop_http_request_t *req, int fd, off_t offset, size_t len);
+/* Frees a worker's idle deflate states. */
+void ioloop__http_gzip_pool_free(http_worker_t *w);
 
 #endif

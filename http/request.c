@@ -106,6 +106,7 @@ void ioloop__http_request_put(ioloop_http_request_t *req)
     ioloop__hbuf_release(w, &req->rhdr);
     ioloop__hbuf_release(w, &req->rbody);
     ioloop__hbuf_release(w, &req->head_copy);
+    ioloop__http_gzip_release(req);
     req->nhdrs = req->npargs = req->nargs = 0;
     req->args_parsed = true;
     req->next_free = NULL;

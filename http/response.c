@@ -7,6 +7,9 @@
  *
  * Threading rule: the loop thread that owns the request.
  *
+ * With the gzip option, gzip.c decides before the head and compresses rbody
+ * in place before it is framed (ioloop__http_gzip_head / _body).
+ *
  * Bytes go into the connection's out buffer (a pooled block) and are sent at
  * once; what the kernel does not take waits for the socket to be writable.
  */
@@ -359,7 +362,11 @@ int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn 
     if (done && (req->flush_waiting || req->refs > 0))
         return -EBUSY; /* the previous flush's done has not run yet */
     ioloop__http_conn_enter(c);
-    int err = req->headers_sent ? 0 : write_head(req, c, false, 0);
+    int err = req->headers_sent ? 0 : ioloop__http_gzip_head(req, false);
+    if (!err && !req->headers_sent)
+        err = write_head(req, c, false, 0);
+    if (!err)
+        err = ioloop__http_gzip_body(req, false);
     if (!err)
         err = emit_body(req, c);
     if (!err && done) {
@@ -408,11 +415,17 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
     if (!req->complete)
         req->keep_alive = false;
     if (!req->headers_sent) {
-        err = write_head(req, c, true, req->rbody.len);
+        err = ioloop__http_gzip_head(req, true); /* compressed before the head: its length goes there */
+        if (!err)
+            err = ioloop__http_gzip_body(req, true);
+        if (!err)
+            err = write_head(req, c, true, req->rbody.len);
         if (!err)
             err = emit_body(req, c);
     } else {
-        err = emit_body(req, c);
+        err = ioloop__http_gzip_body(req, true);
+        if (!err)
+            err = emit_body(req, c);
         if (!err && req->chunked && !req->head) {
             if (ioloop__hbuf_reserve(c->w, &c->out, 5) == 0) {
                 PUTS(&c->out, "0\r\n\r\n");

@@ -185,6 +185,7 @@ static void worker_destroy(http_worker_t *w)
     for (int i = 0; i < w->nblocks; i++)
         free(w->blocks[i]);
     free(w->blocks);
+    ioloop__http_gzip_pool_free(w);
     free(w);
 }
 
@@ -239,6 +240,11 @@ ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t 
     s->id = atomic_fetch_add(&next_id, 1);
     if (opts)
         s->opts = *opts;
+    if (ioloop__http_gzip_check_options(&s->opts) != 0) {
+        free(s);
+        errno = EINVAL;
+        return NULL;
+    }
     if (!s->opts.max_header_size)
         s->opts.max_header_size = 64 * 1024;
     if (!s->opts.max_body_size)

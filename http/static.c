@@ -702,7 +702,7 @@ static void answer(static_job_t *job)
     }
     int fd = job->fd;
     job->fd = -1;
-    ioloop__http_response_finish_file(req, fd, (off_t)start, (size_t)len);
+    ioloop__http_gzip_finish_file(req, fd, (off_t)start, (size_t)len); /* the server's gzip option, else as is */
 }
 
 /* ---- the small-file cache (cache_valid > 0) --------------------------------------------

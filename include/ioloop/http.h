@@ -100,6 +100,20 @@ typedef struct {
     ioloop_time_t idle_connection_timeout; /* 3600 s: idle keep-alive connections close */
     ioloop_time_t header_timeout;          /* 60 s: a request head must arrive within it */
     ioloop_time_t body_timeout;            /* 0: none (Tornado); else the body must arrive within it */
+    /* gzip (Tornado's compress_response, nginx's `gzip on`): a response is
+     * compressed when the client accepts gzip (Accept-Encoding, q=0 refuses),
+     * its Content-Type is compressible, its status has a body and is not 206
+     * (nor a HEAD), the handler set no Content-Encoding and no Content-Length
+     * of its own (those bodies go as they are), and its body, if finished
+     * without a flush, is at least gzip_min_length. A flushed (streamed) body
+     * is compressed chunk by chunk, each flush a zlib sync flush. Every
+     * compressible response gets Vary: Accept-Encoding. */
+    bool gzip;
+    int gzip_level;                /* 1..9; 0: 6 (Tornado's; nginx's gzip_comp_level default is 1) */
+    size_t gzip_min_length;        /* 0: 1024 bytes (Tornado's MIN_LENGTH) */
+    const char *const *gzip_types; /* NULL: text/..., JSON, JavaScript, XML, SVG (Tornado's list); else a
+                                      NULL-terminated list of media types, one ending in '*' a prefix;
+                                      borrowed: it must outlive the server */
 } ioloop_http_server_options_t;
 
 /* ---- server (configure from one thread before serving) ------------------ */
