@@ -6,7 +6,12 @@
  * Common Log Format to FILE or standard output (-).
  *
  *   ioloop-serve [DIR] [--port 8000] [--bind ADDR] [--threads N] [--gzip] [--gzip-level N]
- *                [--access-log FILE|-]
+ *                [--access-log FILE|-] [--file-cache MS]
+ *
+ * --file-cache (default 1000 ms, 0: off) keeps small files and what their
+ * open/fstat found in memory per loop for that long, like nginx's
+ * open_file_cache_valid: a changed file may be served stale for up to that
+ * long, and a request for a cached file skips the executor round trip.
  *
  * Threading rule: main parses, configures the server and owns the runtime
  * (one loop per CPU unless --threads); requests are served on whichever loop
@@ -26,7 +31,7 @@
 
 typedef struct {
     const char *dir, *bind, *access_log;
-    int port, threads, gzip_level;
+    int port, threads, gzip_level, file_cache_ms;
     bool gzip;
 } serve_args_t;
 
@@ -34,7 +39,7 @@ static void usage(FILE *to, const char *argv0)
 {
     fprintf(to,
             "usage: %s [DIR] [--port 8000] [--bind 0.0.0.0] [--threads N] [--gzip] [--gzip-level 1..9]\n"
-            "       [--access-log FILE|-]\n"
+            "       [--access-log FILE|-] [--file-cache MS (default 1000, 0: off)]\n"
             "Serves DIR (default .) on every CPU: index.html or a listing for directories.\n",
             argv0);
 }
@@ -53,7 +58,7 @@ static int parse_int(const char *s, int lo, int hi)
 /* 0, 1 for --help, -1 on a bad command line (said on stderr). */
 static int parse_args(int argc, char **argv, serve_args_t *a)
 {
-    *a = (serve_args_t){.dir = ".", .bind = "0.0.0.0", .port = 8000};
+    *a = (serve_args_t){.dir = ".", .bind = "0.0.0.0", .port = 8000, .file_cache_ms = 1000};
     bool have_dir = false;
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
@@ -72,6 +77,9 @@ static int parse_args(int argc, char **argv, serve_args_t *a)
             if ((a->gzip_level = parse_int(argv[++i], 1, 9)) < 0)
                 goto bad_value;
             a->gzip = true;
+        } else if (!strcmp(opt, "--file-cache") && has_value) {
+            if ((a->file_cache_ms = parse_int(argv[++i], 0, 3600 * 1000)) < 0)
+                goto bad_value;
         } else if (!strcmp(opt, "--bind") && has_value) {
             a->bind = argv[++i];
         } else if (!strcmp(opt, "--access-log") && has_value) {
@@ -115,7 +123,9 @@ int main(int argc, char **argv)
     /* Everything under /: index.html or a listing for directories; with
      * --gzip a FILE.gz next to FILE is served as it is (gzip_static) and
      * other text is compressed on the fly (the server's gzip option). */
-    ioloop_http_static_options_t sopts = {.list_directories = true, .gzip_static = args.gzip};
+    ioloop_http_static_options_t sopts = {.list_directories = true,
+                                          .gzip_static = args.gzip,
+                                          .cache_valid = IOLOOP_MSEC(args.file_cache_ms)};
     int err = ioloop_http_static_route(server, "/", root, &sopts);
     if (err) {
         fprintf(stderr, "ioloop-serve: %s: %s\n", root, strerror(-err));

@@ -6,7 +6,8 @@ index.html gets a listing naming its entries; one with index.html gets it;
 with --gzip a text file comes gzip'd (curl --compressed inflates it, and the
 raw body is a gzip member), an image does not; --access-log - writes one
 Common Log Format line per request; SIGTERM ends it with status 0; a bad
-command line exits 2.
+command line exits 2; --file-cache serves a rewritten small file stale
+within its time, --file-cache 0 fresh.
 
 usage: ioloop_serve.py IOLOOP_SERVE CURL
 """
@@ -71,7 +72,23 @@ def main():
         lines = [l for l in rest.splitlines() if l.strip()]
         assert len(lines) == requests, lines
         assert all(re.match(r'^127\.0\.0\.1 - - \[[^]]+\] "GET /[^"]* HTTP/1\.1" 200 \d+$', l) for l in lines), lines
-    print("ioloop_serve: files, listing, index.html, gzip and the access log OK")
+        # --file-cache: a small file rewritten in place is served stale
+        # within the cache's time and fresh with --file-cache 0.
+        for cache_ms, want_fresh in (("60000", False), ("0", True)):
+            open(f"{root}/docs/note.txt", "wb").write(b"first\n")
+            proc = subprocess.Popen([serve, root, "--port", "0", "--threads", "1", "--file-cache", cache_ms],
+                                    stdout=subprocess.PIPE, text=True)
+            try:
+                port = int(re.search(r"port (\d+)", proc.stdout.readline()).group(1))
+                assert curl(curl_bin, f"http://127.0.0.1:{port}/docs/note.txt") == b"first\n"
+                open(f"{root}/docs/note.txt", "wb").write(b"second\n")
+                got = curl(curl_bin, f"http://127.0.0.1:{port}/docs/note.txt")
+                assert got == (b"second\n" if want_fresh else b"first\n"), (cache_ms, got)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=30)
+            assert proc.returncode == 0, proc.returncode
+    print("ioloop_serve: files, listing, index.html, gzip, the access log and the file cache OK")
     return 0
 
 
