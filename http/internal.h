@@ -282,6 +282,8 @@ void ioloop__http_router_free(ioloop_http_server_t *s);
 int ioloop__http_route_jit(const ioloop_http_server_t *s, const char *pattern);
 /* Percent-decodes src[0..len) into dst (NUL-terminated); plus_space for forms. */
 size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_space);
+/* The value of a hex digit, or -1 (router.c; static.c decodes paths with it too). */
+int ioloop__http_hexval(char ch);
 
 /* conn.c */
 /* Serves a stream (from the listener's on_stream, or wrapped around an fd by

@@ -253,7 +253,8 @@ void ioloop__http_router_free(ioloop_http_server_t *s)
     free(s->lit);
 }
 
-static int hexval(char ch)
+/* The value of a hex digit, or -1. */
+int ioloop__http_hexval(char ch)
 {
     if (ch >= '0' && ch <= '9')
         return ch - '0';
@@ -270,7 +271,7 @@ size_t ioloop__http_unquote(char *dst, const char *src, size_t len, bool plus_sp
     for (size_t i = 0; i < len; i++) {
         char ch = src[i];
         if (ch == '%' && i + 2 < len) {
-            int hi = hexval(src[i + 1]), lo = hexval(src[i + 2]);
+            int hi = ioloop__http_hexval(src[i + 1]), lo = ioloop__http_hexval(src[i + 2]);
             if (hi >= 0 && lo >= 0) {
                 dst[o++] = (char)(hi * 16 + lo);
                 i += 2;

@@ -74,17 +74,6 @@ typedef struct {
 
 /* ---- the path ------------------------------------------------------------------ */
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Decodes raw (the path after the prefix) into a relative path: NULL (404)
  * for a bad escape, an encoded NUL or '/', a backslash, or a segment that is
  * empty, "." or ".." (only a final '/' may end in an empty one). *slash:
@@ -101,8 +90,8 @@ static char *decode_relative(const char *raw, bool *slash)
     for (size_t i = 0; i < len; i++) {
         char ch = raw[i];
         if (ch == '%') {
-            int hi = hexval(raw[i + 1]); /* raw[len] is the NUL: -1 */
-            int lo = hi >= 0 ? hexval(raw[i + 2]) : -1;
+            int hi = ioloop__http_hexval(raw[i + 1]); /* raw[len] is the NUL: -1 */
+            int lo = hi >= 0 ? ioloop__http_hexval(raw[i + 2]) : -1;
             if (lo < 0)
                 goto bad;
             ch = (char)(hi * 16 + lo);
@@ -375,6 +364,25 @@ static int open_regular(const http_static_t *st, const char *path, const char *s
     return fd;
 }
 
+/* gzip_static: with name.gz beside name, note it (Vary), and serve it instead
+ * of fd when the client takes gzip and asked no range. Returns the fd to serve. */
+static int use_gzip_twin(const http_static_t *st, static_job_t *job, const char *name, int fd)
+{
+    struct stat gsb;
+    int gfd = open_regular(st, name, ".gz", &gsb);
+    if (gfd < 0)
+        return fd;
+    job->gz_exists = true;
+    if (!job->accept_gzip || job->has_range) {
+        close(gfd);
+        return fd;
+    }
+    close(fd);
+    job->sb = gsb;
+    job->gz_used = true;
+    return gfd;
+}
+
 static void *static_work(void *arg, int *status)
 {
     static_job_t *job = arg;
@@ -412,21 +420,8 @@ static void *static_work(void *arg, int *status)
                 job->type_name = job->type_buf;
             }
             /* the gzip twin of an index: index.html.gz */
-            if (st->gzip_static && job->type_buf) {
-                struct stat gsb;
-                int gfd = open_regular(st, job->type_buf, ".gz", &gsb);
-                if (gfd >= 0) {
-                    job->gz_exists = true;
-                    if (job->accept_gzip && !job->has_range) {
-                        close(fd);
-                        fd = gfd;
-                        job->sb = gsb;
-                        job->gz_used = true;
-                    } else {
-                        close(gfd);
-                    }
-                }
-            }
+            if (st->gzip_static && job->type_buf)
+                fd = use_gzip_twin(st, job, job->type_buf, fd);
         } else if (st->list_directories && ifd == -ENOENT) {
             char *shown = malloc(st->prefix_len + strlen(job->rel) + 1);
             int err = shown ? 0 : -ENOMEM;
@@ -453,19 +448,7 @@ static void *static_work(void *arg, int *status)
         job->status = 404;
         return job;
     } else if (st->gzip_static) {
-        struct stat gsb;
-        int gfd = open_regular(st, job->rel, ".gz", &gsb);
-        if (gfd >= 0) {
-            job->gz_exists = true;
-            if (job->accept_gzip && !job->has_range) {
-                close(fd);
-                fd = gfd;
-                job->sb = gsb;
-                job->gz_used = true;
-            } else {
-                close(gfd);
-            }
-        }
+        fd = use_gzip_twin(st, job, job->rel, fd);
     }
     if (job->sb.st_size <= STATIC_SMALL) {
         size_t size = (size_t)job->sb.st_size;
