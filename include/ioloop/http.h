@@ -2,8 +2,9 @@
  * RequestHandler in C.
  *
  * A server holds routes and options and serves on a runtime's loops
- * (ioloop_http_server_serve starts a runtime listener whose on_accept is
- * ioloop_http_server_accept). A connection, and every request on it, belongs
+ * (ioloop_http_server_serve starts a runtime listener that hands the server
+ * each connection as an ioloop_stream; ioloop_http_server_accept takes a raw
+ * fd). A connection, and every request on it, belongs
  * to the loop that accepted it. ioloop_http_server_shutdown (or SIGTERM /
  * SIGINT, with ioloop_http_server_shutdown_on_signals) drains every loop and
  * then stops the runtime.
