@@ -1,37 +1,28 @@
-# The README's embedding example must compile and run: it is extracted from
-# README.md (the ```c block after the "embedding-example" marker) at configure
-# time, built against libioloop, and run as a test.
+# The README's C examples must compile and run: each ```c block after a
+# "<!-- NAME -->" marker in README.md is extracted at configure time, built
+# against libioloop, and run as a test whose output must match `expect`.
 set(readme ${PROJECT_SOURCE_DIR}/README.md)
 set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${readme})
 file(READ ${readme} readme_text)
-string(FIND "${readme_text}" "<!-- embedding-example -->" marker)
-if(marker EQUAL -1)
-  message(FATAL_ERROR "README.md has no <!-- embedding-example --> marker")
-endif()
-string(SUBSTRING "${readme_text}" ${marker} -1 rest)
-string(REGEX MATCH "```c\n(.*)" _ "${rest}")
-set(after_fence "${CMAKE_MATCH_1}")
-string(FIND "${after_fence}" "```" fence_end)
-string(SUBSTRING "${after_fence}" 0 ${fence_end} example_code)
-file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/readme_example.c "${example_code}")
-add_executable(readme_example ${CMAKE_CURRENT_BINARY_DIR}/readme_example.c)
-target_link_libraries(readme_example PRIVATE ioloop::ioloop Threads::Threads)
-add_test(NAME readme_example COMMAND readme_example)
-set_tests_properties(readme_example PROPERTIES TIMEOUT 30 PASS_REGULAR_EXPRESSION "hello from loop")
 
-# The same for the stream example (the ```c block after "stream-example"): a
-# listener with on_stream on a runtime, echoing a line back to a blocking client.
-string(FIND "${readme_text}" "<!-- stream-example -->" stream_marker)
-if(stream_marker EQUAL -1)
-  message(FATAL_ERROR "README.md has no <!-- stream-example --> marker")
-endif()
-string(SUBSTRING "${readme_text}" ${stream_marker} -1 stream_rest)
-string(REGEX MATCH "```c\n(.*)" _ "${stream_rest}")
-set(stream_after_fence "${CMAKE_MATCH_1}")
-string(FIND "${stream_after_fence}" "```" stream_fence_end)
-string(SUBSTRING "${stream_after_fence}" 0 ${stream_fence_end} stream_example_code)
-file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/readme_stream_example.c "${stream_example_code}")
-add_executable(readme_stream_example ${CMAKE_CURRENT_BINARY_DIR}/readme_stream_example.c)
-target_link_libraries(readme_stream_example PRIVATE ioloop::ioloop Threads::Threads)
-add_test(NAME readme_stream_example COMMAND readme_stream_example)
-set_tests_properties(readme_stream_example PROPERTIES TIMEOUT 30 PASS_REGULAR_EXPRESSION "echoed: hello from loop")
+function(ioloop_readme_example marker target expect)
+  string(FIND "${readme_text}" "<!-- ${marker} -->" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "README.md has no <!-- ${marker} --> marker")
+  endif()
+  string(SUBSTRING "${readme_text}" ${at} -1 rest)
+  string(REGEX MATCH "```c\n(.*)" _ "${rest}")
+  set(after_fence "${CMAKE_MATCH_1}")
+  string(FIND "${after_fence}" "```" fence_end)
+  string(SUBSTRING "${after_fence}" 0 ${fence_end} code)
+  file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/${target}.c "${code}")
+  add_executable(${target} ${CMAKE_CURRENT_BINARY_DIR}/${target}.c)
+  target_link_libraries(${target} PRIVATE ioloop::ioloop Threads::Threads)
+  add_test(NAME ${target} COMMAND ${target})
+  set_tests_properties(${target} PROPERTIES TIMEOUT 30 PASS_REGULAR_EXPRESSION "${expect}")
+endfunction()
+
+# The loop: a post from a worker thread. The stream: a listener with on_stream
+# on a runtime, echoing a line back to a blocking client.
+ioloop_readme_example(embedding-example readme_example "hello from loop")
+ioloop_readme_example(stream-example readme_stream_example "echoed: hello from loop")
