@@ -28,6 +28,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* IOLOOP_API marks every public declaration: the libraries are built with
+ * -fvisibility=hidden, so only what carries it (ioloop_* names) is exported. */
+#ifndef IOLOOP_API
+#if defined(__GNUC__) || defined(__clang__)
+#define IOLOOP_API __attribute__((visibility("default")))
+#else
+#define IOLOOP_API
+#endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
