@@ -50,6 +50,7 @@ static int on_message_complete(llhttp_t *parser)
     if (conn->inflight <= 0)
         return -1; /* a response nobody asked for: llhttp stops with HPE_CB_MESSAGE_COMPLETE */
     conn->inflight--;
+    conn->answered = true;
     if (!llhttp_should_keep_alive(parser))
         conn->close_after = true;
     if (worker->stopping)
@@ -136,6 +137,8 @@ static void on_closed(ioloop_stream_t *stream, int error, void *arg)
         count_error(conn, LOAD_ERR_TIMEOUT);
     } else if (error == -EPIPE) {
         count_error(conn, LOAD_ERR_WRITE);
+    } else if (error == IOLOOP_ECERT || (error == IOLOOP_ETLS && !conn->answered)) {
+        count_error(conn, LOAD_ERR_CONNECT); /* the TLS handshake is part of connecting (as in wrk) */
     } else if (error != 0) {
         count_error(conn, LOAD_ERR_READ); /* reset, TLS failure, ... */
     }
@@ -177,6 +180,7 @@ static void on_connected(ioloop_t *loop, int status, ioloop_stream_t *stream, vo
     conn->stream = stream;
     conn->state = CONN_OPEN;
     conn->close_after = false;
+    conn->answered = false;
     conn->inflight = 0;
     conn->now = 0;
     llhttp_init(&conn->parser, HTTP_RESPONSE, &parser_settings);

@@ -37,7 +37,7 @@ typedef struct {
 
 /* Errors by kind (what wrk reports, plus parse: a response llhttp refused). */
 enum {
-    LOAD_ERR_CONNECT,
+    LOAD_ERR_CONNECT, /* refused, unreachable, timed out, or the TLS handshake failed */
     LOAD_ERR_READ, /* reset, or the peer closed with responses missing */
     LOAD_ERR_WRITE,
     LOAD_ERR_TIMEOUT,
@@ -61,6 +61,7 @@ typedef struct {
     llhttp_t parser;
     int inflight;         /* responses still expected for the current batch */
     bool close_after;     /* the last response said the connection ends (Connection: close) */
+    bool answered;        /* a response came on this connection (a TLS failure before: a connect error) */
     ioloop_time_t sent_at; /* when the current batch was written (CLOCK_MONOTONIC ns) */
     ioloop_time_t now;     /* the clock as read once per read callback (0: not read yet) */
 } load_conn_t;
