@@ -36,6 +36,7 @@ typedef struct {
     load_options_t opts;
     const char *url;
     char *host_header; /* "host[:port]" as the URL has it */
+    char *host;        /* owned; opts.host points at it */
     const char *path;
     const char *headers[64];
     int nheaders;
@@ -95,11 +96,9 @@ static int parse_url(cli_t *cli, const char *url)
     cli->path = rest[authority_len] == '/' ? rest + authority_len : "/";
     if (authority_len == 0 || rest[authority_len] == '#' || strchr(cli->path, '#'))
         return -1;
-    cli->host_header = strndup(rest, authority_len);
-    char *host = strndup(rest, authority_len);
-    if (!cli->host_header || !host)
+    if (!(cli->host_header = strndup(rest, authority_len)) || !(cli->host = strndup(rest, authority_len)))
         return -1;
-    char *port = NULL;
+    char *host = cli->host, *port = NULL;
     if (host[0] == '[') { /* [v6]:port */
         char *close = strchr(host, ']');
         if (!close || (close[1] && close[1] != ':'))
@@ -215,6 +214,7 @@ static void finish_worker(ioloop_t *loop, void *arg)
 }
 
 typedef struct {
+    int loops;
     double elapsed, cpu;
     uint64_t requests, bytes, errors[LOAD_ERR_KINDS], error_total;
     hist_t latency;
@@ -234,10 +234,10 @@ static void format_time(char *buf, size_t size, double ns)
 
 static const double percentiles[] = {50, 90, 99, 99.9};
 
-static void report_text(const cli_t *cli, int loops, const totals_t *t)
+static void report_text(const cli_t *cli, const totals_t *t)
 {
     printf("ioloop-load %s: %.2f s, %d connection(s) on %d loop(s), pipeline %d\n", cli->url, t->elapsed,
-           cli->opts.connections, loops, cli->opts.pipeline);
+           cli->opts.connections, t->loops, cli->opts.pipeline);
     printf("  requests  %llu, %.1f req/s\n", (unsigned long long)t->requests, (double)t->requests / t->elapsed);
     printf("  read      %llu bytes, %.2f MB/s\n", (unsigned long long)t->bytes, (double)t->bytes / t->elapsed / 1e6);
     char buf[32];
@@ -256,12 +256,12 @@ static void report_text(const cli_t *cli, int loops, const totals_t *t)
            t->requests ? t->cpu * 1e6 / (double)t->requests : 0.0, t->cpu / t->elapsed * 100);
 }
 
-static void report_json(const cli_t *cli, int loops, const totals_t *t)
+static void report_json(const cli_t *cli, const totals_t *t)
 {
     printf("{\"url\": \"%s\", \"connections\": %d, \"loops\": %d, \"pipeline\": %d, \"seconds\": %.3f, "
            "\"requests\": %llu, \"requests_per_s\": %.1f, \"bytes\": %llu, \"bytes_per_s\": %.1f, "
            "\"cpu_seconds\": %.4f, \"latency_ns\": {\"mean\": %.0f",
-           cli->url, cli->opts.connections, loops, cli->opts.pipeline, t->elapsed, (unsigned long long)t->requests,
+           cli->url, cli->opts.connections, t->loops, cli->opts.pipeline, t->elapsed, (unsigned long long)t->requests,
            (double)t->requests / t->elapsed, (unsigned long long)t->bytes, (double)t->bytes / t->elapsed, t->cpu,
            hist_mean(&t->latency));
     for (size_t i = 0; i < sizeof(percentiles) / sizeof(percentiles[0]); i++)
@@ -304,79 +304,61 @@ static int setup_tls(cli_t *cli)
 }
 #endif
 
-int main(int argc, char **argv)
+static void cli_free(cli_t *cli)
 {
-    cli_t cli = {0};
-    if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-        usage(stdout);
-        return 0;
-    }
-    if (parse_args(&cli, argc, argv) < 0) {
-        usage(stderr);
-        return 2;
-    }
-    if (build_batch(&cli) < 0)
-        return 1;
-    cli.opts.connect.nodelay = true;
-    cli.opts.connect.timeout = cli.opts.timeout;
-    cli.opts.connect.stream.read_timeout = cli.opts.timeout;
-    if (cli.opts.tls && setup_tls(&cli) < 0)
-        return 1;
-    load_settings_init();
+#ifdef IOLOOP_LOAD_TLS
+    if (tls_context)
+        ioloop_tls_context_free(tls_context);
+#endif
+    free((char *)cli->opts.batch);
+    free(cli->host);
+    free(cli->host_header);
+}
 
-    /* SIGINT/SIGTERM end the wait below early (the runtime's threads block them). */
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
-
-    ioloop_runtime_options_t ro = {.loops = cli.opts.threads, .pin = cli.pin};
-    int err = ioloop_runtime_start(&ro, &run.rt);
-    if (err < 0) {
-        fprintf(stderr, "ioloop-load: runtime: %s\n", ioloop_strerror(err));
-        return 1;
+/* Waits `seconds`, or less if SIGINT/SIGTERM comes (blocked in every thread). */
+static void wait_for(const sigset_t *stop_signals, double seconds, ioloop_time_t started)
+{
+    for (;;) {
+        double left = seconds - (double)(load_clock() - started) / 1e9;
+        if (left <= 0)
+            return;
+        struct timespec wait = {.tv_sec = (time_t)floor(left), .tv_nsec = (long)((left - floor(left)) * 1e9)};
+        if (sigtimedwait(stop_signals, NULL, &wait) >= 0 || errno != EINTR)
+            return;
     }
-    int loops = ioloop_runtime_size(run.rt);
+}
+
+/* The run on a started runtime: workers out, wait, finish, join, totals in. */
+static int run_workers(const cli_t *cli, const sigset_t *stop_signals, totals_t *t)
+{
+    int loops = ioloop_runtime_size(run.rt), err = 0;
     load_worker_t *workers = calloc((size_t)loops, sizeof(*workers));
-    load_conn_t *conns = calloc((size_t)cli.opts.connections, sizeof(*conns));
+    load_conn_t *conns = calloc((size_t)cli->opts.connections, sizeof(*conns));
     if (!workers || !conns) {
-        ioloop_runtime_free(run.rt);
-        return 1;
+        free(workers);
+        free(conns);
+        return -ENOMEM;
     }
     atomic_store(&run.unfinished, loops);
     ioloop_time_t started = load_clock();
-    for (int i = 0, next = 0; i < loops; i++) {
+    for (int i = 0, next = 0; i < loops && err == 0; i++) {
         load_worker_t *worker = &workers[i];
-        worker->opts = &cli.opts;
-        worker->nconns = cli.opts.connections / loops + (i < cli.opts.connections % loops);
+        worker->opts = &cli->opts;
+        worker->nconns = cli->opts.connections / loops + (i < cli->opts.connections % loops);
         worker->conns = conns + next;
         next += worker->nconns;
         hist_init(&worker->latency);
-        if ((err = ioloop_add_callback(ioloop_runtime_loop(run.rt, i), load_worker_start, worker)) < 0)
-            break;
+        err = ioloop_add_callback(ioloop_runtime_loop(run.rt, i), load_worker_start, worker);
     }
-    if (err == 0) {
-        double whole = floor(cli.opts.duration);
-        struct timespec wait = {.tv_sec = (time_t)whole, .tv_nsec = (long)((cli.opts.duration - whole) * 1e9)};
-        while (sigtimedwait(&stop_signals, NULL, &wait) < 0 && errno == EINTR) {
-            double left = cli.opts.duration - (double)(load_clock() - started) / 1e9;
-            if (left <= 0)
-                break;
-            wait.tv_sec = (time_t)floor(left);
-            wait.tv_nsec = (long)((left - floor(left)) * 1e9);
-        }
-    }
+    if (err == 0)
+        wait_for(stop_signals, cli->opts.duration, started);
     ioloop_time_t ended = load_clock();
     for (int i = 0; i < loops; i++)
         if (ioloop_add_callback(ioloop_runtime_loop(run.rt, i), finish_worker, &workers[i]) < 0)
             ioloop_runtime_stop(run.rt); /* cannot happen on a running loop; never wait forever */
     ioloop_runtime_join(run.rt);
 
-    totals_t *t = calloc(1, sizeof(*t));
-    if (!t)
-        return 1;
-    hist_init(&t->latency);
+    t->loops = loops;
     t->elapsed = (double)(ended - started) / 1e9;
     t->cpu = cpu_seconds();
     for (int i = 0; i < loops; i++) {
@@ -389,21 +371,55 @@ int main(int argc, char **argv)
         hist_merge(&t->latency, &workers[i].latency);
     }
     ioloop_runtime_free(run.rt); /* the close callbacks run here, and only account */
-    if (err < 0)
-        fprintf(stderr, "ioloop-load: could not start every loop: %s\n", ioloop_strerror(err));
-    if (cli.json)
-        report_json(&cli, loops, t);
-    else
-        report_text(&cli, loops, t);
-#ifdef IOLOOP_LOAD_TLS
-    if (tls_context)
-        ioloop_tls_context_free(tls_context);
-#endif
-    free(t);
     free(conns);
     free(workers);
-    free((char *)cli.opts.batch);
-    free((char *)cli.opts.host);
-    free(cli.host_header);
+    return err;
+}
+
+int main(int argc, char **argv)
+{
+    cli_t cli = {0};
+    if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+        usage(stdout);
+        return 0;
+    }
+    if (parse_args(&cli, argc, argv) < 0) {
+        usage(stderr);
+        cli_free(&cli);
+        return 2;
+    }
+    cli.opts.connect.nodelay = true;
+    cli.opts.connect.timeout = cli.opts.timeout;
+    cli.opts.connect.stream.read_timeout = cli.opts.timeout;
+    totals_t *t = calloc(1, sizeof(*t));
+    int err = t ? build_batch(&cli) : -ENOMEM;
+    if (err == 0 && cli.opts.tls)
+        err = setup_tls(&cli);
+    if (err < 0) {
+        free(t);
+        cli_free(&cli);
+        return 1;
+    }
+    hist_init(&t->latency);
+    load_settings_init();
+
+    /* SIGINT/SIGTERM end the wait early (the runtime's threads block them too). */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+
+    ioloop_runtime_options_t ro = {.loops = cli.opts.threads, .pin = cli.pin};
+    if ((err = ioloop_runtime_start(&ro, &run.rt)) < 0)
+        fprintf(stderr, "ioloop-load: runtime: %s\n", ioloop_strerror(err));
+    else if ((err = run_workers(&cli, &stop_signals, t)) < 0)
+        fprintf(stderr, "ioloop-load: %s\n", ioloop_strerror(err));
+    if (err == 0 && cli.json)
+        report_json(&cli, t);
+    else if (err == 0)
+        report_text(&cli, t);
+    free(t);
+    cli_free(&cli);
     return err < 0 ? 1 : 0;
 }
