@@ -11,6 +11,7 @@ slow sender (a response in 1-byte pieces): each must show up as the right
 error kind (or none), with the tool still exiting 0 after its run.
 
     load_peers.py IOLOAD HELLOWORLD
+    IOLOOP_LOAD_WRAPPER="valgrind -q --error-exitcode=99 ..." load_peers.py ...  (ioloop-load runs under it)
 Standard library, nginx and openssl only; 127.0.0.1 and kernel-chosen ports.
 """
 import asyncio, json, os, shutil, socket, struct, subprocess, sys, tempfile, threading, time
@@ -26,11 +27,15 @@ def check(name, cond, detail=""):
         failures.append(name)
 
 
+WRAPPER = os.environ.get("IOLOOP_LOAD_WRAPPER", "").split()
+
+
 def load(ioload, url, *args, duration="0.6"):
-    cmd = [ioload, "-d", duration, "--json", *args, url]
+    cmd = [*WRAPPER, ioload, "-d", duration, "--json", *args, url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
-        return {"rc": out.returncode, "stderr": out.stderr}
+        print(out.stderr, file=sys.stderr)
+        return {"rc": out.returncode, "stderr": out.stderr, "requests": -1, "errors": {}}
     r = json.loads(out.stdout)
     r["rc"] = 0
     return r
@@ -229,7 +234,7 @@ def main():
 
         # bad usage
         for args in ([], ["-c", "0", "http://x/"], ["ftp://x/"], ["http://[::1/"], ["-d", "abc", "http://x/"]):
-            rc = subprocess.run([ioload, *args], capture_output=True).returncode
+            rc = subprocess.run([*WRAPPER, ioload, *args], capture_output=True).returncode
             check(f"usage error {args}: exit 2", rc == 2, rc)
     finally:
         for p in procs:
