@@ -88,7 +88,8 @@ static size_t v2_header(unsigned char *buf, unsigned ver_cmd, unsigned fam, cons
     buf[13] = (unsigned char)fam;
     buf[14] = (unsigned char)(blen >> 8);
     buf[15] = (unsigned char)blen;
-    memcpy(buf + 16, body, blen);
+    if (blen)
+        memcpy(buf + 16, body, blen);
     return 16 + blen;
 }
 
