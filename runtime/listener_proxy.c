@@ -86,10 +86,7 @@ static int header_shutdown(void *ctx, int fd)
 }
 
 static const ioloop_stream_transport_t header_transport = {
-    .name = "proxy-header",
-    .read = header_read,
-    .writev = header_writev,
-    .shutdown = header_shutdown,
+    .name = "proxy-header", .read = header_read, .writev = header_writev, .shutdown = header_shutdown,
     /* no destroy: the phase frees itself (phase_end), the stream only closes fd */
 };
 

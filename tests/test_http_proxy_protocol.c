@@ -46,9 +46,8 @@ static void start_proxied(tsrv_t *t, ioloop_time_t timeout, ioloop_http_access_l
     tsrv_route(t, "/late", (ioloop_http_route_t){.get = echo_ip_late});
     if (log)
         ioloop_http_server_set_log(t->server, ioloop_http_access_log_hook, log);
-    ioloop_listener_options_t o = {.address = "127.0.0.1",
-                                   .proxy_protocol = IOLOOP_PROXY_PROTOCOL_REQUIRED,
-                                   .proxy_timeout = timeout};
+    ioloop_listener_options_t o = {
+        .address = "127.0.0.1", .proxy_protocol = IOLOOP_PROXY_PROTOCOL_REQUIRED, .proxy_timeout = timeout};
     assert_int_equal(ioloop_http_server_serve_with(t->server, t->rt, &o, &t->listener), 0);
     t->port = ioloop_listener_port(t->listener);
 }
@@ -115,7 +114,7 @@ static void test_v1_and_v2_addresses(void **state)
     unsigned char un[216] = {0};
     strcpy((char *)un, "/run/client.sock");
     strcpy((char *)un + 108, "/run/server.sock");
-    expect_ip(t.port, buf, v2_header(buf, 0x21, 0x31, un, sizeof(un)), ""); /* a unix peer has no IP */
+    expect_ip(t.port, buf, v2_header(buf, 0x21, 0x31, un, sizeof(un)), "");          /* a unix peer has no IP */
     expect_ip(t.port, buf, v2_header(buf, 0x20, 0x31, un, sizeof(un)), "127.0.0.1"); /* LOCAL over unix */
     expect_ip(t.port, buf, v2_header(buf, 0x20, 0x00, NULL, 0), "127.0.0.1");        /* LOCAL health check */
     tsrv_stop(&t);
