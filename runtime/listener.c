@@ -1,6 +1,8 @@
 /* listener.c — listening sockets spread over a runtime's loops: binding
- * (IPv4, IPv6, unix:), the three accept modes, batched accept, EMFILE
- * back-off, and a stop that drains what is already queued.
+ * (IPv4, IPv6, unix:) or inherited sockets (checked, then duplicated so the
+ * caller's fds stay the caller's), the three accept modes, batched accept,
+ * EMFILE back-off, and a stop that drains what is already queued. With the
+ * PROXY protocol on, a connection goes through listener_proxy.c first.
  *
  * Threading rule: start/stop/free from any thread. Each acceptor (one socket
  * watched by one loop) is touched only by its loop's thread once armed:
