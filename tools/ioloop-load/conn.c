@@ -159,7 +159,7 @@ static void connect_failed(load_conn_t *conn)
     count_error(conn, LOAD_ERR_CONNECT);
     /* No timer (out of memory, the loop closing): the connection stays down. */
     if (!conn->worker->stopping)
-        (void)ioloop_call_later(conn->worker->loop, CONNECT_RETRY_DELAY, retry_connect, conn);
+        (void)ioloop_call_later(conn->worker->loop, CONNECT_RETRY_DELAY, retry_connect, conn, NULL);
 }
 
 static void on_connected(ioloop_t *loop, int status, ioloop_stream_t *stream, void *arg)
