@@ -76,7 +76,8 @@ static void test_no_overflow_and_merge(void **state)
     assert_int_equal(a->min, 30000);
     uint64_t p50 = hist_percentile(a, 50), p99 = hist_percentile(a, 99), p999 = hist_percentile(a, 99.9);
     assert_true(p50 >= 30000 && p50 <= 31000);
-    assert_true(p50 <= p99 && p99 <= p999 && p999 <= hist_percentile(a, 99.9999) && hist_percentile(a, 100) == UINT64_MAX);
+    assert_true(p50 <= p99 && p99 <= p999 && p999 <= hist_percentile(a, 99.9999) &&
+                hist_percentile(a, 100) == UINT64_MAX);
     /* the slowest two are the top ranks */
     assert_true(hist_percentile(a, 99.99995) >= 4980000000ull);
     free(a);

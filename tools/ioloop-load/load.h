@@ -28,9 +28,9 @@ typedef struct {
     int connections;
     int pipeline; /* requests per batch: one write, then wait for all their responses (wrk's lua pipelining) */
     int threads;
-    double duration; /* seconds */
+    double duration;       /* seconds */
     ioloop_time_t timeout; /* no byte for this long with requests in flight: a timeout error */
-    const char *batch; /* `pipeline` requests, back to back */
+    const char *batch;     /* `pipeline` requests, back to back */
     size_t batch_len;
     ioloop_tcp_connect_options_t connect; /* shared: the TLS transport maker, if any, is per connect */
 } load_options_t;
@@ -38,7 +38,7 @@ typedef struct {
 /* Errors by kind (what wrk reports, plus parse: a response llhttp refused). */
 enum {
     LOAD_ERR_CONNECT, /* refused, unreachable, timed out, or the TLS handshake failed */
-    LOAD_ERR_READ, /* reset, or the peer closed with responses missing */
+    LOAD_ERR_READ,    /* reset, or the peer closed with responses missing */
     LOAD_ERR_WRITE,
     LOAD_ERR_TIMEOUT,
     LOAD_ERR_STATUS, /* a response whose status is not 2xx or 3xx */
@@ -59,9 +59,9 @@ typedef struct {
     ioloop_stream_t *stream;
     ioloop_tcp_connect_t *connecting;
     llhttp_t parser;
-    int inflight;         /* responses still expected for the current batch */
-    bool close_after;     /* the last response said the connection ends (Connection: close) */
-    bool answered;        /* a response came on this connection (a TLS failure before: a connect error) */
+    int inflight;          /* responses still expected for the current batch */
+    bool close_after;      /* the last response said the connection ends (Connection: close) */
+    bool answered;         /* a response came on this connection (a TLS failure before: a connect error) */
     ioloop_time_t sent_at; /* when the current batch was written (CLOCK_MONOTONIC ns) */
     ioloop_time_t now;     /* the clock as read once per read callback (0: not read yet) */
 } load_conn_t;
@@ -71,7 +71,7 @@ struct load_worker {
     const load_options_t *opts;
     load_conn_t *conns;
     int nconns;
-    bool stopping; /* set on the loop by load_worker_finish: nothing is counted or restarted after it */
+    bool stopping;     /* set on the loop by load_worker_finish: nothing is counted or restarted after it */
     uint64_t requests; /* responses completed (any status) */
     uint64_t bytes;    /* response bytes read */
     uint64_t errors[LOAD_ERR_KINDS];

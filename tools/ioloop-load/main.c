@@ -251,7 +251,8 @@ static void report_text(const cli_t *cli, const totals_t *t)
     printf("  max %s\n", buf);
     printf("  errors    %llu:", (unsigned long long)t->error_total);
     for (int k = 0; k < LOAD_ERR_KINDS; k++)
-        printf(" %s %llu%s", load_error_names[k], (unsigned long long)t->errors[k], k + 1 < LOAD_ERR_KINDS ? "," : "\n");
+        printf(" %s %llu%s", load_error_names[k], (unsigned long long)t->errors[k],
+               k + 1 < LOAD_ERR_KINDS ? "," : "\n");
     printf("  client    %.2f us CPU per request, %.0f%% of one CPU\n",
            t->requests ? t->cpu * 1e6 / (double)t->requests : 0.0, t->cpu / t->elapsed * 100);
 }
@@ -286,7 +287,9 @@ static ioloop_tls_context_t *tls_context;
 static int setup_tls(cli_t *cli)
 {
     static const char *const alpn[] = {"http/1.1"};
-    ioloop_tls_options_t to = {.ca_file = cli->cacert, .alpn = alpn, .nalpn = 1,
+    ioloop_tls_options_t to = {.ca_file = cli->cacert,
+                               .alpn = alpn,
+                               .nalpn = 1,
                                .verify = cli->insecure ? IOLOOP_TLS_VERIFY_OFF : IOLOOP_TLS_VERIFY_DEFAULT};
     int err = ioloop_tls_context_new(&to, &tls_context);
     if (err == 0)
