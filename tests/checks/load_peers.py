@@ -6,9 +6,10 @@ nginx (tools/http-bench/nginx.conf.in) and helloworld over https. Each run
 must report requests > 0, no error of any kind, and ordered percentiles.
 Hostile servers (asyncio, in this process, port 0): one that resets after
 reading the request, one that never answers, one that answers 500, one that
-answers garbage, a port nobody listens on, a close-delimited body, and a
-slow sender (a response in 1-byte pieces): each must show up as the right
-error kind (or none), with the tool still exiting 0 after its run.
+answers garbage, a port nobody listens on, a close-delimited body, a slow
+sender (a response in 1-byte pieces) and a body that never ends (the peak
+RSS must stay flat): each must show up as the right error kind (or none),
+with the tool still exiting 0 after its run.
 
     load_peers.py IOLOAD HELLOWORLD
     IOLOOP_LOAD_WRAPPER="valgrind -q --error-exitcode=99 ..." load_peers.py ...  (ioloop-load runs under it)
@@ -31,13 +32,18 @@ WRAPPER = os.environ.get("IOLOOP_LOAD_WRAPPER", "").split()
 
 
 def load(ioload, url, *args, duration="0.6"):
+    """Runs ioloop-load; its JSON report plus rc and maxrss_kib (wait4's peak RSS)."""
     cmd = [*WRAPPER, ioload, "-d", duration, "--json", *args, url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        print(out.stderr, file=sys.stderr)
-        return {"rc": out.returncode, "stderr": out.stderr, "requests": -1, "errors": {}}
-    r = json.loads(out.stdout)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        print(err, file=sys.stderr)
+        return {"rc": proc.returncode, "stderr": err, "requests": -1, "errors": {}}
+    r = json.loads(out)
     r["rc"] = 0
+    r["maxrss_kib"] = usage.ru_maxrss
     return r
 
 
@@ -122,7 +128,22 @@ async def answers(reader, writer, response, close=False, piece=0, pause=0.0):
     writer.close()
 
 
+async def endless(reader, writer):
+    """A response whose body never ends (1 TB announced), pushed as fast as the client reads."""
+    await read_request(reader)
+    block = b"x" * 65536
+    try:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+        while True:
+            writer.write(block)
+            await writer.drain()
+    except (ConnectionError, RuntimeError):
+        pass
+    writer.close()
+
+
 SERVERS = {
+    "endless": endless,
     "resets": resets,
     "stalls": stalls,
     "500": lambda r, w: answers(r, w, b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops"),
@@ -158,8 +179,17 @@ def main():
         proc, port = start_helloworld(hello)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/"
-        sane("helloworld keep-alive", load(ioload, url, "-c", "8", "--threads", "2"))
-        sane("helloworld pipelined", load(ioload, url, "-c", "8", "-p", "16", "--threads", "2"), 16)
+        sane("helloworld keep-alive", load(ioload, url, "-c", "8", "--threads", "2", duration="1"))
+        sane("helloworld pipelined", load(ioload, url, "-c", "8", "-p", "16", "--threads", "2", duration="1"), 16)
+        # SIGINT ends a long run early, with the report of what was done
+        t0 = time.monotonic()
+        proc = subprocess.Popen([*WRAPPER, ioload, "-c", "4", "-d", "60", "--json", url], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        proc.send_signal(2)
+        out, _ = proc.communicate(timeout=30)
+        r = json.loads(out) if proc.returncode == 0 and out else {}
+        check("SIGINT: early end, reported", time.monotonic() - t0 < 20 and r.get("requests", 0) > 0 and
+              r.get("seconds", 99) < 20, (proc.returncode, out))
         r = load(ioload, url, "-c", "3", "--threads", "2", "-H", "X-Test: 1")
         sane("helloworld, 3 connections over 2 loops, an extra header", r)
 
@@ -177,8 +207,8 @@ def main():
             procs.append(proc)
             if wait_port(nport, proc):
                 nurl = f"http://127.0.0.1:{nport}/"
-                sane("nginx keep-alive", load(ioload, nurl, "-c", "8", "--threads", "1"))
-                sane("nginx pipelined", load(ioload, nurl, "-c", "8", "-p", "16", "--threads", "1"), 16)
+                sane("nginx keep-alive", load(ioload, nurl, "-c", "8", "--threads", "1", duration="1"))
+                sane("nginx pipelined", load(ioload, nurl, "-c", "8", "-p", "16", "--threads", "1", duration="1"), 16)
             else:
                 check("nginx started", False, "nginx did not listen")
         else:
@@ -227,6 +257,11 @@ def main():
         # 40 one-byte pieces 2 ms apart: no response completes in under ~70 ms
         check("slow sender: served, latency includes the trickle",
               r["requests"] > 0 and r["errors"]["total"] == 0 and r["latency_ns"]["p50"] > 50e6, r)
+        base = load(ioload, url, "-c", "2", duration="1")
+        r = load(ioload, h("endless"), "-c", "2", duration="1")
+        check("endless body: read and dropped as it comes, memory flat",
+              r["errors"]["total"] == 0 and r["bytes"] > 50e6 and r["maxrss_kib"] < base["maxrss_kib"] + 16384,
+              (r, base.get("maxrss_kib")))
         r = load(ioload, f"http://127.0.0.1:{free_port()}/", "-c", "2", duration="0.3")
         check("nobody listening: connect errors, retried with a pause (not a spin)",
               r["requests"] == 0 and 2 <= r["errors"]["connect"] <= 2 * 40 and
