@@ -7,8 +7,8 @@
  * The request bytes are built once (load_options_t.batch) and written as is;
  * the parser, the counters and the histogram are the worker's or the conn's,
  * so a request costs no allocation: one write per batch, reads as they come,
- * and one clock read per read callback (every response completed by that
- * read ends at the same instant) plus one per batch written.
+ * and one clock read per read callback that completes responses (they all
+ * end at that instant, and the next batch is stamped with it too).
  *
  * Threading rule: everything here runs on the worker's loop thread.
  */
