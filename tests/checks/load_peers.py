@@ -142,8 +142,25 @@ async def endless(reader, writer):
     writer.close()
 
 
+SEEN = set()
+
+
+async def records(reader, writer):
+    """Answers 204 and keeps each request head it got (its request line and headers)."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            SEEN.add(head.decode("latin-1"))
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        pass
+    writer.close()
+
+
 SERVERS = {
     "endless": endless,
+    "records": records,
     "resets": resets,
     "stalls": stalls,
     "500": lambda r, w: answers(r, w, b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops"),
@@ -239,6 +256,12 @@ def main():
         # hostile servers
         ports = start_hostile()
         h = lambda name: f"http://127.0.0.1:{ports[name]}/"
+        for target, sent in (("?q=1", "/?q=1"), ("", "/"), ("/a/b?x=y", "/a/b?x=y")):
+            SEEN.clear()
+            r = load(ioload, h("records").rstrip("/") + target, "-c", "1", "-H", "X-Load: yes", duration="0.3")
+            want = f"GET {sent} HTTP/1.1\r\nHost: 127.0.0.1:{ports['records']}\r\nX-Load: yes\r\n\r\n"
+            check(f"request for URL ending {target!r}: target {sent}, Host, the -H header, nothing else",
+                  r["requests"] > 0 and SEEN == {want}, (SEEN, want))
         r = load(ioload, h("resets"), "-c", "4", "--threads", "2")
         check("resets: no request, read/write errors counted",
               r["requests"] == 0 and r["errors"]["read"] + r["errors"]["write"] > 0 and r["rc"] == 0, r)

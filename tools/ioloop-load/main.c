@@ -93,7 +93,7 @@ static int parse_url(cli_t *cli, const char *url)
         return -1;
     }
     size_t authority_len = strcspn(rest, "/?#");
-    cli->path = rest[authority_len] == '/' ? rest + authority_len : "/";
+    cli->path = rest[authority_len] ? rest + authority_len : ""; /* "/p?q", "?q" or "": "/" goes before the last two */
     if (authority_len == 0 || rest[authority_len] == '#' || strchr(cli->path, '#'))
         return -1;
     if (!(cli->host_header = strndup(rest, authority_len)) || !(cli->host = strndup(rest, authority_len)))
@@ -126,7 +126,7 @@ static int build_batch(cli_t *cli)
     FILE *f = open_memstream(&request, &one);
     if (!f)
         return -ENOMEM;
-    fprintf(f, "GET %s HTTP/1.1\r\nHost: %s\r\n", cli->path, cli->host_header);
+    fprintf(f, "GET %s%s HTTP/1.1\r\nHost: %s\r\n", cli->path[0] == '/' ? "" : "/", cli->path, cli->host_header);
     for (int i = 0; i < cli->nheaders; i++)
         fprintf(f, "%s\r\n", cli->headers[i]);
     fprintf(f, "\r\n");
