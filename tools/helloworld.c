@@ -1,12 +1,18 @@
-/* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world".
+/* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world",
+ * and GET /healthz → 200 "ok" (503 "draining" once SIGTERM came).
  *
  *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
- *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]
+ *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--drain-delay MS]
  *
  * With a certificate and its key it serves https:// (TLS 1.2 and 1.3, ALPN
  * http/1.1) on the same port; that needs a build with IOLOOP_TLS (libioloop-tls).
  * --port 0 lets the kernel pick: the banner names the port. --access-log
- * writes Common Log Format lines to FILE, or stdout for "-".
+ * writes Common Log Format lines to FILE, or stdout for "-". --drain-delay
+ * (default 0) keeps serving that long after SIGTERM with /healthz at 503, so
+ * a load balancer's health checks take it out before the listener closes.
+ * Restarting on the same port: start the new process with --accept
+ * reuseport beside the old one (also started so), then SIGTERM the old one
+ * (tools/deploy/restart-under-load).
  *
  * Threading rule: main owns the runtime (one loop per CPU unless --threads);
  * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
@@ -41,6 +47,7 @@ typedef struct {
     ioloop_accept_mode_t mode;
     const char *tls_cert, *tls_key;
     const char *access_log_path;
+    int drain_delay_ms;
 } hello_args_t;
 
 /* Reads the options into *a; false on anything else. */
@@ -59,6 +66,8 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
             a->tls_key = v;
         } else if (!strcmp(opt, "--access-log")) {
             a->access_log_path = v;
+        } else if (!strcmp(opt, "--drain-delay") && (atoi(v) > 0 || !strcmp(v, "0"))) {
+            a->drain_delay_ms = atoi(v);
         } else if (!strcmp(opt, "--threads") && atoi(v) > 0) {
             ro->loops = atoi(v);
         } else if (!strcmp(opt, "--pin") && (!strcmp(v, "yes") || !strcmp(v, "no"))) {
@@ -117,7 +126,7 @@ int main(int argc, char **argv)
     if (!parse_args(argc, argv, &a)) {
         fprintf(stderr,
                 "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
-                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]\n",
+                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--drain-delay MS]\n",
                 argv[0]);
         return 2;
     }
@@ -126,8 +135,10 @@ int main(int argc, char **argv)
     if (listen_options(&a, &lo, &tls) != 0)
         return 1;
 
-    ioloop_http_server_t *server = ioloop_http_server_new(NULL);
+    ioloop_http_server_options_t so = {.drain_delay = IOLOOP_MSEC(a.drain_delay_ms)};
+    ioloop_http_server_t *server = ioloop_http_server_new(&so);
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
+    ioloop_http_server_health_route(server, "/healthz");
     ioloop_http_access_log_t *access_log = NULL;
     if (a.access_log_path) {
         int lerr = ioloop_http_access_log_open(a.access_log_path, IOLOOP_HTTP_LOG_COMMON, &access_log);

@@ -1,0 +1,210 @@
+"""deploylib.py — what the tools/deploy scripts share: free ports, a temp
+dir, child processes (ioloop servers, haproxy, nginx) started and always
+cleaned up, readiness waits, and the load generator that counts every
+request's outcome.
+
+Threading rule: the load generator runs client threads of its own; every
+other function is for the script's main thread. Everything binds and
+connects on 127.0.0.1 only.
+
+The load client is the strict judge of "zero failed requests": a request
+fails if it gets no complete 200 response with the expected body. The one
+retry it allows is the one every HTTP/1.1 client makes (RFC 9112 9.3.1,
+urllib3, browsers): a request sent on a *reused* keep-alive connection that
+the server closed before sending any byte of a response is sent again on a
+new connection (the server may close an idle connection at any time, and a
+request that crossed the close was never seen). Those are counted apart
+("retried"); a fresh connection that fails is always a failure.
+"""
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def free_port():
+    """A port the kernel says is free on 127.0.0.1 now (a peer binds it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port, path="/", status=200, timeout=20.0, host="127.0.0.1"):
+    """Polls http://host:port/path until it answers `status`; raises after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            if r.status == status:
+                return
+            last = "status %d" % r.status
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.05)
+    raise RuntimeError("http://%s:%d%s never answered %d (last: %s)" % (host, port, path, status, last))
+
+
+class Processes:
+    """Children started by a script; stop_all() (also at exit and on
+    SIGTERM/SIGINT) ends every one still running, by its own pid."""
+
+    def __init__(self):
+        self.children = []
+        self.tmp = tempfile.mkdtemp(prefix="ioloop-deploy-")
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signo, frame):
+        self.close()
+        sys.exit(128 + signo)
+
+    def start(self, argv, name, env=None):
+        """Starts argv with stdout+stderr to TMP/name.log; returns the Popen."""
+        log = open(os.path.join(self.tmp, name + ".log"), "wb")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True)
+        p.log_path = log.name
+        p.name = name
+        log.close()
+        self.children.append(p)
+        return p
+
+    def wait_line(self, p, needle, timeout=20.0):
+        """Waits until p's log holds needle; returns that line. Raises if p
+        exits first or after timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(p.log_path, "rb") as f:
+                for line in f.read().decode(errors="replace").splitlines():
+                    if needle in line:
+                        return line
+            if p.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError("%s: no %r in its output (exit %s):\n%s" % (p.name, needle, p.poll(), self.log(p)))
+
+    def log(self, p):
+        with open(p.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self, p, signo=signal.SIGTERM, timeout=20.0):
+        """Signals p and waits for it; returns its exit code (kills after timeout)."""
+        if p.poll() is None:
+            p.send_signal(signo)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise RuntimeError("%s did not exit within %.0f s of signal %d" % (p.name, timeout, signo))
+        return p.returncode
+
+    def close(self, keep_tmp=False):
+        for p in self.children:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.children = []
+        if not keep_tmp and os.environ.get("IOLOOP_DEPLOY_KEEP") is None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Load:
+    """Continuous GET load on 127.0.0.1:port from client threads: `fresh`
+    threads open a new connection per request, `keepalive` threads reuse
+    theirs. Counts ok / failed / retried; keeps the first failures' reasons."""
+
+    def __init__(self, port, path="/", body=b"Hello, world", fresh=3, keepalive=3, timeout=10.0):
+        self.port, self.path, self.body, self.timeout = port, path, body, timeout
+        self.ok = self.failed = self.retried = 0
+        self.errors = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(False,), daemon=True) for _ in range(fresh)]
+        self.threads += [threading.Thread(target=self._run, args=(True,), daemon=True) for _ in range(keepalive)]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(self.timeout + 5)
+
+    def _count(self, what, reason=None):
+        with self.lock:
+            setattr(self, what, getattr(self, what) + 1)
+            if reason and len(self.errors) < 20:
+                self.errors.append(reason)
+
+    def _once(self, conn):
+        conn.request("GET", self.path)
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200 or data != self.body:
+            raise ValueError("status %d body %r" % (r.status, data[:60]))
+        return (r.getheader("Connection") or "").lower() == "close"
+
+    def _run(self, keepalive):
+        conn, reused = None, False
+        while not self.stopping.is_set():
+            if conn is None:
+                conn, reused = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout), False
+            try:
+                closing = self._once(conn)
+                self._count("ok")
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn.close()
+                conn = None
+                if not reused:
+                    self._count("failed", "fresh connection: %r" % e)
+                    continue
+                # The server closed the idle connection as the request crossed
+                # it: send it again on a new connection, once.
+                self._count("retried")
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                    closing = self._once(conn)
+                    self._count("ok")
+                except Exception as e2:
+                    self._count("failed", "retry on a new connection: %r" % e2)
+                    conn.close()
+                    conn = None
+                    continue
+            except Exception as e:
+                self._count("failed", "%s connection: %r" % ("reused" if reused else "fresh", e))
+                conn.close()
+                conn = None
+                continue
+            if closing or not keepalive:
+                conn.close()
+                conn = None
+            else:
+                reused = True
+        if conn is not None:
+            conn.close()
+
+    def summary(self):
+        return "%d ok, %d failed, %d retried on a reused connection" % (self.ok, self.failed, self.retried)
