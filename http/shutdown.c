@@ -130,7 +130,7 @@ static void delay_over(ioloop_t *loop, void *arg)
 static void delay_begin(ioloop_t *loop, void *arg)
 {
     ioloop_http_server_t *s = arg;
-    if (!ioloop_call_later(loop, s->opts.drain_delay, delay_over, s))
+    if (ioloop_call_later(loop, s->opts.drain_delay, delay_over, s, NULL) != 0)
         stop_accepting(s); /* no timer (no memory, loop closing): no delay */
 }
 

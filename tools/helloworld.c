@@ -136,7 +136,12 @@ int main(int argc, char **argv)
         return 1;
 
     ioloop_http_server_options_t so = {.drain_delay = IOLOOP_MSEC(a.drain_delay_ms)};
-    ioloop_http_server_t *server = ioloop_http_server_new(&so);
+    ioloop_http_server_t *server;
+    int serr = ioloop_http_server_new(&so, &server);
+    if (serr) {
+        fprintf(stderr, "helloworld: %s\n", ioloop_strerror(serr));
+        return 1;
+    }
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
     ioloop_http_server_health_route(server, "/healthz");
     ioloop_http_access_log_t *access_log = NULL;
