@@ -18,6 +18,7 @@ request that crossed the close was never seen). Those are counted apart
 """
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,20 @@ import sys
 import tempfile
 import threading
 import time
+
+
+def fill(template, out, **values):
+    """Writes template with every @NAME@ replaced by values[NAME]; returns out."""
+    with open(template) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace("@%s@" % k, str(v))
+    left = re.search(r"@[A-Z0-9_]+@", text)
+    if left:
+        raise ValueError("%s: %s left unfilled" % (template, left.group(0)))
+    with open(out, "w") as f:
+        f.write(text)
+    return out
 
 
 def free_port():
@@ -131,8 +146,9 @@ class Load:
     threads open a new connection per request, `keepalive` threads reuse
     theirs. Counts ok / failed / retried; keeps the first failures' reasons."""
 
-    def __init__(self, port, path="/", body=b"Hello, world", fresh=3, keepalive=3, timeout=10.0):
+    def __init__(self, port, path="/", body=b"Hello, world", fresh=3, keepalive=3, timeout=10.0, source=None):
         self.port, self.path, self.body, self.timeout = port, path, body, timeout
+        self.source = (source, 0) if source else None  # e.g. 127.0.0.2: told apart from a proxy's 127.0.0.1
         self.ok = self.failed = self.retried = 0
         self.errors = []
         self.lock = threading.Lock()
@@ -159,6 +175,9 @@ class Load:
             if reason and len(self.errors) < 20:
                 self.errors.append(reason)
 
+    def _connect(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout, source_address=self.source)
+
     def _once(self, conn):
         conn.request("GET", self.path)
         r = conn.getresponse()
@@ -171,7 +190,7 @@ class Load:
         conn, reused = None, False
         while not self.stopping.is_set():
             if conn is None:
-                conn, reused = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout), False
+                conn, reused = self._connect(), False
             try:
                 closing = self._once(conn)
                 self._count("ok")
@@ -185,7 +204,7 @@ class Load:
                 # it: send it again on a new connection, once.
                 self._count("retried")
                 try:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                    conn = self._connect()
                     closing = self._once(conn)
                     self._count("ok")
                 except Exception as e2:
