@@ -201,8 +201,7 @@ void ioloop__listener_proxy_start(ioloop_listener_t *l, ioloop_t *loop, int fd, 
     IOLOOP__STAT_ADD(loop, live_connections, 1);
     ioloop__stream_count_connection(stream);
     ioloop_stream_set_close_callback(stream, on_phase_close, phase);
-    phase->timer = ioloop_call_later(loop, l->proxy_timeout, on_phase_timeout, phase);
-    if (!phase->timer) {
+    if (ioloop_call_later(loop, l->proxy_timeout, on_phase_timeout, phase, &phase->timer) != 0) {
         ioloop_stream_close(stream); /* no timer (no memory): a silent peer would stay forever */
         return;
     }

@@ -36,7 +36,7 @@ static void late_finish(ioloop_t *loop, void *arg)
 static void echo_ip_late(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
-    assert_true(ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(50), late_finish, req) != 0);
+    assert_int_equal(ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(50), late_finish, req, NULL), 0);
 }
 
 static void start_proxied(tsrv_t *t, ioloop_time_t timeout, ioloop_http_access_log_t *log)

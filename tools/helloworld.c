@@ -3,7 +3,7 @@
  *
  *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
  *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]
- *              [--drain-delay MS]
+ *              [--drain-delay MS] [--exit-stats]
  *
  * With a certificate and its key it serves https:// (TLS 1.2 and 1.3, ALPN
  * http/1.1) on the same port; that needs a build with IOLOOP_TLS (libioloop-tls).
@@ -23,8 +23,8 @@
  * Threading rule: main owns the runtime (one loop per CPU unless --threads);
  * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
  * drain every loop (requests in flight are answered, with Connection: close),
- * the last line printed counts the requests and connections served, and the
- * process exits 0.
+ * with --exit-stats a last line on stderr counts the requests and connections
+ * served, and the process exits 0.
  */
 #define _GNU_SOURCE
 #include "ioloop/http.h"
@@ -56,6 +56,7 @@ typedef struct {
     const char *access_log_path;
     int drain_delay_ms;
     bool proxy_protocol;
+    bool exit_stats;
 } hello_args_t;
 
 /* Reads the options into *a; false on anything else. */
@@ -68,6 +69,10 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
         const char *opt = argv[i];
         if (!strcmp(opt, "--proxy-protocol")) {
             a->proxy_protocol = true;
+            continue;
+        }
+        if (!strcmp(opt, "--exit-stats")) {
+            a->exit_stats = true;
             continue;
         }
         if (i + 1 >= argc)
@@ -146,7 +151,7 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
                 "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]\n"
-                "          [--drain-delay MS]\n",
+                "          [--drain-delay MS] [--exit-stats]\n",
                 argv[0]);
         return 2;
     }
@@ -191,12 +196,13 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     ioloop_runtime_join(rt); /* until a signal has drained every loop */
-    /* The last line: what a deployment check compares (keep-alive upstreams
+    /* --exit-stats: what a deployment check compares (keep-alive upstreams
      * reuse connections: far fewer connections than requests). */
     ioloop_http_server_stats_t st;
     ioloop_http_server_get_stats(server, &st);
-    printf("helloworld: served %llu request(s) on %llu connection(s)\n", (unsigned long long)st.requests,
-           (unsigned long long)st.connections);
+    if (a.exit_stats)
+        fprintf(stderr, "helloworld: served %llu request(s) on %llu connection(s)\n", (unsigned long long)st.requests,
+                (unsigned long long)st.connections); /* stderr: stdout may be the access log (-) */
     ioloop_listener_free(listener);
     ioloop_http_server_free(server);
     ioloop_http_access_log_close(access_log); /* nothing logs any more: writes what the loops buffered */
