@@ -18,6 +18,7 @@ request that crossed the close was never seen). Those are counted apart
 """
 import http.client
 import os
+import random
 import re
 import shutil
 import signal
@@ -44,19 +45,35 @@ def fill(template, out, **values):
 
 
 def free_port():
-    """A port the kernel says is free on 127.0.0.1 now (a peer binds it next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now on 0.0.0.0, outside the kernel's ephemeral range: a
+    port that a restart gives up for a moment must not be taken meanwhile as
+    the local port of some outgoing connection (HAProxy's, the client's),
+    which a port from bind(0) can be, since both come from that range."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port below %d" % low)
 
 
-def wait_http(port, path="/", status=200, timeout=20.0, host="127.0.0.1"):
-    """Polls http://host:port/path until it answers `status`; raises after timeout."""
+def wait_http(port, path="/", status=200, timeout=20.0, host="127.0.0.1", source=None):
+    """Polls http://host:port/path (from address `source`, if given) until it
+    answers `status`; raises after timeout."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn = http.client.HTTPConnection(host, port, timeout=2, source_address=(source, 0) if source else None)
             conn.request("GET", path)
             r = conn.getresponse()
             r.read()
@@ -84,11 +101,12 @@ class Processes:
         self.close()
         sys.exit(128 + signo)
 
-    def start(self, argv, name, env=None):
-        """Starts argv with stdout+stderr to TMP/name.log; returns the Popen."""
+    def start(self, argv, name, env=None, pass_fds=()):
+        """Starts argv with stdout+stderr to TMP/name.log (and pass_fds open
+        in it); returns the Popen."""
         log = open(os.path.join(self.tmp, name + ".log"), "wb")
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env, start_new_session=True)
+                             env=env, start_new_session=True, pass_fds=pass_fds)
         p.log_path = log.name
         p.name = name
         log.close()
