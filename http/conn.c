@@ -277,8 +277,8 @@ void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const st
  * better answered (with Connection: close) than met by a closed socket. A
  * connection that has sent nothing yet (taken from the backlog by the
  * listener's stop) gets a longer one: its client connected to send a
- * request, and closing it would fail that request (a restart under load
- * lost one in ~100k this way). */
+ * request, and closing it would fail that request (seen once in 400
+ * restarts under load: tools/deploy/restart-under-load). */
 void ioloop__http_conn_drain(http_conn_t *c)
 {
     if (conn_idle(c)) {
