@@ -1,7 +1,7 @@
 /* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world",
  * and GET /healthz → 200 "ok" (503 "draining" once SIGTERM came).
  *
- *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
+ *   helloworld [--port 8888] [--bind 0.0.0.0] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
  *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]
  *              [--drain-delay MS] [--exit-stats]
  *
@@ -54,6 +54,7 @@ typedef struct {
     ioloop_accept_mode_t mode;
     const char *tls_cert, *tls_key;
     const char *access_log_path;
+    const char *bind; /* the listening address: 0.0.0.0 unless --bind */
     int drain_delay_ms;
     bool proxy_protocol;
     bool exit_stats;
@@ -84,6 +85,8 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
             a->tls_cert = v;
         } else if (!strcmp(opt, "--tls-key")) {
             a->tls_key = v;
+        } else if (!strcmp(opt, "--bind")) {
+            a->bind = v;
         } else if (!strcmp(opt, "--access-log")) {
             a->access_log_path = v;
         } else if (!strcmp(opt, "--drain-delay") && (atoi(v) > 0 || !strcmp(v, "0"))) {
@@ -108,7 +111,7 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
 /* The listener's options: plain, or a TLS session per connection on *tls. */
 static int listen_options(const hello_args_t *a, ioloop_listener_options_t *lo, void **tls)
 {
-    *lo = (ioloop_listener_options_t){.address = "0.0.0.0",
+    *lo = (ioloop_listener_options_t){.address = a->bind,
                                       .port = a->port,
                                       .mode = a->mode,
                                       .proxy_protocol = a->proxy_protocol ? IOLOOP_PROXY_PROTOCOL_REQUIRED
@@ -146,11 +149,12 @@ static void free_tls(void *tls)
 
 int main(int argc, char **argv)
 {
-    hello_args_t a = {.port = 8888, .ro = {.pin = true}, .mode = IOLOOP_ACCEPT_DEFAULT}; /* loops = 0: one per CPU */
+    hello_args_t a = {
+        .port = 8888, .ro = {.pin = true}, .mode = IOLOOP_ACCEPT_DEFAULT, .bind = "0.0.0.0"}; /* loops: one per CPU */
     if (!parse_args(argc, argv, &a)) {
         fprintf(stderr,
                 "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
-                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]\n"
+                "          [--bind 0.0.0.0] [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]\n"
                 "          [--drain-delay MS] [--exit-stats]\n",
                 argv[0]);
         return 2;
