@@ -169,10 +169,9 @@ int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
 /* Graceful shutdown of the whole runtime: after the options' drain_delay
  * (0: at once; meanwhile s serves as before, its health route saying 503),
  * l (may be NULL) stops accepting (what was queued is still served), then
- * every loop of rt drains s
- * (ioloop_http_server_drain with `timeout`, 0: none), and rt stops once every
- * loop is drained: ioloop_runtime_join returns then. Any thread; returns at
- * once. Free s only after the runtime stopped this way (its steps are
+ * every loop of rt drains s (ioloop_http_server_drain with `timeout`, 0:
+ * none), and rt stops once every loop is drained: ioloop_runtime_join
+ * returns then. Any thread; returns at once. Free s only after the runtime stopped this way (its steps are
  * callbacks on the loops that use s). A loop whose connections from l are
  * still sending their PROXY header (ioloop_listener_pending) starts its
  * drain once they are connections of s (or closed), within l's
