@@ -3,7 +3,8 @@
  * HEAD, never cached); once ioloop_http_server_shutdown is called with a
  * drain_delay it says 503 "draining" while the listener still accepts and
  * other routes still answer; after the delay the listener closes and the
- * runtime stops by itself. Bad arguments are refused.
+ * runtime stops by itself, hostile clients (stalled mid-head, pipelining
+ * without reading) notwithstanding. Bad arguments are refused.
  */
 #include "test_http_util.h"
 
@@ -100,6 +101,39 @@ static void test_no_delay_stops_at_once(void **state)
     assert_true(refused(t.port));
 }
 
+/* Hostile peers during the delay: one stalls mid-head, one pipelines
+ * /healthz without ever reading. A normal client is still answered (503 on
+ * /healthz, 200 on /), and the shutdown ends within delay + drain timeout
+ * (generous bound): the delay adds to the drain, it does not suspend it. */
+static void test_drain_delay_with_hostile_clients(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start(&t, IOLOOP_MSEC(300));
+    int stalled = tcli_connect(t.port);
+    tcli_send(stalled, "GET /healthz HTTP/1.1\r\nHo");
+    int hog = tcli_connect(t.port);
+    static const char req[] = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+    setsockopt(hog, SOL_SOCKET, SO_SNDBUF, &(int){16384}, sizeof(int));
+    for (int i = 0; i < 2000; i++) /* until its send buffer fills: never read */
+        if (send(hog, req, sizeof(req) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+            break;
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(ioloop_http_server_shutdown(t.server, t.rt, t.listener, IOLOOP_MSEC(700)), 0);
+    get(t.port, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 503, "draining");
+    tresp_t r;
+    tcli_request(t.port, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    tresp_free(&r);
+    finish(&t);
+    int64_t took_ms = (tu_now_ns() - t0) / 1000000;
+    assert_true(took_ms >= 250);  /* the delay was kept */
+    assert_true(took_ms < 10000); /* 300 ms + 700 ms, with room for a loaded machine */
+    assert_int_not_equal(tcli_closed(stalled, 5000, NULL), 0);
+    close(stalled);
+    close(hog);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -120,6 +154,7 @@ int main(void)
         cmocka_unit_test(test_health_ok),
         cmocka_unit_test(test_drain_delay_says_503_while_serving),
         cmocka_unit_test(test_no_delay_stops_at_once),
+        cmocka_unit_test(test_drain_delay_with_hostile_clients),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
