@@ -438,10 +438,12 @@ static void answer_error(http_conn_t *c)
     int status = c->fail_status;
     c->fail_status = -1;
     detach_request(c);
+    size_t before = c->out.len;
     if (ioloop__http_error_bytes(c->w, &c->out, status) != 0) {
         ioloop__http_conn_close(c);
         return;
     }
+    ioloop__http_metrics_error(c->w, status, c->out.len - before);
     linger_start(c);
 }
 

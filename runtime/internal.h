@@ -201,7 +201,7 @@ struct ioloop {
         _Atomic uint64_t iterations, events_dispatched, callbacks_run, posts_received,
             wakeups_written, wakeups_received, timers_fired;
         _Atomic int64_t live_connections;
-        _Atomic ioloop_time_t longest_busy;
+        _Atomic ioloop_time_t longest_busy, busy_time;
     } stats;
 
     /* watchdog hooks: written by the loop thread (relaxed stores), read by a

@@ -1,12 +1,13 @@
 /* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world".
  *
  *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
- *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]
+ *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--metrics]
  *
  * With a certificate and its key it serves https:// (TLS 1.2 and 1.3, ALPN
  * http/1.1) on the same port; that needs a build with IOLOOP_TLS (libioloop-tls).
  * --port 0 lets the kernel pick: the banner names the port. --access-log
- * writes Common Log Format lines to FILE, or stdout for "-".
+ * writes Common Log Format lines to FILE, or stdout for "-". --metrics serves
+ * the Prometheus metrics (ioloop_http_server_metrics_route) at /metrics.
  *
  * Threading rule: main owns the runtime (one loop per CPU unless --threads);
  * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
@@ -41,6 +42,7 @@ typedef struct {
     ioloop_accept_mode_t mode;
     const char *tls_cert, *tls_key;
     const char *access_log_path;
+    bool metrics;
 } hello_args_t;
 
 /* Reads the options into *a; false on anything else. */
@@ -49,7 +51,14 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
     int *port = &a->port;
     ioloop_runtime_options_t *ro = &a->ro;
     ioloop_accept_mode_t *mode = &a->mode;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    for (int i = 1; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--metrics")) { /* the one option without a value */
+            a->metrics = true;
+            i--;
+            continue;
+        }
+        if (i + 1 >= argc)
+            return false;
         const char *opt = argv[i], *v = argv[i + 1];
         if (!strcmp(opt, "--port") && (atoi(v) > 0 || !strcmp(v, "0"))) {
             *port = atoi(v);
@@ -73,7 +82,7 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
             return false;
         }
     }
-    return argc % 2 == 1 && !a->tls_cert == !a->tls_key; /* both or neither */
+    return !a->tls_cert == !a->tls_key; /* both or neither */
 }
 
 /* The listener's options: plain, or a TLS session per connection on *tls. */
@@ -117,7 +126,7 @@ int main(int argc, char **argv)
     if (!parse_args(argc, argv, &a)) {
         fprintf(stderr,
                 "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
-                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]\n",
+                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--metrics]\n",
                 argv[0]);
         return 2;
     }
@@ -128,6 +137,8 @@ int main(int argc, char **argv)
 
     ioloop_http_server_t *server = ioloop_http_server_new(NULL);
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
+    if (a.metrics)
+        ioloop_http_server_metrics_route(server, "/metrics");
     ioloop_http_access_log_t *access_log = NULL;
     if (a.access_log_path) {
         int lerr = ioloop_http_access_log_open(a.access_log_path, IOLOOP_HTTP_LOG_COMMON, &access_log);

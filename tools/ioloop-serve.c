@@ -3,10 +3,11 @@
  * a directory, else a listing page; files go out with sendfile, with ETag /
  * Last-Modified / Range answered; --gzip compresses text on the fly (and a
  * precompressed FILE.gz is served when it exists); --access-log writes the
- * Common Log Format to FILE or standard output (-).
+ * Common Log Format to FILE or standard output (-); --metrics serves the
+ * Prometheus metrics at /metrics (which then shadows a file of that name).
  *
  *   ioloop-serve [DIR] [--port 8000] [--bind ADDR] [--threads N] [--gzip] [--gzip-level N]
- *                [--access-log FILE|-] [--file-cache MS]
+ *                [--access-log FILE|-] [--file-cache MS] [--metrics]
  *
  * --file-cache (default 1000 ms, 0: off) keeps small files and what their
  * open/fstat found in memory per loop for that long, like nginx's
@@ -32,14 +33,14 @@
 typedef struct {
     const char *dir, *bind, *access_log;
     int port, threads, gzip_level, file_cache_ms;
-    bool gzip;
+    bool gzip, metrics;
 } serve_args_t;
 
 static void usage(FILE *to, const char *argv0)
 {
     fprintf(to,
             "usage: %s [DIR] [--port 8000] [--bind 0.0.0.0] [--threads N] [--gzip] [--gzip-level 1..9]\n"
-            "       [--access-log FILE|-] [--file-cache MS (default 1000, 0: off)]\n"
+            "       [--access-log FILE|-] [--file-cache MS (default 1000, 0: off)] [--metrics]\n"
             "Serves DIR (default .) on every CPU: index.html or a listing for directories.\n",
             argv0);
 }
@@ -65,7 +66,9 @@ static int parse_args(int argc, char **argv, serve_args_t *a)
         bool has_value = i + 1 < argc;
         if (!strcmp(opt, "-h") || !strcmp(opt, "--help"))
             return 1;
-        if (!strcmp(opt, "--gzip")) {
+        if (!strcmp(opt, "--metrics")) {
+            a->metrics = true;
+        } else if (!strcmp(opt, "--gzip")) {
             a->gzip = true;
         } else if (!strcmp(opt, "--port") && has_value) {
             if ((a->port = parse_int(argv[++i], 0, 65535)) < 0)
@@ -126,7 +129,12 @@ int main(int argc, char **argv)
     ioloop_http_static_options_t sopts = {.list_directories = true,
                                           .gzip_static = args.gzip,
                                           .cache_valid = IOLOOP_MSEC(args.file_cache_ms)};
-    int err = ioloop_http_static_route(server, "/", root, &sopts);
+    int err = args.metrics ? ioloop_http_server_metrics_route(server, "/metrics") : 0;
+    if (err) {
+        fprintf(stderr, "ioloop-serve: --metrics: %s\n", strerror(-err));
+        return 1;
+    }
+    err = ioloop_http_static_route(server, "/", root, &sopts);
     if (err) {
         fprintf(stderr, "ioloop-serve: %s: %s\n", root, strerror(-err));
         return 1;

@@ -160,6 +160,8 @@ typedef struct {
     int64_t live_connections;   /* maintained by listeners / servers */
     ioloop_time_t longest_busy; /* longest stretch of one iteration spent
                                    running work (not waiting in poll), ns */
+    ioloop_time_t busy_time;    /* total time spent running work (every
+                                   iteration, less the time blocked in poll), ns */
 } ioloop_stats_t;
 
 /* Copies the loop's counters into *out. Any thread, running loop or not. */
