@@ -90,14 +90,15 @@ static void collect_loop(ioloop_t *loop, void *arg)
 {
     loop_walk_t *walk = arg;
     int index = ioloop_runtime_index(loop);
-    bool listed = walk->rt && index >= 0 && ioloop_runtime_loop(walk->rt, index) == loop;
+    bool in_runtime = walk->rt && index >= 0 && ioloop_runtime_loop(walk->rt, index) == loop;
+    bool listed = in_runtime;
     for (const http_worker_t *w = walk->workers; w && !listed; w = w->next)
         listed = w->loop == loop; /* a pointer compared, never followed */
     if (!listed || walk->n == walk->cap)
         return;
     loop_row_t *row = &walk->rows[walk->n++];
     row->loop = loop;
-    row->index = index >= 0 ? index : -1;
+    row->index = in_runtime ? index : -1;
     row->id = ioloop_id(loop);
     ioloop_get_stats(loop, &row->st);
 }
@@ -118,10 +119,16 @@ static int row_cmp(const void *a, const void *b)
     return label_cmp(x->index, x->id, y->index, y->id);
 }
 
+/* A worker as labelled in this scrape. */
+typedef struct {
+    const http_worker_t *w;
+    int index; /* its loop's index in the scraping runtime, or -1: labelled by id */
+} worker_row_t;
+
 static int worker_cmp(const void *a, const void *b)
 {
-    const http_worker_t *x = *(const http_worker_t *const *)a, *y = *(const http_worker_t *const *)b;
-    return label_cmp(x->label_index, x->label_id, y->label_index, y->label_id);
+    const worker_row_t *x = a, *y = b;
+    return label_cmp(x->index, x->w->label_id, y->index, y->w->label_id);
 }
 
 /* The body, formatted in chunks into the response. */
@@ -227,7 +234,7 @@ static void write_loop_metrics(out_t *o, const loop_row_t *rows, int n)
 
 #define LOAD(w, field) atomic_load_explicit(&(w)->field, memory_order_relaxed)
 
-static void write_http_metrics(out_t *o, http_worker_t *const *workers, int n)
+static void write_http_metrics(out_t *o, const worker_row_t *workers, int n)
 {
     char lab[32];
     static const struct {
@@ -244,8 +251,8 @@ static void write_http_metrics(out_t *o, http_worker_t *const *workers, int n)
     for (size_t m = 0; m < sizeof(counters) / sizeof(counters[0]); m++) {
         out_family(o, counters[m].name, "counter", counters[m].help);
         for (int i = 0; i < n; i++) {
-            const _Atomic uint64_t *p = (const _Atomic uint64_t *)((const char *)workers[i] + counters[m].offset);
-            label(lab, sizeof(lab), workers[i]->label_index, workers[i]->label_id);
+            const _Atomic uint64_t *p = (const _Atomic uint64_t *)((const char *)workers[i].w + counters[m].offset);
+            label(lab, sizeof(lab), workers[i].index, workers[i].w->label_id);
             out_printf(o, "%s{%s} %llu\n", counters[m].name, lab,
                        (unsigned long long)atomic_load_explicit(p, memory_order_relaxed));
         }
@@ -253,22 +260,22 @@ static void write_http_metrics(out_t *o, http_worker_t *const *workers, int n)
     out_family(o, "ioloop_http_responses_total", "counter",
                "Responses by status class, the server's own (400, 413, ...) included.");
     for (int i = 0; i < n; i++) {
-        label(lab, sizeof(lab), workers[i]->label_index, workers[i]->label_id);
+        label(lab, sizeof(lab), workers[i].index, workers[i].w->label_id);
         for (int c = 0; c < 5; c++)
             out_printf(o, "ioloop_http_responses_total{%s,code=\"%dxx\"} %llu\n", lab, c + 1,
-                       (unsigned long long)LOAD(workers[i], st_responses[c]));
+                       (unsigned long long)LOAD(workers[i].w, st_responses[c]));
     }
     const char *h = "ioloop_http_request_duration_seconds";
     out_family(o, h, "histogram",
                "Time from the loop iteration that read a request's first byte to the one that finished it.");
     for (int i = 0; i < n; i++) {
-        label(lab, sizeof(lab), workers[i]->label_index, workers[i]->label_id);
+        label(lab, sizeof(lab), workers[i].index, workers[i].w->label_id);
         uint64_t cumulative = 0;
         for (int b = 0; b < HTTP_DURATION_BUCKETS; b++) {
-            cumulative += LOAD(workers[i], st_duration[b]);
+            cumulative += LOAD(workers[i].w, st_duration[b]);
             out_printf(o, "%s_bucket{%s,le=\"%s\"} %llu\n", h, lab, duration_le[b], (unsigned long long)cumulative);
         }
-        uint64_t sum = LOAD(workers[i], st_duration_sum);
+        uint64_t sum = LOAD(workers[i].w, st_duration_sum);
         out_printf(o, "%s_sum{%s} %llu.%09llu\n", h, lab, (unsigned long long)(sum / 1000000000u),
                    (unsigned long long)(sum % 1000000000u));
         /* _count from the same bucket reads: it equals the +Inf bucket by construction. */
@@ -290,7 +297,7 @@ static void metrics_get(ioloop_http_request_t *req, void *arg)
      * (nothing allocates under the RCU read lock). */
     loop_walk_t walk = {.rt = rt, .workers = head, .cap = nworkers + (rt ? ioloop_runtime_size(rt) : 0)};
     walk.rows = malloc((size_t)(walk.cap ? walk.cap : 1) * sizeof(*walk.rows));
-    http_worker_t **workers = malloc((size_t)(nworkers ? nworkers : 1) * sizeof(*workers));
+    worker_row_t *workers = malloc((size_t)(nworkers ? nworkers : 1) * sizeof(*workers));
     if (!walk.rows || !workers) {
         free(walk.rows);
         free(workers);
@@ -300,8 +307,13 @@ static void metrics_get(ioloop_http_request_t *req, void *arg)
     ioloop_registry_foreach(collect_loop, &walk);
     qsort(walk.rows, (size_t)walk.n, sizeof(*walk.rows), row_cmp);
     int nw = 0;
-    for (http_worker_t *w = head; w; w = w->next)
-        workers[nw++] = w;
+    for (http_worker_t *w = head; w; w = w->next) {
+        /* Labelled by runtime index only when its loop is one of this
+         * runtime's (a pointer compared, the loop never followed): a server
+         * serving several runtimes gets distinct labels. */
+        bool in_runtime = rt && w->label_index >= 0 && ioloop_runtime_loop(rt, w->label_index) == w->loop;
+        workers[nw++] = (worker_row_t){.w = w, .index = in_runtime ? w->label_index : -1};
+    }
     qsort(workers, (size_t)nw, sizeof(*workers), worker_cmp);
 
     ioloop_http_response_header(req, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
