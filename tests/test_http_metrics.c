@@ -405,8 +405,8 @@ static void msrv_start(msrv_t *t, int loops)
     assert_int_equal(ioloop_http_server_route(t->server, "/redirect", &(ioloop_http_route_t){.get = h_redirect}), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/fail", &(ioloop_http_route_t){.get = h_fail}), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/slow", &(ioloop_http_route_t){.get = h_slow}), 0);
-    /* EXCLUSIVE: a loop stopped on purpose (test_scrape_while_loops_stop)
-     * takes no connection, the others accept them all. */
+    /* EXCLUSIVE (with epoll): a loop stopped on purpose
+     * (test_scrape_while_loops_stop) takes no connection. */
     assert_int_equal(ioloop_http_server_serve(t->server, t->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_EXCLUSIVE, &t->listener),
                      0);
     t->port = ioloop_listener_port(t->listener);
@@ -751,6 +751,8 @@ static void wait_scrapes(scraper_t *s, int more)
     int64_t end = tu_now_ns() + 20 * 1000000000LL;
     while (atomic_load(&s->ok) < target && tu_now_ns() < end)
         tu_sleep_ms(1);
+    if (atomic_load(&s->ok) < target)
+        fprintf(stderr, "scrapes: %d of %d, failed %d\n", atomic_load(&s->ok), target, atomic_load(&s->failed));
     assert_true(atomic_load(&s->ok) >= target);
 }
 
@@ -764,18 +766,23 @@ static void test_scrape_while_loops_stop(void **state)
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, scraper_main, &sc), 0);
     wait_scrapes(&sc, 5);
-    ioloop_stop(ioloop_runtime_loop(t.rt, 1)); /* its thread returns from its loop */
-    wait_scrapes(&sc, 20);
-    metrics_t a, b;
-    scrape(t.port, &a, NULL);
-    tu_sleep_ms(20);
-    scrape(t.port, &b, NULL);
-    assert_true(mget(&b, "ioloop_loop_iterations_total", "loop=\"1\"") ==
-                mget(&a, "ioloop_loop_iterations_total", "loop=\"1\""));
-    assert_true(mget(&b, "ioloop_loop_iterations_total", "loop=\"0\"") >
-                mget(&a, "ioloop_loop_iterations_total", "loop=\"0\""));
-    metrics_free(&a);
-    metrics_free(&b);
+    /* One loop stops first, when the other accepts every connection: with
+     * EXCLUSIVE (epoll). The poll backend falls back to DISPATCH, which would
+     * hand connections to the stopped loop: there the runtime stops whole. */
+    if (ioloop_listener_mode(t.listener) == IOLOOP_ACCEPT_EXCLUSIVE) {
+        ioloop_stop(ioloop_runtime_loop(t.rt, 1)); /* its thread returns from its loop */
+        wait_scrapes(&sc, 20);
+        metrics_t a, b;
+        scrape(t.port, &a, NULL);
+        tu_sleep_ms(20);
+        scrape(t.port, &b, NULL);
+        assert_true(mget(&b, "ioloop_loop_iterations_total", "loop=\"1\"") ==
+                    mget(&a, "ioloop_loop_iterations_total", "loop=\"1\""));
+        assert_true(mget(&b, "ioloop_loop_iterations_total", "loop=\"0\"") >
+                    mget(&a, "ioloop_loop_iterations_total", "loop=\"0\""));
+        metrics_free(&a);
+        metrics_free(&b);
+    }
     /* then the whole runtime stops under the scraper */
     atomic_store(&sc.stop, true);
     ioloop_runtime_stop(t.rt);
