@@ -390,7 +390,7 @@ static void slow_finish(ioloop_t *loop, void *req)
 static void h_slow(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
-    assert_true(ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(30), slow_finish, req) != 0);
+    assert_int_equal(ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(30), slow_finish, req, NULL), 0);
 }
 
 static void msrv_start(msrv_t *t, int loops)
@@ -398,8 +398,7 @@ static void msrv_start(msrv_t *t, int loops)
     memset(t, 0, sizeof(*t));
     ioloop_runtime_options_t ro = {.loops = loops, .executor_threads = 2};
     assert_int_equal(ioloop_runtime_start(&ro, &t->rt), 0);
-    t->server = ioloop_http_server_new(NULL);
-    assert_non_null(t->server);
+    assert_int_equal(ioloop_http_server_new(NULL, &t->server), 0);
     assert_int_equal(ioloop_http_server_metrics_route(t->server, "/metrics"), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/ok", &(ioloop_http_route_t){.get = th_ok}), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/redirect", &(ioloop_http_route_t){.get = h_redirect}), 0);
@@ -670,8 +669,7 @@ static void test_labels_every_loop(void **state)
     msrv_start(&t, 4);
     /* an application's loop, on its own thread, served one request */
     ioloop_t *app;
-    app = ioloop_new(NULL);
-    assert_non_null(app);
+    assert_int_equal(ioloop_new(NULL, &app), 0);
     pthread_t app_thread = tu_start_loop_thread(app);
     int pair[2];
     tu_socketpair(pair);
