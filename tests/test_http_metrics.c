@@ -575,11 +575,21 @@ static void test_counters_move(void **state)
     /* loop 1: a 50 ms busy callback and posts from this thread */
     ioloop_t *loop1 = ioloop_runtime_loop(t.rt, 1);
     atomic_store(&posted_ran, 0);
+    ioloop_stats_t st0;
+    ioloop_get_stats(loop1, &st0);
+    ioloop_time_t busy_before = st0.busy_time;
     assert_int_equal(ioloop_add_callback(loop1, spin_50ms, NULL), 0);
     for (int i = 0; i < POSTS; i++)
         assert_int_equal(ioloop_add_callback(loop1, count_post, NULL), 0);
     while (atomic_load(&posted_ran) < POSTS)
         tu_sleep_ms(1);
+    /* The busy time is added when the iteration ends, which may come a while
+     * after its callbacks ran on a loaded machine: wait (bounded) for it. */
+    ioloop_stats_t st1;
+    int64_t busy_end = tu_now_ns() + 5 * 1000000000LL;
+    do {
+        ioloop_get_stats(loop1, &st1);
+    } while (st1.busy_time - busy_before < IOLOOP_MSEC(50) && tu_now_ns() < busy_end && (tu_sleep_ms(1), 1));
     /* three idle keep-alive connections are live during the scrape */
     int idle[3];
     for (int i = 0; i < 3; i++) {
