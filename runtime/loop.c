@@ -349,13 +349,14 @@ static void note_busy(ioloop_t *loop, ioloop_time_t busy_start, ioloop_time_t en
         atomic_store_explicit(&loop->stats.longest_busy, busy, memory_order_relaxed);
 }
 
-/* Adds this iteration's work to the busy_time counter: from busy_start to
- * the last clock reading (loop->now), less the time blocked in poll. The
- * clock readings are the ones the iteration takes anyway: no extra call. A
+/* Adds a stretch of work, from `from` to the last clock reading (loop->now),
+ * to the busy_time counter: before the loop sleeps (a reader must not wait
+ * for the sleep to end to see it) and at the end of the iteration. The
+ * readings are the ones the iteration takes anyway: no extra clock call. A
  * clock that stepped back (a test clock) adds nothing. */
-static void add_busy_time(ioloop_t *loop, ioloop_time_t busy_start, ioloop_time_t slept)
+static void add_busy_time(ioloop_t *loop, ioloop_time_t from)
 {
-    ioloop_time_t busy = loop->now - busy_start - slept;
+    ioloop_time_t busy = loop->now - from;
     if (busy > 0)
         IOLOOP__STAT_ADD(loop, busy_time, busy);
 }
@@ -368,7 +369,7 @@ static void add_busy_time(ioloop_t *loop, ioloop_time_t busy_start, ioloop_time_
 static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_time_t busy_start)
 {
     int timeout_ms = 0;
-    ioloop_time_t slept = 0; /* spent blocked in poll: not busy time */
+    ioloop_time_t busy_from = busy_start; /* the stretch of work not yet in busy_time */
     if (!ioloop__callbacks_pending(loop) && !atomic_load_explicit(&loop->stop_requested, memory_order_relaxed))
         timeout_ms = ioloop__timers_poll_timeout_ms(loop);
     int n = loop->backend->wait(loop, 0, ready, MAX_EVENTS_PER_POLL);
@@ -379,14 +380,14 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
         measured = true;
         timeout_ms = ioloop__timers_poll_timeout_ms(loop); /* with the fresh clock */
         if (timeout_ms != 0 && ioloop__prepare_to_sleep(loop)) {
-            ioloop_time_t sleep_start = loop->now;
+            add_busy_time(loop, busy_from);
             ioloop__rcu_offline(); /* a sleeping loop must not hold up grace periods */
             atomic_store_explicit(&loop->watch.busy_since, 0, memory_order_relaxed); /* idle is not blocked */
             n = loop->backend->wait(loop, timeout_ms, ready, MAX_EVENTS_PER_POLL);
             ioloop__rcu_online();
             ioloop__woke_up(loop);
             work_start = ioloop__clock_now(loop);
-            slept = work_start - sleep_start;
+            busy_from = work_start;
             atomic_store_explicit(&loop->watch.busy_since, work_start, memory_order_relaxed);
         }
     }
@@ -394,7 +395,7 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
     if (!measured)
         note_busy(loop, busy_start, loop->now);
     if (n < 0) {
-        add_busy_time(loop, busy_start, slept);
+        add_busy_time(loop, busy_from);
         ioloop_report_error(loop, "poll", n);
         return;
     }
@@ -406,7 +407,7 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
          * second time, blamed on whatever the next iteration runs. */
         note_busy(loop, work_start, ioloop__clock_now(loop));
     }
-    add_busy_time(loop, busy_start, slept);
+    add_busy_time(loop, busy_from);
 }
 
 int ioloop_start(ioloop_t *loop)
@@ -449,7 +450,7 @@ int ioloop__start(ioloop_t *loop)
         if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed) &&
             atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
             note_busy(loop, busy_start, ioloop__clock_now(loop));
-            add_busy_time(loop, busy_start, 0);
+            add_busy_time(loop, busy_start);
             break;
         }
         poll_and_dispatch(loop, ready, busy_start);
