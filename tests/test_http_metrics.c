@@ -791,14 +791,13 @@ static void test_scrape_while_loops_stop(void **state)
         metrics_free(&a);
         metrics_free(&b);
     }
-    /* then the whole runtime stops under the scraper */
+    /* The scraper ends before the runtime stops: a connection it made after
+     * the stop would wait in the backlog for its 5 s timeout.
+     * test_scrape_during_shutdown stops a runtime under scrapers. */
     atomic_store(&sc.stop, true);
-    ioloop_runtime_stop(t.rt);
     pthread_join(th, NULL);
-    assert_int_equal(ioloop_runtime_join(t.rt), 0);
-    ioloop_listener_free(t.listener);
-    ioloop_http_server_free(t.server);
-    ioloop_runtime_free(t.rt);
+    assert_false(atomic_load(&sc.failed));
+    msrv_stop(&t);
 }
 
 /* The graceful shutdown of every loop (ioloop_http_server_shutdown) under a
