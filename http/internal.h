@@ -246,12 +246,14 @@ struct http_worker {
     void *drain_arg;
     /* counters (ioloop_http_server_get_stats, metrics.c): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
-    _Atomic uint64_t st_responses[5];                     /* by status class, 1xx..5xx */
-    _Atomic uint64_t st_bytes_out;                        /* every byte queued for clients */
+    _Atomic uint64_t st_responses[5];                    /* by status class, 1xx..5xx */
+    _Atomic uint64_t st_bytes_out;                       /* every byte queued for clients */
     _Atomic uint64_t st_duration[HTTP_DURATION_BUCKETS]; /* finished requests per bucket (not cumulative) */
-    _Atomic uint64_t st_duration_sum;                     /* ns */
-    int label_index;   /* the loop's runtime index (-1: not a runtime's), set at creation: the */
-    unsigned label_id; /* scrape labels a worker without touching its loop (ioloop_id) */
+    _Atomic uint64_t st_duration_sum;                    /* ns */
+    /* Set at creation, so that the scrape labels a worker without touching
+     * its loop: the loop's runtime index (-ENOENT: not a runtime's) and id. */
+    int label_index;
+    unsigned label_id;
     pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
     struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
     int ngzip_free;

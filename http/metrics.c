@@ -26,13 +26,12 @@
 /* Upper bounds of the duration buckets in ns; the last bucket is +Inf. The
  * usual Prometheus spread, starting lower (a loop answers in microseconds). */
 static const ioloop_time_t duration_bound[HTTP_DURATION_BUCKETS - 1] = {
-    IOLOOP_USEC(500), IOLOOP_MSEC(1),   IOLOOP_USEC(2500), IOLOOP_MSEC(5),   IOLOOP_MSEC(10),
-    IOLOOP_MSEC(25),  IOLOOP_MSEC(50),  IOLOOP_MSEC(100),  IOLOOP_MSEC(250), IOLOOP_MSEC(500),
-    IOLOOP_SEC(1),    IOLOOP_MSEC(2500), IOLOOP_SEC(5),    IOLOOP_SEC(10),
+    IOLOOP_USEC(500), IOLOOP_MSEC(1),    IOLOOP_USEC(2500), IOLOOP_MSEC(5),   IOLOOP_MSEC(10),
+    IOLOOP_MSEC(25),  IOLOOP_MSEC(50),   IOLOOP_MSEC(100),  IOLOOP_MSEC(250), IOLOOP_MSEC(500),
+    IOLOOP_SEC(1),    IOLOOP_MSEC(2500), IOLOOP_SEC(5),     IOLOOP_SEC(10),
 };
 static const char *const duration_le[HTTP_DURATION_BUCKETS] = {
-    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
-    "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "+Inf",
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf",
 };
 
 static void count_response(http_worker_t *w, int status, uint64_t bytes)
@@ -79,8 +78,8 @@ typedef struct {
 } loop_row_t;
 
 typedef struct {
-    ioloop_runtime_t *rt;            /* the scraping thread's runtime, or NULL */
-    const http_worker_t *workers;    /* the server's: their loops are listed too */
+    ioloop_runtime_t *rt;         /* the scraping thread's runtime, or NULL */
+    const http_worker_t *workers; /* the server's: their loops are listed too */
     loop_row_t *rows;
     int n, cap;
 } loop_walk_t;
@@ -189,13 +188,16 @@ typedef struct {
     bool is_signed;
 } loop_metric_t;
 
-#define LOOP_METRIC(n, t, h, field, ns, sg) {n, t, h, offsetof(ioloop_stats_t, field), ns, sg}
+#define LOOP_METRIC(n, t, h, field, ns, sg)                                                                            \
+    {                                                                                                                  \
+        n, t, h, offsetof(ioloop_stats_t, field), ns, sg                                                               \
+    }
 static const loop_metric_t loop_metrics[] = {
     LOOP_METRIC("ioloop_loop_iterations_total", "counter", "Loop iterations completed.", iterations, false, false),
     LOOP_METRIC("ioloop_loop_busy_seconds_total", "counter",
                 "Time spent running callbacks, timers and handlers (not blocked in poll).", busy_time, true, false),
-    LOOP_METRIC("ioloop_loop_callbacks_total", "counter", "Callbacks run, own-thread and posted.", callbacks_run,
-                false, false),
+    LOOP_METRIC("ioloop_loop_callbacks_total", "counter", "Callbacks run, own-thread and posted.", callbacks_run, false,
+                false),
     LOOP_METRIC("ioloop_loop_posts_total", "counter", "Callbacks posted from other threads.", posts_received, false,
                 false),
     LOOP_METRIC("ioloop_loop_wakeups_total", "counter", "Wakeup writes (eventfd) made by posters to this loop.",

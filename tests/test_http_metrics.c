@@ -206,15 +206,15 @@ static void check_histograms(metrics_t *m)
                     continue;
                 assert_non_null(label_value(m->samples[j].labels, "le", le, sizeof(le)));
                 double lev = !strcmp(le, "+Inf") ? INFINITY : strtod(le, NULL);
-                assert_true(lev > last_le);                        /* buckets in increasing order */
-                assert_true(m->samples[j].value >= last_count);    /* cumulative */
+                assert_true(lev > last_le);                     /* buckets in increasing order */
+                assert_true(m->samples[j].value >= last_count); /* cumulative */
                 last_le = lev;
                 last_count = m->samples[j].value;
                 buckets++;
             }
             assert_true(buckets >= 2);
-            assert_true(isinf(last_le));                           /* +Inf is the last */
-            assert_true(last_count == m->samples[i].value);        /* _count == the +Inf bucket */
+            assert_true(isinf(last_le));                    /* +Inf is the last */
+            assert_true(last_count == m->samples[i].value); /* _count == the +Inf bucket */
             assert_true(has_sum);
         }
     }
@@ -495,7 +495,8 @@ static void test_format(void **state)
     scrape(t.port, &m, NULL);
     static const char *const http_families[] = {
         "ioloop_http_connections_accepted_total", "ioloop_http_requests_total",
-        "ioloop_http_response_bytes_total", "ioloop_http_responses_total", "ioloop_http_request_duration_seconds",
+        "ioloop_http_response_bytes_total",       "ioloop_http_responses_total",
+        "ioloop_http_request_duration_seconds",
     };
     for (size_t i = 0; i < sizeof(loop_families) / sizeof(loop_families[0]); i++)
         assert_non_null(family_find(&m, loop_families[i]));
@@ -729,9 +730,9 @@ static void test_labels_every_loop(void **state)
 
 typedef struct {
     int port;
-    atomic_bool stop;    /* stop after the scrape in flight */
-    atomic_int ok;       /* scrapes that came back whole (and parsed) */
-    atomic_bool failed;  /* the server went away (an expected end) */
+    atomic_bool stop;   /* stop after the scrape in flight */
+    atomic_int ok;      /* scrapes that came back whole (and parsed) */
+    atomic_bool failed; /* the server went away (an expected end) */
     bool stop_on_failure;
 } scraper_t;
 
