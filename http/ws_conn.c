@@ -49,7 +49,6 @@ struct ioloop_websocket {
     bool ping_outstanding;
     ioloop_time_t ping_sent_at;
     /* sending */
-    bool drain_wanted;
     uint8_t *scratch; /* the compressed or masked payload of a send */
     size_t scratch_cap;
 };
@@ -219,6 +218,7 @@ static void start_closing(ioloop_websocket_t *ws)
         return;
     ws->state = WS_CLOSING;
     disarm(ws, &ws->ping_timer);
+    ioloop_stream_resume(ws->stream); /* the peer's close frame must be heard, even if the application paused */
     ws->close_timer = arm(ws, ws->opts.close_timeout, on_close_timer);
 }
 
@@ -345,8 +345,7 @@ static void on_drain(ioloop_stream_t *stream, int status, void *arg)
         closing_step(ws);
         return;
     }
-    if (ws->drain_wanted && ws->state == WS_OPEN) {
-        ws->drain_wanted = false;
+    if (ws->state == WS_OPEN) {
         if (ws->h.on_drain)
             ws->h.on_drain(ws, ws->arg);
     }
@@ -451,10 +450,8 @@ int ioloop_websocket_send(ioloop_websocket_t *ws, int opcode, const void *data, 
         return -EINVAL;
     if (ws->state != WS_OPEN)
         return -EPIPE;
-    if (!ioloop_stream_writable(ws->stream)) {
-        ws->drain_wanted = true;
-        return -ENOBUFS;
-    }
+    if (!ioloop_stream_writable(ws->stream))
+        return -ENOBUFS; /* the stream calls on_drain once the output has gone */
     int err;
     if (!control && ws->deflate.enabled) {
         size_t clen = 0;
@@ -465,8 +462,6 @@ int ioloop_websocket_send(ioloop_websocket_t *ws, int opcode, const void *data, 
         err = write_frame(ws, (uint8_t)opcode, 0, data, len);
     }
     scratch_trim(ws);
-    if (err == -ENOBUFS)
-        ws->drain_wanted = true;
     return err;
 }
 
@@ -483,6 +478,23 @@ int ioloop_websocket_close(ioloop_websocket_t *ws, int code, const char *reason,
     start_closing(ws);
     send_close_frame(ws, code, reason, len);
     return 0;
+}
+
+bool ioloop_websocket_writable(const ioloop_websocket_t *ws)
+{
+    return ws && ws->state == WS_OPEN && ioloop_stream_writable(ws->stream);
+}
+
+void ioloop_websocket_pause(ioloop_websocket_t *ws)
+{
+    if (ws && ws->state != WS_CLOSED)
+        ioloop_stream_pause(ws->stream);
+}
+
+void ioloop_websocket_resume(ioloop_websocket_t *ws)
+{
+    if (ws && ws->state != WS_CLOSED)
+        ioloop_stream_resume(ws->stream);
 }
 
 size_t ioloop_websocket_buffered(const ioloop_websocket_t *ws)

@@ -70,8 +70,9 @@ typedef struct {
      * protocol error (1002, 1007, 1009), else IOLOOP_WS_CLOSE_ABNORMAL. reason
      * is the peer's (len bytes, NUL-terminated), "" otherwise. */
     void (*on_close)(ioloop_websocket_t *ws, int code, const char *reason, size_t len, void *arg);
-    /* The output went below its mark again after a send was refused with
-     * -ENOBUFS (or reached it): send more now. NULL: none. */
+    /* The output drained after it reached its mark (or a send was refused
+     * with -ENOBUFS): send more now (and resume reading, if paused for it).
+     * NULL: none. */
     void (*on_drain)(ioloop_websocket_t *ws, void *arg);
     /* A pong arrived (ours to a keep-alive ping, or unsolicited). NULL: none. */
     void (*on_pong)(ioloop_websocket_t *ws, const char *data, size_t len, void *arg);
@@ -163,6 +164,13 @@ IOLOOP_API int ioloop_websocket_send(ioloop_websocket_t *ws, int opcode, const v
  * close_timeout passed). 0, -EALREADY if already closing, -EINVAL. */
 IOLOOP_API int ioloop_websocket_close(ioloop_websocket_t *ws, int code, const char *reason, size_t len);
 
+/* True while a send would be accepted (the output is below its mark). */
+IOLOOP_API bool ioloop_websocket_writable(const ioloop_websocket_t *ws);
+/* Stops reading messages (flow control: an echo or a relay whose output is
+ * at its mark waits for on_drain), and resumes. Pings are not answered
+ * while paused. Idempotent. */
+IOLOOP_API void ioloop_websocket_pause(ioloop_websocket_t *ws);
+IOLOOP_API void ioloop_websocket_resume(ioloop_websocket_t *ws);
 /* Bytes queued to the peer and not yet taken by the kernel. */
 IOLOOP_API size_t ioloop_websocket_buffered(const ioloop_websocket_t *ws);
 /* The loop the websocket belongs to (any thread). */
