@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 enum { WS_OPEN, WS_CLOSING, WS_CLOSED };
 
@@ -52,55 +51,6 @@ struct ioloop_websocket {
     uint8_t *scratch; /* the compressed or masked payload of a send */
     size_t scratch_cap;
 };
-
-/* ---- randomness: keys and masks ------------------------------------------- */
-
-/* xoshiro256** per thread, seeded from getrandom: masks need to be
- * unpredictable to a script in a browser, not cryptographic (RFC 6455 10.3),
- * and one getrandom per frame would cost a syscall each. */
-static _Thread_local uint64_t rng_state[4];
-static _Thread_local bool rng_seeded;
-
-static uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t rng_next(void)
-{
-    if (!rng_seeded) {
-        if (getrandom(rng_state, sizeof(rng_state), 0) != (ssize_t)sizeof(rng_state) ||
-            !(rng_state[0] | rng_state[1] | rng_state[2] | rng_state[3])) {
-            /* no entropy source: a fixed non-zero state still masks (10.3's goal is against caching proxies) */
-            rng_state[0] = 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)&rng_state;
-            rng_state[1] = 0xbf58476d1ce4e5b9ull;
-            rng_state[2] = 0x94d049bb133111ebull;
-            rng_state[3] = 1;
-        }
-        rng_seeded = true;
-    }
-    uint64_t *s = rng_state;
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-void ioloop__ws_random(void *out, size_t len)
-{
-    uint8_t *p = out;
-    while (len) {
-        uint64_t r = rng_next();
-        size_t k = len < 8 ? len : 8;
-        memcpy(p, &r, k);
-        p += k;
-        len -= k;
-    }
-}
 
 /* ---- timers ----------------------------------------------------------------- */
 

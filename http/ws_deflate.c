@@ -223,6 +223,8 @@ int ioloop__ws_deflate_message(ioloop__ws_deflate_t *d, const void *data, size_t
     }
     if (produced >= 4 && memcmp(*out + produced - 4, "\x00\x00\xff\xff", 4) == 0)
         produced -= 4;
+    if (produced == 0) /* nothing new since the last flush: an empty block (RFC 7692 7.2.3.6) */
+        (*out)[produced++] = 0x00;
     *out_len = produced;
     if (d->our_no_context_takeover)
         deflateReset(z);

@@ -1,12 +1,83 @@
-/* ws_frame.c — WebSocket frame headers (RFC 6455 5.2), masking, incremental
- * UTF-8 validation and the close payload's rules: pure functions of bytes,
- * used by the reader and the sender (and fuzzed).
+/* ws_frame.c — WebSocket frame headers (RFC 6455 5.2), masking and the
+ * masks' PRNG, incremental UTF-8 validation, the close payload's rules and
+ * the handshake's Sec-WebSocket-Accept (SHA-1 + base64 from libcrypto): pure
+ * functions of bytes, used by the reader, the sender and both handshakes.
  *
- * Threading rule: none (no state beyond the arguments).
+ * Threading rule: none (no state beyond the arguments; the PRNG is per thread).
  */
+#define _GNU_SOURCE
 #include "ws_internal.h"
 
+#include <errno.h>
+#include <openssl/evp.h>
 #include <string.h>
+#include <sys/random.h>
+
+int ioloop__ws_accept_key(const char *key, size_t key_len, char out[29])
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    char buf[64 + sizeof(guid)];
+    if (key_len > 64)
+        return -EINVAL;
+    memcpy(buf, key, key_len);
+    memcpy(buf + key_len, guid, sizeof(guid) - 1);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (!EVP_Digest(buf, key_len + sizeof(guid) - 1, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20)
+        return -EINVAL;
+    EVP_EncodeBlock((unsigned char *)out, md, 20); /* 28 characters and a NUL */
+    return 0;
+}
+
+/* ---- randomness: keys and masks ------------------------------------------- */
+
+/* xoshiro256** per thread, seeded from getrandom: masks need to be
+ * unpredictable to a script in a browser, not cryptographic (RFC 6455 10.3),
+ * and one getrandom per frame would cost a syscall each. */
+static _Thread_local uint64_t rng_state[4];
+static _Thread_local bool rng_seeded;
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(void)
+{
+    if (!rng_seeded) {
+        if (getrandom(rng_state, sizeof(rng_state), 0) != (ssize_t)sizeof(rng_state) ||
+            !(rng_state[0] | rng_state[1] | rng_state[2] | rng_state[3])) {
+            /* no entropy source: a fixed non-zero state still masks (10.3's goal is against caching proxies) */
+            rng_state[0] = 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)&rng_state;
+            rng_state[1] = 0xbf58476d1ce4e5b9ull;
+            rng_state[2] = 0x94d049bb133111ebull;
+            rng_state[3] = 1;
+        }
+        rng_seeded = true;
+    }
+    uint64_t *s = rng_state;
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+void ioloop__ws_random(void *out, size_t len)
+{
+    uint8_t *p = out;
+    while (len) {
+        uint64_t r = rng_next();
+        size_t k = len < 8 ? len : 8;
+        memcpy(p, &r, k);
+        p += k;
+        len -= k;
+    }
+}
+
 
 ssize_t ioloop__ws_frame_parse(const void *buf, size_t len, ioloop__ws_frame_t *out)
 {

@@ -100,6 +100,7 @@ typedef struct {
     bool in_message;
     uint8_t msg_opcode;
     bool msg_compressed;
+    uint64_t msg_zbytes; /* compressed bytes of this message so far */
     ioloop__ws_utf8_t utf8;
     uint8_t *msg;
     size_t msg_len, msg_cap;

@@ -115,6 +115,7 @@ static ssize_t payload(ioloop__ws_reader_t *r, const uint8_t *p, size_t n)
 {
     const uint8_t *mask = r->frame.masked ? r->frame.mask : NULL;
     if (r->msg_compressed) {
+        r->msg_zbytes += n;
         if (!mask)
             return inflate_into(r, p, n);
         uint8_t tmp[4096];
@@ -145,7 +146,9 @@ static ssize_t payload(ioloop__ws_reader_t *r, const uint8_t *p, size_t n)
 /* The last frame of a message is in: inflate's tail, the UTF-8 end, then out. */
 static int message_done(ioloop__ws_reader_t *r, ioloop__ws_event_fn ev, void *arg)
 {
-    if (r->msg_compressed) {
+    /* An empty payload is an empty message: the tail alone would not be a
+     * valid block (a sender's sync flush with nothing new emits nothing). */
+    if (r->msg_compressed && r->msg_zbytes) {
         static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};
         if (inflate_into(r, tail, sizeof(tail)) < 0)
             return -1;
@@ -224,6 +227,7 @@ ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t 
                 r->in_message = true;
                 r->msg_opcode = f.opcode;
                 r->msg_compressed = (f.rsv & 0x40) != 0;
+                r->msg_zbytes = 0;
                 memset(&r->utf8, 0, sizeof(r->utf8));
                 r->msg_len = 0;
             }

@@ -12,7 +12,6 @@
 #include "ws_internal.h"
 
 #include <errno.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,22 +21,6 @@ struct ws_route {
     ioloop_websocket_route_t route;
     struct ws_route *next;
 };
-
-int ioloop__ws_accept_key(const char *key, size_t key_len, char out[29])
-{
-    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    char buf[64 + sizeof(guid)];
-    if (key_len > 64)
-        return -EINVAL;
-    memcpy(buf, key, key_len);
-    memcpy(buf + key_len, guid, sizeof(guid) - 1);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (!EVP_Digest(buf, key_len + sizeof(guid) - 1, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20)
-        return -EINVAL;
-    EVP_EncodeBlock((unsigned char *)out, md, 20); /* 28 characters and a NUL */
-    return 0;
-}
 
 /* Does a comma-separated header value hold token (case-insensitive)? */
 static bool has_token(const char *value, const char *token)
