@@ -24,28 +24,39 @@ typedef struct {
     char last_reason[128];
     atomic_size_t max_buffered;
     bool echo;              /* echo every message */
-    atomic_int flood;       /* >0: on_open starts sending messages of this size until -ENOBUFS */
+    atomic_int flood;       /* >0: the first websocket is flooded with messages of this size (<= 64 KiB) */
+    int flood_size;
+    atomic_size_t flood_sent;
     ioloop_websocket_t *flood_ws;
 } wsrv_t;
+
+/* Flood: sends messages of s->flood_size until the stream refuses one
+ * (-ENOBUFS), and again at each drain, up to 64 MiB in all. */
+static inline void wsrv_flood(wsrv_t *s, ioloop_websocket_t *ws)
+{
+    static char buf[65536];
+    int rc = 0;
+    while (atomic_load(&s->flood_sent) < (64u << 20) &&
+           (rc = ioloop_websocket_send(ws, IOLOOP_WS_BINARY, buf, (size_t)s->flood_size)) == 0) {
+        atomic_fetch_add(&s->flood_sent, (size_t)s->flood_size);
+        size_t b = ioloop_websocket_buffered(ws);
+        if (b > atomic_load(&s->max_buffered))
+            atomic_store(&s->max_buffered, b);
+    }
+    if (rc == -ENOBUFS)
+        atomic_fetch_add(&s->enobufs, 1);
+}
 
 static inline void wsrv_on_open(ioloop_websocket_t *ws, ioloop_http_request_t *req, void *arg)
 {
     (void)req;
     wsrv_t *s = arg;
     atomic_fetch_add(&s->opens, 1);
-    int size = atomic_load(&s->flood);
+    int size = atomic_exchange(&s->flood, 0); /* the first websocket only */
     if (size > 0) {
-        char *buf = calloc(1, (size_t)size);
-        int rc;
-        while ((rc = ioloop_websocket_send(ws, IOLOOP_WS_BINARY, buf, (size_t)size)) == 0) {
-            size_t b = ioloop_websocket_buffered(ws);
-            if (b > atomic_load(&s->max_buffered))
-                atomic_store(&s->max_buffered, b);
-        }
-        if (rc == -ENOBUFS)
-            atomic_fetch_add(&s->enobufs, 1);
-        free(buf);
+        s->flood_size = size;
         s->flood_ws = ws;
+        wsrv_flood(s, ws);
     }
 }
 
@@ -71,6 +82,8 @@ static inline void wsrv_on_drain(ioloop_websocket_t *ws, void *arg)
 {
     wsrv_t *s = arg;
     atomic_fetch_add(&s->drains, 1);
+    if (ws == s->flood_ws)
+        wsrv_flood(s, ws);
     ioloop_websocket_resume(ws);
 }
 
