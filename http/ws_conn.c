@@ -119,7 +119,8 @@ static void send_close_frame(ioloop_websocket_t *ws, int code, const char *reaso
         body[1] = (uint8_t)code;
         if (len > 123)
             len = 123;
-        memcpy(body + 2, reason, len);
+        if (len)
+            memcpy(body + 2, reason, len);
         n = 2 + len;
     }
     ws->close_sent = true;
@@ -237,7 +238,8 @@ static int on_event(void *arg, int opcode, const uint8_t *data, size_t len)
         ws->close_received = true;
         ws->peer_code = len >= 2 ? data[0] << 8 | data[1] : IOLOOP_WS_CLOSE_NO_STATUS;
         ws->peer_reason_len = len >= 2 ? len - 2 : 0;
-        memcpy(ws->peer_reason, data + (len >= 2 ? 2 : 0), ws->peer_reason_len);
+        if (ws->peer_reason_len)
+            memcpy(ws->peer_reason, data + 2, ws->peer_reason_len);
         ws->peer_reason[ws->peer_reason_len] = '\0';
         if (!ws->close_sent) { /* echo the code (RFC 6455 5.5.1) */
             start_closing(ws);
