@@ -54,9 +54,13 @@ struct ioloop_websocket {
 
 /* ---- timers ----------------------------------------------------------------- */
 
+/* A timer, or 0 if the loop refused it (closing): the timeout then never
+ * fires, and the loop's close ends the stream anyway. */
 static ioloop_timer_t arm(ioloop_websocket_t *ws, ioloop_time_t delay, ioloop_callback_fn fn)
 {
-    return ioloop_call_later(ws->loop, delay, fn, ws);
+    ioloop_timer_t t = 0;
+    (void)ioloop_call_later(ws->loop, delay, fn, ws, &t);
+    return t;
 }
 
 static void disarm(ioloop_websocket_t *ws, ioloop_timer_t *t)

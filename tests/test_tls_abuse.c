@@ -98,7 +98,7 @@ static void test_plain_http_closed(void **state)
     if (!strstr(server.message, "http request"))
         fail_msg("message: %s", server.message);
     pthread_mutex_unlock(&server.lock);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     served_meanwhile(&server, loop, cctx); /* still serving */
     ioloop_tls_context_free(cctx);
@@ -152,7 +152,7 @@ static void test_handshake_timeout(void **state)
     assert_true(wait_closed(garbage, start) < 2000); /* a bad record: closed at once */
 
     /* Another client is served while they hang. */
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     served_meanwhile(&server, loop, cctx);
 
@@ -245,7 +245,7 @@ static void test_renegotiation_refused(void **state)
     pthread_mutex_lock(&server.lock);
     assert_non_null(strstr(server.message, "renegotiation"));
     pthread_mutex_unlock(&server.lock);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     served_meanwhile(&server, loop, cctx);
     ioloop_tls_context_free(cctx);
@@ -334,7 +334,7 @@ static void test_eof_endings(void **state)
     assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     assert_int_equal(listen(lfd, 4), 0);
     getsockname(lfd, (struct sockaddr *)&sin, &len);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     ioloop_tcp_connect_options_t opts = {0};
     assert_int_equal(ioloop_tls_client_options(cctx, "localhost", &opts), 0);
@@ -402,7 +402,7 @@ static void test_small_writes_one_record(void **state)
     int versions[] = {TLS1_3_VERSION, TLS1_2_VERSION};
     for (int v = 0; v < 2; v++) {
         for (int c = 0; c < 2; c++) {
-            ioloop_t *loop = ioloop_new(NULL);
+            ioloop_t *loop = tu_loop_new(NULL);
             int fds[2];
             tcp_pair(fds);
             fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) & ~O_NONBLOCK);
@@ -477,7 +477,7 @@ static void test_bulk_both_ways(void **state)
     ioloop_tls_context_t *sctx, *cctx = client_context(NULL);
     assert_int_equal(ioloop_tls_context_new(&sopts, &sctx), 0);
     for (int v = 0; v < 2; v++) {
-        ioloop_t *loop = ioloop_new(NULL);
+        ioloop_t *loop = tu_loop_new(NULL);
         int fds[2];
         tcp_pair(fds);
         ioloop_stream_options_t half = {.half_close = true, .max_write_buffer_size = 16 << 20};
@@ -577,6 +577,7 @@ static void test_client_against_s_server(void **state)
 {
     (void)state;
     const char *versions[] = {"-tls1_3", "-tls1_2"};
+    int retries = 0;
     for (int v = 0; v < 2; v++) {
         int port = free_port();
         char port_text[16];
@@ -590,19 +591,28 @@ static void test_client_against_s_server(void **state)
                    versions[v], "-www", "-quiet", (char *)NULL);
             _exit(127);
         }
-        /* Ready when it accepts. */
-        bool up = false;
-        for (int i = 0; i < 500 && !up; i++) {
+        /* Ready when it accepts: up to 30 s, a loaded 2-core machine starts
+         * openssl slowly. A child that exited (the port was taken between
+         * free_port and its bind) is retried on another port. */
+        bool up = false, exited = false;
+        for (int i = 0; i < 3000 && !up && !exited; i++) {
             int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
             struct sockaddr_in sin = {
                 .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons((uint16_t)port)};
             up = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
             close(fd);
-            if (!up)
+            if (!up) {
+                exited = waitpid(pid, NULL, WNOHANG) == pid;
                 tu_sleep_ms(10);
+            }
         }
+        if (exited && ++retries < 5) {
+            v--;
+            continue;
+        }
+        assert_false(exited);
         assert_true(up);
-        ioloop_t *loop = ioloop_new(NULL);
+        ioloop_t *loop = tu_loop_new(NULL);
         ioloop_tls_context_t *cctx = client_context(NULL);
         ioloop_tcp_connect_options_t opts = {0};
         assert_int_equal(ioloop_tls_client_options(cctx, "localhost", &opts), 0);

@@ -328,8 +328,8 @@ static inline void wcli_stop_loop(ioloop_t *loop, void *arg)
 
 static inline void wcli_run(wcli_t *c, int ms)
 {
-    ioloop_timer_t t = ioloop_call_later(c->loop, IOLOOP_MSEC(ms), wcli_stop_loop, NULL);
-    assert_true(t != 0);
+    ioloop_timer_t t;
+    assert_int_equal(ioloop_call_later(c->loop, IOLOOP_MSEC(ms), wcli_stop_loop, NULL, &t), 0);
     ioloop_start(c->loop);
     ioloop_remove_timeout(c->loop, t);
 }
@@ -338,8 +338,7 @@ static inline void wcli_run(wcli_t *c, int ms)
 static inline int wcli_connect(wcli_t *c, const char *url, const ioloop_websocket_connect_options_t *opts)
 {
     memset(c, 0, sizeof(*c));
-    c->loop = ioloop_new(NULL);
-    assert_non_null(c->loop);
+    assert_int_equal(ioloop_new(NULL, &c->loop), 0);
     ioloop_websocket_connect_options_t o = opts ? *opts : wcli_options(c);
     o.arg = c;
     int rc = ioloop_websocket_connect(c->loop, url, &o, wcli_on_connect, c);

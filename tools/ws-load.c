@@ -276,7 +276,8 @@ static void check_connected(ioloop_t *loop, int status, ioloop_websocket_t *ws, 
 
 static int run_check(void)
 {
-    chk.loop = ioloop_new(NULL);
+    if (ioloop_new(NULL, &chk.loop) != 0)
+        return 1;
     chk.big = malloc(BIG);
     for (size_t i = 0; i < BIG; i++)
         chk.big[i] = (char)(i * 31 + i / 4096);

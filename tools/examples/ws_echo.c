@@ -51,7 +51,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    ioloop_http_server_t *server = ioloop_http_server_new(NULL);
+    ioloop_http_server_t *server = NULL;
+    (void)ioloop_http_server_new(NULL, &server);
     ioloop_runtime_t *rt;
     ioloop_listener_t *listener;
     int err = server ? ioloop_http_websocket_route(server, "/ws", &route) : -1;
