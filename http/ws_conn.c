@@ -39,7 +39,7 @@ struct ioloop_websocket {
     int peer_code; /* the peer's close code (1005 if none) once close_received */
     char peer_reason[126];
     size_t peer_reason_len;
-    int fail_code; /* the code we failed the connection with (1002, 1007, 1009, 1011) */
+    int fail_code;                       /* the code we failed the connection with (1002, 1007, 1009, 1011) */
     uint8_t pending_close[2 + 125 + 14]; /* a close frame refused at the mark: sent at the drain */
     size_t pending_close_len;
     ioloop_timer_t close_timer;
@@ -333,7 +333,8 @@ static void on_ping_timer(ioloop_t *loop, void *arg)
     write_frame(ws, IOLOOP_WS_PING, 0, "ioloop", 6);
     ws->ping_outstanding = true;
     ws->ping_sent_at = now;
-    ioloop_time_t next = ws->opts.ping_timeout < ws->opts.ping_interval ? ws->opts.ping_timeout : ws->opts.ping_interval;
+    ioloop_time_t next =
+        ws->opts.ping_timeout < ws->opts.ping_interval ? ws->opts.ping_timeout : ws->opts.ping_interval;
     ws->ping_timer = arm(ws, next, on_ping_timer);
 }
 

@@ -255,9 +255,9 @@ static void test_close_timeout(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_invalid_frames),     cmocka_unit_test(test_compressed_bomb),
+        cmocka_unit_test(test_invalid_frames),       cmocka_unit_test(test_compressed_bomb),
         cmocka_unit_test(test_never_reading_client), cmocka_unit_test(test_byte_at_a_time),
-        cmocka_unit_test(test_reset_mid_message),  cmocka_unit_test(test_close_timeout),
+        cmocka_unit_test(test_reset_mid_message),    cmocka_unit_test(test_close_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

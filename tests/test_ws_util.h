@@ -10,8 +10,8 @@
 #ifndef TEST_WS_UTIL_H
 #define TEST_WS_UTIL_H
 
-#include "test_http_util.h"
 #include "ioloop/websocket.h"
+#include "test_http_util.h"
 
 #include <sys/resource.h>
 
@@ -23,8 +23,8 @@ typedef struct {
     atomic_int last_close_code;
     char last_reason[128];
     atomic_size_t max_buffered;
-    bool echo;              /* echo every message */
-    atomic_int flood;       /* >0: the first websocket is flooded with messages of this size (<= 64 KiB) */
+    bool echo;        /* echo every message */
+    atomic_int flood; /* >0: the first websocket is flooded with messages of this size (<= 64 KiB) */
     int flood_size;
     atomic_size_t flood_sent;
     ioloop_websocket_t *flood_ws;
@@ -90,7 +90,9 @@ static inline void wsrv_on_drain(ioloop_websocket_t *ws, void *arg)
 static inline ioloop_websocket_route_t wsrv_route_defaults(wsrv_t *s)
 {
     return (ioloop_websocket_route_t){
-        .handlers = {.on_open = wsrv_on_open, .on_message = wsrv_on_message, .on_close = wsrv_on_close,
+        .handlers = {.on_open = wsrv_on_open,
+                     .on_message = wsrv_on_message,
+                     .on_close = wsrv_on_close,
                      .on_drain = wsrv_on_drain},
         .arg = s,
     };

@@ -291,7 +291,10 @@ static int run_check(void)
     ioloop_close(chk.loop, true);
     free(chk.big);
     if (rc != 0 || chk.failed || chk.close_code != 4000 || chk.pongs != 1) {
-        printf("ws-load: check FAILED: %s (close code %d)\n", rc ? ioloop_strerror(rc) : chk.failed ? chk.failed : "",
+        printf("ws-load: check FAILED: %s (close code %d)\n",
+               rc           ? ioloop_strerror(rc)
+               : chk.failed ? chk.failed
+                            : "",
                chk.close_code);
         return 1;
     }
@@ -327,7 +330,8 @@ int main(int argc, char **argv)
     }
     if (!cfg.url || cfg.conns <= 0 || cfg.seconds <= 0 || cfg.size < 0 || cfg.pipeline <= 0) {
         fprintf(stderr,
-                "usage: %s URL [-c CONNS] [-d SECONDS] [-s SIZE] [-p PIPELINE] [--threads N] [--compress] [--server-pid PID]\n"
+                "usage: %s URL [-c CONNS] [-d SECONDS] [-s SIZE] [-p PIPELINE] [--threads N] [--compress] "
+                "[--server-pid PID]\n"
                 "       %s URL --check [--compress]\n",
                 argv[0], argv[0]);
         return 2;

@@ -46,8 +46,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--max-message-size") && i + 1 < argc) {
             route.options.max_message_size = strtoull(argv[++i], NULL, 10);
         } else {
-            fprintf(stderr, "usage: %s [--port 8765] [--threads N] [--compress] [--max-message-size BYTES]\n",
-                    argv[0]);
+            fprintf(stderr, "usage: %s [--port 8765] [--threads N] [--compress] [--max-message-size BYTES]\n", argv[0]);
             return 2;
         }
     }
