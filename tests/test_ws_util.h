@@ -10,6 +10,8 @@
 #ifndef TEST_WS_UTIL_H
 #define TEST_WS_UTIL_H
 
+#define _GNU_SOURCE /* before any system header (test_http_util.h needs it) */
+
 #include "ioloop/websocket.h"
 #include "test_http_util.h"
 
