@@ -18,6 +18,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@ enum { WS_OPEN, WS_CLOSING, WS_CLOSED };
 struct ioloop_websocket {
     ioloop_stream_t *stream;
     ioloop_t *loop;
+    pthread_t owner; /* the loop's thread, where the websocket was made: the calls check it (-EPERM) */
     bool server;
     uint8_t state;
     ioloop_websocket_options_t opts;
@@ -351,6 +353,7 @@ int ioloop__ws_new(ioloop_stream_t *stream, bool server, const ioloop_websocket_
     }
     ws->stream = stream;
     ws->loop = ioloop_stream_loop(stream);
+    ws->owner = pthread_self();
     ws->server = server;
     ws->opts = *opts;
     if (!ws->opts.max_message_size)
@@ -396,6 +399,11 @@ void ioloop__ws_start(ioloop_websocket_t *ws)
 
 /* ---- the public calls -------------------------------------------------------- */
 
+static bool on_owner(const ioloop_websocket_t *ws)
+{
+    return pthread_equal(pthread_self(), ws->owner);
+}
+
 int ioloop_websocket_send(ioloop_websocket_t *ws, int opcode, const void *data, size_t len)
 {
     if (!ws || (len && !data))
@@ -405,6 +413,8 @@ int ioloop_websocket_send(ioloop_websocket_t *ws, int opcode, const void *data, 
         return -EINVAL;
     if (control && len > 125)
         return -EINVAL;
+    if (!on_owner(ws))
+        return -EPERM;
     if (ws->state != WS_OPEN)
         return -EPIPE;
     if (!ioloop_stream_writable(ws->stream))
@@ -430,6 +440,8 @@ int ioloop_websocket_close(ioloop_websocket_t *ws, int code, const char *reason,
         return -EINVAL;
     if (len > 123 || (len && !reason) || (!code && len))
         return -EINVAL;
+    if (!on_owner(ws))
+        return -EPERM;
     if (ws->state != WS_OPEN)
         return -EALREADY;
     start_closing(ws);
@@ -444,13 +456,13 @@ bool ioloop_websocket_writable(const ioloop_websocket_t *ws)
 
 void ioloop_websocket_pause(ioloop_websocket_t *ws)
 {
-    if (ws && ws->state != WS_CLOSED)
+    if (ws && on_owner(ws) && ws->state != WS_CLOSED)
         ioloop_stream_pause(ws->stream);
 }
 
 void ioloop_websocket_resume(ioloop_websocket_t *ws)
 {
-    if (ws && ws->state != WS_CLOSED)
+    if (ws && on_owner(ws) && ws->state != WS_CLOSED)
         ioloop_stream_resume(ws->stream);
 }
 

@@ -24,6 +24,10 @@ static void test_raw_echo_and_close(void **state)
     wsrv_start(&s, NULL);
     int fd = raw_open(s.t.port, "");
     raw_echo(fd, "hello");
+    /* the thread rule: from this (non-loop) thread the calls are refused */
+    ioloop_websocket_t *ws = atomic_load(&s.last_ws);
+    assert_int_equal(ioloop_websocket_send(ws, IOLOOP_WS_TEXT, "x", 1), -EPERM);
+    assert_int_equal(ioloop_websocket_close(ws, 1000, NULL, 0), -EPERM);
     /* binary, fragmented, with a ping in the middle: pong first, then the message */
     raw_send(fd, false, 0, IOLOOP_WS_BINARY, "ab", 2);
     raw_send(fd, true, 0, IOLOOP_WS_PING, "p1", 2);

@@ -149,15 +149,22 @@ static int run_load(void)
         sleep_s(0.01);
     sleep_s(1.0); /* warm-up */
     long long c0 = cfg.server_pid ? process_ticks(cfg.server_pid) : -1;
+    struct timespec u0, u1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &u0);
     unsigned long long m0 = sum(offsetof(counters_t, messages));
     double start = now_s();
     sleep_s(cfg.seconds);
     unsigned long long m1 = sum(offsetof(counters_t, messages));
     double elapsed = now_s() - start;
     long long c1 = cfg.server_pid ? process_ticks(cfg.server_pid) : -1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &u1);
+    double own_cpu = (double)(u1.tv_sec - u0.tv_sec) + (double)(u1.tv_nsec - u0.tv_nsec) / 1e9;
     printf("ws-load: %llu connections open, %llu errors, %llu closed early\n", sum(offsetof(counters_t, opened)),
            sum(offsetof(counters_t, errors)), sum(offsetof(counters_t, closed)));
     printf("ws-load: %llu messages in %.2f s: %.0f messages/s\n", m1 - m0, elapsed, (double)(m1 - m0) / elapsed);
+    if (m1 > m0)
+        printf("ws-load: client CPU %.3f us/message (%.0f%% of one CPU)\n", own_cpu * 1e6 / (double)(m1 - m0),
+               own_cpu / elapsed * 100);
     if (c0 >= 0 && c1 >= c0 && m1 > m0)
         printf("ws-load: server CPU %.3f us/message (%lld ticks)\n",
                (double)(c1 - c0) / (double)sysconf(_SC_CLK_TCK) * 1e6 / (double)(m1 - m0), c1 - c0);

@@ -8,7 +8,8 @@
  * ioloop_websocket_t: send, close, and the handlers below.
  *
  * Threading rule: a websocket belongs to the loop of its stream; every call
- * is for that loop's thread and every handler runs there. Another loop posts
+ * is for that loop's thread (send and close return -EPERM elsewhere, pause
+ * and resume do nothing) and every handler runs there. Another loop posts
  * (ioloop_add_callback to ioloop_websocket_loop(ws)) and sends from there.
  *
  * Life cycle: on_open, then on_message for each message, then on_close
