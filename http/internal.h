@@ -18,6 +18,8 @@
 #include "ioloop/runtime.h"
 #include "ioloop/stream.h"
 
+#include "ws_internal.h"
+
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -28,11 +30,11 @@
 #include <time.h>
 
 enum {
-    HTTP_BLOCK = 16384,      /* pooled buffer block */
-    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
-    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
-    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
-    HTTP_QUARANTINE = 64,    /* finished requests reused only behind this many others (FIFO) */
+    HTTP_BLOCK = 16384,        /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16,   /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,    /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,      /* free blocks/requests a worker keeps */
+    HTTP_QUARANTINE = 64,      /* finished requests reused only behind this many others (FIFO) */
     HTTP_REQ_POOL_KEEP = 4096, /* free requests a worker keeps: finished ones wait an iteration
                                   before reuse, so a pipelined burst (64 connections x 16) needs
                                   more than the blocks' 256 to not malloc per request */
@@ -163,7 +165,7 @@ struct ioloop_http_request {
     bool file_body;     /* finish_file: the body is a file range, not in rbody */
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
-    uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
+    uint64_t wire_bytes;    /* everything framed into c->out for this response (the log's bytes) */
     struct http_gzip *gzip; /* deflate state of a response being compressed (gzip.c), else NULL */
 };
 
@@ -240,8 +242,9 @@ struct http_worker {
     void *drain_arg;
     /* counters (ioloop_http_server_get_stats): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
-    pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
-    struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
+    pcre2_match_data *match;      /* route matching: made on first use, freed with the worker */
+    struct http_gzip *gzip_free;  /* idle deflate states (gzip.c) */
+    ioloop__ws_list_t websockets; /* upgraded connections on this loop (ws_server.c): a drain closes them, 1001 */
     int ngzip_free;
 };
 
@@ -309,9 +312,9 @@ void ioloop__http_conn_leave(http_conn_t *c);
  * reaches the connection again, reading is resumed) and take(stream, req,
  * arg) runs: the stream, with any bytes that followed the request still
  * unconsumed in its input, is the callee's; req is readable during the call
- * and finished (logged with status 101, recycled) after it. The connection no
- * longer counts in ioloop_http_server_connections nor in a drain. 0, or the
- * error (req is then finished and the connection closes as usual). */
+ * and finished (logged with status 101, recycled) after it. The connection
+ * leaves the worker's list (the callee keeps its own: w->websockets). 0, or
+ * the error (req is then finished and the connection closes as usual). */
 typedef void (*ioloop__http_upgrade_fn)(ioloop_stream_t *stream, ioloop_http_request_t *req, void *arg);
 int ioloop__http_conn_upgrade(ioloop_http_request_t *req, const void *head, size_t len, ioloop__http_upgrade_fn take,
                               void *arg);

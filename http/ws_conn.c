@@ -27,7 +27,9 @@ enum { WS_OPEN, WS_CLOSING, WS_CLOSED };
 struct ioloop_websocket {
     ioloop_stream_t *stream;
     ioloop_t *loop;
-    pthread_t owner; /* the loop's thread, where the websocket was made: the calls check it (-EPERM) */
+    pthread_t owner;         /* the loop's thread, where the websocket was made: the calls check it (-EPERM) */
+    ioloop__ws_list_t *list; /* the server's, on this loop (NULL for a client, or once the server is gone) */
+    ioloop_websocket_t *list_prev, *list_next;
     bool server;
     uint8_t state;
     ioloop_websocket_options_t opts;
@@ -212,12 +214,24 @@ static void on_stream_close(ioloop_stream_t *stream, int error, void *arg)
     }
     if (ws->h.on_close)
         ws->h.on_close(ws, code, reason, rlen, ws->arg);
+    ioloop__ws_list_t *list = ws->list;
+    if (list) {
+        if (ws->list_prev)
+            ws->list_prev->list_next = ws->list_next;
+        else
+            list->head = ws->list_next;
+        if (ws->list_next)
+            ws->list_next->list_prev = ws->list_prev;
+        list->count--;
+    }
     ioloop__ws_reader_free(&ws->reader);
     ioloop__ws_deflate_free(&ws->deflate);
     free(ws->scratch);
     free(ws->subprotocol);
     free(ws->extensions);
     free(ws);
+    if (list && list->gone)
+        list->gone(list); /* a drain may be waiting for this one */
 }
 
 /* ---- reading ---------------------------------------------------------------- */
@@ -395,6 +409,46 @@ void ioloop__ws_start(ioloop_websocket_t *ws)
         ws->ping_sent_at = ioloop_time(ws->loop);
         ws->ping_timer = arm(ws, ws->opts.ping_interval, on_ping_timer);
     }
+}
+
+/* ---- a server's list ---------------------------------------------------------- */
+
+void ioloop__ws_list_add(ioloop__ws_list_t *list, ioloop_websocket_t *ws)
+{
+    assert(!ws->list);
+    ws->list = list;
+    ws->list_prev = NULL;
+    ws->list_next = list->head;
+    if (list->head)
+        list->head->list_prev = ws;
+    list->head = ws;
+    list->count++;
+}
+
+void ioloop__ws_list_close_all(ioloop__ws_list_t *list, int code, const char *reason)
+{
+    for (ioloop_websocket_t *ws = list->head; ws; ws = ws->list_next)
+        if (ws->state == WS_OPEN) {
+            start_closing(ws);
+            send_close_frame(ws, code, reason, strlen(reason));
+        }
+}
+
+void ioloop__ws_list_abort_all(ioloop__ws_list_t *list)
+{
+    for (ioloop_websocket_t *ws = list->head; ws; ws = ws->list_next)
+        ioloop_stream_close(ws->stream); /* the close callbacks (and the unlinking) come later */
+}
+
+void ioloop__ws_list_forget(ioloop__ws_list_t *list)
+{
+    while (list->head) {
+        ioloop_websocket_t *ws = list->head;
+        list->head = ws->list_next;
+        ws->list = NULL;
+        ws->list_prev = ws->list_next = NULL;
+    }
+    list->count = 0;
 }
 
 /* ---- the public calls -------------------------------------------------------- */

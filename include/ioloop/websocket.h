@@ -117,6 +117,9 @@ typedef struct {
  * otherwise), Sec-WebSocket-Version 13 (426 with the version we speak
  * otherwise), the origin hook (403). Then 101 with Sec-WebSocket-Accept, the
  * chosen subprotocol and extension, and the connection is the websocket's.
+ * It still counts in ioloop_http_server_connections, and a drain (or
+ * ioloop_http_server_shutdown) closes it with 1001 "server shutting down"
+ * and waits for the close handshake, until the drain's timeout ends it.
  * Configure before serving. 0, or ioloop_http_server_route's error. */
 IOLOOP_API int ioloop_http_websocket_route(ioloop_http_server_t *s, const char *pattern,
                                            const ioloop_websocket_route_t *route);
