@@ -30,11 +30,11 @@
 #include <time.h>
 
 enum {
-    HTTP_BLOCK = 16384,        /* pooled buffer block */
-    HTTP_MAX_PATH_ARGS = 16,   /* capture groups a pattern may have */
-    HTTP_MAX_HEADERS = 256,    /* header lines per request (431 beyond) */
-    HTTP_POOL_KEEP = 256,      /* free blocks/requests a worker keeps */
-    HTTP_QUARANTINE = 64,      /* finished requests reused only behind this many others (FIFO) */
+    HTTP_BLOCK = 16384,      /* pooled buffer block */
+    HTTP_MAX_PATH_ARGS = 16, /* capture groups a pattern may have */
+    HTTP_MAX_HEADERS = 256,  /* header lines per request (431 beyond) */
+    HTTP_POOL_KEEP = 256,    /* free blocks/requests a worker keeps */
+    HTTP_QUARANTINE = 64,    /* finished requests reused only behind this many others (FIFO) */
     HTTP_REQ_POOL_KEEP = 4096, /* free requests a worker keeps: finished ones wait an iteration
                                   before reuse, so a pipelined burst (64 connections x 16) needs
                                   more than the blocks' 256 to not malloc per request */
@@ -165,7 +165,7 @@ struct ioloop_http_request {
     bool file_body;     /* finish_file: the body is a file range, not in rbody */
     int refs;           /* scheduled flush completions holding req (at most one: a second flush waits, -EBUSY) */
     int flush_status;
-    uint64_t wire_bytes;    /* everything framed into c->out for this response (the log's bytes) */
+    uint64_t wire_bytes; /* everything framed into c->out for this response (the log's bytes) */
     struct http_gzip *gzip; /* deflate state of a response being compressed (gzip.c), else NULL */
 };
 
