@@ -13,7 +13,8 @@
 2. tools/examples/ws_chat (2 loops): every message reaches every client, whichever
    loop holds it.
 3. Our client (tools/ws-load --check) against a websockets server, with and
-   without compression: text, binary, 16 MiB, ping/pong, close 4000.
+   without compression: text (echoed fragmented), binary, 16 MiB, ping/pong,
+   close 4000.
 Every server must exit 0 on SIGTERM with nothing on stderr (sanitizer reports
 included). Run with /usr/bin/python3 (Debian's websockets).
 """
@@ -194,7 +195,10 @@ async def chat_checks(port):
 async def echo(ws):
     try:
         async for message in ws:
-            await ws.send(message)
+            if isinstance(message, str) and len(message) > 3:
+                await ws.send([message[:3], message[3:]])  # fragmented: our client reassembles it
+            else:
+                await ws.send(message)
     except websockets.ConnectionClosed:  # our client closes with 4000: not an "OK" close to websockets
         pass
 
