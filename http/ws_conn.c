@@ -104,13 +104,18 @@ static int write_frame(ioloop_websocket_t *ws, uint8_t opcode, uint8_t rsv, cons
     uint8_t hdr[14], mask[4];
     const uint8_t *payload = data;
     if (!ws->server) {
+        /* The masked copy: small frames in a per-thread buffer (the stream
+         * copies it before writev returns), larger ones in the scratch. */
+        static _Thread_local uint8_t small[16384];
+        uint8_t *dst = small;
         ioloop__ws_random(mask, 4);
-        if (payload != ws->scratch) {
-            if (scratch_reserve(ws, len ? len : 1) != 0)
+        if (payload == ws->scratch || len > sizeof(small)) {
+            if (payload != ws->scratch && scratch_reserve(ws, len) != 0)
                 return -ENOMEM;
+            dst = ws->scratch;
         }
-        ioloop__ws_mask(ws->scratch, payload, len, mask, 0);
-        payload = ws->scratch;
+        ioloop__ws_mask(dst, payload, len, mask, 0);
+        payload = dst;
     }
     size_t hl = ioloop__ws_frame_header(hdr, true, rsv, opcode, len, ws->server ? NULL : mask);
     struct iovec iov[2] = {{hdr, hl}, {(void *)payload, len}};
