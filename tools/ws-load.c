@@ -9,8 +9,9 @@
  *       (echoes received per second over the run, after a 1 s warm-up);
  *       with --server-pid PID also the server's CPU time per message over
  *       the same window (/proc/PID/stat).
- *   ws-load URL --check [--compress]
- *       text, binary, 16 MiB, ping/pong, close 4000: "check ok" or why not.
+ *   ws-load URL --check [--compress | --no-context-takeover]
+ *       text, binary, 16 MiB, ping/pong, close 4000: "check ok" or why not
+ *       (--no-context-takeover: compressed, each message deflated afresh).
  *
  * Threading rule: each connection lives on the loop that opened it; the
  * counters are per loop (relaxed atomics), summed by the main thread.
@@ -35,7 +36,7 @@ typedef struct {
 static struct {
     const char *url;
     int conns, seconds, size, pipeline, threads, server_pid;
-    bool compress, check;
+    bool compress, check, no_context_takeover;
     ioloop_runtime_t *rt;
     counters_t *per_loop;
     char *payload;
@@ -290,7 +291,9 @@ static int run_check(void)
         chk.big[i] = (char)(i * 31 + i / 4096);
     ioloop_websocket_connect_options_t o = {
         .handlers = {.on_message = check_message, .on_close = check_close, .on_pong = check_pong},
-        .options = {.compression = cfg.compress, .max_message_size = 2 * BIG},
+        .options = {.compression = cfg.compress,
+                    .no_context_takeover = cfg.no_context_takeover,
+                    .max_message_size = 2 * BIG},
     };
     int rc = ioloop_websocket_connect(chk.loop, cfg.url, &o, check_connected, NULL);
     if (rc == 0)
@@ -328,6 +331,8 @@ int main(int argc, char **argv)
             cfg.server_pid = atoi(argv[++i]);
         else if (!strcmp(a, "--compress"))
             cfg.compress = true;
+        else if (!strcmp(a, "--no-context-takeover"))
+            cfg.compress = cfg.no_context_takeover = true;
         else if (!strcmp(a, "--check"))
             cfg.check = true;
         else if (a[0] != '-' && !cfg.url)
@@ -339,7 +344,7 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "usage: %s URL [-c CONNS] [-d SECONDS] [-s SIZE] [-p PIPELINE] [--threads N] [--compress] "
                 "[--server-pid PID]\n"
-                "       %s URL --check [--compress]\n",
+                "       %s URL --check [--compress | --no-context-takeover]\n",
                 argv[0], argv[0]);
         return 2;
     }

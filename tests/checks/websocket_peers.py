@@ -13,8 +13,8 @@
 2. tools/examples/ws_chat (2 loops): every message reaches every client, whichever
    loop holds it.
 3. Our client (tools/ws-load --check) against a websockets server, with and
-   without compression: text (echoed fragmented), binary, 16 MiB, ping/pong,
-   close 4000.
+   without compression (and with our client_no_context_takeover): text (echoed
+   fragmented), binary, 16 MiB, ping/pong, close 4000.
 Every server must exit 0 on SIGTERM with nothing on stderr (sanitizer reports
 included). Run with /usr/bin/python3 (Debian's websockets).
 """
@@ -204,12 +204,12 @@ async def echo(ws):
 
 
 async def client_checks():
-    for compression in (None, "deflate"):
+    for compression, flag in ((None, None), ("deflate", "--compress"), ("deflate", "--no-context-takeover")):
         async with websockets.serve(echo, "127.0.0.1", 0, max_size=None, compression=compression) as server:
             port = server.sockets[0].getsockname()[1]
             args = [os.path.join(TOOLDIR, "ws-load"), f"ws://127.0.0.1:{port}/", "--check"]
-            if compression:
-                args.append("--compress")
+            if flag:
+                args.append(flag)
             proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
             out = out.decode()
@@ -217,6 +217,8 @@ async def client_checks():
                   f"ws-load --check ({compression}): {out} {err.decode()}")
             if compression:
                 check("extensions: permessage-deflate" in out, f"no compression: {out}")
+            if flag == "--no-context-takeover":
+                check("client_no_context_takeover" in out, f"our no_context_takeover not granted: {out}")
     print("websocket_peers: our client against a websockets server: ok", flush=True)
 
 
