@@ -6,7 +6,8 @@
 
 1. tools/examples/ws_echo (2 loops, --compress) against websockets' client: text,
    binary, fragmented, a 16 MiB message, ping/pong, close codes, permessage-deflate
-   negotiated (and not, when the client does not offer it), an oversized message
+   negotiated (and not, when the client does not offer it; with every RFC 7692
+   parameter when the client asks for them), an oversized message
    (1009); raw-socket invalid frames (reserved bits, bad opcode, unmasked, invalid
    UTF-8, a control frame over 125 bytes) each get their close code and the server
    keeps serving.
@@ -29,6 +30,7 @@ import sys
 import tempfile
 
 import websockets
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 BINDIR, TOOLDIR = sys.argv[1], sys.argv[2]
 TIMEOUT = 60
@@ -142,6 +144,17 @@ async def echo_checks(port):
         big = bytes(range(256)) * (1 << 16)
         await ws.send(big)
         check(await ws.recv() == big, "compressed 16 MiB")
+    # every parameter of RFC 7692 offered: no context takeover both ways, a 1 KiB server window
+    pmd = ClientPerMessageDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True,
+                                         server_max_window_bits=10, client_max_window_bits=11)
+    async with websockets.connect(url, max_size=None, compression=None, extensions=[pmd]) as ws:
+        ext = ws.response_headers.get("Sec-WebSocket-Extensions") or ""
+        for param in ("server_no_context_takeover", "client_no_context_takeover", "server_max_window_bits=10"):
+            check(param in ext, f"{param} not granted: {ext!r}")
+        for i in range(5):
+            text = f"message {i} " * 500
+            await ws.send(text)
+            check(await ws.recv() == text, f"no-context-takeover message {i}")
     async with websockets.connect(url, max_size=None, compression=None) as ws:
         await ws.send(b"x" * ((32 << 20) + 1))
         try:
