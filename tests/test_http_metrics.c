@@ -8,6 +8,8 @@
  */
 #include "test_http_util.h"
 
+#include "ioloop/websocket.h"
+
 #include <ctype.h>
 #include <fcntl.h>
 #include <math.h>
@@ -404,6 +406,7 @@ static void msrv_start(msrv_t *t, int loops)
     assert_int_equal(ioloop_http_server_route(t->server, "/redirect", &(ioloop_http_route_t){.get = h_redirect}), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/fail", &(ioloop_http_route_t){.get = h_fail}), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/slow", &(ioloop_http_route_t){.get = h_slow}), 0);
+    assert_int_equal(ioloop_http_websocket_route(t->server, "/ws", &(ioloop_websocket_route_t){0}), 0);
     /* EXCLUSIVE (with epoll): a loop stopped on purpose
      * (test_scrape_while_loops_stop) takes no connection. */
     assert_int_equal(ioloop_http_server_serve(t->server, t->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_EXCLUSIVE, &t->listener),
@@ -573,6 +576,15 @@ static void test_counters_move(void **state)
         tresp_free(&r);
         close(fd);
     }
+    /* a WebSocket handshake: its 101 is a response too */
+    int ws = tcli_connect(t.port);
+    tcli_send(ws, "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    tresp_t wr;
+    assert_int_equal(tcli_response_ex(ws, &wr, true, true), 0);
+    assert_int_equal(wr.status, 101);
+    bytes += tcli_got;
+    tresp_free(&wr);
     /* loop 1: a 50 ms busy callback and posts from this thread */
     ioloop_t *loop1 = ioloop_runtime_loop(t.rt, 1);
     atomic_store(&posted_ran, 0);
@@ -604,7 +616,7 @@ static void test_counters_move(void **state)
 #define DELTA(name, labels) (mget(&b, name, labels) - mget(&a, name, labels))
 #define DELTA_SUM(name, with) (msum(&b, name, with) - msum(&a, name, with))
     const char *resp = "ioloop_http_responses_total";
-    assert_true(DELTA_SUM(resp, "code=\"1xx\"") == 0);
+    assert_true(DELTA_SUM(resp, "code=\"1xx\"") == 1); /* the WebSocket handshake's 101 */
     assert_true(DELTA_SUM(resp, "code=\"2xx\"") == 2 * N + 1 + 3); /* ok, slow, scrape a, the idle three */
     assert_true(DELTA_SUM(resp, "code=\"3xx\"") == N);
     assert_true(DELTA_SUM(resp, "code=\"4xx\"") == 2 * N); /* 404 and 400 */
@@ -613,9 +625,9 @@ static void test_counters_move(void **state)
      * were already in a, and scrape b's are in b; a response is counted once
      * finished, after its body was formatted: scrape a's is in b, b's in
      * neither. Requests reaching a handler or the router: all but the 400s. */
-    assert_true(DELTA_SUM("ioloop_http_requests_total", NULL) == 5 * N + 3 + 1);
-    /* connections: the 6N, the idle three, scrape b's */
-    assert_true(DELTA_SUM("ioloop_http_connections_accepted_total", NULL) == 6 * N + 3 + 1);
+    assert_true(DELTA_SUM("ioloop_http_requests_total", NULL) == 5 * N + 1 + 3 + 1); /* + the handshake */
+    /* connections: the 6N, the WebSocket's, the idle three, scrape b's */
+    assert_true(DELTA_SUM("ioloop_http_connections_accepted_total", NULL) == 6 * N + 1 + 3 + 1);
     /* bytes: exactly what the clients received (scrape a's response included;
      * the idle connections' three responses are as long as an /ok one) */
     size_t ok_bytes = 0;
@@ -629,7 +641,7 @@ static void test_counters_move(void **state)
     assert_true(DELTA_SUM("ioloop_http_response_bytes_total", NULL) == (double)(bytes + scrape_a_bytes + 3 * ok_bytes));
     /* the histogram: every finished request, and the slow ones above 25 ms */
     const char *h = "ioloop_http_request_duration_seconds";
-    assert_true(DELTA_SUM("ioloop_http_request_duration_seconds_count", NULL) == 5 * N + 1 + 3);
+    assert_true(DELTA_SUM("ioloop_http_request_duration_seconds_count", NULL) == 5 * N + 1 + 1 + 3);
     double over_25ms = DELTA_SUM("ioloop_http_request_duration_seconds_bucket", "le=\"+Inf\"") -
                        DELTA_SUM("ioloop_http_request_duration_seconds_bucket", "le=\"0.025\"");
     assert_true(over_25ms >= N);
@@ -659,6 +671,7 @@ static void test_counters_move(void **state)
 #undef DELTA_SUM
     for (int i = 0; i < 3; i++)
         close(idle[i]);
+    close(ws);
     metrics_free(&a);
     metrics_free(&b);
     msrv_stop(&t);
