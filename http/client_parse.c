@@ -189,7 +189,7 @@ static int cb_headers_complete(llhttp_t *p)
         return fail(rp, -EPROTO, "malformed response: 101 Switching Protocols to a request that asked for no upgrade%s",
                     "");
     if (rp->status < 200)
-        return 0; /* 1xx: skipped, the final head follows */
+        return 1; /* 1xx: no body whatever its head says; skipped, the final head follows */
     rp->head_done = true;
     rp->chunked = (p->flags & F_CHUNKED) != 0;
     rp->content_length = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
@@ -201,7 +201,9 @@ static int cb_headers_complete(llhttp_t *p)
             return -1;
         }
     }
-    return rp->head_request ? 1 : 0; /* 1: no body (HEAD) */
+    /* 1: no body. llhttp would read a 204's or 304's Content-Length worth
+     * of body (RFC 9110 6.4.1: they have none), and knows nothing of HEAD. */
+    return rp->head_request || rp->status == 204 || rp->status == 304 ? 1 : 0;
 }
 
 static int cb_body(llhttp_t *p, const char *at, size_t len)
