@@ -672,6 +672,21 @@ int ioloop_http_fetch_resume(ioloop_http_fetch_t *fetch)
     client_conn_t *conn = fetch->conn;
     fetch->paused = false;
     ioloop__http_resp_resume(&conn->parser);
+    size_t buffered = 0;
+    ioloop_stream_peek(conn->stream, &buffered);
+    if (buffered == 0) {
+        /* paused on the body's last byte: the end of the message needs no more input */
+        ssize_t n = ioloop__http_resp_feed(&conn->parser, "", 0);
+        if (n < 0) {
+            response_failed(fetch, conn, (int)n);
+            return 0;
+        }
+        if (conn->completed) {
+            ioloop_stream_read_stop(conn->stream);
+            response_done(fetch, conn, ioloop__http_resp_reusable(&conn->parser) && fetch->body_ended);
+            return 0;
+        }
+    }
     ioloop_stream_resume(conn->stream); /* runs the consumer again with what is buffered */
     return 0;
 }

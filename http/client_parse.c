@@ -197,7 +197,8 @@ static int cb_headers_complete(llhttp_t *p)
         int rc = rp->cbs->on_head(rp, rp->arg);
         if (rc < 0) {
             rp->error = rc;
-            snprintf(rp->error_text, sizeof(rp->error_text), "response refused by the header callback");
+            if (!rp->error_text[0])
+                snprintf(rp->error_text, sizeof(rp->error_text), "response refused by the header callback");
             return -1;
         }
     }
@@ -209,6 +210,8 @@ static int cb_headers_complete(llhttp_t *p)
 static int cb_body(llhttp_t *p, const char *at, size_t len)
 {
     ioloop__http_resp_t *rp = p->data;
+    if (len == 0)
+        return 0; /* llhttp reopens a span paused at its end as an empty one */
     rp->body_bytes += len;
     int rc = rp->cbs->on_body ? rp->cbs->on_body(rp, at, len, rp->arg) : 0;
     if (rc == IOLOOP_HTTP_PAUSE) {
@@ -289,8 +292,10 @@ ssize_t ioloop__http_resp_feed(ioloop__http_resp_t *rp, const char *data, size_t
 {
     if (rp->error)
         return rp->error;
-    if (rp->complete || rp->paused || len == 0)
+    if (rp->complete || rp->paused || (len == 0 && !rp->head_done))
         return 0;
+    if (len == 0)
+        data = ""; /* a body paused on its last byte: llhttp goes on to the message's end */
     llhttp_errno_t err = llhttp_execute(&rp->parser, data, len);
     size_t used = len;
     if (err == HPE_PAUSED) {

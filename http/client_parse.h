@@ -76,7 +76,8 @@ void ioloop__http_resp_reset(ioloop__http_resp_t *rp, bool head_request);
  * rp->error_text says how), -E2BIG (head over the limits), or a callback's
  * error. After an error, every call returns it again. */
 ssize_t ioloop__http_resp_feed(ioloop__http_resp_t *rp, const char *data, size_t len);
-/* Continues after on_body paused (then feed the rest). */
+/* Continues after on_body paused: then feed the rest, or, when nothing is
+ * left, feed 0 bytes (a body paused on its last byte ends the message then). */
 void ioloop__http_resp_resume(ioloop__http_resp_t *rp);
 /* The peer closed: completes a close-delimited body (0), or says what was
  * cut: -ECONNRESET (error_text: before the head, in the head or mid-body). */

@@ -341,6 +341,17 @@ static void test_pause_resumes_in_order(void **state)
     assert_int_equal(off, len);
     assert_int_equal(s.body_len, 5);
     assert_memory_equal(s.body, "abcde", 5);
+    /* paused on the last body byte: the message ends on a feed of nothing */
+    s.body_len = 0;
+    ioloop__http_resp_reset(&rp, false);
+    const char *cl = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    assert_int_equal(ioloop__http_resp_feed(&rp, cl, strlen(cl)), (ssize_t)strlen(cl));
+    assert_true(rp.paused);
+    assert_false(rp.complete);
+    ioloop__http_resp_resume(&rp);
+    assert_int_equal(ioloop__http_resp_feed(&rp, "", 0), 0);
+    assert_true(rp.complete);
+    assert_true(ioloop__http_resp_reusable(&rp));
     /* the parser is reused for the next response on the connection */
     s.pause_each = false;
     s.body_len = 0;
