@@ -58,6 +58,12 @@ struct ioloop__http_resp {
     uint64_t body_bytes;
     int64_t content_length; /* -1 when none */
     bool chunked;
+    /* llhttp 8 (built without LLHTTP_STRICT_MODE) takes any two bytes after a
+     * chunk's data for its CRLF: we check them (what is still to check at the
+     * next feed's start, and where the current feed ends) */
+    uint64_t chunk_left;
+    int crlf_pending;
+    const char *feed_end;
     /* the failure: a negative errno (-EPROTO, -E2BIG, or a callback's) and its words */
     int error;
     char error_text[128];

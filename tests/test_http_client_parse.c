@@ -225,6 +225,9 @@ static void test_bad_framing(void **state)
     (void)state;
     expect_malformed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", -EPROTO, "chunk");
     expect_malformed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n", -EPROTO, NULL);
+    /* llhttp 8 takes any two bytes after the data for its CRLF: we do not */
+    expect_malformed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcdef\r\n0\r\n\r\n", -EPROTO, "CRLF");
+    expect_malformed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\rX0\r\n\r\n", -EPROTO, "CRLF");
     expect_malformed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", -EPROTO, NULL);
     expect_malformed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", -EPROTO,
                      "Content-Length");

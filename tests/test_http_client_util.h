@@ -281,22 +281,46 @@ static inline void *hsrv_main(void *arg)
     return NULL;
 }
 
-static inline void hsrv_start(hsrv_t *srv, hsrv_fn fn, void *arg)
+/* Listens on 127.0.0.1 (or ::1 with ipv6: false if the host has no IPv6) and serves. */
+static inline bool hsrv_start_family(hsrv_t *srv, hsrv_fn fn, void *arg, bool ipv6)
 {
     memset(srv, 0, sizeof(*srv));
     srv->fn = fn;
     srv->arg = arg;
-    srv->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    srv->lfd = socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (srv->lfd < 0 && ipv6)
+        return false;
     assert_true(srv->lfd >= 0);
     int one = 1;
     setsockopt(srv->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_int_equal(bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t len;
+    if (ipv6) {
+        struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&ss;
+        sa->sin6_family = AF_INET6;
+        sa->sin6_addr = in6addr_loopback;
+        len = sizeof(*sa);
+    } else {
+        struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+        sa->sin_family = AF_INET;
+        sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        len = sizeof(*sa);
+    }
+    if (bind(srv->lfd, (struct sockaddr *)&ss, len) != 0 && ipv6) {
+        close(srv->lfd);
+        return false;
+    }
     assert_int_equal(listen(srv->lfd, 64), 0);
-    assert_int_equal(getsockname(srv->lfd, (struct sockaddr *)&sa, &len), 0);
-    srv->port = ntohs(sa.sin_port);
+    assert_int_equal(getsockname(srv->lfd, (struct sockaddr *)&ss, &len), 0);
+    srv->port = ntohs(ipv6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
     assert_int_equal(pthread_create(&srv->thread, NULL, hsrv_main, srv), 0);
+    return true;
+}
+
+static inline void hsrv_start(hsrv_t *srv, hsrv_fn fn, void *arg)
+{
+    hsrv_start_family(srv, fn, arg, false);
 }
 
 static inline void hsrv_stop(hsrv_t *srv)
