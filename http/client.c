@@ -311,7 +311,8 @@ void ioloop__client_send(ioloop_http_fetch_t *fetch, client_conn_t *conn)
     if (rc == 0)
         rc = ioloop_stream_read_start(conn->stream, conn_data, conn);
     if (rc != 0) {
-        fail_fmt(fetch, rc, "sending the request failed");
+        int why = rc == -EPIPE ? ioloop_stream_error(conn->stream) : 0;
+        fail_fmt(fetch, why && why != IOLOOP_EOF ? why : rc, "sending the request failed");
         return;
     }
     if (fetch->req.body_producer)

@@ -167,7 +167,7 @@ static void test_get(void **state)
 {
     (void)state;
     tres_t r;
-    tget(loop, url("/hello?x=1#frag"), &r);
+    cget(loop, url("/hello?x=1#frag"), &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.reason, "OK");
@@ -214,7 +214,7 @@ static void test_keep_alive_reuse(void **state)
     ioloop_http_server_get_stats(srv.server, &before);
     for (int i = 0; i < 5; i++) {
         tres_t r;
-        tget(loop, url("/hello"), &r);
+        cget(loop, url("/hello"), &r);
         assert_int_equal(r.status, 200);
         assert_int_equal(r.timing.reused, i > 0);
         if (i > 0)
@@ -238,12 +238,12 @@ static void test_post_and_put_bodies(void **state)
 {
     (void)state;
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .body = "a=1&b=2", .body_len = 7}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .body = "a=1&b=2", .body_len = 7}, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "a=1&b=2");
     assert_non_null(strstr(r.headers, "X-Method: POST\n"));
     tres_free(&r);
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .method = "PUT", .body = big_body, .body_len = BIG},
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .method = "PUT", .body = big_body, .body_len = BIG},
            &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, BIG);
@@ -251,7 +251,7 @@ static void test_post_and_put_bodies(void **state)
     assert_non_null(strstr(r.headers, "X-Method: PUT\n"));
     tres_free(&r);
     /* an empty POST says Content-Length: 0 (the server would wait otherwise) */
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .method = "POST"}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .method = "POST"}, &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     tres_free(&r);
@@ -298,7 +298,7 @@ static void test_body_producer(void **state)
     for (int with_length = 0; with_length <= 1; with_length++) {
         producer_t p = {0};
         tres_t r;
-        tfetch(loop,
+        cfetch(loop,
                &(ioloop_http_client_request_t){.url = url("/echo"), .body_producer = producer, .body_producer_arg = &p,
                                                .body_producer_length = with_length ? 18 : -1},
                &r);
@@ -315,13 +315,13 @@ static void test_head(void **state)
 {
     (void)state;
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/hello"), .method = "HEAD"}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/hello"), .method = "HEAD"}, &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     assert_non_null(strstr(r.headers, "Content-Length: 12\n"));
     tres_free(&r);
-    tget(loop, url("/hello"), &r); /* the same connection carries the next request */
+    cget(loop, url("/hello"), &r); /* the same connection carries the next request */
     assert_string_equal(r.body, "Hello, world");
     assert_true(r.timing.reused);
     tres_free(&r);
@@ -335,7 +335,7 @@ static void test_redirects(void **state)
         char path[64];
         snprintf(path, sizeof(path), "/redirect/%d", codes[i]);
         tres_t r;
-        tfetch(loop,
+        cfetch(loop,
                &(ioloop_http_client_request_t){.url = url(path), .body = "payload", .body_len = 7, .follow_redirects = true},
                &r);
         assert_int_equal(r.error, 0);
@@ -349,7 +349,7 @@ static void test_redirects(void **state)
     }
     /* not followed unless asked */
     tres_t r;
-    tget(loop, url("/redirect/302"), &r);
+    cget(loop, url("/redirect/302"), &r);
     assert_int_equal(r.status, 302);
     assert_non_null(strstr(r.headers, "Location: /echo\n"));
     tres_free(&r);
@@ -362,7 +362,7 @@ static void test_redirect_drops_authorization_across_hosts(void **state)
     char path[160];
     tres_t r;
     /* same origin: kept */
-    tfetch(loop,
+    cfetch(loop,
            &(ioloop_http_client_request_t){.url = url("/redirect/302"), .headers = &auth, .nheaders = 1,
                                            .follow_redirects = true},
            &r);
@@ -370,7 +370,7 @@ static void test_redirect_drops_authorization_across_hosts(void **state)
     tres_free(&r);
     /* 127.0.0.1 -> localhost: another host, the credentials stay behind */
     snprintf(path, sizeof(path), "/redirect/302?to=http://localhost:%d/echo", srv.port);
-    tfetch(loop,
+    cfetch(loop,
            &(ioloop_http_client_request_t){.url = url(path), .headers = &auth, .nheaders = 1, .follow_redirects = true},
            &r);
     assert_int_equal(r.error, 0);
@@ -383,7 +383,7 @@ static void test_too_many_redirects(void **state)
 {
     (void)state;
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/loop"), .follow_redirects = true, .max_redirects = 3}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/loop"), .follow_redirects = true, .max_redirects = 3}, &r);
     assert_int_equal(r.error, -ELOOP);
     assert_int_equal(r.status, 302);
     assert_int_equal(r.redirects, 3);
@@ -396,14 +396,14 @@ static void test_request_timeout(void **state)
     (void)state;
     tres_t r;
     int64_t t0 = tu_now_ns();
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/slow"), .request_timeout = IOLOOP_MSEC(200)}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/slow"), .request_timeout = IOLOOP_MSEC(200)}, &r);
     int64_t took = tu_now_ns() - t0;
     assert_int_equal(r.error, -ETIME);
     assert_non_null(strstr(r.text, "request timeout"));
     assert_true(took >= IOLOOP_MSEC(150) && took < IOLOOP_SEC(1));
     tres_free(&r);
     /* the connection it used is not reused mid-response; others are fine */
-    tget(loop, url("/hello"), &r);
+    cget(loop, url("/hello"), &r);
     assert_int_equal(r.status, 200);
     assert_false(r.timing.reused);
     tres_free(&r);
@@ -414,19 +414,19 @@ static void test_decompress(void **state)
     (void)state;
     size_t want = 200 * (sizeof(text_body) - 1);
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/text"), .decompress = true}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/text"), .decompress = true}, &r);
     assert_int_equal(r.error, 0);
     assert_non_null(strstr(r.headers, "Content-Encoding: gzip\n"));
     assert_int_equal(r.body_len, want);
     assert_memory_equal(r.body, text_body, sizeof(text_body) - 1);
     tres_free(&r);
     /* without decompress: no Accept-Encoding, a plain body */
-    tget(loop, url("/text"), &r);
+    cget(loop, url("/text"), &r);
     assert_null(strstr(r.headers, "Content-Encoding"));
     assert_int_equal(r.body_len, want);
     tres_free(&r);
     /* the inflated size counts against max_body_size (a bomb stays bounded) */
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/text"), .decompress = true, .max_body_size = 4000}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/text"), .decompress = true, .max_body_size = 4000}, &r);
     assert_int_equal(r.error, -EMSGSIZE);
     tres_free(&r);
 }
@@ -435,7 +435,7 @@ static void test_max_body_size(void **state)
 {
     (void)state;
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url("/big"), .max_body_size = 1000}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/big"), .max_body_size = 1000}, &r);
     assert_int_equal(r.error, -EMSGSIZE);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.text, "max_body_size"));
@@ -483,7 +483,7 @@ static void test_streaming_with_pause(void **state)
     sink = (stream_sink_t){.ok = true};
     stream_sink_t *sp = &sink;
     tres_t r;
-    tfetch(loop,
+    cfetch(loop,
            &(ioloop_http_client_request_t){.url = url("/big"), .streaming_callback = on_stream_body, .callback_arg = sp},
            &r);
     stream_sink_t s = sink;
@@ -575,7 +575,7 @@ static void test_idle_connection_closed_by_server(void **state)
 {
     (void)state;
     tres_t r;
-    tget(loop, url("/hello"), &r);
+    cget(loop, url("/hello"), &r);
     tres_free(&r);
     assert_int_equal(stats().idle, 1);
     /* the server's idle_connection_timeout (300 ms) closes it */
@@ -583,7 +583,7 @@ static void test_idle_connection_closed_by_server(void **state)
     ioloop_http_client_stats_t st = stats();
     assert_int_equal(st.idle, 0);
     assert_int_equal(st.stale_closed, 1);
-    tget(loop, url("/hello"), &r);
+    cget(loop, url("/hello"), &r);
     assert_int_equal(r.status, 200);
     assert_false(r.timing.reused);
     tres_free(&r);
@@ -609,7 +609,7 @@ static void test_bad_urls(void **state)
     int port = tfree_port();
     char u[64];
     snprintf(u, sizeof(u), "http://127.0.0.1:%d/", port);
-    tget(loop, u, &r);
+    cget(loop, u, &r);
     assert_int_equal(r.error, -ECONNREFUSED);
     assert_non_null(strstr(r.text, "connect"));
     assert_int_equal(r.status, 0);
@@ -623,7 +623,7 @@ static void test_loop_close_ends_fetches(void **state)
     assert_non_null(other);
     tres_t r = {0}, idle = {0};
     /* one idle pooled connection and one fetch in flight when the loop closes */
-    tfetch(other, &(ioloop_http_client_request_t){.url = url("/hello")}, &idle);
+    cfetch(other, &(ioloop_http_client_request_t){.url = url("/hello")}, &idle);
     tres_free(&idle);
     assert_int_equal(ioloop_http_fetch(other, &(ioloop_http_client_request_t){.url = url("/slow")}, tres_cb, &r, NULL),
                      0);

@@ -53,7 +53,7 @@ static void ok_response(int fd)
 static void expect_error(const ioloop_http_client_request_t *req, int err, const char *words)
 {
     tres_t r;
-    tfetch(loop, req, &r);
+    cfetch(loop, req, &r);
     if (r.error != err || (words && !strstr(r.text, words)))
         fail_msg("got %d \"%s\", want %d \"%s\"", r.error, r.text, err, words ? words : "");
     tres_free(&r);
@@ -254,7 +254,7 @@ static void test_connect_timeout(void **state)
     char u[64];
     snprintf(u, sizeof(u), "http://127.0.0.1:%d/", ntohs(sa.sin_port));
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = u, .connect_timeout = IOLOOP_MSEC(300)}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = u, .connect_timeout = IOLOOP_MSEC(300)}, &r);
     for (int i = 0; i < 8; i++)
         close(fillers[i]);
     close(lfd);
@@ -296,11 +296,11 @@ static void test_bytes_after_response_not_reused(void **state)
     (void)state;
     serve(b_extra_bytes);
     tres_t r;
-    tget(loop, base, &r);
+    cget(loop, base, &r);
     assert_int_equal(r.error, 0);
     assert_string_equal(r.body, "ok");
     tres_free(&r);
-    tget(loop, base, &r);
+    cget(loop, base, &r);
     assert_int_equal(r.error, 0);
     assert_false(r.timing.reused);
     tres_free(&r);
@@ -314,7 +314,7 @@ static void test_close_delimited_and_informational(void **state)
     canned = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
              "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the server closes";
     tres_t r;
-    tget(loop, base, &r);
+    cget(loop, base, &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "until the server closes");
@@ -344,10 +344,10 @@ static void test_reuse_race_is_retried_once(void **state)
     (void)state;
     serve(b_drop_second);
     tres_t r;
-    tget(loop, base, &r);
+    cget(loop, base, &r);
     assert_int_equal(r.error, 0);
     tres_free(&r);
-    tget(loop, base, &r); /* sent on the pooled connection, which the server drops */
+    cget(loop, base, &r); /* sent on the pooled connection, which the server drops */
     assert_int_equal(r.error, 0);
     assert_string_equal(r.body, "ok");
     tres_free(&r);
@@ -362,9 +362,9 @@ static void test_reuse_race_post_is_not_retried(void **state)
     (void)state;
     serve(b_drop_second);
     tres_t r;
-    tget(loop, base, &r);
+    cget(loop, base, &r);
     tres_free(&r);
-    tfetch(loop, &(ioloop_http_client_request_t){.url = base, .body = "x", .body_len = 1}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = base, .body = "x", .body_len = 1}, &r);
     assert_int_equal(r.error, -ECONNRESET);
     assert_non_null(strstr(r.text, "before the response"));
     tres_free(&r);
@@ -411,7 +411,7 @@ static void test_never_reading_server_bounds_the_producer(void **state)
     serve(b_never_reads);
     flood_t f = {0};
     tres_t r;
-    tfetch(loop,
+    cfetch(loop,
            &(ioloop_http_client_request_t){.url = base, .body_producer = flood_producer, .body_producer_arg = &f,
                                            .request_timeout = IOLOOP_MSEC(500)},
            &r);
@@ -442,7 +442,7 @@ static void test_ipv6_literal(void **state)
     char u[96];
     snprintf(u, sizeof(u), "http://[::1]:%d/v6?q=1", srv.port);
     tres_t r;
-    tget(loop, u, &r);
+    cget(loop, u, &r);
     assert_int_equal(r.error, 0);
     assert_string_equal(r.body, "ok");
     assert_string_equal(r.url, u);

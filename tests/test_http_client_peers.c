@@ -216,7 +216,7 @@ static void test_keep_alive_counted_by_the_access_log(void **state)
     PEER_OR_SKIP(p);
     for (int i = 0; i < 5; i++) {
         tres_t r;
-        tget(loop, purl(p, "/index.html?ka"), &r);
+        cget(loop, purl(p, "/index.html?ka"), &r);
         assert_int_equal(r.error, 0);
         assert_int_equal(r.status, 200);
         assert_string_equal(r.body, "hello from the peer\n");
@@ -236,7 +236,7 @@ static void test_chunked_gzip(void **state)
 {
     PEER_OR_SKIP(p);
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/text.txt"), .decompress = true}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/text.txt"), .decompress = true}, &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 200);
     assert_non_null(strcasestr(r.headers, "transfer-encoding: chunked\n"));
@@ -250,14 +250,14 @@ static void test_redirect(void **state)
 {
     PEER_OR_SKIP(p);
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/moved"), .follow_redirects = true}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/moved"), .follow_redirects = true}, &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.redirects, 1);
     assert_string_equal(r.body, "hello from the peer\n");
     assert_non_null(strstr(r.url, "/index.html"));
     tres_free(&r);
-    tget(loop, purl(p, "/moved"), &r);
+    cget(loop, purl(p, "/moved"), &r);
     assert_int_equal(r.status, 301);
     tres_free(&r);
 }
@@ -266,20 +266,20 @@ static void test_not_modified_then_get(void **state)
 {
     PEER_OR_SKIP(p);
     tres_t r;
-    tget(loop, purl(p, "/index.html"), &r);
+    cget(loop, purl(p, "/index.html"), &r);
     char lm[128] = "";
     const char *h = strcasestr(r.headers, "last-modified: ");
     assert_non_null(h);
     snprintf(lm, sizeof(lm), "%.*s", (int)strcspn(h + 15, "\n"), h + 15);
     tres_free(&r);
     ioloop_http_client_header_t ims = {"If-Modified-Since", lm};
-    tfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/index.html"), .headers = &ims, .nheaders = 1}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/index.html"), .headers = &ims, .nheaders = 1}, &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 304);
     assert_int_equal(r.body_len, 0);
     assert_true(r.timing.reused);
     tres_free(&r);
-    tget(loop, purl(p, "/index.html"), &r); /* the 304 left nothing behind on the connection */
+    cget(loop, purl(p, "/index.html"), &r); /* the 304 left nothing behind on the connection */
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "hello from the peer\n");
     assert_true(r.timing.reused);
@@ -290,17 +290,17 @@ static void test_head_404_and_big(void **state)
 {
     PEER_OR_SKIP(p);
     tres_t r;
-    tfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/big.bin"), .method = "HEAD"}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = purl(p, "/big.bin"), .method = "HEAD"}, &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     assert_non_null(strcasestr(r.headers, "content-length: 2097152\n"));
     tres_free(&r);
-    tget(loop, purl(p, "/absent"), &r);
+    cget(loop, purl(p, "/absent"), &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.status, 404);
     tres_free(&r);
-    tget(loop, purl(p, "/big.bin"), &r);
+    cget(loop, purl(p, "/big.bin"), &r);
     assert_int_equal(r.error, 0);
     assert_int_equal(r.body_len, BIG_SIZE);
     assert_memory_equal(r.body, p->big, BIG_SIZE);

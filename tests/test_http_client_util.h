@@ -2,7 +2,7 @@
  * fetch on a loop the test's thread runs (the response copied out of the
  * callback), a hostile raw-socket server on its own thread that answers each
  * connection with a scripted behaviour, and free ports / peer processes.
- * Threading rule: tfetch and the peer calls run on the test's main thread;
+ * Threading rule: cfetch and the peer calls run on the test's main thread;
  * the hostile server's thread touches only its own sockets and atomics.
  * Everything is static inline: each suite includes it once.
  */
@@ -94,7 +94,7 @@ static inline void tguard(ioloop_t *loop, void *arg)
 }
 
 /* One fetch, run to its callback. */
-static inline void tfetch(ioloop_t *loop, const ioloop_http_client_request_t *req, tres_t *r)
+static inline void cfetch(ioloop_t *loop, const ioloop_http_client_request_t *req, tres_t *r)
 {
     memset(r, 0, sizeof(*r));
     r->stop = true;
@@ -106,9 +106,9 @@ static inline void tfetch(ioloop_t *loop, const ioloop_http_client_request_t *re
     assert_true(r->done);
 }
 
-static inline void tget(ioloop_t *loop, const char *url, tres_t *r)
+static inline void cget(ioloop_t *loop, const char *url, tres_t *r)
 {
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url}, r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url}, r);
 }
 
 /* Waits for n results (each with stop = false except the counter). */
