@@ -17,7 +17,7 @@
 static tsrv_t srv;
 static ioloop_t *loop; /* the client's */
 static char base[64];  /* "http://127.0.0.1:PORT" */
-static atomic_int slow_started;
+static atomic_int slow_started, slow_pending; /* /slow requests begun, and not finished yet */
 
 /* ---- the server's handlers ------------------------------------------------------- */
 
@@ -66,6 +66,7 @@ static void slow_finish(ioloop_t *l, void *arg)
 {
     (void)l;
     ioloop_http_response_send(arg, 200, "text/plain", "slow", 4);
+    atomic_fetch_sub(&slow_pending, 1);
 }
 
 /* Answers after ?ms= milliseconds (default 1500). */
@@ -73,6 +74,7 @@ static void h_slow(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
     atomic_fetch_add(&slow_started, 1);
+    atomic_fetch_add(&slow_pending, 1);
     int ms = atoi(ioloop_http_request_argument(req, "ms", "1500"));
     ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(ms), slow_finish, req);
 }
@@ -141,6 +143,9 @@ static int teardown(void **state)
 {
     (void)state;
     assert_int_equal(ioloop_close(loop, false), 0);
+    /* a handler must finish what it began: the server frees only finished requests */
+    for (int i = 0; i < 300 && atomic_load(&slow_pending) > 0; i++)
+        tu_sleep_ms(10);
     tsrv_stop(&srv);
     return 0;
 }
