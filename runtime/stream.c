@@ -260,10 +260,10 @@ void ioloop__stream_update_io(ioloop_stream_t *stream)
     if (at != NO_DEADLINE && (!stream->timer || at < stream->timer_at)) {
         if (stream->timer)
             ioloop_remove_timeout(stream->loop, stream->timer);
-        stream->timer = ioloop_call_at(stream->loop, at, on_timer, stream);
+        int err = ioloop_call_at(stream->loop, at, on_timer, stream, &stream->timer);
         stream->timer_at = at;
-        if (!stream->timer && errno != ESHUTDOWN)
-            ioloop_report_error(stream->loop, "stream timer", -errno);
+        if (err && err != -ESHUTDOWN)
+            ioloop_report_error(stream->loop, "stream timer", err);
     }
 }
 
@@ -448,6 +448,29 @@ const char *ioloop_stream_transport_name(const ioloop_stream_t *stream)
 void ioloop__stream_count_connection(ioloop_stream_t *stream)
 {
     stream->counted = true;
+}
+
+int ioloop__stream_set_transport(ioloop_stream_t *stream, const ioloop_stream_transport_t *transport, void *ctx)
+{
+    if (!transport)
+        transport = &ioloop_stream_transport_socket;
+    if (stream->ended) {
+        if (transport->destroy)
+            transport->destroy(ctx);
+        return -EPIPE;
+    }
+    /* No byte of the old transport may leak into the new one. */
+    assert(stream_avail(stream) == 0 && stream->queued_total == 0);
+    const ioloop_stream_transport_t *old = stream->transport;
+    void *old_ctx = stream->transport_ctx;
+    stream->transport = transport;
+    stream->transport_ctx = ctx;
+    if (old->destroy)
+        old->destroy(old_ctx);
+    int err = transport->attach ? transport->attach(ctx, stream) : 0;
+    if (err < 0)
+        ioloop__stream_end(stream, err); /* destroys ctx; the frame we are in schedules the callbacks */
+    return err < 0 ? err : 0;
 }
 
 ioloop_t *ioloop_stream_loop(const ioloop_stream_t *stream)

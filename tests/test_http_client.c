@@ -76,7 +76,7 @@ static void h_slow(ioloop_http_request_t *req, void *arg)
     atomic_fetch_add(&slow_started, 1);
     atomic_fetch_add(&slow_pending, 1);
     int ms = atoi(ioloop_http_request_argument(req, "ms", "1500"));
-    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(ms), slow_finish, req);
+    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(ms), slow_finish, req, NULL);
 }
 
 #define BIG (1024 * 1024)
@@ -133,8 +133,7 @@ static int setup(void **state)
     tsrv_route(&srv, "/text", (ioloop_http_route_t){.get = h_text});
     tsrv_start(&srv);
     snprintf(base, sizeof(base), "http://127.0.0.1:%d", srv.port);
-    loop = ioloop_new(NULL);
-    assert_non_null(loop);
+    assert_int_equal(ioloop_new(NULL, &loop), 0);
     atomic_store(&slow_started, 0);
     return 0;
 }
@@ -293,7 +292,7 @@ static int producer(ioloop_http_fetch_t *fetch, void *arg)
     p->fetch = fetch;
     assert_false(p->waiting); /* not asked again before the last write left */
     p->waiting = true;
-    ioloop_call_later(loop, IOLOOP_MSEC(5), produce_later, p);
+    ioloop_call_later(loop, IOLOOP_MSEC(5), produce_later, p, NULL);
     return 0;
 }
 
@@ -478,7 +477,7 @@ static int on_stream_body(ioloop_http_fetch_t *fetch, const char *data, size_t l
     s->got += len;
     s->pieces++;
     s->paused = true;
-    ioloop_call_later(loop, IOLOOP_MSEC(1), resume_later, fetch);
+    ioloop_call_later(loop, IOLOOP_MSEC(1), resume_later, fetch, NULL);
     return IOLOOP_HTTP_PAUSE;
 }
 
@@ -516,7 +515,7 @@ static void test_cancel(void **state)
     assert_int_equal(
         ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow")}, tres_cb, &r, &fetch), 0);
     assert_non_null(fetch);
-    ioloop_call_later(loop, IOLOOP_MSEC(50), cancel_later, fetch);
+    ioloop_call_later(loop, IOLOOP_MSEC(50), cancel_later, fetch, NULL);
     tspin(loop, 3000);
     assert_true(r.done);
     assert_int_equal(r.error, -ECANCELED);
@@ -624,8 +623,8 @@ static void test_bad_urls(void **state)
 static void test_loop_close_ends_fetches(void **state)
 {
     (void)state;
-    ioloop_t *other = ioloop_new(NULL);
-    assert_non_null(other);
+    ioloop_t *other = NULL;
+    assert_int_equal(ioloop_new(NULL, &other), 0);
     tres_t r = {0}, idle = {0};
     /* one idle pooled connection and one fetch in flight when the loop closes */
     cfetch(other, &(ioloop_http_client_request_t){.url = url("/hello")}, &idle);

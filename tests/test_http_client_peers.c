@@ -156,8 +156,7 @@ static int setup(void **state)
     peer_t *p = *state;
     if (p->pid <= 0)
         return 0;
-    loop = ioloop_new(NULL);
-    assert_non_null(loop);
+    assert_int_equal(ioloop_new(NULL, &loop), 0);
     return 0;
 }
 

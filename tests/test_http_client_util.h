@@ -100,7 +100,8 @@ static inline void cfetch(ioloop_t *loop, const ioloop_http_client_request_t *re
     r->stop = true;
     int rc = ioloop_http_fetch(loop, req, tres_cb, r, NULL);
     assert_int_equal(rc, 0);
-    ioloop_timer_t guard = ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL);
+    ioloop_timer_t guard = 0;
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL, &guard), 0);
     ioloop_start(loop);
     ioloop_remove_timeout(loop, guard);
     assert_true(r->done);
@@ -122,7 +123,7 @@ static inline void twait_cb(ioloop_t *loop, void *arg)
     twait_t *w = arg;
     for (int i = 0; i < w->n; i++)
         if (!w->r[i].done) {
-            ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, w);
+            ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, w, NULL);
             return;
         }
     ioloop_stop(loop);
@@ -131,8 +132,9 @@ static inline void twait_cb(ioloop_t *loop, void *arg)
 static inline void twait(ioloop_t *loop, tres_t *r, int n)
 {
     twait_t w = {r, n};
-    ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, &w);
-    ioloop_timer_t guard = ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, &w, NULL);
+    ioloop_timer_t guard = 0;
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL, &guard), 0);
     ioloop_start(loop);
     ioloop_remove_timeout(loop, guard);
     for (int i = 0; i < n; i++)
@@ -142,7 +144,7 @@ static inline void twait(ioloop_t *loop, tres_t *r, int n)
 /* Runs the loop for ms. */
 static inline void tspin(ioloop_t *loop, int ms)
 {
-    ioloop_call_later(loop, IOLOOP_MSEC(ms), tguard, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(ms), tguard, NULL, NULL);
     ioloop_start(loop);
 }
 

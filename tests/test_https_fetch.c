@@ -65,8 +65,7 @@ static int setup(void **state)
     tsrv_init(&plain, NULL);
     tsrv_route(&plain, "/to-https", (ioloop_http_route_t){.get = h_to_https});
     tsrv_start(&plain);
-    loop = ioloop_new(NULL);
-    assert_non_null(loop);
+    assert_int_equal(ioloop_new(NULL, &loop), 0);
     return 0;
 }
 

@@ -101,8 +101,10 @@ ioloop_runtime_t *ioloop_runtime_current(void);
 /* Runs fn once on every loop of rt; the returned future, bound to `home` (the
  * loop that waits for it; NULL: ioloop_current()), completes with status 0
  * when all have run, or -ESHUTDOWN if some loop was already closed. Any
- * thread. NULL with errno set on ENOMEM. The caller owns one reference. */
-ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg);
+ * thread. 0 and the future in *out (the caller owns one reference), or
+ * -EINVAL / -ENOMEM (also when there is no home loop) and *out = NULL. */
+int ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg,
+                             ioloop_future_t **out);
 
 /* ---- listeners ----------------------------------------------------------- */
 
@@ -125,6 +127,22 @@ typedef void (*ioloop_accept_fn)(ioloop_t *loop, int fd, const struct sockaddr *
 typedef void (*ioloop_listener_stream_fn)(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
                                           socklen_t peer_len, void *arg);
 
+/* The PROXY protocol (HAProxy's, v1 text and v2 binary) on a listener's
+ * connections: with REQUIRED, each connection must start with a header; the
+ * address it carries becomes the peer given to on_stream (v2 LOCAL and v1
+ * UNKNOWN keep the real peer: a proxy's own health check). A connection whose
+ * header is malformed, too long (v1: 107 bytes, v2: 16 + 1024), or absent
+ * (the first bytes are no signature) is closed before on_stream; one that
+ * sends no complete header within proxy_timeout is closed too. The header is
+ * read before any TLS handshake (HAProxy's send-proxy in front of TLS). There
+ * is no "optional" mode on purpose, as in nginx and HAProxy: a listener that
+ * also took connections without a header would let any client that reaches
+ * it claim any address. */
+typedef enum {
+    IOLOOP_PROXY_PROTOCOL_OFF = 0, /* the default: no header expected */
+    IOLOOP_PROXY_PROTOCOL_REQUIRED,
+} ioloop_proxy_protocol_t;
+
 typedef struct {
     const char *address;       /* "127.0.0.1", "::1", "0.0.0.0", "unix:/path"; NULL: "0.0.0.0" */
     int port;                  /* 0: the kernel picks; see ioloop_listener_port */
@@ -140,6 +158,23 @@ typedef struct {
                                                 (TLS: ioloop_tls_server_options fills these two) */
     void *make_transport_arg;
     void *arg;
+    /* Inherited listening sockets (systemd socket activation, a supervisor's
+     * fds): with nfds > 0 the listener accepts on these instead of binding
+     * address:port (both ignored). Each must be a listening SOCK_STREAM socket
+     * (IPv4, IPv6 or unix): -ENOTSOCK for an fd that is no socket, -EINVAL for
+     * one of another type or not listening, -EBADF for a closed fd. One fd:
+     * EXCLUSIVE or DISPATCH over it (REUSEPORT and DEFAULT take the runtime's
+     * choice for one shared socket). Several fds: REUSEPORT (the default),
+     * fd j accepted by loop j % loops (a loop without an fd accepts nothing;
+     * EXCLUSIVE or DISPATCH with several fds: -EINVAL).
+     * Ownership: the listener works on duplicates (F_DUPFD_CLOEXEC) that it
+     * closes when it stops; the caller's fds stay the caller's, to close once
+     * start returned (or to keep, to hand on to a successor process). Start
+     * sets O_NONBLOCK, which the duplicates share with them. */
+    const int *fds;
+    int nfds;
+    ioloop_proxy_protocol_t proxy_protocol; /* OFF (default); REQUIRED needs on_stream (-EINVAL with on_accept) */
+    ioloop_time_t proxy_timeout;            /* the whole header must arrive within it; 0: 10 s */
 } ioloop_listener_options_t;
 
 /* Binds, listens and starts accepting on rt's loops. Any thread. 0 and the
@@ -150,6 +185,14 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
 int ioloop_listener_port(const ioloop_listener_t *l);
 /* The mode in effect (after any fallback). Any thread. */
 ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l);
+/* Connections `loop` accepted for l that on_stream has not got yet: their
+ * PROXY header is still being read (0 without the PROXY protocol; -EINVAL
+ * for NULL). Each of them reaches on_stream or is closed within
+ * proxy_timeout. A graceful shutdown waits for 0 before it drains a loop
+ * (ioloop_http_server_shutdown does), or a connection accepted from the
+ * backlog during the stop would be cut before its request was read. Any
+ * thread; a snapshot. */
+IOLOOP_API int ioloop_listener_pending(const ioloop_listener_t *l, const ioloop_t *loop);
 /* Stops accepting. Each socket first accepts what is already queued on it
  * (those connections reach on_accept as usual), then closes. Any thread;
  * asynchronous (done on each loop's thread); idempotent. */
@@ -157,6 +200,29 @@ void ioloop_listener_stop(ioloop_listener_t *l);
 /* Stops if needed and drops the caller's reference; the memory goes when the
  * loops are done with it. Any thread. */
 void ioloop_listener_free(ioloop_listener_t *l);
+
+/* systemd socket activation (sd_listen_fds(3), implemented here without
+ * libsystemd): when LISTEN_PID is this process and LISTEN_FDS is n > 0,
+ * stores the n inherited fds (3, 4, ... in order; LISTEN_FDNAMES, if set, is
+ * not needed for that), marks them close-on-exec, unsets LISTEN_PID,
+ * LISTEN_FDS and LISTEN_FDNAMES (so a child does not take them too) and
+ * returns n; the caller owns the fds. 0 when the process was not activated
+ * (variables absent or meant for another pid; they are left alone then).
+ * -EINVAL for a LISTEN_FDS that is not a number, -E2BIG when n > max (the
+ * environment is left as it was), -EBADF when one of the fds is not open.
+ * Any thread, but the environment is process-wide: call it once, early
+ * (ioloop_http_server_serve does, see http.h). */
+IOLOOP_API int ioloop_listen_fds(int *fds, int max);
+
+/* Sends `state` ("READY=1", "STOPPING=1", "STATUS=...", several lines
+ * allowed) to the service manager through the datagram socket NOTIFY_SOCKET
+ * names (a path, or "@name" for an abstract socket), as sd_notify(3) does.
+ * 0 when sent, and also when NOTIFY_SOCKET is unset (not run by a manager
+ * that listens); a negative errno when it is set and the send failed
+ * (-EINVAL for a name that is no socket address). Any thread; blocking for
+ * at most one datagram send. ioloop_http_server_serve sends READY=1 and the
+ * shutdown STOPPING=1 (http.h). */
+IOLOOP_API int ioloop_sd_notify(const char *state);
 
 /* Live-connection accounting used by DISPATCH and the stats: whoever got a
  * connection from on_accept calls this on that loop's thread when it ends. */
@@ -170,10 +236,11 @@ typedef void *(*ioloop_work_fn)(void *arg, int *status);
 
 /* Runs work(arg) on a pool thread: the runtime's pool for a runtime loop,
  * else a process-wide pool (created on first use, CPUs threads, at least 2).
- * Call on `loop`'s thread. Returns a future bound to loop (caller owns one
- * reference) whose done callback runs on loop; NULL with errno on ENOMEM.
- * If the runtime is freed first, work not started completes -ECANCELED. */
-ioloop_future_t *ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg);
+ * Call on `loop`'s thread. 0 and, in *out, a future bound to loop (caller
+ * owns one reference) whose done callback runs on loop; or -EINVAL / -ENOMEM
+ * and *out = NULL. If the runtime is freed first, work not started completes
+ * -ECANCELED. */
+int ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg, ioloop_future_t **out);
 
 /* ---- signals ------------------------------------------------------------- */
 
