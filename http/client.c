@@ -239,8 +239,10 @@ int ioloop_http_fetch_body_write(ioloop_http_fetch_t *fetch, const void *data, s
     if (len == 0)
         return 0;
     ioloop_stream_t *stream = fetch->conn->stream;
-    if (!ioloop_stream_writable(stream))
+    if (!ioloop_stream_writable(stream)) {
+        body_watch(fetch); /* the producer is asked again once the output drained */
         return -ENOBUFS;
+    }
     int rc;
     if (fetch->body_chunked) {
         char size[24];

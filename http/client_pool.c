@@ -157,7 +157,7 @@ static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
     (void)loop;
     client_pool_t *pool = (client_pool_t *)hook;
     pool->closing = true;
-    pool->pending = 0;
+    pool->pending = 1; /* our own, until the walk below is over (a callback run from it may free a fetch) */
     for (client_host_t *host = pool->hosts; host; host = host->next) {
         while (host->queue_head) {
             ioloop_http_fetch_t *fetch = host->queue_head;
@@ -181,6 +181,7 @@ static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
             conn = next;
         }
     }
+    pool->pending--;
     pool_maybe_free(pool);
 }
 
@@ -423,7 +424,11 @@ static bool conn_fresh(client_conn_t *conn)
     ioloop_stream_peek(conn->stream, &buffered);
     if (buffered)
         return false;
+#ifdef POLLRDHUP
     struct pollfd pfd = {.fd = ioloop_stream_fd(conn->stream), .events = POLLIN | POLLRDHUP};
+#else
+    struct pollfd pfd = {.fd = ioloop_stream_fd(conn->stream), .events = POLLIN};
+#endif
     return poll(&pfd, 1, 0) == 0;
 }
 

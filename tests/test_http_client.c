@@ -620,11 +620,29 @@ static void test_bad_urls(void **state)
     tres_free(&r);
 }
 
+static void loop_close_ends_fetches(ioloop_t *other);
+
 static void test_loop_close_ends_fetches(void **state)
 {
     (void)state;
-    ioloop_t *other = NULL;
-    assert_int_equal(ioloop_new(NULL, &other), 0);
+    for (int stream_first = 0; stream_first <= 1; stream_first++) {
+        ioloop_t *other = NULL;
+        assert_int_equal(ioloop_new(NULL, &other), 0);
+        if (stream_first) {
+            /* a stream made before the first fetch: the loop's close then ends
+             * the pool before the streams (its close hook is the newer) */
+            int fds[2];
+            tu_socketpair(fds);
+            ioloop_stream_t *stream;
+            assert_int_equal(ioloop_stream_new(other, fds[0], NULL, &stream), 0);
+            close(fds[1]);
+        }
+        loop_close_ends_fetches(other);
+    }
+}
+
+static void loop_close_ends_fetches(ioloop_t *other)
+{
     tres_t r = {0}, idle = {0};
     /* one idle pooled connection and one fetch in flight when the loop closes */
     cfetch(other, &(ioloop_http_client_request_t){.url = url("/hello")}, &idle);
@@ -637,6 +655,33 @@ static void test_loop_close_ends_fetches(void **state)
     assert_true(r.done);
     assert_int_equal(r.error, -ESHUTDOWN);
     tres_free(&r);
+}
+
+/* A queued fetch, a connecting one and a busy one when the loop closes: each ends once. */
+static void test_loop_close_with_queue(void **state)
+{
+    (void)state;
+    ioloop_t *other = NULL;
+    assert_int_equal(ioloop_new(NULL, &other), 0);
+    int fds[2];
+    tu_socketpair(fds);
+    ioloop_stream_t *stream;
+    assert_int_equal(ioloop_stream_new(other, fds[0], NULL, &stream), 0);
+    close(fds[1]);
+    assert_int_equal(ioloop_http_client_configure(other, &(ioloop_http_client_options_t){.max_connections_per_host = 1}),
+                     0);
+    tres_t r[3];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            ioloop_http_fetch(other, &(ioloop_http_client_request_t){.url = url("/slow")}, tres_cb, &r[i], NULL), 0);
+    tspin(other, 100);
+    assert_int_equal(ioloop_close(other, false), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_true(r[i].done);
+        assert_int_equal(r[i].error, -ESHUTDOWN);
+        tres_free(&r[i]);
+    }
 }
 
 static void test_other_thread_is_refused(void **state)
@@ -672,6 +717,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_connection_closed_by_server, setup_short_idle, teardown),
         T(test_bad_urls),
         T(test_loop_close_ends_fetches),
+        T(test_loop_close_with_queue),
         T(test_other_thread_is_refused),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
