@@ -306,8 +306,8 @@ void ioloop__client_send(ioloop_http_fetch_t *fetch, client_conn_t *conn)
         ioloop_stream_cork(conn->stream);
         rc = ioloop_stream_write(conn->stream, fetch->out.data, fetch->out.len, NULL, NULL);
         if (rc == 0 && fetch->has_body && !fetch->req.body_producer && fetch->req.body_len)
-            rc = ioloop_stream_write_borrowed(conn->stream, fetch->req.body, fetch->req.body_len, release_nothing,
-                                              NULL);
+            rc =
+                ioloop_stream_write_borrowed(conn->stream, fetch->req.body, fetch->req.body_len, release_nothing, NULL);
         ioloop_stream_uncork(conn->stream);
     }
     if (rc == 0)
@@ -355,7 +355,7 @@ static bool follow(ioloop_http_fetch_t *fetch, const ioloop__http_resp_t *rp)
         return false;
     if ((s == 307 || s == 308) && fetch->req.body_producer && fetch->has_body)
         return false; /* a streamed body cannot be sent again */
-    return true; /* over max_redirects: -ELOOP once it completes (response_done) */
+    return true;      /* over max_redirects: -ELOOP once it completes (response_done) */
 }
 
 static int copy_head(ioloop_http_fetch_t *fetch, const ioloop__http_resp_t *rp)
@@ -538,8 +538,9 @@ static void response_done(ioloop_http_fetch_t *fetch, client_conn_t *conn, bool 
         ioloop__client_conn_release(conn, reusable); /* location points into conn's parser */
         if (rc != 0) {
             free(next.text.data);
-            fetch_finish(fetch, rc, rc == -EPROTONOSUPPORT ? "redirect to an unsupported scheme"
-                                                          : "redirect to a malformed Location");
+            fetch_finish(fetch, rc,
+                         rc == -EPROTONOSUPPORT ? "redirect to an unsupported scheme"
+                                                : "redirect to a malformed Location");
             return;
         }
         bool same_origin = next.https == fetch->url.https && next.port == fetch->url.port &&

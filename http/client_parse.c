@@ -99,7 +99,7 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len)
 {
     ioloop__http_resp_t *rp = p->data;
     if (rp->head_done)
-        return 0; /* trailers are read and ignored */
+        return 0;                           /* trailers are read and ignored */
     if (rp->len == 0 && terminate(rp) != 0) /* no reason phrase at all */
         return -1;
     if (rp->nheaders == 0 || rp->in_value) {

@@ -616,7 +616,7 @@ void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
     else
         host->queue_head = fetch;
     host->queue_tail = fetch;
-    ioloop_time_t t = fetch->req.queue_timeout   ? fetch->req.queue_timeout
+    ioloop_time_t t = fetch->req.queue_timeout     ? fetch->req.queue_timeout
                       : fetch->req.connect_timeout ? fetch->req.connect_timeout
                                                    : IOLOOP_SEC(20);
     int rc = ioloop_call_later(pool->loop, t, queue_timeout, fetch, &fetch->queue_timer);

@@ -15,8 +15,8 @@
 #include "test_http_util.h"
 
 static tsrv_t srv;
-static ioloop_t *loop; /* the client's */
-static char base[64];  /* "http://127.0.0.1:PORT" */
+static ioloop_t *loop;                        /* the client's */
+static char base[64];                         /* "http://127.0.0.1:PORT" */
 static atomic_int slow_started, slow_pending; /* /slow requests begun, and not finished yet */
 
 /* ---- the server's handlers ------------------------------------------------------- */
@@ -204,9 +204,8 @@ static void test_header_lookup_is_case_insensitive(void **state)
 {
     (void)state;
     int ok = -1;
-    assert_int_equal(ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/hello")}, get_header_cb, &ok,
-                                       NULL),
-                     0);
+    assert_int_equal(
+        ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/hello")}, get_header_cb, &ok, NULL), 0);
     tspin(loop, 5000);
     assert_int_equal(ok, 1);
 }
@@ -247,7 +246,8 @@ static void test_post_and_put_bodies(void **state)
     assert_string_equal(r.body, "a=1&b=2");
     assert_non_null(strstr(r.headers, "X-Method: POST\n"));
     tres_free(&r);
-    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .method = "PUT", .body = big_body, .body_len = BIG},
+    cfetch(loop,
+           &(ioloop_http_client_request_t){.url = url("/echo"), .method = "PUT", .body = big_body, .body_len = BIG},
            &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, BIG);
@@ -261,10 +261,10 @@ static void test_post_and_put_bodies(void **state)
     tres_free(&r);
     /* headers that would split the head are refused */
     ioloop_http_client_header_t bad = {"X-A", "1\r\nX-Injected: 1"};
-    assert_int_equal(ioloop_http_fetch(loop,
-                                       &(ioloop_http_client_request_t){.url = url("/echo"), .headers = &bad, .nheaders = 1},
-                                       tres_cb, &r, NULL),
-                     -EINVAL);
+    assert_int_equal(
+        ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/echo"), .headers = &bad, .nheaders = 1},
+                          tres_cb, &r, NULL),
+        -EINVAL);
 }
 
 /* A producer: 3 pieces, one per loop timer tick, written only when asked. */
@@ -303,7 +303,9 @@ static void test_body_producer(void **state)
         producer_t p = {0};
         tres_t r;
         cfetch(loop,
-               &(ioloop_http_client_request_t){.url = url("/echo"), .body_producer = producer, .body_producer_arg = &p,
+               &(ioloop_http_client_request_t){.url = url("/echo"),
+                                               .body_producer = producer,
+                                               .body_producer_arg = &p,
                                                .body_producer_length = with_length ? 18 : -1},
                &r);
         assert_int_equal(r.error, 0);
@@ -340,7 +342,8 @@ static void test_redirects(void **state)
         snprintf(path, sizeof(path), "/redirect/%d", codes[i]);
         tres_t r;
         cfetch(loop,
-               &(ioloop_http_client_request_t){.url = url(path), .body = "payload", .body_len = 7, .follow_redirects = true},
+               &(ioloop_http_client_request_t){
+                   .url = url(path), .body = "payload", .body_len = 7, .follow_redirects = true},
                &r);
         assert_int_equal(r.error, 0);
         assert_int_equal(r.status, 200);
@@ -367,8 +370,8 @@ static void test_redirect_drops_authorization_across_hosts(void **state)
     tres_t r;
     /* same origin: kept */
     cfetch(loop,
-           &(ioloop_http_client_request_t){.url = url("/redirect/302"), .headers = &auth, .nheaders = 1,
-                                           .follow_redirects = true},
+           &(ioloop_http_client_request_t){
+               .url = url("/redirect/302"), .headers = &auth, .nheaders = 1, .follow_redirects = true},
            &r);
     assert_non_null(strstr(r.headers, "X-Auth: Bearer secret\n"));
     tres_free(&r);
@@ -387,7 +390,8 @@ static void test_too_many_redirects(void **state)
 {
     (void)state;
     tres_t r;
-    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/loop"), .follow_redirects = true, .max_redirects = 3}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/loop"), .follow_redirects = true, .max_redirects = 3},
+           &r);
     assert_int_equal(r.error, -ELOOP);
     assert_int_equal(r.status, 302);
     assert_int_equal(r.redirects, 3);
@@ -487,9 +491,10 @@ static void test_streaming_with_pause(void **state)
     sink = (stream_sink_t){.ok = true};
     stream_sink_t *sp = &sink;
     tres_t r;
-    cfetch(loop,
-           &(ioloop_http_client_request_t){.url = url("/big"), .streaming_callback = on_stream_body, .callback_arg = sp},
-           &r);
+    cfetch(
+        loop,
+        &(ioloop_http_client_request_t){.url = url("/big"), .streaming_callback = on_stream_body, .callback_arg = sp},
+        &r);
     stream_sink_t s = sink;
     if (r.error)
         fail_msg("%d %s", r.error, r.text);
@@ -512,8 +517,8 @@ static void test_cancel(void **state)
     (void)state;
     tres_t r = {.stop = true};
     ioloop_http_fetch_t *fetch = NULL;
-    assert_int_equal(
-        ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow")}, tres_cb, &r, &fetch), 0);
+    assert_int_equal(ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow")}, tres_cb, &r, &fetch),
+                     0);
     assert_non_null(fetch);
     ioloop_call_later(loop, IOLOOP_MSEC(50), cancel_later, fetch, NULL);
     tspin(loop, 3000);
@@ -530,9 +535,9 @@ static void test_queue_per_host(void **state)
     tres_t r[6];
     memset(r, 0, sizeof(r));
     for (int i = 0; i < 6; i++)
-        assert_int_equal(ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow?ms=100")}, tres_cb,
-                                           &r[i], NULL),
-                         0);
+        assert_int_equal(
+            ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow?ms=100")}, tres_cb, &r[i], NULL),
+            0);
     ioloop_http_client_stats_t st = stats();
     assert_int_equal(st.open, 2);
     assert_int_equal(st.queued, 4);
@@ -553,10 +558,9 @@ static void test_queue_per_host(void **state)
     tres_t a = {0}, b = {0};
     assert_int_equal(
         ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow?ms=600")}, tres_cb, &a, NULL), 0);
-    assert_int_equal(ioloop_http_fetch(loop,
-                                       &(ioloop_http_client_request_t){.url = url("/hello"),
-                                                                       .queue_timeout = IOLOOP_MSEC(100)},
-                                       tres_cb, &b, NULL),
+    assert_int_equal(ioloop_http_fetch(
+                         loop, &(ioloop_http_client_request_t){.url = url("/hello"), .queue_timeout = IOLOOP_MSEC(100)},
+                         tres_cb, &b, NULL),
                      0);
     while (!a.done || !b.done)
         tspin(loop, 20);
@@ -600,8 +604,8 @@ static void test_bad_urls(void **state)
 {
     (void)state;
     tres_t r;
-    const char *invalid[] = {"http://",          "127.0.0.1/",          "http://a b/",          "http://host:99999/",
-                             "http://host:0/",   "http://user@host/",   "http://[::1/",         "http://host:8x/",
+    const char *invalid[] = {"http://",          "127.0.0.1/",           "http://a b/",  "http://host:99999/",
+                             "http://host:0/",   "http://user@host/",    "http://[::1/", "http://host:8x/",
                              "http://host/\x01", "http://[fe80::1]x:80/"};
     for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++)
         if (ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = invalid[i]}, tres_cb, &r, NULL) != -EINVAL)
@@ -668,8 +672,8 @@ static void test_loop_close_with_queue(void **state)
     ioloop_stream_t *stream;
     assert_int_equal(ioloop_stream_new(other, fds[0], NULL, &stream), 0);
     close(fds[1]);
-    assert_int_equal(ioloop_http_client_configure(other, &(ioloop_http_client_options_t){.max_connections_per_host = 1}),
-                     0);
+    assert_int_equal(
+        ioloop_http_client_configure(other, &(ioloop_http_client_options_t){.max_connections_per_host = 1}), 0);
     tres_t r[3];
     memset(r, 0, sizeof(r));
     for (int i = 0; i < 3; i++)
@@ -689,8 +693,8 @@ static void test_other_thread_is_refused(void **state)
     (void)state;
     /* the server's loop is running on its own thread: this thread is not its owner */
     tres_t r;
-    assert_int_equal(ioloop_http_fetch(srv.loop, &(ioloop_http_client_request_t){.url = url("/hello")}, tres_cb, &r, NULL),
-                     -EPERM);
+    assert_int_equal(
+        ioloop_http_fetch(srv.loop, &(ioloop_http_client_request_t){.url = url("/hello")}, tres_cb, &r, NULL), -EPERM);
     ioloop_http_client_stats_t st;
     assert_int_equal(ioloop_http_client_get_stats(srv.loop, &st), -EPERM);
 }

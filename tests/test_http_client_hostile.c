@@ -15,7 +15,6 @@
  */
 #include "test_http_client_util.h"
 
-
 static ioloop_t *loop;
 static hsrv_t srv;
 static char base[64];
@@ -415,10 +414,11 @@ static void test_never_reading_server_bounds_the_producer(void **state)
     serve(b_never_reads);
     flood_t f = {0};
     tres_t r;
-    cfetch(loop,
-           &(ioloop_http_client_request_t){.url = base, .body_producer = flood_producer, .body_producer_arg = &f,
-                                           .request_timeout = IOLOOP_MSEC(500)},
-           &r);
+    cfetch(
+        loop,
+        &(ioloop_http_client_request_t){
+            .url = base, .body_producer = flood_producer, .body_producer_arg = &f, .request_timeout = IOLOOP_MSEC(500)},
+        &r);
     assert_int_equal(r.error, -ETIME);
     tres_free(&r);
     assert_true(f.refused >= 1);

@@ -87,9 +87,8 @@ static void test_content_length(void **state)
     sink_t s;
     ioloop__http_resp_t rp;
     for (size_t step = 0; step <= 1; step++) { /* at once, and a byte at a time */
-        assert_int_equal(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:  spaced  \r\n\r\nhello", false, step, &s,
-                               &rp),
-                         0);
+        assert_int_equal(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:  spaced  \r\n\r\nhello", false, step, &s, &rp), 0);
         assert_true(rp.complete);
         assert_int_equal(rp.status, 200);
         assert_string_equal(ioloop__http_resp_reason(&rp), "OK");

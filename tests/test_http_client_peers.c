@@ -21,7 +21,7 @@ typedef struct {
     int port;
     char dir[128];
     char access_log[192];
-    char *big; /* the big file's content */
+    char *big;  /* the big file's content */
     char *text; /* the compressible file's content */
     size_t text_len;
 } peer_t;
@@ -55,8 +55,8 @@ static void make_docroot(peer_t *p)
     p->text = malloc(100000);
     assert_non_null(p->text);
     while (p->text_len + 64 < 100000)
-        p->text_len += (size_t)snprintf(p->text + p->text_len, 100000 - p->text_len, "line %zu of a text file\n",
-                                        p->text_len);
+        p->text_len +=
+            (size_t)snprintf(p->text + p->text_len, 100000 - p->text_len, "line %zu of a text file\n", p->text_len);
     write_file(www, "text.txt", p->text, p->text_len);
 }
 

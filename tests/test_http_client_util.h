@@ -80,8 +80,8 @@ static inline void tres_cb(ioloop_t *loop, const ioloop_http_client_response_t *
     size_t off = 0;
     const char *name, *value;
     for (int i = 0; ioloop_http_client_response_header_at(resp, i, &name, &value) == 0; i++)
-        off += (size_t)snprintf(r->headers + off, off < sizeof(r->headers) ? sizeof(r->headers) - off : 0,
-                                "%s: %s\n", name, value);
+        off += (size_t)snprintf(r->headers + off, off < sizeof(r->headers) ? sizeof(r->headers) - off : 0, "%s: %s\n",
+                                name, value);
     ioloop_http_client_response_timing(resp, &r->timing);
     if (r->stop)
         ioloop_stop(loop);

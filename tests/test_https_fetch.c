@@ -184,7 +184,6 @@ static void test_redirect_http_to_https(void **state)
     tres_free(&r);
 }
 
-
 static void test_handshake_that_never_ends(void **state)
 {
     (void)state;
@@ -198,8 +197,8 @@ static void test_handshake_that_never_ends(void **state)
     char u[64];
     snprintf(u, sizeof(u), "https://127.0.0.1:%d/", ntohs(sa.sin_port));
     tres_t r;
-    cfetch(loop,
-           &(ioloop_http_client_request_t){.url = u, .ca_file = certs.ca, .request_timeout = IOLOOP_MSEC(300)}, &r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = u, .ca_file = certs.ca, .request_timeout = IOLOOP_MSEC(300)},
+           &r);
     assert_int_equal(r.error, -ETIME);
     tres_free(&r);
     close(lfd);
