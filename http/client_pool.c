@@ -602,6 +602,7 @@ void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
         }
     }
     fetch->reused = false;
+    /* a retry may go one over: the connection it lost on still counts until its close callback */
     if (host->nopen < max_per_host(pool) || (fetch->fresh_only && host->nopen <= max_per_host(pool))) {
         int rc = conn_open(host, fetch);
         if (rc != 0)
