@@ -1,23 +1,17 @@
-/* client.c — one fetch (Tornado's simple_httpclient _HTTPConnection, h2o's
- * http1client): the request is copied, a connection taken from the loop's
- * pool (client_pool.c), the head and body written, the response parsed
- * (client_parse.c) as it arrives through the stream's consumer, inflated,
- * buffered or streamed, redirects followed, and the callback run once.
+/* client.c — one fetch (Tornado's simple_httpclient, h2o's http1client): the
+ * request is copied, a connection taken from the loop's pool (client_pool.c),
+ * the head and body written, the response parsed (client_parse.c) from the
+ * stream's consumer, inflated, buffered or streamed, redirects followed.
  *
- * Threading rule: a fetch and everything it touches belong to its loop's
- * thread.
+ * Threading rule: a fetch and everything it touches belong to its loop's thread.
  *
- * Deadlines: request_timeout covers the whole fetch (one timer); the
- * connect's own timeout covers name lookup and TCP; the queue has its timer.
- * A fetch ends in exactly one place, fetch_finish, which detaches it from its
- * connection (closed unless the response completed cleanly) or its queue and
- * defers the callback to a loop callback (never inline in ioloop_http_fetch,
- * nor under the stream's or the parser's frames).
- *
- * Retry: a request sent on a reused connection that ends before any response
- * byte is sent once more on a new connection when it is idempotent (GET,
- * HEAD, PUT, DELETE, OPTIONS, TRACE) and its body is in a buffer (RFC 9110
- * 9.2.2), as curl and Go's Transport do.
+ * One timer covers the whole fetch (request_timeout); the connect and the
+ * queue have their own. A fetch ends in one place, fetch_finish: it leaves its
+ * connection (closed unless the response completed cleanly) or its queue, and
+ * the callback runs from a loop callback, never inline. A request on a reused
+ * connection that ends before any response byte is sent once more on a new
+ * one when it is idempotent and its body is a buffer (RFC 9110 9.2.2; curl
+ * and Go's Transport do the same).
  */
 #define _GNU_SOURCE
 #include "client_internal.h"

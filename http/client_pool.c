@@ -1,19 +1,16 @@
 /* client_pool.c — the HTTP client's per-loop connection pool (curl's
- * connection cache, h2o's httpclient socketpool, one per loop): hosts keyed
- * by (scheme, host, port, TLS context), their connections (connecting, busy,
- * idle), the FIFO of fetches waiting for one, the cached TLS contexts and a
- * free list of fetches.
+ * connection cache, h2o's socketpool, one per loop): hosts keyed by (scheme,
+ * host, port, TLS context), their connections, the FIFO of fetches waiting
+ * for one, the cached TLS contexts and a free list of fetches.
  *
  * Threading rule: the pool is its loop's alone (found through the loop's
- * close hooks); no lock anywhere, and nothing is shared between loops.
+ * close hooks); no lock, nothing shared between loops.
  *
- * Reuse: idle connections keep a stream consumer running, so a server's
- * close (EOF, RST) or a stray byte while idle closes them at once; before a
- * reuse a zero-timeout poll(2) of the socket catches a close that arrived
- * since the last loop iteration (readable or hung up while idle: stale). What
- * still slips through (a close in flight) is the retry's job (client.c).
- * The loop's close ends every connection and fetch (-ESHUTDOWN), then frees
- * the pool once the last of them is gone.
+ * An idle connection keeps a stream consumer running, so a close or a stray
+ * byte from the server ends it at once; before a reuse a zero-timeout poll(2)
+ * catches a FIN that arrived since the loop last polled. What still slips
+ * through (a close in flight) is client.c's retry. The loop's close ends every
+ * connection and fetch (-ESHUTDOWN) and frees the pool after the last of them.
  */
 #define _GNU_SOURCE
 #include "client_internal.h"
