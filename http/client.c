@@ -100,10 +100,10 @@ void ioloop__client_fetch_fail(ioloop_http_fetch_t *fetch, int err, const char *
 static void fail_fmt(ioloop_http_fetch_t *fetch, int err, const char *what)
 {
     char text[192];
-    snprintf(text, sizeof(text), "%s: %s", what, ioloop_strerror(err));
+    snprintf(text, sizeof(text), "%.120s: %.60s", what, ioloop_strerror(err));
 #ifdef IOLOOP_HTTP_TLS
     if ((err == IOLOOP_ECERT || err == IOLOOP_ETLS) && ioloop_tls_error_message()[0])
-        snprintf(text, sizeof(text), "%s: %s", what, ioloop_tls_error_message());
+        snprintf(text, sizeof(text), "%.60s: %.120s", what, ioloop_tls_error_message());
 #endif
     fetch_finish(fetch, err, text);
 }
