@@ -782,9 +782,9 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
     if (rc)
         return rc;
-    client_pool_t *pool = ioloop__client_pool(loop);
+    client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
-        return -ENOMEM;
+        return rc;
     if (pool->closing)
         return -ESHUTDOWN;
     ioloop_http_fetch_t *fetch = ioloop__client_fetch_alloc(pool);

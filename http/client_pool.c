@@ -149,7 +149,7 @@ static void pool_maybe_free(client_pool_t *pool)
 /* The loop closes: streams and connects may already have ended (their hooks
  * ran first) or end after this. Every fetch fails with -ESHUTDOWN; the pool
  * waits (pending) for the close callbacks still to come. */
-static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
+static void pool_close(ioloop_t *loop, ioloop_close_hook_t *hook)
 {
     (void)loop;
     client_pool_t *pool = (client_pool_t *)hook;
@@ -182,17 +182,24 @@ static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
     pool_maybe_free(pool);
 }
 
-client_pool_t *ioloop__client_pool(ioloop_t *loop)
+client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err)
 {
-    client_pool_t *pool = (client_pool_t *)ioloop__close_hook_find(loop, pool_close);
+    client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     if (pool)
         return pool;
     pool = calloc(1, sizeof(*pool));
-    if (!pool)
+    if (!pool) {
+        *err = -ENOMEM;
         return NULL;
+    }
     pool->hook.fn = pool_close;
     pool->loop = loop;
-    ioloop__close_hook_add(loop, &pool->hook);
+    int rc = ioloop_close_hook_add(loop, &pool->hook);
+    if (rc != 0) {
+        free(pool);
+        *err = rc;
+        return NULL;
+    }
     return pool;
 }
 
@@ -208,9 +215,9 @@ int ioloop_http_client_configure(ioloop_t *loop, const ioloop_http_client_option
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
     if (rc)
         return rc;
-    client_pool_t *pool = ioloop__client_pool(loop);
+    client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
-        return -ENOMEM;
+        return rc;
     pool->opts = *opts;
     return 0;
 }
@@ -222,7 +229,7 @@ int ioloop_http_client_get_stats(ioloop_t *loop, ioloop_http_client_stats_t *out
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check */
     if (rc)
         return rc;
-    client_pool_t *pool = (client_pool_t *)ioloop__close_hook_find(loop, pool_close);
+    client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     memset(out, 0, sizeof(*out));
     if (!pool)
         return 0;
@@ -244,7 +251,7 @@ int ioloop_http_client_close_idle(ioloop_t *loop)
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check */
     if (rc)
         return rc;
-    client_pool_t *pool = (client_pool_t *)ioloop__close_hook_find(loop, pool_close);
+    client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     if (!pool)
         return 0;
     for (client_host_t *host = pool->hosts; host; host = host->next)
