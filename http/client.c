@@ -284,8 +284,6 @@ void ioloop__client_send(ioloop_http_fetch_t *fetch, client_conn_t *conn)
     fetch->body_written = 0;
     fetch->watch_pending = false;
     fetch->paused = false;
-    if (fetch->resp.timing.queue < 0)
-        fetch->resp.timing.queue = since_start(fetch);
     if (fetch->reused && fetch->resp.timing.connect < 0)
         fetch->resp.timing.connect = 0;
     fetch->resp.timing.reused = fetch->reused;

@@ -32,6 +32,7 @@
 #define CONN_MAX_INPUT ((size_t)1024 * 1024)
 
 static void pool_maybe_free(client_pool_t *pool);
+static void queue_done(ioloop_http_fetch_t *fetch);
 
 /* ---- fetches ---------------------------------------------------------------- */
 
@@ -451,6 +452,7 @@ void ioloop__client_conn_release(client_conn_t *conn, bool reusable)
         ioloop_http_fetch_t *fetch = host->queue_head;
         ioloop__client_queue_remove(fetch);
         conn->state = CONN_BUSY;
+        queue_done(fetch);
         fetch->reused = conn->requests > 0;
         if (fetch->reused)
             pool->stats.connections_reused++;
@@ -585,6 +587,13 @@ void ioloop__client_queue_remove(ioloop_http_fetch_t *fetch)
     }
 }
 
+/* The end of the fetch's wait for a connection (timing.queue): its first one. */
+static void queue_done(ioloop_http_fetch_t *fetch)
+{
+    if (fetch->resp.timing.queue < 0)
+        fetch->resp.timing.queue = ioloop_time(fetch->pool->loop) - fetch->start;
+}
+
 void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
 {
     client_pool_t *pool = host->pool;
@@ -601,6 +610,7 @@ void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
             conn->state = CONN_BUSY;
             fetch->reused = true;
             pool->stats.connections_reused++;
+            queue_done(fetch);
             ioloop__client_send(fetch, conn);
             return;
         }
@@ -608,6 +618,7 @@ void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
     fetch->reused = false;
     /* a retry may go one over: the connection it lost on still counts until its close callback */
     if (host->nopen < max_per_host(pool) || (fetch->fresh_only && host->nopen <= max_per_host(pool))) {
+        queue_done(fetch);
         int rc = conn_open(host, fetch);
         if (rc != 0)
             ioloop__client_fetch_fail(fetch, rc, "connect failed");

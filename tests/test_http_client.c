@@ -542,11 +542,15 @@ static void test_queue_per_host(void **state)
     assert_int_equal(st.open, 2);
     assert_int_equal(st.queued, 4);
     twait(loop, r, 6);
+    int waited = 0;
     for (int i = 0; i < 6; i++) {
         assert_int_equal(r[i].error, 0);
         assert_string_equal(r[i].body, "slow");
+        assert_true(r[i].timing.queue >= 0 && r[i].timing.first_byte >= r[i].timing.queue);
+        waited += r[i].timing.queue >= IOLOOP_MSEC(50); /* behind a 100 ms answer */
         tres_free(&r[i]);
     }
+    assert_int_equal(waited, 4);
     st = stats();
     assert_int_equal(st.connections_opened, 2);
     assert_int_equal(st.connections_reused, 4);
