@@ -575,6 +575,33 @@ static void test_queue_per_host(void **state)
     tres_free(&b);
 }
 
+static void test_client_idle_limits(void **state)
+{
+    (void)state;
+    assert_int_equal(
+        ioloop_http_client_configure(
+            loop, &(ioloop_http_client_options_t){.idle_timeout = IOLOOP_MSEC(100), .max_idle_per_host = 1}),
+        0);
+    tres_t r[3];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow?ms=50")}, tres_cb, &r[i], NULL),
+            0);
+    twait(loop, r, 3);
+    for (int i = 0; i < 3; i++)
+        tres_free(&r[i]);
+    tspin(loop, 20); /* the close callbacks of the two let go */
+    ioloop_http_client_stats_t st = stats();
+    assert_int_equal(st.connections_opened, 3);
+    assert_int_equal(st.idle, 1); /* max_idle_per_host: the other two closed */
+    assert_int_equal(st.open, 1);
+    tspin(loop, 400); /* our idle_timeout, not the server's (an hour), closes the last one */
+    st = stats();
+    assert_int_equal(st.open, 0);
+    assert_int_equal(st.stale_closed, 0);
+}
+
 static int setup_short_idle(void **state)
 {
     idle_timeout = IOLOOP_MSEC(300);
@@ -722,6 +749,7 @@ int main(void)
         T(test_streaming_with_pause),
         T(test_cancel),
         T(test_queue_per_host),
+        T(test_client_idle_limits),
         cmocka_unit_test_setup_teardown(test_idle_connection_closed_by_server, setup_short_idle, teardown),
         T(test_bad_urls),
         T(test_loop_close_ends_fetches),
