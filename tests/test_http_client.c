@@ -528,6 +528,41 @@ static void test_cancel(void **state)
     tres_free(&r);
 }
 
+static int cancel_in_stream(ioloop_http_fetch_t *fetch, const char *data, size_t len, void *arg)
+{
+    (void)data, (void)len;
+    (*(int *)arg)++;
+    ioloop_http_fetch_cancel(fetch); /* from inside the parser's frame */
+    return 0;
+}
+
+static int refuse_head(ioloop_http_fetch_t *fetch, const ioloop_http_client_response_t *resp, void *arg)
+{
+    (void)fetch, (void)arg;
+    return ioloop_http_client_response_status(resp) == 200 ? -EPERM : 0;
+}
+
+static void test_cancel_from_callbacks(void **state)
+{
+    (void)state;
+    int pieces = 0;
+    tres_t r;
+    cfetch(loop,
+           &(ioloop_http_client_request_t){
+               .url = url("/big"), .streaming_callback = cancel_in_stream, .callback_arg = &pieces},
+           &r);
+    assert_int_equal(r.error, -ECANCELED);
+    assert_int_equal(pieces, 1);
+    tres_free(&r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/big"), .header_callback = refuse_head}, &r);
+    assert_int_equal(r.error, -EPERM);
+    assert_int_equal(r.status, 200);
+    tres_free(&r);
+    cget(loop, url("/hello"), &r); /* the loop goes on */
+    assert_string_equal(r.body, "Hello, world");
+    tres_free(&r);
+}
+
 static void test_queue_per_host(void **state)
 {
     (void)state;
@@ -749,6 +784,7 @@ int main(void)
         T(test_max_body_size),
         T(test_streaming_with_pause),
         T(test_cancel),
+        T(test_cancel_from_callbacks),
         T(test_queue_per_host),
         T(test_client_idle_limits),
         cmocka_unit_test_setup_teardown(test_idle_connection_closed_by_server, setup_short_idle, teardown),
