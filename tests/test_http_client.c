@@ -5,8 +5,8 @@
  * from a producer (chunked and with a length); a HEAD; redirects 301/302/303
  * (to GET) and 307/308 (method and body kept), Authorization dropped across
  * hosts and kept within one, and a loop ending in -ELOOP; gzip inflated;
- * max_body_size; a streamed body paused and resumed; a request timeout; a
- * cancel; max_connections_per_host with its queue and queue timeout; the
+ * max_body_size; a streamed body paused and resumed; a request timeout;
+ * cancels (also from the fetch's own callbacks); max_connections_per_host with its queue and queue timeout; the
  * pool's idle_timeout and max_idle_per_host; an idle connection the server
  * closed is not reused; bad URLs; the loop's close ending every fetch.
  * Threading rule: the client loop runs on the test's thread, the server on
