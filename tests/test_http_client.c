@@ -6,9 +6,10 @@
  * (to GET) and 307/308 (method and body kept), Authorization dropped across
  * hosts and kept within one, and a loop ending in -ELOOP; gzip inflated;
  * max_body_size; a streamed body paused and resumed; a request timeout;
- * cancels (also from the fetch's own callbacks); max_connections_per_host with its queue and queue timeout; the
- * pool's idle_timeout and max_idle_per_host; an idle connection the server
- * closed is not reused; bad URLs; the loop's close ending every fetch.
+ * cancels (also from the fetch's own callbacks); max_connections_per_host
+ * with its queue and queue timeout; the pool's idle_timeout and
+ * max_idle_per_host; an idle connection the server closed is not reused;
+ * bad URLs; the loop's close ending every fetch.
  * Threading rule: the client loop runs on the test's thread, the server on
  * the runtime's; handlers touch only atomics.
  */
