@@ -16,7 +16,7 @@
 #define _GNU_SOURCE
 #include "client_internal.h"
 
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
 #include "ioloop/tls.h"
 #endif
 
@@ -101,7 +101,7 @@ static void fail_fmt(ioloop_http_fetch_t *fetch, int err, const char *what)
 {
     char text[192];
     snprintf(text, sizeof(text), "%.120s: %.60s", what, ioloop_strerror(err));
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
     if ((err == IOLOOP_ECERT || err == IOLOOP_ETLS) && ioloop_tls_error_message()[0])
         snprintf(text, sizeof(text), "%.60s: %.120s", what, ioloop_tls_error_message());
 #endif
@@ -791,7 +791,7 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
     rc = ioloop__client_url_parse(&fetch->url, req->url);
     if (rc == 0)
         rc = copy_request(fetch, req);
-#ifndef IOLOOP_HTTP_TLS
+#ifndef IOLOOP_HTTP_HAVE_TLS
     if (rc == 0 && fetch->url.https)
         rc = -EPROTONOSUPPORT;
 #endif

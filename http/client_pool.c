@@ -15,7 +15,7 @@
 #define _GNU_SOURCE
 #include "client_internal.h"
 
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
 #include "ioloop/tls.h"
 #endif
 
@@ -127,7 +127,7 @@ static void pool_free(client_pool_t *pool)
     while (pool->tls) {
         client_tls_t *t = pool->tls;
         pool->tls = t->next;
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
         ioloop_tls_context_free(t->ctx);
 #endif
         free(t->ca_file);
@@ -285,7 +285,7 @@ client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url,
 
 void *ioloop__client_tls_context(client_pool_t *pool, const ioloop_http_client_request_t *req, int *err)
 {
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
     if (req->tls_context)
         return req->tls_context;
     const char *ca = req->ca_file ? req->ca_file : "";
@@ -521,7 +521,7 @@ static int conn_open(client_host_t *host, ioloop_http_fetch_t *fetch)
         .nodelay = true,
         .stream = {.max_buffer_size = CONN_MAX_INPUT},
     };
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
     if (host->https) {
         int rc = ioloop_tls_client_options(host->tls_ctx, host->name, &o);
         if (rc != 0) {
