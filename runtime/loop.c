@@ -198,6 +198,29 @@ ioloop__close_hook_t *ioloop__close_hook_find(ioloop_t *loop, void (*fn)(ioloop_
     return NULL;
 }
 
+/* The same for the layers outside libioloop, with the owner check. Hooks
+ * added while ioloop_close runs the others (from one of them) still run:
+ * its loop takes them from the head of the list until it is empty. */
+int ioloop_close_hook_add(ioloop_t *loop, ioloop_close_hook_t *hook)
+{
+    if (!loop || !hook || !hook->fn)
+        return -EINVAL;
+    int err = ioloop__owner_check(loop);
+    if (err)
+        return err;
+    if (atomic_load(&loop->state) == IOLOOP__CLOSED)
+        return -ESHUTDOWN;
+    ioloop__close_hook_add(loop, hook);
+    return 0;
+}
+
+ioloop_close_hook_t *ioloop_close_hook_find(ioloop_t *loop, void (*fn)(ioloop_t *loop, ioloop_close_hook_t *hook))
+{
+    if (!loop || ioloop__owner_check(loop) != 0)
+        return NULL;
+    return ioloop__close_hook_find(loop, fn);
+}
+
 ioloop_time_t ioloop__clock_now(ioloop_t *loop)
 {
     loop->now = loop->clock(loop->clock_arg);
