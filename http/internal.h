@@ -18,6 +18,8 @@
 #include "ioloop/runtime.h"
 #include "ioloop/stream.h"
 
+#include "ws_internal.h"
+
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -37,6 +39,8 @@ enum {
                                   before reuse, so a pipelined burst (64 connections x 16) needs
                                   more than the blocks' 256 to not malloc per request */
 };
+/* The request-duration histogram's upper bounds (metrics.c), the last +Inf. */
+enum { HTTP_DURATION_BUCKETS = 15 };
 /* A connection's output mark (the stream's max_write_buffer_size): at or
  * above it nothing more is parsed, so the stream stops reading too. */
 #define HTTP_WRITE_MARK ((size_t)256 * 1024)
@@ -94,6 +98,7 @@ struct ioloop_http_server {
     ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
     void *log_arg;
     struct http_static *statics; /* static routes' state (static.c), freed with the server */
+    struct ws_route *ws_routes;  /* WebSocket routes' state (ws_server.c), freed with the server */
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -242,16 +247,26 @@ struct http_worker {
     ioloop_timer_t drain_timer;
     ioloop_callback_fn drain_done;
     void *drain_arg;
-    /* counters (ioloop_http_server_get_stats): written by this loop only */
+    /* counters (ioloop_http_server_get_stats, metrics.c): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
-    pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
-    struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
+    _Atomic uint64_t st_responses[5];                    /* by status class, 1xx..5xx */
+    _Atomic uint64_t st_bytes_out;                       /* every byte queued for clients */
+    _Atomic uint64_t st_duration[HTTP_DURATION_BUCKETS]; /* finished requests per bucket (not cumulative) */
+    _Atomic uint64_t st_duration_sum;                    /* ns */
+    /* Set at creation, so that the scrape labels a worker without touching
+     * its loop: the loop's runtime index (-ENOENT: not a runtime's) and id. */
+    int label_index;
+    unsigned label_id;
+    pcre2_match_data *match;      /* route matching: made on first use, freed with the worker */
+    struct http_gzip *gzip_free;  /* idle deflate states (gzip.c) */
+    ioloop__ws_list_t websockets; /* upgraded connections on this loop (ws_server.c): a drain closes them, 1001 */
     int ngzip_free;
 };
 
 /* Bumps a worker counter: one writer (the loop), so no read-modify-write. */
-#define HTTP_STAT_INC(w, field)                                                                                        \
-    atomic_store_explicit(&(w)->field, atomic_load_explicit(&(w)->field, memory_order_relaxed) + 1,                    \
+#define HTTP_STAT_INC(w, field) HTTP_STAT_ADD(w, field, 1)
+#define HTTP_STAT_ADD(w, field, n)                                                                                     \
+    atomic_store_explicit(&(w)->field, atomic_load_explicit(&(w)->field, memory_order_relaxed) + (n),                  \
                           memory_order_relaxed)
 
 /* server.c */
@@ -307,6 +322,18 @@ void ioloop__http_conn_response_done(http_conn_t *c);
  * close callback, never inline, so these only check the nesting. */
 void ioloop__http_conn_enter(http_conn_t *c);
 void ioloop__http_conn_leave(http_conn_t *c);
+/* The upgrade (WebSocket): req's handler hands its connection to another
+ * protocol. head (the 101 response) is queued after what the connection sent
+ * before, then the connection lets go of the stream (no callback of it
+ * reaches the connection again, reading is resumed) and take(stream, req,
+ * arg) runs: the stream, with any bytes that followed the request still
+ * unconsumed in its input, is the callee's; req is readable during the call
+ * and finished (logged with status 101, recycled) after it. The connection
+ * leaves the worker's list (the callee keeps its own: w->websockets). 0, or
+ * the error (req is then finished and the connection closes as usual). */
+typedef void (*ioloop__http_upgrade_fn)(ioloop_stream_t *stream, ioloop_http_request_t *req, void *arg);
+int ioloop__http_conn_upgrade(ioloop_http_request_t *req, const void *head, size_t len, ioloop__http_upgrade_fn take,
+                              void *arg);
 /* The stream options every connection of s uses. */
 void ioloop__http_stream_options(const ioloop_http_server_t *s, ioloop_stream_options_t *out);
 /* The server forgets its connections (server_free): streams still closing free theirs alone. */
@@ -336,12 +363,23 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
 /* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
 void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
 
+/* metrics.c (loop thread; single-writer counters, no atomic read-modify-write) */
+/* A finished request (ioloop_http_response_finish): its status class, its
+ * bytes and its duration. */
+void ioloop__http_metrics_finished(ioloop_http_request_t *req);
+/* A response the server wrote itself while parsing (400, 408, 413, 431...):
+ * its status class and bytes, no duration (no handler saw it). */
+void ioloop__http_metrics_error(http_worker_t *w, int status, size_t bytes);
+
 /* request.c: the remote address as text, whatever the request's state. */
 const char *ioloop__http_remote_ip(ioloop_http_request_t *req);
 
 /* mime.c */
 /* The Content-Type for a file name, from its extension (application/octet-stream if unknown). */
 const char *ioloop__http_mime_type(const char *name);
+
+/* ws_server.c */
+void ioloop__http_ws_routes_free(ioloop_http_server_t *s);
 
 /* static.c */
 void ioloop__http_static_free_all(ioloop_http_server_t *s);
