@@ -177,7 +177,7 @@ static void on_later(ioloop_http_request_t *req, void *arg)
     (void)arg;
     seen_handler(req);
     run.pending++;
-    if (ioloop_call_later(loop, 0, later_finish, req) == 0)
+    if (ioloop_call_later(loop, 0, later_finish, req, NULL) != 0)
         later_finish(loop, req);
 }
 
@@ -233,8 +233,7 @@ static void teardown(void)
 
 static void setup(void)
 {
-    loop = ioloop_new(NULL);
-    FUZZ_CHECK(loop != NULL);
+    FUZZ_CHECK(ioloop_new(NULL, &loop) == 0);
     ioloop_set_error_hook(loop, quiet, NULL);
     ioloop_http_server_options_t opts = {
         .xheaders = true,
@@ -243,8 +242,7 @@ static void setup(void)
         .gzip = true,
         .gzip_min_length = 16,
     };
-    server = ioloop_http_server_new(&opts);
-    FUZZ_CHECK(server != NULL);
+    FUZZ_CHECK(ioloop_http_server_new(&opts, &server) == 0);
     atexit(teardown);
     const struct {
         const char *pattern;
