@@ -278,6 +278,7 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
     }
     ioloop__http_router_free(s);
     ioloop__http_static_free_all(s);
+    ioloop__http_ws_routes_free(s);
     free(s);
 }
 
