@@ -796,7 +796,7 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
     fetch->start = ioloop_time(loop);
     fetch->resp.timing = (ioloop_http_client_timing_t){.queue = -1, .connect = -1, .first_byte = -1, .total = -1};
     ioloop_time_t t = req->request_timeout ? req->request_timeout : DEFAULT_TIMEOUT;
-    fetch->request_timer = ioloop_call_later(loop, t, request_timeout, fetch);
+    ioloop_call_later(loop, t, request_timeout, fetch, &fetch->request_timer);
     if (!fetch->request_timer) {
         rc = errno == ESHUTDOWN ? -ESHUTDOWN : -ENOMEM;
         fetch->state = FETCH_DONE;

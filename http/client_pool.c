@@ -458,7 +458,7 @@ void ioloop__client_conn_release(client_conn_t *conn, bool reusable)
     host->idle = conn;
     host->nidle++;
     ioloop_time_t idle = pool->opts.idle_timeout > 0 ? pool->opts.idle_timeout : DEFAULT_IDLE_TIMEOUT;
-    conn->idle_timer = ioloop_call_later(pool->loop, idle, conn_idle_timeout, conn);
+    ioloop_call_later(pool->loop, idle, conn_idle_timeout, conn, &conn->idle_timer);
     if (ioloop_stream_read_start(conn->stream, conn_idle_data, conn) != 0)
         ioloop__client_conn_close(conn);
 }
@@ -614,5 +614,5 @@ void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
     ioloop_time_t t = fetch->req.queue_timeout   ? fetch->req.queue_timeout
                       : fetch->req.connect_timeout ? fetch->req.connect_timeout
                                                    : IOLOOP_SEC(20);
-    fetch->queue_timer = ioloop_call_later(pool->loop, t, queue_timeout, fetch);
+    ioloop_call_later(pool->loop, t, queue_timeout, fetch, &fetch->queue_timer);
 }

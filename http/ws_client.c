@@ -425,7 +425,7 @@ int ioloop_websocket_connect(ioloop_t *loop, const char *url, const ioloop_webso
         return -ENOTSUP;
 #endif
     }
-    wc->timer = ioloop_call_later(loop, timeout, on_timeout, wc);
+    ioloop_call_later(loop, timeout, on_timeout, wc, &wc->timer);
     if (!wc->timer) {
         err = errno ? -errno : -ENOMEM;
         connect_free(wc);

@@ -56,7 +56,9 @@ struct ioloop_websocket {
 
 static ioloop_timer_t arm(ioloop_websocket_t *ws, ioloop_time_t delay, ioloop_callback_fn fn)
 {
-    return ioloop_call_later(ws->loop, delay, fn, ws);
+    ioloop_timer_t timer; /* 0 when it could not be armed */
+    ioloop_call_later(ws->loop, delay, fn, ws, &timer);
+    return timer;
 }
 
 static void disarm(ioloop_websocket_t *ws, ioloop_timer_t *t)

@@ -95,6 +95,70 @@ ROUTER_PATTERNS = [
 ]
 
 
+def v2(cmd, fam, body):
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    return sig + bytes([cmd, fam]) + len(body).to_bytes(2, "big") + body
+
+
+IP4 = bytes([192, 0, 2, 1, 198, 51, 100, 2]) + (56324).to_bytes(2, "big") + (443).to_bytes(2, "big")
+IP6 = bytes.fromhex("20010db8000000000000000000000001" "20010db8000000000000000000000002") + bytes([0x10, 0x92, 0, 80])
+UNIX = b"/run/src.sock".ljust(108, b"\x00") + b"/run/dst.sock".ljust(108, b"\x00")
+TLVS = bytes([0x01, 0, 2]) + b"h2" + bytes([0x04, 0, 3, 0, 0, 0]) + bytes([0x20, 0, 5, 0x01, 0, 0, 0, 0])
+PROXY = {
+    "v1-tcp4": b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nGET / HTTP/1.1\r\n\r\n",
+    "v1-tcp6": b"PROXY TCP6 2001:db8::1 2001:db8::2 4242 80\r\n",
+    "v1-unknown": b"PROXY UNKNOWN\r\n",
+    "v1-unknown-addrs": b"PROXY UNKNOWN ffff:f...f:ffff 1 2\r\n",
+    "v1-too-long": b"PROXY TCP4 " + b"1" * 120 + b"\r\n",
+    "v1-bad-port": b"PROXY TCP4 192.0.2.1 198.51.100.2 65536 443\r\n",
+    "v2-tcp4": v2(0x21, 0x11, IP4) + b"GET / HTTP/1.1\r\n",
+    "v2-tcp6": v2(0x21, 0x21, IP6),
+    "v2-unix": v2(0x21, 0x31, UNIX),
+    "v2-local": v2(0x20, 0x00, b""),
+    "v2-tlvs": v2(0x21, 0x11, IP4 + TLVS),
+    "v2-udp4": v2(0x21, 0x12, IP4),
+    "v2-bad-version": v2(0x11, 0x11, IP4),
+    "v2-bad-command": v2(0x22, 0x11, IP4),
+    "v2-too-long": v2(0x21, 0x11, IP4)[:14] + b"\xff\xff",
+    "v2-short-block": v2(0x21, 0x21, IP4),
+    "not-proxy": b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+}
+
+CLIENT = {
+    "length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+    "close-delimited": b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nthe body runs until the close",
+    "continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    "204-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+    "304": b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+    "two": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
+           b"Connection: close\r\n\r\n",
+    "switching": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    "bad-status": b"HTTP/1.1 2OO OK\r\n\r\n",
+    "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    "cut": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+}
+CLIENT_HEAD = {"head-length": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"}
+
+WS = {  # name: (first byte, bytes)
+    "server-masked-hello": (1, bytes.fromhex("818537fa213d7f9f4d5158")),
+    "client-hello": (0, bytes.fromhex("810548656c6c6f")),
+    "client-fragments": (0, bytes.fromhex("010348656c80026c6f")),
+    "client-ping-pong": (0, bytes.fromhex("890548656c6c6f8a00")),
+    "client-close": (0, bytes.fromhex("880203e8")),
+    "client-close-reason": (0, bytes.fromhex("880603e8627965")),
+    "client-deflate-hello": (2, bytes.fromhex("c107f248cdc9c90700")),
+    "client-deflate-reset": (6, bytes.fromhex("c107f248cdc9c90700c107f248cdc9c90700")),
+    "client-len126": (0, bytes.fromhex("827e007e") + bytes(range(126))),
+    "client-len64": (0, bytes.fromhex("827f0000000000000100") + bytes(256)),
+    "client-bad-utf8": (0, bytes.fromhex("8102c328")),
+    "client-control-between": (0, bytes.fromhex("0101418900800142")),
+    "client-rsv-bits": (0, bytes.fromhex("f10141")),
+    "server-unmasked": (1, bytes.fromhex("810548656c6c6f")),
+    "client-hello-split": (1 << 3, bytes.fromhex("810548656c6c6f810548656c6c6f")),
+}
+
+
 def write(target, name, data):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -116,6 +180,16 @@ def main():
         write("http_router", "path-%02d" % i, b"\x00" + path.encode())
     for i, (pattern, path) in enumerate(ROUTER_PATTERNS):
         write("http_router", "pattern-%02d" % i, b"\x01" + pattern.encode() + b"\x00" + path.encode())
+    for name, data in PROXY.items():
+        write("proxy_protocol", name, data)
+    for name, data in CLIENT.items():
+        write("http_client_parse", name, b"\x00" + data)
+    for name, data in CLIENT_HEAD.items():
+        write("http_client_parse", name, b"\x01" + data)
+    write("http_client_parse", "chunked-split", bytes([1 << 1]) + CLIENT["chunked"])
+    write("http_client_parse", "two-split", bytes([7 << 1]) + CLIENT["two"])
+    for name, (first, data) in WS.items():
+        write("ws_reader", name, bytes([first]) + data)
 
 
 if __name__ == "__main__":
