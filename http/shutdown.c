@@ -18,7 +18,9 @@
  *     has accepted its backlog and closed, and every DISPATCH hand-off of
  *     those connections has been posted.
  *  2. drain: ioloop_http_server_drain on every loop (queued behind those
- *     hand-offs); the last loop to finish stops the runtime.
+ *     hand-offs, and once no connection of that loop is still sending its
+ *     PROXY header: ioloop_listener_pending); the last loop to finish stops
+ *     the runtime.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -118,6 +120,13 @@ static void on_loop_drained(ioloop_t *loop, void *arg)
 static void drain_here(ioloop_t *loop, void *arg)
 {
     ioloop_http_server_t *s = arg;
+    /* Connections still sending a PROXY header are not the server's yet: a
+     * drain now could end before they become connections, and stop the
+     * runtime under them. Each phase ends within the listener's
+     * proxy_timeout, so this wait is bounded. */
+    if (s->shut_listener && ioloop_listener_pending(s->shut_listener, loop) > 0 &&
+        ioloop_call_later(loop, IOLOOP_MSEC(5), drain_here, s, NULL) == 0)
+        return;
     if (ioloop_http_server_drain(s, loop, s->shut_timeout, on_loop_drained, s) != 0)
         loop_drained(s); /* already draining (its own drain call) or no memory */
 }

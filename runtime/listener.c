@@ -1,6 +1,8 @@
 /* listener.c — listening sockets spread over a runtime's loops: binding
- * (IPv4, IPv6, unix:), the three accept modes, batched accept, EMFILE
- * back-off, and a stop that drains what is already queued.
+ * (IPv4, IPv6, unix:) or inherited sockets (checked, then duplicated so the
+ * caller's fds stay the caller's), the three accept modes, batched accept,
+ * EMFILE back-off, and a stop that drains what is already queued. With the
+ * PROXY protocol on, a connection goes through listener_proxy.c first.
  *
  * Threading rule: start/stop/free from any thread. Each acceptor (one socket
  * watched by one loop) is touched only by its loop's thread once armed:
@@ -165,6 +167,7 @@ void ioloop__listener_unref(ioloop_listener_t *l)
         ioloop_unref(l->loops[i]);
     free(l->loops);
     free(l->inflight);
+    free(l->in_header);
     free(l);
 }
 
@@ -393,6 +396,16 @@ ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l)
     return l->mode;
 }
 
+int ioloop_listener_pending(const ioloop_listener_t *l, const ioloop_t *loop)
+{
+    if (!l || !loop)
+        return -EINVAL;
+    for (int i = 0; i < l->nloops; i++)
+        if (l->loops[i] == loop)
+            return atomic_load_explicit(&l->in_header[i], memory_order_relaxed);
+    return 0;
+}
+
 /* ---- starting -------------------------------------------------------------- */
 
 static bool all_loops_epoll(ioloop_runtime_t *rt)
@@ -539,8 +552,9 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
     l->nloops = rt->n;
     l->loops = calloc((size_t)rt->n, sizeof(*l->loops));
     l->inflight = calloc((size_t)rt->n, sizeof(*l->inflight));
+    l->in_header = calloc((size_t)rt->n, sizeof(*l->in_header));
     atomic_init(&l->refcount, 1);
-    if (!l->loops || !l->inflight) {
+    if (!l->loops || !l->inflight || !l->in_header) {
         ioloop__listener_unref(l);
         return -ENOMEM;
     }

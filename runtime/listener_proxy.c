@@ -32,6 +32,7 @@
 
 typedef struct proxy_phase {
     ioloop_listener_t *listener; /* one reference */
+    int loop_index;              /* in the listener's loops: its in_header count */
     ioloop_stream_t *stream;
     ioloop_timer_t timer;
     struct sockaddr_storage peer; /* the real peer, kept for LOCAL */
@@ -86,10 +87,7 @@ static int header_shutdown(void *ctx, int fd)
 }
 
 static const ioloop_stream_transport_t header_transport = {
-    .name = "proxy-header",
-    .read = header_read,
-    .writev = header_writev,
-    .shutdown = header_shutdown,
+    .name = "proxy-header", .read = header_read, .writev = header_writev, .shutdown = header_shutdown,
     /* no destroy: the phase frees itself (phase_end), the stream only closes fd */
 };
 
@@ -97,6 +95,7 @@ static const ioloop_stream_transport_t header_transport = {
 
 static void phase_free(proxy_phase_t *phase)
 {
+    atomic_fetch_sub_explicit(&phase->listener->in_header[phase->loop_index], 1, memory_order_relaxed);
     ioloop__listener_unref(phase->listener);
     free(phase);
 }
@@ -182,6 +181,11 @@ void ioloop__listener_proxy_start(ioloop_listener_t *l, ioloop_t *loop, int fd, 
     phase->peer_len = peer_len;
     phase->listener = l;
     ioloop__listener_ref(l);
+    /* Counted until the phase ends either way: a graceful shutdown waits
+     * for these before it drains (ioloop_listener_pending). */
+    for (phase->loop_index = 0; l->loops[phase->loop_index] != loop; phase->loop_index++)
+        assert(phase->loop_index + 1 < l->nloops);
+    atomic_fetch_add_explicit(&l->in_header[phase->loop_index], 1, memory_order_relaxed);
 
     ioloop_stream_options_t so = l->stream_opts;
     so.transport = &header_transport;

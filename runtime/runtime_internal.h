@@ -91,6 +91,7 @@ struct ioloop_listener {
     _Atomic bool stop_requested;
     _Atomic int open_acceptors; /* the one that brings it to 0 closes a shared fd */
     _Atomic int64_t *inflight;  /* DISPATCH: handoffs posted to loop i, not yet run */
+    _Atomic int *in_header;     /* PROXY protocol: connections of loop i still sending their header */
     unsigned next_start;        /* DISPATCH: acceptor loop only, round-robin among ties */
     int nacc;
     ioloop__acceptor_t acc[];

@@ -46,9 +46,8 @@ static void start_proxied(tsrv_t *t, ioloop_time_t timeout, ioloop_http_access_l
     tsrv_route(t, "/late", (ioloop_http_route_t){.get = echo_ip_late});
     if (log)
         ioloop_http_server_set_log(t->server, ioloop_http_access_log_hook, log);
-    ioloop_listener_options_t o = {.address = "127.0.0.1",
-                                   .proxy_protocol = IOLOOP_PROXY_PROTOCOL_REQUIRED,
-                                   .proxy_timeout = timeout};
+    ioloop_listener_options_t o = {
+        .address = "127.0.0.1", .proxy_protocol = IOLOOP_PROXY_PROTOCOL_REQUIRED, .proxy_timeout = timeout};
     assert_int_equal(ioloop_http_server_serve_with(t->server, t->rt, &o, &t->listener), 0);
     t->port = ioloop_listener_port(t->listener);
 }
@@ -115,7 +114,7 @@ static void test_v1_and_v2_addresses(void **state)
     unsigned char un[216] = {0};
     strcpy((char *)un, "/run/client.sock");
     strcpy((char *)un + 108, "/run/server.sock");
-    expect_ip(t.port, buf, v2_header(buf, 0x21, 0x31, un, sizeof(un)), ""); /* a unix peer has no IP */
+    expect_ip(t.port, buf, v2_header(buf, 0x21, 0x31, un, sizeof(un)), "");          /* a unix peer has no IP */
     expect_ip(t.port, buf, v2_header(buf, 0x20, 0x31, un, sizeof(un)), "127.0.0.1"); /* LOCAL over unix */
     expect_ip(t.port, buf, v2_header(buf, 0x20, 0x00, NULL, 0), "127.0.0.1");        /* LOCAL health check */
     tsrv_stop(&t);
@@ -277,6 +276,35 @@ static void test_access_log_carries_address(void **state)
     assert_int_equal(lines, 2);
 }
 
+/* A connection still sending its header when the shutdown begins becomes a
+ * connection of the server and is answered, then closed cleanly by the
+ * drain, before the runtime stops; meanwhile ioloop_listener_pending counts it. */
+static void test_shutdown_waits_for_headers(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start_proxied(&t, IOLOOP_SEC(5), NULL);
+    int fd = tcli_connect(t.port);
+    tcli_send(fd, "PROXY TCP4 192.0.2.9 ");
+    int64_t until = tu_now_ns() + IOLOOP_SEC(5);
+    while (ioloop_listener_pending(t.listener, t.loop) != 1 && tu_now_ns() < until)
+        tu_sleep_ms(2);
+    assert_int_equal(ioloop_listener_pending(t.listener, t.loop), 1);
+    assert_int_equal(ioloop_http_server_shutdown(t.server, t.rt, t.listener, IOLOOP_SEC(5)), 0);
+    tu_sleep_ms(150); /* a drain that did not wait would have stopped the runtime by now */
+    tcli_send(fd, "198.51.100.1 1 2\r\n");
+    tcli_send(fd, GET_IP);
+    tresp_t r;
+    assert_int_equal(tcli_response(fd, &r), 0);
+    assert_string_equal(r.body, "192.0.2.9");
+    tresp_free(&r);
+    assert_int_equal(tcli_closed(fd, 3000, NULL), 1); /* then the drain closes it, cleanly */
+    assert_int_equal(ioloop_runtime_join(t.rt), 0);   /* the shutdown stopped it */
+    assert_int_equal(ioloop_listener_pending(t.listener, t.loop), 0);
+    close(fd);
+    tsrv_stop(&t);
+}
+
 /* The option's rules: needs on_stream, a known value. */
 static void test_options(void **state)
 {
@@ -315,6 +343,7 @@ int main(void)
         cmocka_unit_test(test_timeout_silent_and_slow),
         cmocka_unit_test(test_never_reading_and_late_handler),
         cmocka_unit_test(test_access_log_carries_address),
+        cmocka_unit_test(test_shutdown_waits_for_headers),
         cmocka_unit_test(test_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -305,7 +305,7 @@ static void test_listen_fds_env(void **state)
     assert_int_equal(fds[0], 3);
     assert_int_equal(fds[1], 4);
     assert_true(fcntl(3, F_GETFD) & FD_CLOEXEC); /* a child we start will not inherit them */
-    assert_null(getenv("LISTEN_PID")); /* taken: a second call (or a child) finds nothing */
+    assert_null(getenv("LISTEN_PID"));           /* taken: a second call (or a child) finds nothing */
     assert_null(getenv("LISTEN_FDS"));
     assert_null(getenv("LISTEN_FDNAMES"));
     assert_int_equal(ioloop_listen_fds(fds, 4), 0);

@@ -153,15 +153,12 @@ int main(int argc, char **argv)
     ioloop_runtime_options_t ro = {.loops = args.threads}; /* 0: one loop per CPU */
     ioloop_runtime_t *rt = NULL;
     ioloop_listener_t *listener = NULL;
+    ioloop_listener_options_t lo = {.address = args.bind, .port = args.port};
+    if (args.proxy_protocol)
+        lo.proxy_protocol = IOLOOP_PROXY_PROTOCOL_REQUIRED;
     err = ioloop_runtime_start(&ro, &rt);
     if (!err)
-        err = ioloop_http_server_serve_with(server, rt,
-                                            &(ioloop_listener_options_t){
-                                                .address = args.bind,
-                                                .port = args.port,
-                                                .proxy_protocol = args.proxy_protocol ? IOLOOP_PROXY_PROTOCOL_REQUIRED
-                                                                                      : IOLOOP_PROXY_PROTOCOL_OFF},
-                                            &listener);
+        err = ioloop_http_server_serve_with(server, rt, &lo, &listener);
     if (!err)
         err = ioloop_http_server_shutdown_on_signals(server, rt, listener, IOLOOP_SEC(10));
     if (err) {

@@ -166,7 +166,10 @@ int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
  * (ioloop_http_server_drain with `timeout`, 0: none), and rt stops once every
  * loop is drained: ioloop_runtime_join returns then. Any thread; returns at
  * once. Free s only after the runtime stopped this way (its steps are
- * callbacks on the loops that use s). Sends STOPPING=1 to the service
+ * callbacks on the loops that use s). A loop whose connections from l are
+ * still sending their PROXY header (ioloop_listener_pending) starts its
+ * drain once they are connections of s (or closed), within l's
+ * proxy_timeout. Sends STOPPING=1 to the service
  * manager when NOTIFY_SOCKET is set. 0, -EALREADY if a shutdown of s
  * already began, -EINVAL. */
 int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,

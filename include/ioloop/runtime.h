@@ -185,6 +185,14 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
 int ioloop_listener_port(const ioloop_listener_t *l);
 /* The mode in effect (after any fallback). Any thread. */
 ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l);
+/* Connections `loop` accepted for l that on_stream has not got yet: their
+ * PROXY header is still being read (0 without the PROXY protocol; -EINVAL
+ * for NULL). Each of them reaches on_stream or is closed within
+ * proxy_timeout. A graceful shutdown waits for 0 before it drains a loop
+ * (ioloop_http_server_shutdown does), or a connection accepted from the
+ * backlog during the stop would be cut before its request was read. Any
+ * thread; a snapshot. */
+IOLOOP_API int ioloop_listener_pending(const ioloop_listener_t *l, const ioloop_t *loop);
 /* Stops accepting. Each socket first accepts what is already queued on it
  * (those connections reach on_accept as usual), then closes. Any thread;
  * asynchronous (done on each loop's thread); idempotent. */

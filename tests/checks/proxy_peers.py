@@ -8,7 +8,9 @@ The client connects from 127.0.0.3 (curl --interface): behind HAProxy the
 TCP peer of ioloop is HAProxy at 127.0.0.1, so an access-log line saying
 127.0.0.3 can only come from the header. HAProxy's checks (LOCAL) log as the
 real peer, 127.0.0.1. A client without the header is refused (the
-connection closes, curl fails), and the server keeps serving.
+connection closes, curl fails), and the server keeps serving. A Python TLS
+client sends its header and ClientHello in one segment (TCP_CORK): TLS must
+still find its ClientHello after the header phase.
 
 usage: proxy_peers.py HELLOWORLD IOLOOP_SERVE CURL [HAPROXY]
 """
@@ -16,6 +18,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -58,6 +61,36 @@ def certs(d):
     return f"{d}/cert.pem", f"{d}/key.pem"
 
 
+def tls_in_one_segment(port):
+    """The header and the ClientHello in one TCP segment (TCP_CORK holds the
+    header until the handshake's first flight joins it): the header phase
+    must leave the ClientHello in the socket for TLS."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    raw.sendall(b"PROXY TCP4 192.0.2.55 127.0.0.1 40000 443\r\n")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(raw, do_handshake_on_connect=False)
+    tls.setblocking(False)
+    try:
+        tls.do_handshake()  # writes the ClientHello behind the corked header
+    except ssl.SSLWantReadError:
+        pass
+    tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # both leave now, together (wrap took raw's fd)
+    tls.settimeout(10)
+    tls.do_handshake()
+    tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = tls.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    tls.close()
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello, world"), data
+
+
 def with_curl(hello, serve, curl_bin, d):
     cert, key = certs(d)
     # plain and TLS helloworld: curl's v1 header from 127.0.0.3
@@ -72,9 +105,11 @@ def with_curl(hello, serve, curl_bin, d):
             assert r.returncode != 0, (tls, "served without a PROXY header", r)
             r = curl(curl_bin, "-k", "--haproxy-protocol", url)  # still serving
             assert r.returncode == 0 and r.stdout == b"Hello, world", (tls, r)
+            if tls:
+                tls_in_one_segment(port)
         finally:
             lines = stop(proc)
-        assert log_ips(lines) == ["127.0.0.3", "127.0.0.1"], lines
+        assert log_ips(lines) == ["127.0.0.3", "127.0.0.1"] + (["192.0.2.55"] if tls else []), lines
     # ioloop-serve
     os.makedirs(f"{d}/root")
     open(f"{d}/root/a.txt", "w").write("served\n")
