@@ -239,8 +239,10 @@ int ioloop_http_fetch_body_write(ioloop_http_fetch_t *fetch, const void *data, s
     if (len == 0)
         return 0;
     ioloop_stream_t *stream = fetch->conn->stream;
-    if (!ioloop_stream_writable(stream))
+    if (!ioloop_stream_writable(stream)) {
+        body_watch(fetch); /* the producer is asked again once the output drained */
         return -ENOBUFS;
+    }
     int rc;
     if (fetch->body_chunked) {
         char size[24];
@@ -304,14 +306,15 @@ void ioloop__client_send(ioloop_http_fetch_t *fetch, client_conn_t *conn)
         ioloop_stream_cork(conn->stream);
         rc = ioloop_stream_write(conn->stream, fetch->out.data, fetch->out.len, NULL, NULL);
         if (rc == 0 && fetch->has_body && !fetch->req.body_producer && fetch->req.body_len)
-            rc = ioloop_stream_write_borrowed(conn->stream, fetch->req.body, fetch->req.body_len, release_nothing,
-                                              NULL);
+            rc =
+                ioloop_stream_write_borrowed(conn->stream, fetch->req.body, fetch->req.body_len, release_nothing, NULL);
         ioloop_stream_uncork(conn->stream);
     }
     if (rc == 0)
         rc = ioloop_stream_read_start(conn->stream, conn_data, conn);
     if (rc != 0) {
-        fail_fmt(fetch, rc, "sending the request failed");
+        int why = rc == -EPIPE ? ioloop_stream_error(conn->stream) : 0;
+        fail_fmt(fetch, why && why != IOLOOP_EOF ? why : rc, "sending the request failed");
         return;
     }
     if (fetch->req.body_producer)
@@ -352,7 +355,7 @@ static bool follow(ioloop_http_fetch_t *fetch, const ioloop__http_resp_t *rp)
         return false;
     if ((s == 307 || s == 308) && fetch->req.body_producer && fetch->has_body)
         return false; /* a streamed body cannot be sent again */
-    return true; /* over max_redirects: -ELOOP once it completes (response_done) */
+    return true;      /* over max_redirects: -ELOOP once it completes (response_done) */
 }
 
 static int copy_head(ioloop_http_fetch_t *fetch, const ioloop__http_resp_t *rp)
@@ -535,8 +538,9 @@ static void response_done(ioloop_http_fetch_t *fetch, client_conn_t *conn, bool 
         ioloop__client_conn_release(conn, reusable); /* location points into conn's parser */
         if (rc != 0) {
             free(next.text.data);
-            fetch_finish(fetch, rc, rc == -EPROTONOSUPPORT ? "redirect to an unsupported scheme"
-                                                          : "redirect to a malformed Location");
+            fetch_finish(fetch, rc,
+                         rc == -EPROTONOSUPPORT ? "redirect to an unsupported scheme"
+                                                : "redirect to a malformed Location");
             return;
         }
         bool same_origin = next.https == fetch->url.https && next.port == fetch->url.port &&
@@ -672,6 +676,21 @@ int ioloop_http_fetch_resume(ioloop_http_fetch_t *fetch)
     client_conn_t *conn = fetch->conn;
     fetch->paused = false;
     ioloop__http_resp_resume(&conn->parser);
+    size_t buffered = 0;
+    ioloop_stream_peek(conn->stream, &buffered);
+    if (buffered == 0) {
+        /* paused on the body's last byte: the end of the message needs no more input */
+        ssize_t n = ioloop__http_resp_feed(&conn->parser, "", 0);
+        if (n < 0) {
+            response_failed(fetch, conn, (int)n);
+            return 0;
+        }
+        if (conn->completed) {
+            ioloop_stream_read_stop(conn->stream);
+            response_done(fetch, conn, ioloop__http_resp_reusable(&conn->parser) && fetch->body_ended);
+            return 0;
+        }
+    }
     ioloop_stream_resume(conn->stream); /* runs the consumer again with what is buffered */
     return 0;
 }
@@ -796,9 +815,8 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
     fetch->start = ioloop_time(loop);
     fetch->resp.timing = (ioloop_http_client_timing_t){.queue = -1, .connect = -1, .first_byte = -1, .total = -1};
     ioloop_time_t t = req->request_timeout ? req->request_timeout : DEFAULT_TIMEOUT;
-    ioloop_call_later(loop, t, request_timeout, fetch, &fetch->request_timer);
-    if (!fetch->request_timer) {
-        rc = errno == ESHUTDOWN ? -ESHUTDOWN : -ENOMEM;
+    rc = ioloop_call_later(loop, t, request_timeout, fetch, &fetch->request_timer);
+    if (rc != 0) {
         fetch->state = FETCH_DONE;
         ioloop__client_fetch_recycle(fetch);
         return rc;

@@ -82,7 +82,7 @@ struct client_host {
     client_pool_t *pool;
     bool https;
     int port;
-    void *tls_ctx; /* ioloop_tls_context_t *, NULL for http */
+    void *tls_ctx;        /* ioloop_tls_context_t *, NULL for http */
     client_conn_t *conns; /* every connection of the key */
     client_conn_t *idle;
     int nopen, nidle;
@@ -114,8 +114,8 @@ struct ioloop_http_client_response {
     int error;
     char error_text[192];
     int status;
-    cbuf_t head;                          /* a copy of the parser's head buffer */
-    ioloop__http_resp_header_t *headers;  /* offsets into head */
+    cbuf_t head;                         /* a copy of the parser's head buffer */
+    ioloop__http_resp_header_t *headers; /* offsets into head */
     int nheaders, headers_cap;
     uint32_t reason_off;
     cbuf_t body;
@@ -127,17 +127,17 @@ enum { FETCH_IDLE, FETCH_QUEUED, FETCH_CONNECTING, FETCH_SENDING, FETCH_DONE };
 
 struct ioloop_http_fetch {
     client_pool_t *pool;
-    ioloop_http_fetch_t *queue_next; /* host queue, or the pool's free list */
-    client_host_t *host;             /* while queued */
-    client_conn_t *conn;             /* while connecting or sending */
+    ioloop_http_fetch_t *queue_next;  /* host queue, or the pool's free list */
+    client_host_t *host;              /* while queued */
+    client_conn_t *conn;              /* while connecting or sending */
     ioloop_http_client_request_t req; /* the caller's, its strings pointing into `strings` */
     cbuf_t strings;                   /* method, headers */
     ioloop_http_client_header_t *headers;
     int headers_cap;
     client_url_t url;
     const char *method;
-    bool has_body, body_dropped;     /* body_dropped: a 301/302/303 made it a GET */
-    bool strip_auth;                 /* redirected to another origin */
+    bool has_body, body_dropped; /* body_dropped: a 301/302/303 made it a GET */
+    bool strip_auth;             /* redirected to another origin */
     ioloop_http_fetch_fn cb;
     void *arg;
     int state;

@@ -99,7 +99,7 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len)
 {
     ioloop__http_resp_t *rp = p->data;
     if (rp->head_done)
-        return 0; /* trailers are read and ignored */
+        return 0;                           /* trailers are read and ignored */
     if (rp->len == 0 && terminate(rp) != 0) /* no reason phrase at all */
         return -1;
     if (rp->nheaders == 0 || rp->in_value) {
@@ -197,7 +197,8 @@ static int cb_headers_complete(llhttp_t *p)
         int rc = rp->cbs->on_head(rp, rp->arg);
         if (rc < 0) {
             rp->error = rc;
-            snprintf(rp->error_text, sizeof(rp->error_text), "response refused by the header callback");
+            if (!rp->error_text[0])
+                snprintf(rp->error_text, sizeof(rp->error_text), "response refused by the header callback");
             return -1;
         }
     }
@@ -206,9 +207,37 @@ static int cb_headers_complete(llhttp_t *p)
     return rp->head_request || rp->status == 204 || rp->status == 304 ? 1 : 0;
 }
 
+static int cb_chunk_header(llhttp_t *p)
+{
+    ioloop__http_resp_t *rp = p->data;
+    rp->chunk_left = p->content_length;
+    return 0;
+}
+
+/* The CRLF after a chunk's data: checks what of it is in this feed (from at). */
+static int check_crlf(ioloop__http_resp_t *rp, const char *at)
+{
+    while (rp->crlf_pending && at < rp->feed_end) {
+        if (*at++ != "\r\n"[2 - rp->crlf_pending])
+            return fail(rp, -EPROTO, "malformed response: no CRLF after a chunk's data%s", "");
+        rp->crlf_pending--;
+    }
+    return 0;
+}
+
 static int cb_body(llhttp_t *p, const char *at, size_t len)
 {
     ioloop__http_resp_t *rp = p->data;
+    if (len == 0)
+        return 0; /* llhttp reopens a span paused at its end as an empty one */
+    if (rp->chunked) {
+        rp->chunk_left -= len < rp->chunk_left ? len : rp->chunk_left;
+        if (rp->chunk_left == 0) {
+            rp->crlf_pending = 2;
+            if (check_crlf(rp, at + len) != 0)
+                return -1;
+        }
+    }
     rp->body_bytes += len;
     int rc = rp->cbs->on_body ? rp->cbs->on_body(rp, at, len, rp->arg) : 0;
     if (rc == IOLOOP_HTTP_PAUSE) {
@@ -252,6 +281,7 @@ void ioloop__http_resp_init(ioloop__http_resp_t *rp, size_t max_header_size, int
     rp->settings.on_header_value_complete = cb_header_value_complete;
     rp->settings.on_headers_complete = cb_headers_complete;
     rp->settings.on_body = cb_body;
+    rp->settings.on_chunk_header = cb_chunk_header;
     rp->settings.on_message_complete = cb_message_complete;
     rp->cbs = cbs;
     rp->arg = arg;
@@ -279,6 +309,8 @@ void ioloop__http_resp_reset(ioloop__http_resp_t *rp, bool head_request)
     rp->head_done = rp->complete = rp->keep_alive = rp->paused = rp->chunked = false;
     rp->head_bytes = 0;
     rp->body_bytes = 0;
+    rp->chunk_left = 0;
+    rp->crlf_pending = 0;
     rp->content_length = -1;
     rp->error = 0;
     rp->error_text[0] = '\0';
@@ -289,8 +321,13 @@ ssize_t ioloop__http_resp_feed(ioloop__http_resp_t *rp, const char *data, size_t
 {
     if (rp->error)
         return rp->error;
-    if (rp->complete || rp->paused || len == 0)
+    if (rp->complete || rp->paused || (len == 0 && !rp->head_done))
         return 0;
+    if (len == 0)
+        data = ""; /* a body paused on its last byte: llhttp goes on to the message's end */
+    rp->feed_end = data + len;
+    if (rp->crlf_pending && check_crlf(rp, data) != 0)
+        return rp->error;
     llhttp_errno_t err = llhttp_execute(&rp->parser, data, len);
     size_t used = len;
     if (err == HPE_PAUSED) {

@@ -58,6 +58,12 @@ struct ioloop__http_resp {
     uint64_t body_bytes;
     int64_t content_length; /* -1 when none */
     bool chunked;
+    /* llhttp 8 (built without LLHTTP_STRICT_MODE) takes any two bytes after a
+     * chunk's data for its CRLF: we check them (what is still to check at the
+     * next feed's start, and where the current feed ends) */
+    uint64_t chunk_left;
+    int crlf_pending;
+    const char *feed_end;
     /* the failure: a negative errno (-EPROTO, -E2BIG, or a callback's) and its words */
     int error;
     char error_text[128];
@@ -76,7 +82,8 @@ void ioloop__http_resp_reset(ioloop__http_resp_t *rp, bool head_request);
  * rp->error_text says how), -E2BIG (head over the limits), or a callback's
  * error. After an error, every call returns it again. */
 ssize_t ioloop__http_resp_feed(ioloop__http_resp_t *rp, const char *data, size_t len);
-/* Continues after on_body paused (then feed the rest). */
+/* Continues after on_body paused: then feed the rest, or, when nothing is
+ * left, feed 0 bytes (a body paused on its last byte ends the message then). */
 void ioloop__http_resp_resume(ioloop__http_resp_t *rp);
 /* The peer closed: completes a close-delimited body (0), or says what was
  * cut: -ECONNRESET (error_text: before the head, in the head or mid-body). */

@@ -157,7 +157,7 @@ static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
     (void)loop;
     client_pool_t *pool = (client_pool_t *)hook;
     pool->closing = true;
-    pool->pending = 0;
+    pool->pending = 1; /* our own, until the walk below is over (a callback run from it may free a fetch) */
     for (client_host_t *host = pool->hosts; host; host = host->next) {
         while (host->queue_head) {
             ioloop_http_fetch_t *fetch = host->queue_head;
@@ -181,6 +181,7 @@ static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
             conn = next;
         }
     }
+    pool->pending--;
     pool_maybe_free(pool);
 }
 
@@ -423,7 +424,11 @@ static bool conn_fresh(client_conn_t *conn)
     ioloop_stream_peek(conn->stream, &buffered);
     if (buffered)
         return false;
+#ifdef POLLRDHUP
     struct pollfd pfd = {.fd = ioloop_stream_fd(conn->stream), .events = POLLIN | POLLRDHUP};
+#else
+    struct pollfd pfd = {.fd = ioloop_stream_fd(conn->stream), .events = POLLIN};
+#endif
     return poll(&pfd, 1, 0) == 0;
 }
 
@@ -458,8 +463,8 @@ void ioloop__client_conn_release(client_conn_t *conn, bool reusable)
     host->idle = conn;
     host->nidle++;
     ioloop_time_t idle = pool->opts.idle_timeout > 0 ? pool->opts.idle_timeout : DEFAULT_IDLE_TIMEOUT;
-    ioloop_call_later(pool->loop, idle, conn_idle_timeout, conn, &conn->idle_timer);
-    if (ioloop_stream_read_start(conn->stream, conn_idle_data, conn) != 0)
+    if (ioloop_call_later(pool->loop, idle, conn_idle_timeout, conn, &conn->idle_timer) != 0 ||
+        ioloop_stream_read_start(conn->stream, conn_idle_data, conn) != 0)
         ioloop__client_conn_close(conn);
 }
 
@@ -611,8 +616,12 @@ void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
     else
         host->queue_head = fetch;
     host->queue_tail = fetch;
-    ioloop_time_t t = fetch->req.queue_timeout   ? fetch->req.queue_timeout
+    ioloop_time_t t = fetch->req.queue_timeout     ? fetch->req.queue_timeout
                       : fetch->req.connect_timeout ? fetch->req.connect_timeout
                                                    : IOLOOP_SEC(20);
-    ioloop_call_later(pool->loop, t, queue_timeout, fetch, &fetch->queue_timer);
+    int rc = ioloop_call_later(pool->loop, t, queue_timeout, fetch, &fetch->queue_timer);
+    if (rc != 0) {
+        ioloop__client_queue_remove(fetch);
+        ioloop__client_fetch_fail(fetch, rc, "no timer for the queue");
+    }
 }

@@ -2,7 +2,7 @@
  * fetch on a loop the test's thread runs (the response copied out of the
  * callback), a hostile raw-socket server on its own thread that answers each
  * connection with a scripted behaviour, and free ports / peer processes.
- * Threading rule: tfetch and the peer calls run on the test's main thread;
+ * Threading rule: cfetch and the peer calls run on the test's main thread;
  * the hostile server's thread touches only its own sockets and atomics.
  * Everything is static inline: each suite includes it once.
  */
@@ -80,8 +80,8 @@ static inline void tres_cb(ioloop_t *loop, const ioloop_http_client_response_t *
     size_t off = 0;
     const char *name, *value;
     for (int i = 0; ioloop_http_client_response_header_at(resp, i, &name, &value) == 0; i++)
-        off += (size_t)snprintf(r->headers + off, off < sizeof(r->headers) ? sizeof(r->headers) - off : 0,
-                                "%s: %s\n", name, value);
+        off += (size_t)snprintf(r->headers + off, off < sizeof(r->headers) ? sizeof(r->headers) - off : 0, "%s: %s\n",
+                                name, value);
     ioloop_http_client_response_timing(resp, &r->timing);
     if (r->stop)
         ioloop_stop(loop);
@@ -94,21 +94,22 @@ static inline void tguard(ioloop_t *loop, void *arg)
 }
 
 /* One fetch, run to its callback. */
-static inline void tfetch(ioloop_t *loop, const ioloop_http_client_request_t *req, tres_t *r)
+static inline void cfetch(ioloop_t *loop, const ioloop_http_client_request_t *req, tres_t *r)
 {
     memset(r, 0, sizeof(*r));
     r->stop = true;
     int rc = ioloop_http_fetch(loop, req, tres_cb, r, NULL);
     assert_int_equal(rc, 0);
-    ioloop_timer_t guard = ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL);
+    ioloop_timer_t guard = 0;
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL, &guard), 0);
     ioloop_start(loop);
     ioloop_remove_timeout(loop, guard);
     assert_true(r->done);
 }
 
-static inline void tget(ioloop_t *loop, const char *url, tres_t *r)
+static inline void cget(ioloop_t *loop, const char *url, tres_t *r)
 {
-    tfetch(loop, &(ioloop_http_client_request_t){.url = url}, r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url}, r);
 }
 
 /* Waits for n results (each with stop = false except the counter). */
@@ -122,7 +123,7 @@ static inline void twait_cb(ioloop_t *loop, void *arg)
     twait_t *w = arg;
     for (int i = 0; i < w->n; i++)
         if (!w->r[i].done) {
-            ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, w);
+            ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, w, NULL);
             return;
         }
     ioloop_stop(loop);
@@ -131,8 +132,9 @@ static inline void twait_cb(ioloop_t *loop, void *arg)
 static inline void twait(ioloop_t *loop, tres_t *r, int n)
 {
     twait_t w = {r, n};
-    ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, &w);
-    ioloop_timer_t guard = ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(1), twait_cb, &w, NULL);
+    ioloop_timer_t guard = 0;
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_SEC(20), tguard, NULL, &guard), 0);
     ioloop_start(loop);
     ioloop_remove_timeout(loop, guard);
     for (int i = 0; i < n; i++)
@@ -142,7 +144,7 @@ static inline void twait(ioloop_t *loop, tres_t *r, int n)
 /* Runs the loop for ms. */
 static inline void tspin(ioloop_t *loop, int ms)
 {
-    ioloop_call_later(loop, IOLOOP_MSEC(ms), tguard, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(ms), tguard, NULL, NULL);
     ioloop_start(loop);
 }
 
@@ -281,22 +283,46 @@ static inline void *hsrv_main(void *arg)
     return NULL;
 }
 
-static inline void hsrv_start(hsrv_t *srv, hsrv_fn fn, void *arg)
+/* Listens on 127.0.0.1 (or ::1 with ipv6: false if the host has no IPv6) and serves. */
+static inline bool hsrv_start_family(hsrv_t *srv, hsrv_fn fn, void *arg, bool ipv6)
 {
     memset(srv, 0, sizeof(*srv));
     srv->fn = fn;
     srv->arg = arg;
-    srv->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    srv->lfd = socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (srv->lfd < 0 && ipv6)
+        return false;
     assert_true(srv->lfd >= 0);
     int one = 1;
     setsockopt(srv->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_int_equal(bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t len;
+    if (ipv6) {
+        struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&ss;
+        sa->sin6_family = AF_INET6;
+        sa->sin6_addr = in6addr_loopback;
+        len = sizeof(*sa);
+    } else {
+        struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+        sa->sin_family = AF_INET;
+        sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        len = sizeof(*sa);
+    }
+    if (bind(srv->lfd, (struct sockaddr *)&ss, len) != 0 && ipv6) {
+        close(srv->lfd);
+        return false;
+    }
     assert_int_equal(listen(srv->lfd, 64), 0);
-    assert_int_equal(getsockname(srv->lfd, (struct sockaddr *)&sa, &len), 0);
-    srv->port = ntohs(sa.sin_port);
+    assert_int_equal(getsockname(srv->lfd, (struct sockaddr *)&ss, &len), 0);
+    srv->port = ntohs(ipv6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
     assert_int_equal(pthread_create(&srv->thread, NULL, hsrv_main, srv), 0);
+    return true;
+}
+
+static inline void hsrv_start(hsrv_t *srv, hsrv_fn fn, void *arg)
+{
+    hsrv_start_family(srv, fn, arg, false);
 }
 
 static inline void hsrv_stop(hsrv_t *srv)

@@ -56,8 +56,7 @@ typedef int (*ioloop_http_body_producer_fn)(ioloop_http_fetch_t *fetch, void *ar
 
 /* The response head has arrived (before any body byte). Return 0 to go on, or
  * a negative errno to fail the fetch with it. */
-typedef int (*ioloop_http_header_fn)(ioloop_http_fetch_t *fetch, const ioloop_http_client_response_t *resp,
-                                     void *arg);
+typedef int (*ioloop_http_header_fn)(ioloop_http_fetch_t *fetch, const ioloop_http_client_response_t *resp, void *arg);
 
 /* A streamed response body: each piece once (decompressed when asked for).
  * Return 0 for more, IOLOOP_HTTP_PAUSE to stop reading until
@@ -78,8 +77,8 @@ typedef struct {
 
 /* A request. Zero is the default for every field. */
 typedef struct {
-    const char *url;    /* "http://host[:port]/path?query", "https://[::1]:8443/" */
-    const char *method; /* NULL: "GET" (or "POST" with a body) */
+    const char *url;                            /* "http://host[:port]/path?query", "https://[::1]:8443/" */
+    const char *method;                         /* NULL: "GET" (or "POST" with a body) */
     const ioloop_http_client_header_t *headers; /* sent as given; Host, Content-Length,
                                                    Transfer-Encoding and Connection are the client's */
     int nheaders;
@@ -94,23 +93,25 @@ typedef struct {
                               Authorization is not sent to another host */
     int max_redirects;     /* 0: 5 */
 
-    ioloop_time_t connect_timeout; /* name lookup + TCP + TLS handshake; 0: 20 s */
+    ioloop_time_t connect_timeout; /* name lookup + TCP connect; 0: 20 s (the TLS handshake is bounded by
+                                      the context's handshake_timeout and by request_timeout) */
     ioloop_time_t request_timeout; /* the whole fetch, redirects and queueing included; 0: 20 s */
     ioloop_time_t queue_timeout;   /* waiting for a free connection; 0: connect_timeout */
 
-    bool decompress;       /* send Accept-Encoding: gzip and inflate a gzip/deflate body */
-    size_t max_body_size;  /* 0: 100 MiB (what is received, compressed or not, and what is inflated) */
+    bool decompress;        /* send Accept-Encoding: gzip and inflate a gzip/deflate body */
+    size_t max_body_size;   /* 0: 100 MiB (what is received, compressed or not, and what is inflated) */
     size_t max_header_size; /* the status line and headers; 0: 64 KiB */
-    int max_headers;       /* header lines; 0: 256 */
+    int max_headers;        /* header lines; 0: 256 */
 
     ioloop_http_header_fn header_callback;
     ioloop_http_streaming_fn streaming_callback; /* with it the body is not buffered */
     void *callback_arg;                          /* for the three callbacks above */
 
-    /* TLS for https: tls_context if given (the caller's, kept alive by the
-     * connections using it), else one the loop's pool builds and caches from
-     * ca_file (NULL: the system's roots) and validate_cert_off. The server's
-     * certificate and its name (SNI) are verified unless validate_cert_off. */
+    /* TLS for https: tls_context if given (the caller's; the connections
+     * made with it keep it alive, and it is part of the pool's key), else
+     * one the loop's pool builds once and caches by ca_file (NULL: the
+     * system's roots) and validate_cert_off. The server's certificate and
+     * its name (SNI, DNS or IP) are verified unless validate_cert_off. */
     struct ioloop_tls_context *tls_context;
     const char *ca_file;
     bool validate_cert_off;
@@ -151,8 +152,7 @@ IOLOOP_API const char *ioloop_http_client_response_error_text(const ioloop_http_
 IOLOOP_API int ioloop_http_client_response_status(const ioloop_http_client_response_t *resp);
 IOLOOP_API const char *ioloop_http_client_response_reason(const ioloop_http_client_response_t *resp);
 /* A header's value by name, case-insensitive (the first if repeated); NULL if absent. */
-IOLOOP_API const char *ioloop_http_client_response_header(const ioloop_http_client_response_t *resp,
-                                                          const char *name);
+IOLOOP_API const char *ioloop_http_client_response_header(const ioloop_http_client_response_t *resp, const char *name);
 /* The number of headers, and the i-th (0-based) in arrival order: 0, or -ENOENT past the end. */
 IOLOOP_API int ioloop_http_client_response_header_count(const ioloop_http_client_response_t *resp);
 IOLOOP_API int ioloop_http_client_response_header_at(const ioloop_http_client_response_t *resp, int i,
