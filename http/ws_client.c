@@ -425,9 +425,8 @@ int ioloop_websocket_connect(ioloop_t *loop, const char *url, const ioloop_webso
         return -ENOTSUP;
 #endif
     }
-    ioloop_call_later(loop, timeout, on_timeout, wc, &wc->timer);
-    if (!wc->timer) {
-        err = errno ? -errno : -ENOMEM;
+    err = ioloop_call_later(loop, timeout, on_timeout, wc, &wc->timer);
+    if (err) {
         connect_free(wc);
         return err;
     }

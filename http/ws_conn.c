@@ -39,7 +39,7 @@ struct ioloop_websocket {
     int peer_code; /* the peer's close code (1005 if none) once close_received */
     char peer_reason[126];
     size_t peer_reason_len;
-    int fail_code; /* the code we failed the connection with (1002, 1007, 1009, 1011) */
+    int fail_code;                       /* the code we failed the connection with (1002, 1007, 1009, 1011) */
     uint8_t pending_close[2 + 125 + 14]; /* a close frame refused at the mark: sent at the drain */
     size_t pending_close_len;
     ioloop_timer_t close_timer;
@@ -54,11 +54,13 @@ struct ioloop_websocket {
 
 /* ---- timers ----------------------------------------------------------------- */
 
+/* A timer, or 0 if the loop refused it (closing): the timeout then never
+ * fires, and the loop's close ends the stream anyway. */
 static ioloop_timer_t arm(ioloop_websocket_t *ws, ioloop_time_t delay, ioloop_callback_fn fn)
 {
-    ioloop_timer_t timer; /* 0 when it could not be armed */
-    ioloop_call_later(ws->loop, delay, fn, ws, &timer);
-    return timer;
+    ioloop_timer_t t = 0;
+    (void)ioloop_call_later(ws->loop, delay, fn, ws, &t);
+    return t;
 }
 
 static void disarm(ioloop_websocket_t *ws, ioloop_timer_t *t)
@@ -121,7 +123,8 @@ static void send_close_frame(ioloop_websocket_t *ws, int code, const char *reaso
         body[1] = (uint8_t)code;
         if (len > 123)
             len = 123;
-        memcpy(body + 2, reason, len);
+        if (len)
+            memcpy(body + 2, reason, len);
         n = 2 + len;
     }
     ws->close_sent = true;
@@ -239,7 +242,8 @@ static int on_event(void *arg, int opcode, const uint8_t *data, size_t len)
         ws->close_received = true;
         ws->peer_code = len >= 2 ? data[0] << 8 | data[1] : IOLOOP_WS_CLOSE_NO_STATUS;
         ws->peer_reason_len = len >= 2 ? len - 2 : 0;
-        memcpy(ws->peer_reason, data + (len >= 2 ? 2 : 0), ws->peer_reason_len);
+        if (ws->peer_reason_len)
+            memcpy(ws->peer_reason, data + 2, ws->peer_reason_len);
         ws->peer_reason[ws->peer_reason_len] = '\0';
         if (!ws->close_sent) { /* echo the code (RFC 6455 5.5.1) */
             start_closing(ws);
@@ -329,7 +333,8 @@ static void on_ping_timer(ioloop_t *loop, void *arg)
     write_frame(ws, IOLOOP_WS_PING, 0, "ioloop", 6);
     ws->ping_outstanding = true;
     ws->ping_sent_at = now;
-    ioloop_time_t next = ws->opts.ping_timeout < ws->opts.ping_interval ? ws->opts.ping_timeout : ws->opts.ping_interval;
+    ioloop_time_t next =
+        ws->opts.ping_timeout < ws->opts.ping_interval ? ws->opts.ping_timeout : ws->opts.ping_interval;
     ws->ping_timer = arm(ws, next, on_ping_timer);
 }
 

@@ -24,8 +24,8 @@
 /* One extension's parameters. */
 typedef struct {
     bool server_nct, client_nct;
-    int server_bits;      /* 0: absent */
-    bool client_bits;     /* present (with or without a value) */
+    int server_bits;       /* 0: absent */
+    bool client_bits;      /* present (with or without a value) */
     int client_bits_value; /* 0: no value */
     bool bad;
 } pmd_params_t;
@@ -146,7 +146,8 @@ bool ioloop__ws_deflate_accept(const char *offers, const ioloop_websocket_option
             if (pm.server_bits && pm.server_bits < d->our_window_bits)
                 d->our_window_bits = pm.server_bits;
             d->peer_no_context_takeover = pm.client_nct;
-            int n = snprintf(out, cap, "permessage-deflate%s%s", d->our_no_context_takeover ? "; server_no_context_takeover" : "",
+            int n = snprintf(out, cap, "permessage-deflate%s%s",
+                             d->our_no_context_takeover ? "; server_no_context_takeover" : "",
                              pm.client_nct ? "; client_no_context_takeover" : "");
             if (n > 0 && (size_t)n < cap && (pm.server_bits || d->our_window_bits < 15))
                 snprintf(out + n, cap - (size_t)n, "; server_max_window_bits=%d", d->our_window_bits);

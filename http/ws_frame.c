@@ -78,7 +78,6 @@ void ioloop__ws_random(void *out, size_t len)
     }
 }
 
-
 ssize_t ioloop__ws_frame_parse(const void *buf, size_t len, ioloop__ws_frame_t *out)
 {
     const uint8_t *p = buf;

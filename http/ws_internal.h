@@ -88,8 +88,8 @@ typedef int (*ioloop__ws_event_fn)(void *arg, int opcode, const uint8_t *data, s
 
 typedef struct {
     /* configuration */
-    bool server;             /* frames must be masked (else: must not be) */
-    size_t max_message_size; /* > 0 */
+    bool server;                   /* frames must be masked (else: must not be) */
+    size_t max_message_size;       /* > 0 */
     ioloop__ws_deflate_t *deflate; /* NULL, or negotiated: RSV1 allowed on a message's first frame */
     /* frame in progress */
     bool in_frame;
@@ -110,14 +110,14 @@ typedef struct {
 } ioloop__ws_reader_t;
 
 /* Sets up a reader (no allocation until a message arrives). */
-void ioloop__ws_reader_init(ioloop__ws_reader_t *r, bool server, size_t max_message_size, ioloop__ws_deflate_t *deflate);
+void ioloop__ws_reader_init(ioloop__ws_reader_t *r, bool server, size_t max_message_size,
+                            ioloop__ws_deflate_t *deflate);
 /* Feeds bytes: consumes what it can (a partial header stays for the next
  * call: the caller keeps the unconsumed rest and passes it again with what
  * follows) and calls ev for each message or control frame. Returns the bytes
  * consumed, or -1 once the stream is invalid (r->error and r->reason say
  * why; every later feed returns -1). Pure (no I/O, no loop). */
-ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t len, ioloop__ws_event_fn ev,
-                               void *arg);
+ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t len, ioloop__ws_event_fn ev, void *arg);
 /* Frees the message buffer. */
 void ioloop__ws_reader_free(ioloop__ws_reader_t *r);
 

@@ -170,8 +170,7 @@ static int message_done(ioloop__ws_reader_t *r, ioloop__ws_event_fn ev, void *ar
     return stop ? 1 : 0;
 }
 
-ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t len, ioloop__ws_event_fn ev,
-                               void *arg)
+ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t len, ioloop__ws_event_fn ev, void *arg)
 {
     const uint8_t *p = data;
     size_t used = 0;
@@ -193,7 +192,8 @@ ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t 
             if (f.rsv & ~allowed)
                 return fail(r, IOLOOP_WS_CLOSE_PROTOCOL_ERROR, "reserved bits set");
             if (f.masked != r->server)
-                return fail(r, IOLOOP_WS_CLOSE_PROTOCOL_ERROR, r->server ? "unmasked client frame" : "masked server frame");
+                return fail(r, IOLOOP_WS_CLOSE_PROTOCOL_ERROR,
+                            r->server ? "unmasked client frame" : "masked server frame");
             if (control) {
                 if (!f.fin)
                     return fail(r, IOLOOP_WS_CLOSE_PROTOCOL_ERROR, "fragmented control frame");
@@ -212,8 +212,9 @@ ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t 
                 if (f.opcode == IOLOOP_WS_CLOSE) {
                     int bad = ioloop__ws_check_close(body, n);
                     if (bad)
-                        return fail(r, bad, bad == IOLOOP_WS_CLOSE_PROTOCOL_ERROR ? "bad close frame"
-                                                                                   : "invalid UTF-8 in a close reason");
+                        return fail(r, bad,
+                                    bad == IOLOOP_WS_CLOSE_PROTOCOL_ERROR ? "bad close frame"
+                                                                          : "invalid UTF-8 in a close reason");
                 }
                 if (ev(arg, f.opcode, body, n))
                     return (ssize_t)used;

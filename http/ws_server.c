@@ -87,8 +87,8 @@ static void take_stream(ioloop_stream_t *stream, ioloop_http_request_t *req, voi
     upgrade_t *up = arg;
     const ioloop_websocket_route_t *r = &up->wr->route;
     ioloop_websocket_t *ws;
-    if (ioloop__ws_new(stream, true, &r->options, &r->handlers, r->arg, &up->deflate, up->subprotocol,
-                       up->extensions, &ws) != 0)
+    if (ioloop__ws_new(stream, true, &r->options, &r->handlers, r->arg, &up->deflate, up->subprotocol, up->extensions,
+                       &ws) != 0)
         return;
     if (r->handlers.on_open)
         r->handlers.on_open(ws, req, r->arg);
@@ -103,7 +103,8 @@ static void ws_get(ioloop_http_request_t *req, void *arg)
     const char *connection = ioloop_http_request_header(req, "Connection");
     const char *version = ioloop_http_request_header(req, "Sec-WebSocket-Version");
     const char *key = ioloop_http_request_header(req, "Sec-WebSocket-Key");
-    if (strcmp(ioloop_http_request_method(req), "GET") != 0 || strcmp(ioloop_http_request_version(req), "HTTP/1.1") != 0 || !upgrade || !has_token(upgrade, "websocket")) {
+    if (strcmp(ioloop_http_request_method(req), "GET") != 0 ||
+        strcmp(ioloop_http_request_version(req), "HTTP/1.1") != 0 || !upgrade || !has_token(upgrade, "websocket")) {
         refuse(req, 400, "Can \"Upgrade\" only to \"WebSocket\".\n");
         return;
     }

@@ -40,7 +40,10 @@ static void test_raw_echo_and_close(void **state)
     assert_memory_equal(d, "abcd", 4);
     free(d);
     /* close 4001 "bye": the code is echoed, the server ends TCP, on_close hears it */
-    raw_send(fd, true, 0, IOLOOP_WS_CLOSE, "\x0f\xa1" "bye", 5);
+    raw_send(fd, true, 0, IOLOOP_WS_CLOSE,
+             "\x0f\xa1"
+             "bye",
+             5);
     assert_int_equal(raw_expect_close(fd), 4001);
     assert_int_equal(tcli_closed(fd, 5000, NULL), 1);
     close(fd);
@@ -107,13 +110,14 @@ static void test_handshake_refused(void **state)
     /* a plain GET */
     expect_refusal(s.t.port, "GET /ws HTTP/1.1\r\nHost: h\r\n", 400);
     /* no Connection: upgrade */
-    expect_refusal(s.t.port,
-                   "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                   "Sec-WebSocket-Version: 13\r\n",
-                   400);
+    expect_refusal(
+        s.t.port,
+        "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n",
+        400);
     /* version 8 */
-    snprintf(h, sizeof(h), "GET /ws HTTP/1.1\r\n%sSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n",
-             base);
+    snprintf(h, sizeof(h),
+             "GET /ws HTTP/1.1\r\n%sSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n", base);
     expect_refusal(s.t.port, h, 426);
     /* a key that is not 16 bytes of base64; none at all */
     snprintf(h, sizeof(h), "GET /ws HTTP/1.1\r\n%sSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n", base);
@@ -381,8 +385,8 @@ static void test_client_rejects_bad_handshakes(void **state)
     assert_int_equal(connect_fake(""), -EPROTO);
     /* bad URLs; a refused port */
     wcli_t c;
-    const char *bad[] = {"http://x/", "ws://", "ws://:80/", "ws://h:0/", "ws://h:99999/", "ws://[::1/", "ws://u@h/",
-                         "ws://h/a#frag", "ws://h/a b"};
+    const char *bad[] = {"http://x/",  "ws://",     "ws://:80/",     "ws://h:0/", "ws://h:99999/",
+                         "ws://[::1/", "ws://u@h/", "ws://h/a#frag", "ws://h/a b"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(wcli_connect(&c, bad[i], NULL), -EINVAL);
         wcli_finish(&c);

@@ -221,12 +221,43 @@ static void test_reset_mid_message(void **state)
     wsrv_stop(&s);
 }
 
+static void close_on_request(ioloop_websocket_t *ws, int opcode, const char *data, size_t len, void *arg)
+{
+    (void)opcode, (void)len, (void)arg;
+    if (strcmp(data, "close-me") == 0)
+        assert_int_equal(ioloop_websocket_close(ws, IOLOOP_WS_CLOSE_NORMAL, "bye", 3), 0);
+}
+
+/* The server closes and the peer never answers the close frame: the
+ * connection ends after close_timeout (not before), on_close says 1006. */
+static void test_close_timeout(void **state)
+{
+    (void)state;
+    wsrv_t s = {0};
+    ioloop_websocket_route_t route = wsrv_route_defaults(&s);
+    route.handlers.on_message = close_on_request;
+    route.options.close_timeout = IOLOOP_MSEC(300);
+    wsrv_start(&s, &route);
+    int fd = raw_open(s.t.port, "");
+    raw_send(fd, true, 0, IOLOOP_WS_TEXT, "close-me", 8);
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(raw_expect_close(fd), 1000);
+    assert_int_equal(tcli_closed(fd, 100, NULL), 0); /* still open: waiting for our close frame */
+    assert_true(tcli_closed(fd, 5000, NULL) != 0);
+    int64_t waited = tu_now_ns() - t0;
+    assert_true(waited >= 250000000LL && waited < 4000000000LL);
+    assert_true(wait_count(&s.closes, 1, 5000));
+    assert_int_equal(atomic_load(&s.last_close_code), IOLOOP_WS_CLOSE_ABNORMAL);
+    close(fd);
+    wsrv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_invalid_frames),     cmocka_unit_test(test_compressed_bomb),
+        cmocka_unit_test(test_invalid_frames),       cmocka_unit_test(test_compressed_bomb),
         cmocka_unit_test(test_never_reading_client), cmocka_unit_test(test_byte_at_a_time),
-        cmocka_unit_test(test_reset_mid_message),
+        cmocka_unit_test(test_reset_mid_message),    cmocka_unit_test(test_close_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

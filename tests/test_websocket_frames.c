@@ -75,7 +75,8 @@ static void test_rfc_examples(void **state)
     const uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58};
     const uint8_t plain[] = {0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f};
     /* fragmented: "Hel" then "lo", an unmasked ping "Hello" in between */
-    const uint8_t frag[] = {0x01, 0x03, 0x48, 0x65, 0x6c, 0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x80, 0x02, 0x6c, 0x6f};
+    const uint8_t frag[] = {0x01, 0x03, 0x48, 0x65, 0x6c, 0x89, 0x05, 0x48,
+                            0x65, 0x6c, 0x6c, 0x6f, 0x80, 0x02, 0x6c, 0x6f};
     for (size_t step = 1; step <= 16; step += 15) {
         ioloop__ws_reader_t r;
         events_t e = {0};
@@ -213,8 +214,8 @@ static void test_utf8(void **state)
 {
     (void)state;
     /* invalid: overlong, surrogate, past U+10FFFF, lone continuation, bad lead bytes, truncated */
-    const char *bad[] = {"\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80", "\xff", "\xf5\x80\x80\x80",
-                         "abc\xce", "\xe2\x82"};
+    const char *bad[] = {"\xc0\xaf", "\xe0\x80\xaf",     "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80",
+                         "\xff",     "\xf5\x80\x80\x80", "abc\xce",      "\xe2\x82"};
     uint8_t buf[64];
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         size_t n = frame(buf, true, 0, IOLOOP_WS_TEXT, bad[i], strlen(bad[i]), true);
@@ -427,10 +428,14 @@ static void test_accept_key_and_mask(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rfc_examples),      cmocka_unit_test(test_lengths),
-        cmocka_unit_test(test_protocol_errors),   cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_too_big),           cmocka_unit_test(test_deflate_roundtrip),
-        cmocka_unit_test(test_deflate_bomb),      cmocka_unit_test(test_negotiation),
+        cmocka_unit_test(test_rfc_examples),
+        cmocka_unit_test(test_lengths),
+        cmocka_unit_test(test_protocol_errors),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_too_big),
+        cmocka_unit_test(test_deflate_roundtrip),
+        cmocka_unit_test(test_deflate_bomb),
+        cmocka_unit_test(test_negotiation),
         cmocka_unit_test(test_accept_key_and_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

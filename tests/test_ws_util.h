@@ -10,8 +10,10 @@
 #ifndef TEST_WS_UTIL_H
 #define TEST_WS_UTIL_H
 
-#include "test_http_util.h"
+#define _GNU_SOURCE /* before any system header (test_http_util.h needs it) */
+
 #include "ioloop/websocket.h"
+#include "test_http_util.h"
 
 #include <sys/resource.h>
 
@@ -23,8 +25,8 @@ typedef struct {
     atomic_int last_close_code;
     char last_reason[128];
     atomic_size_t max_buffered;
-    bool echo;              /* echo every message */
-    atomic_int flood;       /* >0: the first websocket is flooded with messages of this size (<= 64 KiB) */
+    bool echo;        /* echo every message */
+    atomic_int flood; /* >0: the first websocket is flooded with messages of this size (<= 64 KiB) */
     int flood_size;
     atomic_size_t flood_sent;
     ioloop_websocket_t *flood_ws;
@@ -90,7 +92,9 @@ static inline void wsrv_on_drain(ioloop_websocket_t *ws, void *arg)
 static inline ioloop_websocket_route_t wsrv_route_defaults(wsrv_t *s)
 {
     return (ioloop_websocket_route_t){
-        .handlers = {.on_open = wsrv_on_open, .on_message = wsrv_on_message, .on_close = wsrv_on_close,
+        .handlers = {.on_open = wsrv_on_open,
+                     .on_message = wsrv_on_message,
+                     .on_close = wsrv_on_close,
                      .on_drain = wsrv_on_drain},
         .arg = s,
     };
@@ -328,8 +332,8 @@ static inline void wcli_stop_loop(ioloop_t *loop, void *arg)
 
 static inline void wcli_run(wcli_t *c, int ms)
 {
-    ioloop_timer_t t = ioloop_call_later(c->loop, IOLOOP_MSEC(ms), wcli_stop_loop, NULL);
-    assert_true(t != 0);
+    ioloop_timer_t t;
+    assert_int_equal(ioloop_call_later(c->loop, IOLOOP_MSEC(ms), wcli_stop_loop, NULL, &t), 0);
     ioloop_start(c->loop);
     ioloop_remove_timeout(c->loop, t);
 }
@@ -338,8 +342,7 @@ static inline void wcli_run(wcli_t *c, int ms)
 static inline int wcli_connect(wcli_t *c, const char *url, const ioloop_websocket_connect_options_t *opts)
 {
     memset(c, 0, sizeof(*c));
-    c->loop = ioloop_new(NULL);
-    assert_non_null(c->loop);
+    assert_int_equal(ioloop_new(NULL, &c->loop), 0);
     ioloop_websocket_connect_options_t o = opts ? *opts : wcli_options(c);
     o.arg = c;
     int rc = ioloop_websocket_connect(c->loop, url, &o, wcli_on_connect, c);

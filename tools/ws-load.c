@@ -6,7 +6,9 @@
  *   ws-load URL [-c CONNS] [-d SECONDS] [-s SIZE] [-p PIPELINE] [--threads N] [--compress]
  *       CONNS connections spread over N loops, each keeping PIPELINE messages
  *       of SIZE bytes in flight against an echo server; prints messages/s
- *       (echoes received per second over the run, after a 1 s warm-up).
+ *       (echoes received per second over the run, after a 1 s warm-up);
+ *       with --server-pid PID also the server's CPU time per message over
+ *       the same window (/proc/PID/stat).
  *   ws-load URL --check [--compress]
  *       text, binary, 16 MiB, ping/pong, close 4000: "check ok" or why not.
  *
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
     _Atomic unsigned long long messages, opened, errors, closed;
@@ -31,7 +34,7 @@ typedef struct {
 
 static struct {
     const char *url;
-    int conns, seconds, size, pipeline, threads;
+    int conns, seconds, size, pipeline, threads, server_pid;
     bool compress, check;
     ioloop_runtime_t *rt;
     counters_t *per_loop;
@@ -110,6 +113,24 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
+/* A process's CPU time (utime + stime of all its threads), in clock ticks; -1 if unreadable. */
+static long long process_ticks(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command may hold spaces */
+    unsigned long long utime, stime;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return -1;
+    return (long long)(utime + stime);
+}
+
 static int run_load(void)
 {
     ioloop_runtime_options_t ro = {.loops = cfg.threads};
@@ -127,14 +148,19 @@ static int run_load(void)
            now_s() - t0 < 30)
         sleep_s(0.01);
     sleep_s(1.0); /* warm-up */
+    long long c0 = cfg.server_pid ? process_ticks(cfg.server_pid) : -1;
     unsigned long long m0 = sum(offsetof(counters_t, messages));
     double start = now_s();
     sleep_s(cfg.seconds);
     unsigned long long m1 = sum(offsetof(counters_t, messages));
     double elapsed = now_s() - start;
+    long long c1 = cfg.server_pid ? process_ticks(cfg.server_pid) : -1;
     printf("ws-load: %llu connections open, %llu errors, %llu closed early\n", sum(offsetof(counters_t, opened)),
            sum(offsetof(counters_t, errors)), sum(offsetof(counters_t, closed)));
     printf("ws-load: %llu messages in %.2f s: %.0f messages/s\n", m1 - m0, elapsed, (double)(m1 - m0) / elapsed);
+    if (c0 >= 0 && c1 >= c0 && m1 > m0)
+        printf("ws-load: server CPU %.3f us/message (%lld ticks)\n",
+               (double)(c1 - c0) / (double)sysconf(_SC_CLK_TCK) * 1e6 / (double)(m1 - m0), c1 - c0);
     fflush(stdout);
     ioloop_runtime_stop(cfg.rt);
     ioloop_runtime_join(cfg.rt);
@@ -250,7 +276,8 @@ static void check_connected(ioloop_t *loop, int status, ioloop_websocket_t *ws, 
 
 static int run_check(void)
 {
-    chk.loop = ioloop_new(NULL);
+    if (ioloop_new(NULL, &chk.loop) != 0)
+        return 1;
     chk.big = malloc(BIG);
     for (size_t i = 0; i < BIG; i++)
         chk.big[i] = (char)(i * 31 + i / 4096);
@@ -264,7 +291,10 @@ static int run_check(void)
     ioloop_close(chk.loop, true);
     free(chk.big);
     if (rc != 0 || chk.failed || chk.close_code != 4000 || chk.pongs != 1) {
-        printf("ws-load: check FAILED: %s (close code %d)\n", rc ? ioloop_strerror(rc) : chk.failed ? chk.failed : "",
+        printf("ws-load: check FAILED: %s (close code %d)\n",
+               rc           ? ioloop_strerror(rc)
+               : chk.failed ? chk.failed
+                            : "",
                chk.close_code);
         return 1;
     }
@@ -287,6 +317,8 @@ int main(int argc, char **argv)
             cfg.pipeline = atoi(argv[++i]);
         else if (!strcmp(a, "--threads") && more)
             cfg.threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--server-pid") && more)
+            cfg.server_pid = atoi(argv[++i]);
         else if (!strcmp(a, "--compress"))
             cfg.compress = true;
         else if (!strcmp(a, "--check"))
@@ -298,7 +330,8 @@ int main(int argc, char **argv)
     }
     if (!cfg.url || cfg.conns <= 0 || cfg.seconds <= 0 || cfg.size < 0 || cfg.pipeline <= 0) {
         fprintf(stderr,
-                "usage: %s URL [-c CONNS] [-d SECONDS] [-s SIZE] [-p PIPELINE] [--threads N] [--compress]\n"
+                "usage: %s URL [-c CONNS] [-d SECONDS] [-s SIZE] [-p PIPELINE] [--threads N] [--compress] "
+                "[--server-pid PID]\n"
                 "       %s URL --check [--compress]\n",
                 argv[0], argv[0]);
         return 2;

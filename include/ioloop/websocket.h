@@ -80,16 +80,16 @@ typedef struct {
 
 /* Options; zero means the default. */
 typedef struct {
-    size_t max_message_size;     /* 0: 10 MiB (Tornado's). Larger (also once inflated): close 1009 */
-    ioloop_time_t ping_interval; /* keep-alive pings this often; 0: none */
-    ioloop_time_t ping_timeout;  /* no pong within this after a ping: the connection is dropped
-                                    (on_close 1006); 0: ping_interval */
-    ioloop_time_t close_timeout; /* the close handshake (and a failing peer) within this; 0: 5 s */
-    bool compression;            /* permessage-deflate: the client offers it, the server accepts an offer */
-    bool no_context_takeover;    /* our deflater starts afresh with each message (less memory, worse
-                                    ratio); the server also grants a client's request for this */
-    int compression_level;       /* 1..9; 0: 6 */
-    int max_window_bits;         /* our deflater's window, 9..15; 0: 15 (server_max_window_bits / offered) */
+    size_t max_message_size;      /* 0: 10 MiB (Tornado's). Larger (also once inflated): close 1009 */
+    ioloop_time_t ping_interval;  /* keep-alive pings this often; 0: none */
+    ioloop_time_t ping_timeout;   /* no pong within this after a ping: the connection is dropped
+                                     (on_close 1006); 0: ping_interval */
+    ioloop_time_t close_timeout;  /* the close handshake (and a failing peer) within this; 0: 5 s */
+    bool compression;             /* permessage-deflate: the client offers it, the server accepts an offer */
+    bool no_context_takeover;     /* our deflater starts afresh with each message (less memory, worse
+                                     ratio); the server also grants a client's request for this */
+    int compression_level;        /* 1..9; 0: 6 */
+    int max_window_bits;          /* our deflater's window, 9..15; 0: 15 (server_max_window_bits / offered) */
     size_t max_write_buffer_size; /* client only (the server uses its HTTP streams' mark, 256 KiB):
                                      at or above it sends are refused with -ENOBUFS; 0: 1 MiB */
 } ioloop_websocket_options_t;
@@ -127,12 +127,12 @@ typedef struct {
     ioloop_websocket_options_t options;
     const char *const *subprotocols; /* offered, in preference order; nsubprotocols of them */
     int nsubprotocols;
-    const char *origin;              /* sent as Origin; NULL: none */
-    const char *const *headers;      /* extra header lines "Name: value", NULL-terminated list */
-    struct ioloop_tls_context *tls;  /* wss://: NULL is a verifying client context on the system's
-                                        roots (built once per process) */
-    ioloop_time_t connect_timeout;   /* connect, TLS and the handshake; 0: 20 s */
-    void *arg;                       /* the handlers' arg */
+    const char *origin;             /* sent as Origin; NULL: none */
+    const char *const *headers;     /* extra header lines "Name: value", NULL-terminated list */
+    struct ioloop_tls_context *tls; /* wss://: NULL is a verifying client context on the system's
+                                       roots (built once per process) */
+    ioloop_time_t connect_timeout;  /* connect, TLS and the handshake; 0: 20 s */
+    void *arg;                      /* the handlers' arg */
 } ioloop_websocket_connect_options_t;
 
 /* The connect result: status 0 and an open websocket, or a negative errno

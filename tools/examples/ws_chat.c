@@ -124,7 +124,8 @@ int main(int argc, char **argv)
         }
     }
     ioloop_websocket_route_t route = {.handlers = {.on_open = on_open, .on_message = on_message, .on_close = on_close}};
-    ioloop_http_server_t *server = ioloop_http_server_new(NULL);
+    ioloop_http_server_t *server = NULL;
+    (void)ioloop_http_server_new(NULL, &server);
     ioloop_listener_t *listener;
     int err = server ? ioloop_http_websocket_route(server, "/chat", &route) : -1;
     if (!err)

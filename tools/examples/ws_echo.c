@@ -46,12 +46,12 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--max-message-size") && i + 1 < argc) {
             route.options.max_message_size = strtoull(argv[++i], NULL, 10);
         } else {
-            fprintf(stderr, "usage: %s [--port 8765] [--threads N] [--compress] [--max-message-size BYTES]\n",
-                    argv[0]);
+            fprintf(stderr, "usage: %s [--port 8765] [--threads N] [--compress] [--max-message-size BYTES]\n", argv[0]);
             return 2;
         }
     }
-    ioloop_http_server_t *server = ioloop_http_server_new(NULL);
+    ioloop_http_server_t *server = NULL;
+    (void)ioloop_http_server_new(NULL, &server);
     ioloop_runtime_t *rt;
     ioloop_listener_t *listener;
     int err = server ? ioloop_http_websocket_route(server, "/ws", &route) : -1;
