@@ -4,6 +4,8 @@
  *
  * Threading rule: the fuzzer's thread only; nothing here is thread-safe.
  *
+ * Two servers with the same routes: the second is draining (an input's
+ * first byte picks it), so the drain's paths meet hostile input too.
  * The routes cover what a request can reach: a literal GET, a collected body
  * (/echo) and a streamed one (/stream, prepare + on_body), a pattern with a
  * named and a nested group, a handler that finishes from a timer (/later: the
@@ -37,7 +39,8 @@
     } while (0)
 
 static ioloop_t *loop;
-static ioloop_http_server_t *server;
+static ioloop_http_server_t *servers[2]; /* [1] is draining, from the start */
+static ioloop_http_server_t *server;     /* the one of the run in progress */
 
 /* The run in progress (one at a time). */
 static struct {
@@ -227,8 +230,14 @@ static void quiet(ioloop_t *l, const char *what, int err, void *arg)
  * costs 10x the execs/s; a leak on any path still grows until exit). */
 static void teardown(void)
 {
-    ioloop_http_server_free(server);
+    ioloop_http_server_free(servers[0]);
+    ioloop_http_server_free(servers[1]);
     ioloop_close(loop, true);
+}
+
+static void drained(ioloop_t *l, void *arg)
+{
+    (void)l, (void)arg;
 }
 
 static void setup(void)
@@ -242,7 +251,8 @@ static void setup(void)
         .gzip = true,
         .gzip_min_length = 16,
     };
-    FUZZ_CHECK(ioloop_http_server_new(&opts, &server) == 0);
+    FUZZ_CHECK(ioloop_http_server_new(&opts, &servers[0]) == 0);
+    FUZZ_CHECK(ioloop_http_server_new(&opts, &servers[1]) == 0);
     atexit(teardown);
     const struct {
         const char *pattern;
@@ -257,7 +267,12 @@ static void setup(void)
         {"/user/(?P<id>[0-9]+)(/(.*))?", {.get = on_user, .options = on_user}},
     };
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
-        FUZZ_CHECK(ioloop_http_server_route(server, routes[i].pattern, &routes[i].route) == 0);
+        for (int k = 0; k < 2; k++)
+            FUZZ_CHECK(ioloop_http_server_route(servers[k], routes[i].pattern, &routes[i].route) == 0);
+    /* A drain stays on for good (every later connection gets its treatment:
+     * Connection: close, idle ones closed after a grace), so it has a server
+     * of its own. done runs at once: no connection yet. */
+    FUZZ_CHECK(ioloop_http_server_drain(servers[1], loop, 0, drained, NULL) == 0);
 }
 
 static void client_write(void);
@@ -362,10 +377,11 @@ static void check_done(ioloop_t *l, void *arg)
     ioloop_add_callback(l, check_done, NULL);
 }
 
-void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, fuzz_http_seen_t *seen)
+void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, bool draining, fuzz_http_seen_t *seen)
 {
     if (!loop)
         setup();
+    server = servers[draining];
     memset(seen, 0, offsetof(fuzz_http_seen_t, first_body));
     seen->response_bytes = 0;
     memset(&run, 0, sizeof(run));

@@ -33,8 +33,9 @@ typedef struct {
 } fuzz_http_seen_t;
 
 /* Feeds data to a new server connection, segment bytes per loop iteration
- * (0: everything at once), and runs the loop until the connection is gone.
+ * (0: everything at once), and runs the loop until the connection is gone;
+ * draining: to the server whose drain began before any connection.
  * Aborts (a finding) if the harness's invariants fail. */
-void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, fuzz_http_seen_t *seen);
+void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, bool draining, fuzz_http_seen_t *seen);
 
 #endif

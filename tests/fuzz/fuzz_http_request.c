@@ -4,11 +4,11 @@
  *
  * Threading rule: the fuzzer's thread (fuzz_http_harness.c owns the loop).
  *
- * Input: the first byte picks how the rest arrives (0: in one write; n: n
- * bytes per loop iteration, so heads and bodies split at every offset are
- * parsed in pieces); the rest is what the client sends, then it shuts down
- * its side. Findings: any sanitizer report, a leak, a hang (the connection
- * never closes), or a response stream that does not start with "HTTP/1.".
+ * Input: the first byte's low 7 bits pick how the rest arrives (0: in one
+ * write; n: n bytes per loop iteration, so heads and bodies split at every
+ * offset are parsed in pieces), its top bit a server that is draining; the
+ * rest is what the client sends, then it shuts down its side. Findings: any sanitizer report, a leak, a hang (the
+ * connection never closes), or a response stream that does not start with "HTTP/1.".
  */
 #include "fuzz_http_harness.h"
 
@@ -19,6 +19,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static fuzz_http_seen_t seen;
     if (size < 1)
         return 0;
-    fuzz_http_run(data + 1, size - 1, data[0], &seen);
+    fuzz_http_run(data + 1, size - 1, data[0] & 0x7f, data[0] & 0x80, &seen);
     return 0;
 }

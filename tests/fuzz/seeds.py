@@ -60,6 +60,8 @@ HTTP_REQUEST = {
 }
 # The first byte: 0 sends everything at once, n sends n bytes per loop iteration.
 HTTP_REQUEST_SPLIT = {"get": 1, "post-chunked": 3, "pipelined": 7, "stream-continue": 2, "pattern-args": 5}
+# ... and its top bit sends to a server that is draining.
+HTTP_REQUEST_DRAIN = {"pipelined": 0x80, "post-chunked": 0x81, "later": 0x80, "flush-gzip": 0x80, "get": 0x80}
 
 CHUNKED = {
     "one": b"5\r\nhello\r\n0\r\n\r\n",
@@ -171,6 +173,8 @@ def main():
         write("http_request", name, b"\x00" + data)
     for name, seg in HTTP_REQUEST_SPLIT.items():
         write("http_request", name + "-split", bytes([seg]) + HTTP_REQUEST[name])
+    for name, first in HTTP_REQUEST_DRAIN.items():
+        write("http_request", name + "-drain", bytes([first]) + HTTP_REQUEST[name])
     for name, data in CHUNKED.items():
         write("http_chunked", name + "-echo", b"\x00" + data)
         write("http_chunked", name + "-stream", b"\x01" + data)
