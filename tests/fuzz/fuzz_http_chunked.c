@@ -120,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(input, head, head_len);
     memcpy(input + head_len, data + 1, body_len);
-    fuzz_http_run(input, head_len + body_len, data[0] >> 1, false, &seen);
+    fuzz_http_run(input, head_len + body_len, data[0] >> 1, 0, &seen);
     free(input);
 
     long want = strict_decode(data + 1, body_len, expect, sizeof(expect));

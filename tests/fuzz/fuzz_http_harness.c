@@ -49,6 +49,7 @@ static struct {
     int fd;          /* the client's end, -1 once closed */
     bool want_write; /* waiting for room in the socket */
     bool shut;       /* SHUT_WR sent */
+    bool vanish;     /* close instead of SHUT_WR */
     int pending;     /* deferred finishes (/later, /flush) not yet run */
     bool polling;    /* client EOF seen: waiting for the server to let go */
     int polls;
@@ -327,7 +328,9 @@ static void client_write(void)
         run.want_write = false;
         ioloop_update_handler(loop, run.fd, IOLOOP_READ);
     }
-    if (!run.shut) {
+    if (run.vanish) {
+        client_close(); /* gone: the server hears EOF, or EPIPE when it answers */
+    } else if (!run.shut) {
         run.shut = true;
         shutdown(run.fd, SHUT_WR);
     }
@@ -377,17 +380,18 @@ static void check_done(ioloop_t *l, void *arg)
     ioloop_add_callback(l, check_done, NULL);
 }
 
-void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, bool draining, fuzz_http_seen_t *seen)
+void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, unsigned flags, fuzz_http_seen_t *seen)
 {
     if (!loop)
         setup();
-    server = servers[draining];
+    server = servers[(flags & FUZZ_HTTP_DRAINING) != 0];
     memset(seen, 0, offsetof(fuzz_http_seen_t, first_body));
     seen->response_bytes = 0;
     memset(&run, 0, sizeof(run));
     run.data = data;
     run.size = size;
     run.segment = segment;
+    run.vanish = flags & FUZZ_HTTP_VANISH;
     run.seen = seen;
     int sv[2];
     FUZZ_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);

@@ -32,10 +32,14 @@ typedef struct {
     size_t response_bytes; /* what the client side read */
 } fuzz_http_seen_t;
 
+enum {
+    FUZZ_HTTP_DRAINING = 1, /* to the server whose drain began before any connection */
+    FUZZ_HTTP_VANISH = 2,   /* the client closes once all is sent (no half-close, no reading the answer) */
+};
+
 /* Feeds data to a new server connection, segment bytes per loop iteration
- * (0: everything at once), and runs the loop until the connection is gone;
- * draining: to the server whose drain began before any connection.
- * Aborts (a finding) if the harness's invariants fail. */
-void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, bool draining, fuzz_http_seen_t *seen);
+ * (0: everything at once), and runs the loop until the connection is gone.
+ * flags: FUZZ_HTTP_*. Aborts (a finding) if the harness's invariants fail. */
+void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, unsigned flags, fuzz_http_seen_t *seen);
 
 #endif

@@ -60,8 +60,10 @@ HTTP_REQUEST = {
 }
 # The first byte: 0 sends everything at once, n sends n bytes per loop iteration.
 HTTP_REQUEST_SPLIT = {"get": 1, "post-chunked": 3, "pipelined": 7, "stream-continue": 2, "pattern-args": 5}
-# ... and its top bit sends to a server that is draining.
+# ... its top bit sends to a server that is draining,
 HTTP_REQUEST_DRAIN = {"pipelined": 0x80, "post-chunked": 0x81, "later": 0x80, "flush-gzip": 0x80, "get": 0x80}
+# ... and bit 6 closes the client once all is sent.
+HTTP_REQUEST_VANISH = {"later": 0x40, "flush-gzip": 0x40, "stream-continue": 0x41, "pipelined": 0xc0}
 
 CHUNKED = {
     "one": b"5\r\nhello\r\n0\r\n\r\n",
@@ -175,6 +177,8 @@ def main():
         write("http_request", name + "-split", bytes([seg]) + HTTP_REQUEST[name])
     for name, first in HTTP_REQUEST_DRAIN.items():
         write("http_request", name + "-drain", bytes([first]) + HTTP_REQUEST[name])
+    for name, first in HTTP_REQUEST_VANISH.items():
+        write("http_request", name + "-vanish", bytes([first]) + HTTP_REQUEST[name])
     for name, data in CHUNKED.items():
         write("http_chunked", name + "-echo", b"\x00" + data)
         write("http_chunked", name + "-stream", b"\x01" + data)
