@@ -4,20 +4,21 @@
  *
  * Threading rule: the fuzzer's thread only; nothing here is thread-safe.
  *
- * Two servers with the same routes: the second is draining (an input's
- * first byte picks it), so the drain's paths meet hostile input too.
- * The routes cover what a request can reach: a literal GET, a collected body
- * (/echo) and a streamed one (/stream, prepare + on_body), a pattern with a
- * named and a nested group, a handler that finishes from a timer (/later: the
- * connection may be gone by then), one that flushes twice before finishing
- * (/flush: chunked, gzip'd when asked), and every handler reads every
- * accessor of its request (headers, arguments, path arguments, remote IP
- * through xheaders) so ASan sees those reads. Limits are small (4 KiB heads,
- * 64 KiB bodies) so short inputs reach the 431 and 413 paths.
+ * Two servers with the same routes; the second is draining (an input's
+ * first byte picks it), so the drain's paths meet hostile input too. The
+ * routes cover what a request can reach: a literal GET, a collected body
+ * (/echo), streamed ones (/stream with prepare, /upload without), a pattern
+ * with a named and a nested group, a handler that finishes from a timer
+ * (/later: the connection may be gone by then), one that flushes twice
+ * before finishing (/flush: chunked, gzip'd when asked), /healthz; every
+ * handler reads every accessor of its request (headers, arguments, path
+ * arguments, remote IP through xheaders) so ASan sees those reads. Limits
+ * are small (4 KiB heads, 64 KiB bodies) so short inputs reach 431 and 413.
  */
 #define _GNU_SOURCE
 #include "fuzz_http_harness.h"
 
+#include "internal.h" /* http/: the worker's orphans, checked after each run */
 #include "ioloop/http.h"
 #include "ioloop/ioloop.h"
 
@@ -131,11 +132,22 @@ static void on_echo(ioloop_http_request_t *req, void *arg)
     ioloop_http_response_send(req, 200, "text/plain", body, len);
 }
 
+/* The client left before the body's end: the method handler will never
+ * run, and a request the application has seen (here, in prepare) is its to
+ * finish (http.h: one never finished is never freed, and keeps the server's
+ * per-loop state alive after ioloop_http_server_free). */
+static void on_stream_closed(ioloop_http_request_t *req, void *arg)
+{
+    (void)arg;
+    ioloop_http_response_finish(req);
+}
+
 static void on_stream_prepare(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
     if (!run.first)
         run.first = req;
+    ioloop_http_request_on_close(req, on_stream_closed, NULL);
     touch(req);
 }
 
@@ -148,6 +160,15 @@ static int on_stream_body(ioloop_http_request_t *req, const char *data, size_t l
         memcpy(run.seen->first_body + run.seen->first_body_len, data, len);
         run.seen->first_body_len += len;
     }
+    return 0;
+}
+
+/* /upload streams without prepare: on_body is the first the handler sees. */
+static int on_upload_body(ioloop_http_request_t *req, const char *data, size_t len, void *arg)
+{
+    (void)arg;
+    FUZZ_CHECK(len > 0 && data != NULL);
+    ioloop_http_request_on_close(req, on_stream_closed, NULL);
     return 0;
 }
 
@@ -263,6 +284,7 @@ static void setup(void)
         {"/echo", {.post = on_echo, .put = on_echo, .get = on_echo, .patch = on_echo}},
         {"/stream",
          {.post = on_stream_done, .put = on_stream_done, .prepare = on_stream_prepare, .on_body = on_stream_body}},
+        {"/upload", {.post = on_stream_done, .on_body = on_upload_body}},
         {"/later", {.get = on_later, .post = on_later}},
         {"/flush", {.get = on_flush, .post = on_flush, .delete_ = on_flush}},
         {"/user/(?P<id>[0-9]+)(/(.*))?", {.get = on_user, .options = on_user}},
@@ -273,6 +295,8 @@ static void setup(void)
     /* A drain stays on for good (every later connection gets its treatment:
      * Connection: close, idle ones closed after a grace), so it has a server
      * of its own. done runs at once: no connection yet. */
+    for (int k = 0; k < 2; k++)
+        FUZZ_CHECK(ioloop_http_server_health_route(servers[k], "/healthz") == 0);
     FUZZ_CHECK(ioloop_http_server_drain(servers[1], loop, 0, drained, NULL) == 0);
 }
 
@@ -374,10 +398,12 @@ static void check_done(ioloop_t *l, void *arg)
         return;
     }
     /* The stream's close callback and deferred finishes run within a few
-     * iterations; the guard keeps a stuck connection from spinning silently
-     * (libFuzzer's -timeout would call it a hang, without saying what). */
-    FUZZ_CHECK(++run.polls < 1000000);
-    ioloop_add_callback(l, check_done, NULL);
+     * iterations: ask again in the next one. A connection that waits for a
+     * timer of the server's (a drain's grace) is asked every millisecond
+     * instead of spinning; one that never ends is a hang for libFuzzer's
+     * -timeout. */
+    if (++run.polls < 100 || ioloop_call_later(l, IOLOOP_MSEC(1), check_done, NULL, NULL) != 0)
+        ioloop_add_callback(l, check_done, NULL);
 }
 
 void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, unsigned flags, fuzz_http_seen_t *seen)
@@ -403,6 +429,11 @@ void fuzz_http_run(const uint8_t *data, size_t size, size_t segment, unsigned fl
     client_write();
     FUZZ_CHECK(ioloop_start(loop) == 0);
     FUZZ_CHECK(run.fd < 0 && run.pending == 0);
+    run.first = NULL; /* a request this run lost must look lost to LeakSanitizer */
+    /* Every request the handlers saw was finished: none may be left held
+     * for the application (it would be kept for good). */
+    http_worker_t *w = ioloop__http_worker(server, loop, false);
+    FUZZ_CHECK(w == NULL || w->orphans == NULL);
     /* Whatever the server sent is HTTP/1.x responses, from the first byte. */
     if (run.head_len)
         FUZZ_CHECK(run.head_len >= 7 && memcmp(run.head, "HTTP/1.", 7) == 0);

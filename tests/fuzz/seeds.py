@@ -29,6 +29,8 @@ HTTP_REQUEST = {
                         body=b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer-A: x\r\n\r\n"),
     "stream-continue": req("POST /stream HTTP/1.1", "Host: a", "Expect: 100-continue", "Content-Length: 8",
                            body=b"abcdefgh"),
+    "upload-cut": req("POST /upload HTTP/1.1", "Host: a", "Content-Length: 10", body=b"abc"),
+    "upload-head-only": req("POST /upload HTTP/1.1", "Host: a", "Content-Length: 10"),
     "stream-chunked": req("PUT /stream HTTP/1.1", "Host: a", "Transfer-Encoding: chunked",
                           body=b"3\r\nabc\r\n0\r\n\r\n"),
     "later": req("GET /later HTTP/1.1", "Host: a") + req("POST /later HTTP/1.1", "Host: a",
@@ -41,6 +43,7 @@ HTTP_REQUEST = {
     "absolute-form": req("GET http://example.com:8080/user/7?q=1 HTTP/1.1", "Host: example.com:8080"),
     "options-405": req("OPTIONS /user/3 HTTP/1.1", "Host: a") + req("DELETE / HTTP/1.1", "Host: a"),
     "404": req("GET /nowhere HTTP/1.1", "Host: a"),
+    "healthz": req("GET /healthz HTTP/1.1", "Host: a") + req("HEAD /healthz HTTP/1.1", "Host: a"),
     "cl-and-te": req("POST /echo HTTP/1.1", "Host: a", "Content-Length: 4", "Transfer-Encoding: chunked",
                      body=b"0\r\n\r\n"),
     "two-lengths": req("POST /echo HTTP/1.1", "Host: a", "Content-Length: 1", "Content-Length: 2",
@@ -61,7 +64,8 @@ HTTP_REQUEST = {
 # The first byte: 0 sends everything at once, n sends n bytes per loop iteration.
 HTTP_REQUEST_SPLIT = {"get": 1, "post-chunked": 3, "pipelined": 7, "stream-continue": 2, "pattern-args": 5}
 # ... its top bit sends to a server that is draining,
-HTTP_REQUEST_DRAIN = {"pipelined": 0x80, "post-chunked": 0x81, "later": 0x80, "flush-gzip": 0x80, "get": 0x80}
+HTTP_REQUEST_DRAIN = {"pipelined": 0x80, "post-chunked": 0x81, "later": 0x80, "flush-gzip": 0x80, "get": 0x80,
+                      "healthz": 0x80}
 # ... and bit 6 closes the client once all is sent.
 HTTP_REQUEST_VANISH = {"later": 0x40, "flush-gzip": 0x40, "stream-continue": 0x41, "pipelined": 0xc0}
 
