@@ -18,6 +18,8 @@
 #include "ioloop/runtime.h"
 #include "ioloop/stream.h"
 
+#include "ws_internal.h"
+
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -245,8 +247,9 @@ struct http_worker {
     void *drain_arg;
     /* counters (ioloop_http_server_get_stats): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
-    pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
-    struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
+    pcre2_match_data *match;      /* route matching: made on first use, freed with the worker */
+    struct http_gzip *gzip_free;  /* idle deflate states (gzip.c) */
+    ioloop__ws_list_t websockets; /* upgraded connections on this loop (ws_server.c): a drain closes them, 1001 */
     int ngzip_free;
 };
 
@@ -314,9 +317,9 @@ void ioloop__http_conn_leave(http_conn_t *c);
  * reaches the connection again, reading is resumed) and take(stream, req,
  * arg) runs: the stream, with any bytes that followed the request still
  * unconsumed in its input, is the callee's; req is readable during the call
- * and finished (logged with status 101, recycled) after it. The connection no
- * longer counts in ioloop_http_server_connections nor in a drain. 0, or the
- * error (req is then finished and the connection closes as usual). */
+ * and finished (logged with status 101, recycled) after it. The connection
+ * leaves the worker's list (the callee keeps its own: w->websockets). 0, or
+ * the error (req is then finished and the connection closes as usual). */
 typedef void (*ioloop__http_upgrade_fn)(ioloop_stream_t *stream, ioloop_http_request_t *req, void *arg);
 int ioloop__http_conn_upgrade(ioloop_http_request_t *req, const void *head, size_t len, ioloop__http_upgrade_fn take,
                               void *arg);

@@ -212,8 +212,11 @@ static void on_connected(ioloop_t *loop, int status, ioloop_stream_t *stream, vo
     if (!err)
         err = ioloop_stream_read_until(stream, "\r\n\r\n", 4, WS_HEAD_MAX, on_head, wc);
     if (err) {
+        /* A TLS handshake that failed inside the write ended the stream: its
+         * error (IOLOOP_ECERT, IOLOOP_ETLS) says more than the write's -EPIPE. */
+        int ended = ioloop_stream_closed(stream) ? ioloop_stream_error(stream) : 0;
         ioloop_stream_set_close_callback(stream, NULL, NULL);
-        finish(wc, err);
+        finish(wc, ended && ended != IOLOOP_EOF ? ended : err);
     }
 }
 

@@ -18,6 +18,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,9 @@ enum { WS_OPEN, WS_CLOSING, WS_CLOSED };
 struct ioloop_websocket {
     ioloop_stream_t *stream;
     ioloop_t *loop;
+    pthread_t owner;         /* the loop's thread, where the websocket was made: the calls check it (-EPERM) */
+    ioloop__ws_list_t *list; /* the server's, on this loop (NULL for a client, or once the server is gone) */
+    ioloop_websocket_t *list_prev, *list_next;
     bool server;
     uint8_t state;
     ioloop_websocket_options_t opts;
@@ -100,13 +104,18 @@ static int write_frame(ioloop_websocket_t *ws, uint8_t opcode, uint8_t rsv, cons
     uint8_t hdr[14], mask[4];
     const uint8_t *payload = data;
     if (!ws->server) {
+        /* The masked copy: small frames in a per-thread buffer (the stream
+         * copies it before writev returns), larger ones in the scratch. */
+        static _Thread_local uint8_t small[16384];
+        uint8_t *dst = small;
         ioloop__ws_random(mask, 4);
-        if (payload != ws->scratch) {
-            if (scratch_reserve(ws, len ? len : 1) != 0)
+        if (payload == ws->scratch || len > sizeof(small)) {
+            if (payload != ws->scratch && scratch_reserve(ws, len) != 0)
                 return -ENOMEM;
+            dst = ws->scratch;
         }
-        ioloop__ws_mask(ws->scratch, payload, len, mask, 0);
-        payload = ws->scratch;
+        ioloop__ws_mask(dst, payload, len, mask, 0);
+        payload = dst;
     }
     size_t hl = ioloop__ws_frame_header(hdr, true, rsv, opcode, len, ws->server ? NULL : mask);
     struct iovec iov[2] = {{hdr, hl}, {(void *)payload, len}};
@@ -210,12 +219,24 @@ static void on_stream_close(ioloop_stream_t *stream, int error, void *arg)
     }
     if (ws->h.on_close)
         ws->h.on_close(ws, code, reason, rlen, ws->arg);
+    ioloop__ws_list_t *list = ws->list;
+    if (list) {
+        if (ws->list_prev)
+            ws->list_prev->list_next = ws->list_next;
+        else
+            list->head = ws->list_next;
+        if (ws->list_next)
+            ws->list_next->list_prev = ws->list_prev;
+        list->count--;
+    }
     ioloop__ws_reader_free(&ws->reader);
     ioloop__ws_deflate_free(&ws->deflate);
     free(ws->scratch);
     free(ws->subprotocol);
     free(ws->extensions);
     free(ws);
+    if (list && list->gone)
+        list->gone(list); /* a drain may be waiting for this one */
 }
 
 /* ---- reading ---------------------------------------------------------------- */
@@ -351,6 +372,7 @@ int ioloop__ws_new(ioloop_stream_t *stream, bool server, const ioloop_websocket_
     }
     ws->stream = stream;
     ws->loop = ioloop_stream_loop(stream);
+    ws->owner = pthread_self();
     ws->server = server;
     ws->opts = *opts;
     if (!ws->opts.max_message_size)
@@ -394,7 +416,52 @@ void ioloop__ws_start(ioloop_websocket_t *ws)
     }
 }
 
+/* ---- a server's list ---------------------------------------------------------- */
+
+void ioloop__ws_list_add(ioloop__ws_list_t *list, ioloop_websocket_t *ws)
+{
+    assert(!ws->list);
+    ws->list = list;
+    ws->list_prev = NULL;
+    ws->list_next = list->head;
+    if (list->head)
+        list->head->list_prev = ws;
+    list->head = ws;
+    list->count++;
+}
+
+void ioloop__ws_list_close_all(ioloop__ws_list_t *list, int code, const char *reason)
+{
+    for (ioloop_websocket_t *ws = list->head; ws; ws = ws->list_next)
+        if (ws->state == WS_OPEN) {
+            start_closing(ws);
+            send_close_frame(ws, code, reason, strlen(reason));
+        }
+}
+
+void ioloop__ws_list_abort_all(ioloop__ws_list_t *list)
+{
+    for (ioloop_websocket_t *ws = list->head; ws; ws = ws->list_next)
+        ioloop_stream_close(ws->stream); /* the close callbacks (and the unlinking) come later */
+}
+
+void ioloop__ws_list_forget(ioloop__ws_list_t *list)
+{
+    while (list->head) {
+        ioloop_websocket_t *ws = list->head;
+        list->head = ws->list_next;
+        ws->list = NULL;
+        ws->list_prev = ws->list_next = NULL;
+    }
+    list->count = 0;
+}
+
 /* ---- the public calls -------------------------------------------------------- */
+
+static bool on_owner(const ioloop_websocket_t *ws)
+{
+    return pthread_equal(pthread_self(), ws->owner);
+}
 
 int ioloop_websocket_send(ioloop_websocket_t *ws, int opcode, const void *data, size_t len)
 {
@@ -405,6 +472,8 @@ int ioloop_websocket_send(ioloop_websocket_t *ws, int opcode, const void *data, 
         return -EINVAL;
     if (control && len > 125)
         return -EINVAL;
+    if (!on_owner(ws))
+        return -EPERM;
     if (ws->state != WS_OPEN)
         return -EPIPE;
     if (!ioloop_stream_writable(ws->stream))
@@ -430,6 +499,8 @@ int ioloop_websocket_close(ioloop_websocket_t *ws, int code, const char *reason,
         return -EINVAL;
     if (len > 123 || (len && !reason) || (!code && len))
         return -EINVAL;
+    if (!on_owner(ws))
+        return -EPERM;
     if (ws->state != WS_OPEN)
         return -EALREADY;
     start_closing(ws);
@@ -444,13 +515,13 @@ bool ioloop_websocket_writable(const ioloop_websocket_t *ws)
 
 void ioloop_websocket_pause(ioloop_websocket_t *ws)
 {
-    if (ws && ws->state != WS_CLOSED)
+    if (ws && on_owner(ws) && ws->state != WS_CLOSED)
         ioloop_stream_pause(ws->stream);
 }
 
 void ioloop_websocket_resume(ioloop_websocket_t *ws)
 {
-    if (ws && ws->state != WS_CLOSED)
+    if (ws && on_owner(ws) && ws->state != WS_CLOSED)
         ioloop_stream_resume(ws->stream);
 }
 

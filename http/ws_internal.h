@@ -137,6 +137,22 @@ int ioloop__ws_new(ioloop_stream_t *stream, bool server, const ioloop_websocket_
 /* Starts reading (after on_open). */
 void ioloop__ws_start(ioloop_websocket_t *ws);
 
+/* The websockets a server holds on one loop (its worker's), so a drain can
+ * close them (1001) and wait for them. A websocket leaves its list when it
+ * ends, then calls gone(list). */
+typedef struct ioloop__ws_list {
+    ioloop_websocket_t *head;
+    int count;
+    void (*gone)(struct ioloop__ws_list *list);
+} ioloop__ws_list_t;
+void ioloop__ws_list_add(ioloop__ws_list_t *list, ioloop_websocket_t *ws);
+/* Starts the close handshake of every websocket on the list (code, reason). */
+void ioloop__ws_list_close_all(ioloop__ws_list_t *list, int code, const char *reason);
+/* Ends every websocket on the list now (their on_close follows, 1006). */
+void ioloop__ws_list_abort_all(ioloop__ws_list_t *list);
+/* The list's owner goes away: the websockets go on, on no list. */
+void ioloop__ws_list_forget(ioloop__ws_list_t *list);
+
 /* Sec-WebSocket-Accept for key (28 chars and a NUL). 0 or -EINVAL. */
 int ioloop__ws_accept_key(const char *key, size_t key_len, char out[29]);
 /* Random bytes for keys and masks: a per-thread xoshiro PRNG seeded from getrandom. */

@@ -18,6 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Single-frame messages up to this size, wholly in the input, skip the
+ * connection's message buffer (a per-thread one serves every connection). */
+#define WS_FAST_MAX 16384
+
 void ioloop__ws_reader_init(ioloop__ws_reader_t *r, bool server, size_t max_message_size, ioloop__ws_deflate_t *deflate)
 {
     memset(r, 0, sizeof(*r));
@@ -224,6 +228,27 @@ ssize_t ioloop__ws_reader_feed(ioloop__ws_reader_t *r, const void *data, size_t 
                 return fail(r, IOLOOP_WS_CLOSE_PROTOCOL_ERROR, "continuation frame without a message");
             if (f.opcode != 0 && r->in_message)
                 return fail(r, IOLOOP_WS_CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one");
+            /* The common case: a small uncompressed message in one frame,
+             * all of it here. It is unmasked into a per-thread buffer and
+             * handed out from there, so an idle connection holds no message
+             * buffer and a small message costs no copy into one. */
+            if (f.fin && f.opcode != 0 && !(f.rsv & 0x40) && f.payload_len <= WS_FAST_MAX &&
+                f.payload_len <= r->max_message_size && len - used >= (size_t)hl + f.payload_len) {
+                static _Thread_local uint8_t fast[WS_FAST_MAX + 1];
+                size_t n = (size_t)f.payload_len;
+                if (f.masked)
+                    ioloop__ws_mask(fast, p + used + hl, n, f.mask, 0);
+                else if (n)
+                    memcpy(fast, p + used + hl, n);
+                fast[n] = '\0';
+                ioloop__ws_utf8_t st = {0};
+                if (f.opcode == IOLOOP_WS_TEXT && (!ioloop__ws_utf8_feed(&st, fast, n) || st.need))
+                    return fail(r, IOLOOP_WS_CLOSE_INVALID_DATA, "invalid UTF-8 in a text message");
+                used += (size_t)hl + n;
+                if (ev(arg, f.opcode, fast, n))
+                    return (ssize_t)used;
+                continue;
+            }
             if (f.opcode != 0) {
                 r->in_message = true;
                 r->msg_opcode = f.opcode;

@@ -90,9 +90,13 @@ static void take_stream(ioloop_stream_t *stream, ioloop_http_request_t *req, voi
     if (ioloop__ws_new(stream, true, &r->options, &r->handlers, r->arg, &up->deflate, up->subprotocol, up->extensions,
                        &ws) != 0)
         return;
+    http_worker_t *w = req->w;
+    ioloop__ws_list_add(&w->websockets, ws); /* the server's drain closes it (1001) and waits for it */
     if (r->handlers.on_open)
         r->handlers.on_open(ws, req, r->arg);
     ioloop__ws_start(ws);
+    if (w->draining) /* upgraded as the drain began */
+        ioloop__ws_list_close_all(&w->websockets, IOLOOP_WS_CLOSE_GOING_AWAY, "server shutting down");
 }
 
 static void ws_get(ioloop_http_request_t *req, void *arg)

@@ -24,6 +24,10 @@ static void test_raw_echo_and_close(void **state)
     wsrv_start(&s, NULL);
     int fd = raw_open(s.t.port, "");
     raw_echo(fd, "hello");
+    /* the thread rule: from this (non-loop) thread the calls are refused */
+    ioloop_websocket_t *ws = atomic_load(&s.last_ws);
+    assert_int_equal(ioloop_websocket_send(ws, IOLOOP_WS_TEXT, "x", 1), -EPERM);
+    assert_int_equal(ioloop_websocket_close(ws, 1000, NULL, 0), -EPERM);
     /* binary, fragmented, with a ping in the middle: pong first, then the message */
     raw_send(fd, false, 0, IOLOOP_WS_BINARY, "ab", 2);
     raw_send(fd, true, 0, IOLOOP_WS_PING, "p1", 2);
@@ -283,6 +287,36 @@ static void test_keepalive_ping_and_timeout(void **state)
     wsrv_stop(&s);
 }
 
+/* A graceful shutdown closes the websockets with 1001 and waits for their
+ * close handshake; one that never answers is ended at the drain's timeout. */
+static void test_shutdown_going_away(void **state)
+{
+    (void)state;
+    wsrv_t s = {0};
+    wsrv_start(&s, NULL);
+    int polite = raw_open(s.t.port, "");
+    int deaf = raw_open(s.t.port, "");
+    raw_echo(polite, "before");
+    raw_echo(deaf, "before");
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(ioloop_http_server_shutdown(s.t.server, s.t.rt, s.t.listener, IOLOOP_MSEC(600)), 0);
+    assert_int_equal(raw_expect_close(polite), IOLOOP_WS_CLOSE_GOING_AWAY);
+    raw_send(polite, true, 0, IOLOOP_WS_CLOSE, "\x03\xe9", 2);
+    assert_int_equal(tcli_closed(polite, 5000, NULL), 1); /* the server ended TCP after the handshake */
+    assert_int_equal(raw_expect_close(deaf), IOLOOP_WS_CLOSE_GOING_AWAY);
+    /* the deaf one never answers: the drain's timeout ends it, then the runtime stops */
+    assert_int_equal(ioloop_runtime_join(s.t.rt), 0);
+    int64_t took = tu_now_ns() - t0;
+    assert_true(took >= 500000000LL && took < 5000000000LL);
+    assert_true(tcli_closed(deaf, 5000, NULL) != 0);
+    assert_int_equal(atomic_load(&s.closes), 2);
+    close(polite);
+    close(deaf);
+    ioloop_listener_free(s.t.listener);
+    ioloop_http_server_free(s.t.server);
+    tsrv_free_runtime(&s.t);
+}
+
 /* ---- the client's checks against a fake server ------------------------------ */
 
 typedef struct {
@@ -407,13 +441,10 @@ static void test_client_rejects_bad_handshakes(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_raw_echo_and_close),
-        cmocka_unit_test(test_bytes_after_handshake),
-        cmocka_unit_test(test_handshake_refused),
-        cmocka_unit_test(test_client_echo_compression_subprotocol),
-        cmocka_unit_test(test_server_close_and_arguments),
-        cmocka_unit_test(test_keepalive_ping_and_timeout),
-        cmocka_unit_test(test_client_rejects_bad_handshakes),
+        cmocka_unit_test(test_raw_echo_and_close),         cmocka_unit_test(test_bytes_after_handshake),
+        cmocka_unit_test(test_handshake_refused),          cmocka_unit_test(test_client_echo_compression_subprotocol),
+        cmocka_unit_test(test_server_close_and_arguments), cmocka_unit_test(test_keepalive_ping_and_timeout),
+        cmocka_unit_test(test_shutdown_going_away),        cmocka_unit_test(test_client_rejects_bad_handshakes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,6 +30,8 @@ typedef struct {
     int flood_size;
     atomic_size_t flood_sent;
     ioloop_websocket_t *flood_ws;
+    _Atomic(ioloop_websocket_t *) last_ws; /* the last one opened (for the thread-rule check) */
+    atomic_int late_sends_accepted;        /* sends from on_close that were not refused (must stay 0) */
 } wsrv_t;
 
 /* Flood: sends messages of s->flood_size until the stream refuses one
@@ -53,6 +55,7 @@ static inline void wsrv_on_open(ioloop_websocket_t *ws, ioloop_http_request_t *r
 {
     (void)req;
     wsrv_t *s = arg;
+    atomic_store(&s->last_ws, ws);
     atomic_fetch_add(&s->opens, 1);
     int size = atomic_exchange(&s->flood, 0); /* the first websocket only */
     if (size > 0) {
@@ -75,6 +78,10 @@ static inline void wsrv_on_close(ioloop_websocket_t *ws, int code, const char *r
     wsrv_t *s = arg;
     if (ws == s->flood_ws)
         s->flood_ws = NULL;
+    /* a late handler: sending or closing once it ended is refused, never a crash */
+    if (ioloop_websocket_send(ws, IOLOOP_WS_TEXT, "late", 4) != -EPIPE ||
+        ioloop_websocket_close(ws, 1000, NULL, 0) != -EALREADY)
+        atomic_fetch_add(&s->late_sends_accepted, 1);
     snprintf(s->last_reason, sizeof(s->last_reason), "%.*s", (int)len, reason);
     atomic_store(&s->last_close_code, code);
     atomic_fetch_add(&s->closes, 1);
@@ -126,6 +133,7 @@ static inline bool wait_count(atomic_int *counter, int n, int ms)
 static inline void wsrv_stop(wsrv_t *s)
 {
     assert_true(wait_count(&s->closes, atomic_load(&s->opens), 10000));
+    assert_int_equal(atomic_load(&s->late_sends_accepted), 0);
     tsrv_stop(&s->t);
 }
 

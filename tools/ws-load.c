@@ -9,8 +9,9 @@
  *       (echoes received per second over the run, after a 1 s warm-up);
  *       with --server-pid PID also the server's CPU time per message over
  *       the same window (/proc/PID/stat).
- *   ws-load URL --check [--compress]
- *       text, binary, 16 MiB, ping/pong, close 4000: "check ok" or why not.
+ *   ws-load URL --check [--compress | --no-context-takeover]
+ *       text, binary, 16 MiB, ping/pong, close 4000: "check ok" or why not
+ *       (--no-context-takeover: compressed, each message deflated afresh).
  *
  * Threading rule: each connection lives on the loop that opened it; the
  * counters are per loop (relaxed atomics), summed by the main thread.
@@ -35,7 +36,7 @@ typedef struct {
 static struct {
     const char *url;
     int conns, seconds, size, pipeline, threads, server_pid;
-    bool compress, check;
+    bool compress, check, no_context_takeover;
     ioloop_runtime_t *rt;
     counters_t *per_loop;
     char *payload;
@@ -149,15 +150,22 @@ static int run_load(void)
         sleep_s(0.01);
     sleep_s(1.0); /* warm-up */
     long long c0 = cfg.server_pid ? process_ticks(cfg.server_pid) : -1;
+    struct timespec u0, u1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &u0);
     unsigned long long m0 = sum(offsetof(counters_t, messages));
     double start = now_s();
     sleep_s(cfg.seconds);
     unsigned long long m1 = sum(offsetof(counters_t, messages));
     double elapsed = now_s() - start;
     long long c1 = cfg.server_pid ? process_ticks(cfg.server_pid) : -1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &u1);
+    double own_cpu = (double)(u1.tv_sec - u0.tv_sec) + (double)(u1.tv_nsec - u0.tv_nsec) / 1e9;
     printf("ws-load: %llu connections open, %llu errors, %llu closed early\n", sum(offsetof(counters_t, opened)),
            sum(offsetof(counters_t, errors)), sum(offsetof(counters_t, closed)));
     printf("ws-load: %llu messages in %.2f s: %.0f messages/s\n", m1 - m0, elapsed, (double)(m1 - m0) / elapsed);
+    if (m1 > m0)
+        printf("ws-load: client CPU %.3f us/message (%.0f%% of one CPU)\n", own_cpu * 1e6 / (double)(m1 - m0),
+               own_cpu / elapsed * 100);
     if (c0 >= 0 && c1 >= c0 && m1 > m0)
         printf("ws-load: server CPU %.3f us/message (%lld ticks)\n",
                (double)(c1 - c0) / (double)sysconf(_SC_CLK_TCK) * 1e6 / (double)(m1 - m0), c1 - c0);
@@ -283,7 +291,9 @@ static int run_check(void)
         chk.big[i] = (char)(i * 31 + i / 4096);
     ioloop_websocket_connect_options_t o = {
         .handlers = {.on_message = check_message, .on_close = check_close, .on_pong = check_pong},
-        .options = {.compression = cfg.compress, .max_message_size = 2 * BIG},
+        .options = {.compression = cfg.compress,
+                    .no_context_takeover = cfg.no_context_takeover,
+                    .max_message_size = 2 * BIG},
     };
     int rc = ioloop_websocket_connect(chk.loop, cfg.url, &o, check_connected, NULL);
     if (rc == 0)
@@ -321,6 +331,8 @@ int main(int argc, char **argv)
             cfg.server_pid = atoi(argv[++i]);
         else if (!strcmp(a, "--compress"))
             cfg.compress = true;
+        else if (!strcmp(a, "--no-context-takeover"))
+            cfg.compress = cfg.no_context_takeover = true;
         else if (!strcmp(a, "--check"))
             cfg.check = true;
         else if (a[0] != '-' && !cfg.url)
@@ -332,7 +344,7 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "usage: %s URL [-c CONNS] [-d SECONDS] [-s SIZE] [-p PIPELINE] [--threads N] [--compress] "
                 "[--server-pid PID]\n"
-                "       %s URL --check [--compress]\n",
+                "       %s URL --check [--compress | --no-context-takeover]\n",
                 argv[0], argv[0]);
         return 2;
     }

@@ -8,7 +8,8 @@
  * ioloop_websocket_t: send, close, and the handlers below.
  *
  * Threading rule: a websocket belongs to the loop of its stream; every call
- * is for that loop's thread and every handler runs there. Another loop posts
+ * is for that loop's thread (send and close return -EPERM elsewhere, pause
+ * and resume do nothing) and every handler runs there. Another loop posts
  * (ioloop_add_callback to ioloop_websocket_loop(ws)) and sends from there.
  *
  * Life cycle: on_open, then on_message for each message, then on_close
@@ -116,6 +117,9 @@ typedef struct {
  * otherwise), Sec-WebSocket-Version 13 (426 with the version we speak
  * otherwise), the origin hook (403). Then 101 with Sec-WebSocket-Accept, the
  * chosen subprotocol and extension, and the connection is the websocket's.
+ * It still counts in ioloop_http_server_connections, and a drain (or
+ * ioloop_http_server_shutdown) closes it with 1001 "server shutting down"
+ * and waits for the close handshake, until the drain's timeout ends it.
  * Configure before serving. 0, or ioloop_http_server_route's error. */
 IOLOOP_API int ioloop_http_websocket_route(ioloop_http_server_t *s, const char *pattern,
                                            const ioloop_websocket_route_t *route);

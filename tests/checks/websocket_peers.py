@@ -6,14 +6,16 @@
 
 1. tools/examples/ws_echo (2 loops, --compress) against websockets' client: text,
    binary, fragmented, a 16 MiB message, ping/pong, close codes, permessage-deflate
-   negotiated (and not, when the client does not offer it), an oversized message
+   negotiated (and not, when the client does not offer it; with every RFC 7692
+   parameter when the client asks for them), an oversized message
    (1009); raw-socket invalid frames (reserved bits, bad opcode, unmasked, invalid
    UTF-8, a control frame over 125 bytes) each get their close code and the server
    keeps serving.
 2. tools/examples/ws_chat (2 loops): every message reaches every client, whichever
    loop holds it.
 3. Our client (tools/ws-load --check) against a websockets server, with and
-   without compression: text, binary, 16 MiB, ping/pong, close 4000.
+   without compression (and with our client_no_context_takeover): text (echoed
+   fragmented), binary, 16 MiB, ping/pong, close 4000.
 Every server must exit 0 on SIGTERM with nothing on stderr (sanitizer reports
 included). Run with /usr/bin/python3 (Debian's websockets).
 """
@@ -28,6 +30,7 @@ import sys
 import tempfile
 
 import websockets
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 BINDIR, TOOLDIR = sys.argv[1], sys.argv[2]
 TIMEOUT = 60
@@ -141,6 +144,17 @@ async def echo_checks(port):
         big = bytes(range(256)) * (1 << 16)
         await ws.send(big)
         check(await ws.recv() == big, "compressed 16 MiB")
+    # every parameter of RFC 7692 offered: no context takeover both ways, a 1 KiB server window
+    pmd = ClientPerMessageDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True,
+                                         server_max_window_bits=10, client_max_window_bits=11)
+    async with websockets.connect(url, max_size=None, compression=None, extensions=[pmd]) as ws:
+        ext = ws.response_headers.get("Sec-WebSocket-Extensions") or ""
+        for param in ("server_no_context_takeover", "client_no_context_takeover", "server_max_window_bits=10"):
+            check(param in ext, f"{param} not granted: {ext!r}")
+        for i in range(5):
+            text = f"message {i} " * 500
+            await ws.send(text)
+            check(await ws.recv() == text, f"no-context-takeover message {i}")
     async with websockets.connect(url, max_size=None, compression=None) as ws:
         await ws.send(b"x" * ((32 << 20) + 1))
         try:
@@ -194,18 +208,21 @@ async def chat_checks(port):
 async def echo(ws):
     try:
         async for message in ws:
-            await ws.send(message)
+            if isinstance(message, str) and len(message) > 3:
+                await ws.send([message[:3], message[3:]])  # fragmented: our client reassembles it
+            else:
+                await ws.send(message)
     except websockets.ConnectionClosed:  # our client closes with 4000: not an "OK" close to websockets
         pass
 
 
 async def client_checks():
-    for compression in (None, "deflate"):
+    for compression, flag in ((None, None), ("deflate", "--compress"), ("deflate", "--no-context-takeover")):
         async with websockets.serve(echo, "127.0.0.1", 0, max_size=None, compression=compression) as server:
             port = server.sockets[0].getsockname()[1]
             args = [os.path.join(TOOLDIR, "ws-load"), f"ws://127.0.0.1:{port}/", "--check"]
-            if compression:
-                args.append("--compress")
+            if flag:
+                args.append(flag)
             proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
             out = out.decode()
@@ -213,6 +230,8 @@ async def client_checks():
                   f"ws-load --check ({compression}): {out} {err.decode()}")
             if compression:
                 check("extensions: permessage-deflate" in out, f"no compression: {out}")
+            if flag == "--no-context-takeover":
+                check("client_no_context_takeover" in out, f"our no_context_takeover not granted: {out}")
     print("websocket_peers: our client against a websockets server: ok", flush=True)
 
 
