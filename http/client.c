@@ -1,28 +1,22 @@
-/* client.c — one fetch (Tornado's simple_httpclient _HTTPConnection, h2o's
- * http1client): the request is copied, a connection taken from the loop's
- * pool (client_pool.c), the head and body written, the response parsed
- * (client_parse.c) as it arrives through the stream's consumer, inflated,
- * buffered or streamed, redirects followed, and the callback run once.
+/* client.c — one fetch (Tornado's simple_httpclient, h2o's http1client): the
+ * request is copied, a connection taken from the loop's pool (client_pool.c),
+ * the head and body written, the response parsed (client_parse.c) from the
+ * stream's consumer, inflated, buffered or streamed, redirects followed.
  *
- * Threading rule: a fetch and everything it touches belong to its loop's
- * thread.
+ * Threading rule: a fetch and everything it touches belong to its loop's thread.
  *
- * Deadlines: request_timeout covers the whole fetch (one timer); the
- * connect's own timeout covers name lookup and TCP; the queue has its timer.
- * A fetch ends in exactly one place, fetch_finish, which detaches it from its
- * connection (closed unless the response completed cleanly) or its queue and
- * defers the callback to a loop callback (never inline in ioloop_http_fetch,
- * nor under the stream's or the parser's frames).
- *
- * Retry: a request sent on a reused connection that ends before any response
- * byte is sent once more on a new connection when it is idempotent (GET,
- * HEAD, PUT, DELETE, OPTIONS, TRACE) and its body is in a buffer (RFC 9110
- * 9.2.2), as curl and Go's Transport do.
+ * One timer covers the whole fetch (request_timeout); the connect and the
+ * queue have their own. A fetch ends in one place, fetch_finish: it leaves its
+ * connection (closed unless the response completed cleanly) or its queue, and
+ * the callback runs from a loop callback, never inline. A request on a reused
+ * connection that ends before any response byte is sent once more on a new
+ * one when it is idempotent and its body is a buffer (RFC 9110 9.2.2; curl
+ * and Go's Transport do the same).
  */
 #define _GNU_SOURCE
 #include "client_internal.h"
 
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
 #include "ioloop/tls.h"
 #endif
 
@@ -106,10 +100,10 @@ void ioloop__client_fetch_fail(ioloop_http_fetch_t *fetch, int err, const char *
 static void fail_fmt(ioloop_http_fetch_t *fetch, int err, const char *what)
 {
     char text[192];
-    snprintf(text, sizeof(text), "%s: %s", what, ioloop_strerror(err));
-#ifdef IOLOOP_HTTP_TLS
+    snprintf(text, sizeof(text), "%.120s: %.60s", what, ioloop_strerror(err));
+#ifdef IOLOOP_HTTP_HAVE_TLS
     if ((err == IOLOOP_ECERT || err == IOLOOP_ETLS) && ioloop_tls_error_message()[0])
-        snprintf(text, sizeof(text), "%s: %s", what, ioloop_tls_error_message());
+        snprintf(text, sizeof(text), "%.60s: %.120s", what, ioloop_tls_error_message());
 #endif
     fetch_finish(fetch, err, text);
 }
@@ -290,8 +284,6 @@ void ioloop__client_send(ioloop_http_fetch_t *fetch, client_conn_t *conn)
     fetch->body_written = 0;
     fetch->watch_pending = false;
     fetch->paused = false;
-    if (fetch->resp.timing.queue < 0)
-        fetch->resp.timing.queue = since_start(fetch);
     if (fetch->reused && fetch->resp.timing.connect < 0)
         fetch->resp.timing.connect = 0;
     fetch->resp.timing.reused = fetch->reused;
@@ -788,9 +780,9 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
     if (rc)
         return rc;
-    client_pool_t *pool = ioloop__client_pool(loop);
+    client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
-        return -ENOMEM;
+        return rc;
     if (pool->closing)
         return -ESHUTDOWN;
     ioloop_http_fetch_t *fetch = ioloop__client_fetch_alloc(pool);
@@ -799,7 +791,7 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
     rc = ioloop__client_url_parse(&fetch->url, req->url);
     if (rc == 0)
         rc = copy_request(fetch, req);
-#ifndef IOLOOP_HTTP_TLS
+#ifndef IOLOOP_HTTP_HAVE_TLS
     if (rc == 0 && fetch->url.https)
         rc = -EPROTONOSUPPORT;
 #endif

@@ -22,16 +22,6 @@
 #include <stdint.h>
 #include <zlib.h>
 
-/* The loop's close hook (runtime/internal.h; libioloop's streams, connects
- * and lookups keep their per-loop state the same way): the pool is found
- * through it and freed by it. */
-typedef struct ioloop__close_hook {
-    struct ioloop__close_hook *next;
-    void (*fn)(ioloop_t *loop, struct ioloop__close_hook *hook);
-} ioloop__close_hook_t;
-void ioloop__close_hook_add(ioloop_t *loop, ioloop__close_hook_t *hook);
-ioloop__close_hook_t *ioloop__close_hook_find(ioloop_t *loop, void (*fn)(ioloop_t *, ioloop__close_hook_t *));
-
 typedef struct client_pool client_pool_t;
 typedef struct client_host client_host_t;
 typedef struct client_conn client_conn_t;
@@ -98,7 +88,7 @@ typedef struct client_tls {
 } client_tls_t;
 
 struct client_pool {
-    ioloop__close_hook_t hook; /* first: the hook is the pool */
+    ioloop_close_hook_t hook; /* first: the hook is the pool (ioloop_close_hook_add, ioloop.h) */
     ioloop_t *loop;
     ioloop_http_client_options_t opts;
     client_host_t *hosts;
@@ -156,7 +146,7 @@ struct ioloop_http_fetch {
 };
 
 /* client_pool.c */
-client_pool_t *ioloop__client_pool(ioloop_t *loop); /* NULL on ENOMEM */
+client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err); /* NULL and *err: -ENOMEM, -ESHUTDOWN, -EPERM */
 client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url, void *tls_ctx);
 void *ioloop__client_tls_context(client_pool_t *pool, const ioloop_http_client_request_t *req, int *err);
 /* A connection for fetch: an idle one (checked for a server close), a new

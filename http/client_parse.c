@@ -95,11 +95,20 @@ static int cb_status_complete(llhttp_t *p)
     return terminate(rp);
 }
 
+/* Trailers are read and ignored, within max_header_size too. */
+static int trailer(ioloop__http_resp_t *rp, size_t len)
+{
+    rp->trailer_bytes += len;
+    if (rp->trailer_bytes > rp->max_header_size)
+        return fail(rp, -E2BIG, "response trailers over %s bytes", "the limit of max_header_size");
+    return 0;
+}
+
 static int cb_header_field(llhttp_t *p, const char *at, size_t len)
 {
     ioloop__http_resp_t *rp = p->data;
     if (rp->head_done)
-        return 0;                           /* trailers are read and ignored */
+        return trailer(rp, len);
     if (rp->len == 0 && terminate(rp) != 0) /* no reason phrase at all */
         return -1;
     if (rp->nheaders == 0 || rp->in_value) {
@@ -150,7 +159,7 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len)
 {
     ioloop__http_resp_t *rp = p->data;
     if (rp->head_done)
-        return 0;
+        return trailer(rp, len + 4); /* ": " and CRLF: a flood of empty lines counts too */
     return append(rp, at, len);
 }
 
@@ -308,6 +317,7 @@ void ioloop__http_resp_reset(ioloop__http_resp_t *rp, bool head_request)
     rp->head_request = head_request;
     rp->head_done = rp->complete = rp->keep_alive = rp->paused = rp->chunked = false;
     rp->head_bytes = 0;
+    rp->trailer_bytes = 0;
     rp->body_bytes = 0;
     rp->chunk_left = 0;
     rp->crlf_pending = 0;

@@ -54,7 +54,8 @@ struct ioloop__http_resp {
     int status;
     uint8_t major, minor;
     bool in_value, head_done, complete, head_request, keep_alive, paused;
-    size_t head_bytes; /* bytes fed while the head was incomplete */
+    size_t head_bytes;    /* bytes fed while the head was incomplete */
+    size_t trailer_bytes; /* of the chunked body's trailers (ignored, but bounded) */
     uint64_t body_bytes;
     int64_t content_length; /* -1 when none */
     bool chunked;

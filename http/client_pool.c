@@ -1,24 +1,21 @@
 /* client_pool.c — the HTTP client's per-loop connection pool (curl's
- * connection cache, h2o's httpclient socketpool, one per loop): hosts keyed
- * by (scheme, host, port, TLS context), their connections (connecting, busy,
- * idle), the FIFO of fetches waiting for one, the cached TLS contexts and a
- * free list of fetches.
+ * connection cache, h2o's socketpool, one per loop): hosts keyed by (scheme,
+ * host, port, TLS context), their connections, the FIFO of fetches waiting
+ * for one, the cached TLS contexts and a free list of fetches.
  *
  * Threading rule: the pool is its loop's alone (found through the loop's
- * close hooks); no lock anywhere, and nothing is shared between loops.
+ * close hooks); no lock, nothing shared between loops.
  *
- * Reuse: idle connections keep a stream consumer running, so a server's
- * close (EOF, RST) or a stray byte while idle closes them at once; before a
- * reuse a zero-timeout poll(2) of the socket catches a close that arrived
- * since the last loop iteration (readable or hung up while idle: stale). What
- * still slips through (a close in flight) is the retry's job (client.c).
- * The loop's close ends every connection and fetch (-ESHUTDOWN), then frees
- * the pool once the last of them is gone.
+ * An idle connection keeps a stream consumer running, so a close or a stray
+ * byte from the server ends it at once; before a reuse a zero-timeout poll(2)
+ * catches a FIN that arrived since the loop last polled. What still slips
+ * through (a close in flight) is client.c's retry. The loop's close ends every
+ * connection and fetch (-ESHUTDOWN) and frees the pool after the last of them.
  */
 #define _GNU_SOURCE
 #include "client_internal.h"
 
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
 #include "ioloop/tls.h"
 #endif
 
@@ -35,6 +32,7 @@
 #define CONN_MAX_INPUT ((size_t)1024 * 1024)
 
 static void pool_maybe_free(client_pool_t *pool);
+static void queue_done(ioloop_http_fetch_t *fetch);
 
 /* ---- fetches ---------------------------------------------------------------- */
 
@@ -129,7 +127,7 @@ static void pool_free(client_pool_t *pool)
     while (pool->tls) {
         client_tls_t *t = pool->tls;
         pool->tls = t->next;
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
         ioloop_tls_context_free(t->ctx);
 #endif
         free(t->ca_file);
@@ -152,7 +150,7 @@ static void pool_maybe_free(client_pool_t *pool)
 /* The loop closes: streams and connects may already have ended (their hooks
  * ran first) or end after this. Every fetch fails with -ESHUTDOWN; the pool
  * waits (pending) for the close callbacks still to come. */
-static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
+static void pool_close(ioloop_t *loop, ioloop_close_hook_t *hook)
 {
     (void)loop;
     client_pool_t *pool = (client_pool_t *)hook;
@@ -185,17 +183,24 @@ static void pool_close(ioloop_t *loop, ioloop__close_hook_t *hook)
     pool_maybe_free(pool);
 }
 
-client_pool_t *ioloop__client_pool(ioloop_t *loop)
+client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err)
 {
-    client_pool_t *pool = (client_pool_t *)ioloop__close_hook_find(loop, pool_close);
+    client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     if (pool)
         return pool;
     pool = calloc(1, sizeof(*pool));
-    if (!pool)
+    if (!pool) {
+        *err = -ENOMEM;
         return NULL;
+    }
     pool->hook.fn = pool_close;
     pool->loop = loop;
-    ioloop__close_hook_add(loop, &pool->hook);
+    int rc = ioloop_close_hook_add(loop, &pool->hook);
+    if (rc != 0) {
+        free(pool);
+        *err = rc;
+        return NULL;
+    }
     return pool;
 }
 
@@ -211,9 +216,9 @@ int ioloop_http_client_configure(ioloop_t *loop, const ioloop_http_client_option
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
     if (rc)
         return rc;
-    client_pool_t *pool = ioloop__client_pool(loop);
+    client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
-        return -ENOMEM;
+        return rc;
     pool->opts = *opts;
     return 0;
 }
@@ -225,7 +230,7 @@ int ioloop_http_client_get_stats(ioloop_t *loop, ioloop_http_client_stats_t *out
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check */
     if (rc)
         return rc;
-    client_pool_t *pool = (client_pool_t *)ioloop__close_hook_find(loop, pool_close);
+    client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     memset(out, 0, sizeof(*out));
     if (!pool)
         return 0;
@@ -247,7 +252,7 @@ int ioloop_http_client_close_idle(ioloop_t *loop)
     int rc = ioloop_remove_timeout(loop, 0); /* the owner check */
     if (rc)
         return rc;
-    client_pool_t *pool = (client_pool_t *)ioloop__close_hook_find(loop, pool_close);
+    client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     if (!pool)
         return 0;
     for (client_host_t *host = pool->hosts; host; host = host->next)
@@ -280,7 +285,7 @@ client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url,
 
 void *ioloop__client_tls_context(client_pool_t *pool, const ioloop_http_client_request_t *req, int *err)
 {
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
     if (req->tls_context)
         return req->tls_context;
     const char *ca = req->ca_file ? req->ca_file : "";
@@ -447,6 +452,7 @@ void ioloop__client_conn_release(client_conn_t *conn, bool reusable)
         ioloop_http_fetch_t *fetch = host->queue_head;
         ioloop__client_queue_remove(fetch);
         conn->state = CONN_BUSY;
+        queue_done(fetch);
         fetch->reused = conn->requests > 0;
         if (fetch->reused)
             pool->stats.connections_reused++;
@@ -515,7 +521,7 @@ static int conn_open(client_host_t *host, ioloop_http_fetch_t *fetch)
         .nodelay = true,
         .stream = {.max_buffer_size = CONN_MAX_INPUT},
     };
-#ifdef IOLOOP_HTTP_TLS
+#ifdef IOLOOP_HTTP_HAVE_TLS
     if (host->https) {
         int rc = ioloop_tls_client_options(host->tls_ctx, host->name, &o);
         if (rc != 0) {
@@ -581,6 +587,13 @@ void ioloop__client_queue_remove(ioloop_http_fetch_t *fetch)
     }
 }
 
+/* The end of the fetch's wait for a connection (timing.queue): its first one. */
+static void queue_done(ioloop_http_fetch_t *fetch)
+{
+    if (fetch->resp.timing.queue < 0)
+        fetch->resp.timing.queue = ioloop_time(fetch->pool->loop) - fetch->start;
+}
+
 void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
 {
     client_pool_t *pool = host->pool;
@@ -597,12 +610,15 @@ void ioloop__client_dispatch(ioloop_http_fetch_t *fetch, client_host_t *host)
             conn->state = CONN_BUSY;
             fetch->reused = true;
             pool->stats.connections_reused++;
+            queue_done(fetch);
             ioloop__client_send(fetch, conn);
             return;
         }
     }
     fetch->reused = false;
+    /* a retry may go one over: the connection it lost on still counts until its close callback */
     if (host->nopen < max_per_host(pool) || (fetch->fresh_only && host->nopen <= max_per_host(pool))) {
+        queue_done(fetch);
         int rc = conn_open(host, fetch);
         if (rc != 0)
             ioloop__client_fetch_fail(fetch, rc, "connect failed");

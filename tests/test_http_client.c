@@ -5,9 +5,11 @@
  * from a producer (chunked and with a length); a HEAD; redirects 301/302/303
  * (to GET) and 307/308 (method and body kept), Authorization dropped across
  * hosts and kept within one, and a loop ending in -ELOOP; gzip inflated;
- * max_body_size; a streamed body paused and resumed; a request timeout; a
- * cancel; max_connections_per_host with its queue and queue timeout; an idle
- * connection the server closed is not reused; bad URLs; the loop's close.
+ * max_body_size; a streamed body paused and resumed; a request timeout;
+ * cancels (also from the fetch's own callbacks); max_connections_per_host
+ * with its queue and queue timeout; the pool's idle_timeout and
+ * max_idle_per_host; an idle connection the server closed is not reused;
+ * bad URLs; the loop's close ending every fetch.
  * Threading rule: the client loop runs on the test's thread, the server on
  * the runtime's; handlers touch only atomics.
  */
@@ -527,6 +529,41 @@ static void test_cancel(void **state)
     tres_free(&r);
 }
 
+static int cancel_in_stream(ioloop_http_fetch_t *fetch, const char *data, size_t len, void *arg)
+{
+    (void)data, (void)len;
+    (*(int *)arg)++;
+    ioloop_http_fetch_cancel(fetch); /* from inside the parser's frame */
+    return 0;
+}
+
+static int refuse_head(ioloop_http_fetch_t *fetch, const ioloop_http_client_response_t *resp, void *arg)
+{
+    (void)fetch, (void)arg;
+    return ioloop_http_client_response_status(resp) == 200 ? -EPERM : 0;
+}
+
+static void test_cancel_from_callbacks(void **state)
+{
+    (void)state;
+    int pieces = 0;
+    tres_t r;
+    cfetch(loop,
+           &(ioloop_http_client_request_t){
+               .url = url("/big"), .streaming_callback = cancel_in_stream, .callback_arg = &pieces},
+           &r);
+    assert_int_equal(r.error, -ECANCELED);
+    assert_int_equal(pieces, 1);
+    tres_free(&r);
+    cfetch(loop, &(ioloop_http_client_request_t){.url = url("/big"), .header_callback = refuse_head}, &r);
+    assert_int_equal(r.error, -EPERM);
+    assert_int_equal(r.status, 200);
+    tres_free(&r);
+    cget(loop, url("/hello"), &r); /* the loop goes on */
+    assert_string_equal(r.body, "Hello, world");
+    tres_free(&r);
+}
+
 static void test_queue_per_host(void **state)
 {
     (void)state;
@@ -542,11 +579,15 @@ static void test_queue_per_host(void **state)
     assert_int_equal(st.open, 2);
     assert_int_equal(st.queued, 4);
     twait(loop, r, 6);
+    int waited = 0;
     for (int i = 0; i < 6; i++) {
         assert_int_equal(r[i].error, 0);
         assert_string_equal(r[i].body, "slow");
+        assert_true(r[i].timing.queue >= 0 && r[i].timing.first_byte >= r[i].timing.queue);
+        waited += r[i].timing.queue >= IOLOOP_MSEC(50); /* behind a 100 ms answer */
         tres_free(&r[i]);
     }
+    assert_int_equal(waited, 4);
     st = stats();
     assert_int_equal(st.connections_opened, 2);
     assert_int_equal(st.connections_reused, 4);
@@ -569,6 +610,33 @@ static void test_queue_per_host(void **state)
     assert_int_equal(a.error, 0);
     tres_free(&a);
     tres_free(&b);
+}
+
+static void test_client_idle_limits(void **state)
+{
+    (void)state;
+    assert_int_equal(
+        ioloop_http_client_configure(
+            loop, &(ioloop_http_client_options_t){.idle_timeout = IOLOOP_MSEC(100), .max_idle_per_host = 1}),
+        0);
+    tres_t r[3];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = url("/slow?ms=50")}, tres_cb, &r[i], NULL),
+            0);
+    twait(loop, r, 3);
+    for (int i = 0; i < 3; i++)
+        tres_free(&r[i]);
+    tspin(loop, 20); /* the close callbacks of the two let go */
+    ioloop_http_client_stats_t st = stats();
+    assert_int_equal(st.connections_opened, 3);
+    assert_int_equal(st.idle, 1); /* max_idle_per_host: the other two closed */
+    assert_int_equal(st.open, 1);
+    tspin(loop, 400); /* our idle_timeout, not the server's (an hour), closes the last one */
+    st = stats();
+    assert_int_equal(st.open, 0);
+    assert_int_equal(st.stale_closed, 0);
 }
 
 static int setup_short_idle(void **state)
@@ -717,7 +785,9 @@ int main(void)
         T(test_max_body_size),
         T(test_streaming_with_pause),
         T(test_cancel),
+        T(test_cancel_from_callbacks),
         T(test_queue_per_host),
+        T(test_client_idle_limits),
         cmocka_unit_test_setup_teardown(test_idle_connection_closed_by_server, setup_short_idle, teardown),
         T(test_bad_urls),
         T(test_loop_close_ends_fetches),

@@ -1,15 +1,13 @@
 /* test_http_client_hostile.c — ioloop_http_fetch against a small hostile
  * server (raw sockets on a thread, one scripted behaviour per test):
- * malformed status lines, bad chunk sizes, header floods and an endless
- * head, a body over max_body_size (announced and chunked), a close and a
- * reset mid-body, a byte every 100 ms and a server that never answers
- * (request_timeout), a connect that never completes (connect_timeout), a
- * corrupt gzip body, bytes after a response (not reused), a close-delimited
- * body, 1xx before the answer, the race of a reused connection the server
- * closes (an idempotent request is retried once, a POST is not), a server
- * that never reads a streamed request body (the producer is held back:
- * memory bounded), and an IPv6 literal URL. After each, the loop still
- * serves the next fetch.
+ * malformed status lines, bad chunk sizes, header floods, an endless head, a
+ * body over max_body_size (announced and chunked), a close and a reset
+ * mid-body, a byte every 100 ms and a silent server (request_timeout), a
+ * connect that never completes (connect_timeout), corrupt gzip, bytes after a
+ * response (not reused), a close-delimited body after 1xx heads, the reuse
+ * race (an idempotent request retried once, a POST not), a FIN that arrived
+ * since the last poll (seen before reuse), a server that never reads a
+ * streamed body (the producer held back: memory bounded), an IPv6 literal.
  * Threading rule: the client loop runs on the test's thread; the hostile
  * server on its own (hsrv in test_http_client_util.h).
  */
@@ -376,6 +374,47 @@ static void test_reuse_race_post_is_not_retried(void **state)
     assert_int_equal(st.retries, 0);
 }
 
+/* Says keep-alive, and closes right after the response. */
+static void b_close_after_response(hsrv_t *s, int fd, const char *head, int index)
+{
+    (void)s, (void)head, (void)index;
+    ok_response(fd);
+}
+
+static tres_t second;
+
+static void fetch_second(ioloop_t *l, const ioloop_http_client_response_t *resp, void *arg)
+{
+    tres_t *first = arg;
+    first->stop = false;
+    tres_cb(l, resp, first);
+    tu_sleep_ms(50); /* the server's FIN is in, and the loop has not polled since */
+    second.stop = true;
+    assert_int_equal(ioloop_http_fetch(l, &(ioloop_http_client_request_t){.url = base}, tres_cb, &second, NULL), 0);
+}
+
+static void test_closed_idle_seen_before_reuse(void **state)
+{
+    (void)state;
+    serve(b_close_after_response);
+    tres_t first = {0};
+    memset(&second, 0, sizeof(second));
+    assert_int_equal(ioloop_http_fetch(loop, &(ioloop_http_client_request_t){.url = base}, fetch_second, &first, NULL),
+                     0);
+    tspin(loop, 5000);
+    assert_true(first.done && second.done);
+    assert_int_equal(first.error, 0);
+    assert_int_equal(second.error, 0);
+    assert_false(second.timing.reused);
+    tres_free(&first);
+    tres_free(&second);
+    ioloop_http_client_stats_t st;
+    ioloop_http_client_get_stats(loop, &st);
+    assert_int_equal(st.stale_closed, 1); /* seen by the check before reuse (poll), not by a failed request */
+    assert_int_equal(st.retries, 0);
+    assert_int_equal(st.connections_opened, 2);
+}
+
 /* Reads the head and never reads the body. */
 static void b_never_reads(hsrv_t *s, int fd, const char *head, int index)
 {
@@ -472,6 +511,7 @@ int main(void)
         T(test_close_delimited_and_informational),
         T(test_reuse_race_is_retried_once),
         T(test_reuse_race_post_is_not_retried),
+        T(test_closed_idle_seen_before_reuse),
         T(test_never_reading_server_bounds_the_producer),
         T(test_ipv6_literal),
     };

@@ -268,6 +268,16 @@ static void test_limits(void **state)
     huge[13 + big] = '\0';
     expect_malformed(huge, -E2BIG, "head");
     free(huge);
+    /* endless trailers after a chunked body: bounded like a head */
+    size_t tcap = 80 * 1024 + 128, toff = 0;
+    char *trailers = malloc(tcap);
+    assert_non_null(trailers);
+    toff += (size_t)snprintf(trailers, tcap, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n");
+    while (toff + 32 < tcap - 64)
+        toff += (size_t)snprintf(trailers + toff, tcap - toff, "X-T: %zu\r\n", toff);
+    snprintf(trailers + toff, tcap - toff, "\r\n");
+    expect_malformed(trailers, -E2BIG, "trailers");
+    free(trailers);
     /* a smaller limit is obeyed */
     sink_t s = {0};
     ioloop__http_resp_t rp;

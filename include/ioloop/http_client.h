@@ -164,9 +164,10 @@ IOLOOP_API const char *ioloop_http_client_response_effective_url(const ioloop_ht
 IOLOOP_API int ioloop_http_client_response_redirects(const ioloop_http_client_response_t *resp);
 
 /* Where the time went, from the fetch's start (loop time, ns; -1 for a
- * phase never reached): queue (a connection assigned: pooled or new),
- * connect (connected, TLS included; 0 when reused), first_byte (the first
- * byte of the final response), total (the callback). */
+ * phase never reached): queue (the wait for a connection ended: a pooled one
+ * taken, or a connect begun), connect (the TCP connection up; the TLS
+ * handshake goes with the first write; 0 when reused), first_byte (the
+ * first byte of the final response), total (the callback). */
 typedef struct {
     ioloop_time_t queue, connect, first_byte, total;
     bool reused; /* the final request went on a pooled connection */
@@ -183,7 +184,7 @@ typedef struct {
 } ioloop_http_client_options_t;
 
 /* Sets the loop's pool options (applies to connections and queues from now).
- * Loop thread. 0, -EINVAL, -ENOMEM, -EPERM. */
+ * Loop thread. 0, -EINVAL, -ENOMEM, -EPERM, -ESHUTDOWN (closed loop). */
 IOLOOP_API int ioloop_http_client_configure(ioloop_t *loop, const ioloop_http_client_options_t *opts);
 
 typedef struct {
