@@ -2,7 +2,8 @@
  * entries like helloworld's through ioloop_http_access_log_hook on one
  * thread (holding a loop nobody runs: its flush timers never fire, batches go
  * when full), then close. Prints the process CPU (the formatting thread and
- * the writer thread) per line. Built and run by tools/bench-access-log.
+ * the writer thread) per line. Built by tools/CMakeLists.txt (http-bench-log-cost), run by
+ * tools/bench-access-log.
  *
  *   log_cost FILE N
  */
