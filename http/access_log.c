@@ -520,7 +520,7 @@ void ioloop_http_access_log_hook(const ioloop_http_log_entry_t *e, void *arg)
     b->lines++;
     if (!lb->timer_armed) {
         /* The batch goes at the latest LOG_FLUSH_DELAY after its first line. */
-        lb->timer_armed = ioloop_call_later(e->loop, LOG_FLUSH_DELAY, on_flush_timer, lb) != 0;
+        lb->timer_armed = ioloop_call_later(e->loop, LOG_FLUSH_DELAY, on_flush_timer, lb, NULL) == 0;
         if (!lb->timer_armed)
             handoff(lb, false); /* no timer (the loop is closing): send it now */
     }

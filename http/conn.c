@@ -66,7 +66,7 @@ static void set_deadline(http_conn_t *c, ioloop_time_t t)
         return;
     if (c->timer)
         ioloop_remove_timeout(c->w->loop, c->timer);
-    c->timer = ioloop_call_at(c->w->loop, t, on_timer, c);
+    (void)ioloop_call_at(c->w->loop, t, on_timer, c, &c->timer); /* fails only on a closing loop */
     c->timer_at = t;
 }
 

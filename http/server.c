@@ -231,19 +231,19 @@ void ioloop__http_worker_release(http_worker_t *w)
 
 /* ---- server ------------------------------------------------------------- */
 
-ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t *opts)
+int ioloop_http_server_new(const ioloop_http_server_options_t *opts, ioloop_http_server_t **out)
 {
     static atomic_uint_fast64_t next_id = 1;
+    *out = NULL;
     ioloop_http_server_t *s = calloc(1, sizeof(*s));
     if (!s)
-        return NULL;
+        return -ENOMEM;
     s->id = atomic_fetch_add(&next_id, 1);
     if (opts)
         s->opts = *opts;
     if (ioloop__http_gzip_check_options(&s->opts) != 0) {
         free(s);
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     if (!s->opts.max_header_size)
         s->opts.max_header_size = 64 * 1024;
@@ -254,7 +254,8 @@ ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t 
     if (!s->opts.header_timeout)
         s->opts.header_timeout = IOLOOP_SEC(60);
     atomic_init(&s->workers, NULL);
-    return s;
+    *out = s;
+    return 0;
 }
 
 int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route)
@@ -373,7 +374,7 @@ int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_tim
     for (http_conn_t *c = w->conns; c; c = c->next)
         ioloop__http_conn_drain(c);
     if (timeout > 0 && w->nconns > 0)
-        w->drain_timer = ioloop_call_later(loop, timeout, drain_timeout, w);
+        (void)ioloop_call_later(loop, timeout, drain_timeout, w, &w->drain_timer); /* only a closing loop fails */
     drain_check(w);
     return 0;
 }

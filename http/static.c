@@ -880,8 +880,8 @@ static void static_get(ioloop_http_request_t *req, void *arg)
     job->slash = slash;
     job->has_range = has_range;
     job->accept_gzip = accept_gzip;
-    ioloop_future_t *f = ioloop_run_in_executor(ioloop_http_request_loop(req), static_work, job);
-    if (!f) {
+    ioloop_future_t *f;
+    if (ioloop_run_in_executor(ioloop_http_request_loop(req), static_work, job, &f) != 0) {
         job_free(job);
         send_error(req, 503);
         return;

@@ -38,21 +38,20 @@ static void broadcast_run(ioloop_t *loop, void *arg)
     broadcast_done_one(b);
 }
 
-ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg)
+int ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg,
+                             ioloop_future_t **out)
 {
-    if (!fn) {
-        errno = EINVAL;
-        return NULL;
-    }
+    *out = NULL;
+    if (!rt || !fn)
+        return -EINVAL;
     if (!home)
         home = ioloop_current();
     broadcast_t *b = calloc(1, sizeof(*b));
-    ioloop_future_t *f = home ? ioloop_future_new(home) : NULL;
-    if (!b || !f) {
+    ioloop_future_t *f = NULL;
+    if (!b || !home || ioloop_future_new(home, &f)) {
         free(b);
         ioloop_future_unref(f);
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     ioloop_future_ref(f); /* one for the broadcast, one for the caller */
     b->fn = fn;
@@ -70,5 +69,6 @@ ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, 
         }
     }
     broadcast_done_one(b);
-    return f;
+    *out = f;
+    return 0;
 }

@@ -133,20 +133,18 @@ static ioloop__executor_t *pool_for(ioloop_t *loop)
     return global_pool;
 }
 
-ioloop_future_t *ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg)
+int ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg, ioloop_future_t **out)
 {
-    if (!loop || !work) {
-        errno = EINVAL;
-        return NULL;
-    }
+    *out = NULL;
+    if (!loop || !work)
+        return -EINVAL;
     ioloop__executor_t *ex = pool_for(loop);
     job_t *job = malloc(sizeof(*job));
-    ioloop_future_t *f = ioloop_future_new(loop);
-    if (!ex || !job || !f) {
+    ioloop_future_t *f = NULL;
+    if (!ex || !job || ioloop_future_new(loop, &f)) {
         free(job);
         ioloop_future_unref(f);
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     ioloop_future_ref(f); /* the job's */
     *job = (job_t){.work = work, .arg = arg, .future = f};
@@ -166,5 +164,6 @@ ioloop_future_t *ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, voi
         ioloop_future_unref(f);
         free(job);
     }
-    return f;
+    *out = f;
+    return 0;
 }

@@ -247,11 +247,11 @@ static void pause_accepting(ioloop__acceptor_t *a)
     a->backoff = a->backoff ? a->backoff * 2 : BACKOFF_MIN;
     if (a->backoff > BACKOFF_MAX)
         a->backoff = BACKOFF_MAX;
-    a->resume_timer = ioloop_call_later(a->loop, a->backoff, resume_accepting, a);
-    if (!a->resume_timer && errno != ESHUTDOWN && !a->stopped) {
+    int timer_err = ioloop_call_later(a->loop, a->backoff, resume_accepting, a, &a->resume_timer);
+    if (timer_err && timer_err != -ESHUTDOWN && !a->stopped) {
         /* No timer (out of memory): a disarmed acceptor would stop accepting
          * for good. Stay armed instead; the next readiness tries again. */
-        ioloop_report_error(a->loop, "accept back-off timer", -errno);
+        ioloop_report_error(a->loop, "accept back-off timer", timer_err);
         int err = arm(a);
         if (err < 0)
             ioloop_report_error(a->loop, "accept re-arm", err);

@@ -152,10 +152,8 @@ int ioloop_runtime_start(const ioloop_runtime_options_t *opts, ioloop_runtime_t 
     int err = (rt->loops && rt->threads) ? 0 : -ENOMEM;
     ioloop_options_t loop_opts = {.backend = opts->backend};
     for (int i = 0; !err && i < rt->n; i++) {
-        rt->loops[i] = ioloop_new(&loop_opts);
-        if (!rt->loops[i]) {
-            err = -errno;
-        } else {
+        err = ioloop_new(&loop_opts, &rt->loops[i]);
+        if (!err) {
             /* Before any thread can see it: from now on only loop i's thread
              * may make owner-only calls on it, until that thread is done. */
             atomic_store(&rt->loops[i]->runtime_index, i);

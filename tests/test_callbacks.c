@@ -52,12 +52,12 @@ static void noop(ioloop_t *loop, void *arg)
 static void test_callback_from_timer_runs_next_iteration(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     iter_probe_t p = {0};
     /* A far timer: if the callback waited for the poll timeout, it would
      * wait seconds. */
-    assert_true(ioloop_call_later(loop, IOLOOP_SEC(30), noop, NULL) != 0);
-    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(1), probe_timer, &p) != 0);
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_SEC(30), noop, NULL, NULL), 0);
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(1), probe_timer, &p, NULL), 0);
     tu_stop_after(loop, 10000);
     assert_int_equal(ioloop_start(loop), 0);
     assert_int_equal(p.callback_iteration, p.timer_iteration + 1);
@@ -82,7 +82,7 @@ static void first(ioloop_t *loop, void *arg)
 static void test_callback_added_by_callback_waits_an_iteration(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     uint64_t seen[2] = {0, 0};
     ioloop_add_callback(loop, first, seen);
     tu_stop_after(loop, 10000);
@@ -116,9 +116,9 @@ static void own_post_parent(ioloop_t *loop, void *arg)
 static void test_own_thread_posts_take_cheap_path(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     own_posts_t p = {0};
-    assert_true(ioloop_call_later(loop, 0, own_post_parent, &p) != 0); /* from inside the loop */
+    assert_int_equal(ioloop_call_later(loop, 0, own_post_parent, &p, NULL), 0); /* from inside the loop */
     tu_stop_after(loop, 10000);
     assert_int_equal(ioloop_start(loop), 0);
     assert_int_equal(p.ran, 101);
@@ -162,7 +162,7 @@ static void *post_after_sleep(void *arg)
 static void test_cross_thread_post_wakes_sleeping_loop(void **state)
 {
     (void)state;
-    wake_probe_t p = {.loop = ioloop_new(NULL)};
+    wake_probe_t p = {.loop = tu_loop_new(NULL)};
     tu_stop_after(p.loop, 10000);
     pthread_t t;
     pthread_create(&t, NULL, post_after_sleep, &p);
@@ -217,7 +217,7 @@ static void test_posts_while_closing(void **state)
 {
     (void)state;
     for (int round = 0; round < 20; round++) {
-        close_race_t r = {.loop = ioloop_new(NULL)};
+        close_race_t r = {.loop = tu_loop_new(NULL)};
         ioloop_ref(r.loop); /* the poster's reference, valid across the close */
         pthread_t loop_thread = tu_start_loop_thread(r.loop);
         pthread_t poster;
@@ -271,7 +271,7 @@ static void *produce(void *arg)
 static void test_four_producers_exactly_once(void **state)
 {
     (void)state;
-    flood_state = (flood_t){.loop = ioloop_new(NULL), .seen = calloc(TOTAL_POSTS, 1)};
+    flood_state = (flood_t){.loop = tu_loop_new(NULL), .seen = calloc(TOTAL_POSTS, 1)};
     tu_stop_after(flood_state.loop, 120000);
     pthread_t producers[PRODUCERS];
     for (int i = 0; i < PRODUCERS; i++)
@@ -301,7 +301,7 @@ static void test_four_producers_exactly_once(void **state)
 static void test_post_to_closed_loop_fails(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_ref(loop);
     ioloop_close(loop, false);
     int ran = 0;
@@ -359,7 +359,7 @@ static void wait_then_add(ioloop_t *loop, void *arg)
 static void test_ordered_callback_runs_after_earlier_posts(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ordered_probe_t p = {0};
     pthread_t thread = tu_start_loop_thread(loop);
     assert_int_equal(ioloop_add_callback(loop, wait_then_add, &p), 0);
@@ -406,7 +406,7 @@ static bool wait_asleep(ioloop_t *loop)
 static void test_failed_wake_write_does_not_silence_wakeups(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(&(ioloop_options_t){.backend = IOLOOP_BACKEND_POLL}); /* a pipe waker */
+    ioloop_t *loop = tu_loop_new(&(ioloop_options_t){.backend = IOLOOP_BACKEND_POLL}); /* a pipe waker */
     assert_int_not_equal(loop->wake_read_fd, loop->wake_write_fd);
     int refuse[2];
     assert_int_equal(pipe(refuse), 0);

@@ -62,7 +62,8 @@ static void submit_two(ioloop_t *loop, void *arg)
     r->asking = loop;
     r->asking_thread = pthread_self();
     for (int i = 0; i < 2; i++) {
-        ioloop_future_t *f = ioloop_run_in_executor(loop, meet, r);
+        ioloop_future_t *f = NULL;
+        assert_int_equal(ioloop_run_in_executor(loop, meet, r, &f), 0);
         if (!f || ioloop_future_on_done(f, job_done, r) != 0)
             atomic_fetch_add(&r->submit_failed, 1);
     }
@@ -129,8 +130,10 @@ static void second_done(ioloop_future_t *f, void *arg)
 static void submit_held(ioloop_t *loop, void *arg)
 {
     shutdown_t *s = arg;
-    ioloop_future_t *f1 = ioloop_run_in_executor(loop, hold_until_released, s);
-    ioloop_future_t *f2 = ioloop_run_in_executor(loop, never_runs, s);
+    ioloop_future_t *f1 = NULL;
+    assert_int_equal(ioloop_run_in_executor(loop, hold_until_released, s, &f1), 0);
+    ioloop_future_t *f2 = NULL;
+    assert_int_equal(ioloop_run_in_executor(loop, never_runs, s, &f2), 0);
     if (!f1 || !f2 || ioloop_future_on_done(f1, first_done, s) != 0 || ioloop_future_on_done(f2, second_done, s) != 0)
         atomic_store(&s->submit_failed, 1);
     atomic_store(&s->submitted, 1);
@@ -203,7 +206,8 @@ static void submit_occupy(ioloop_t *loop, void *arg)
 {
     pool_probe_t *p = arg;
     for (int i = 0; i < p->size + 1; i++) {
-        ioloop_future_t *f = ioloop_run_in_executor(loop, occupy, p);
+        ioloop_future_t *f = NULL;
+        assert_int_equal(ioloop_run_in_executor(loop, occupy, p, &f), 0);
         if (!f || ioloop_future_on_done(f, occupy_done, p) != 0)
             atomic_fetch_add(&p->submit_failed, 1);
     }
@@ -240,7 +244,9 @@ static void *square(void *arg, int *status)
 
 static ioloop_future_t *start_square(ioloop_t *loop, void *arg)
 {
-    return ioloop_run_in_executor(loop, square, arg);
+    ioloop_future_t *made = NULL;
+    assert_int_equal(ioloop_run_in_executor(loop, square, arg, &made), 0);
+    return made;
 }
 
 static void test_embedded_loop_uses_global_pool(void **state)

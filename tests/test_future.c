@@ -32,7 +32,7 @@ static pthread_t job_thread;
 static ioloop_future_t *start_job(ioloop_t *loop, void *arg)
 {
     job_t *job = arg;
-    job->future = ioloop_future_new(loop);
+    assert_int_equal(ioloop_future_new(loop, &job->future), 0);
     ioloop_future_ref(job->future); /* one for run_sync, one for the job */
     pthread_create(&job_thread, NULL, complete_later, job);
     return job->future;
@@ -43,7 +43,7 @@ static ioloop_future_t *start_job(ioloop_t *loop, void *arg)
 static void test_run_sync_returns_result(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     static int answer = 42;
     job_t job = {.delay_ms = 10, .status = 0, .result = &answer};
     void *result = NULL;
@@ -56,7 +56,7 @@ static void test_run_sync_returns_result(void **state)
 static void test_run_sync_passes_error_status(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     job_t job = {.delay_ms = 1, .status = -EPROTO};
     assert_int_equal(ioloop_run_sync(loop, start_job, &job, IOLOOP_SEC(10), NULL), -EPROTO);
     pthread_join(job_thread, NULL);
@@ -66,7 +66,7 @@ static void test_run_sync_passes_error_status(void **state)
 static void test_run_sync_timeout(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     job_t job = {.delay_ms = 1000};
     int64_t t0 = tu_now_ns();
     assert_int_equal(ioloop_run_sync(loop, start_job, &job, IOLOOP_MSEC(10), NULL), -ETIMEDOUT);
@@ -98,7 +98,8 @@ static void on_done(ioloop_future_t *f, void *arg)
 static void attach_to_completed(ioloop_t *loop, void *arg)
 {
     done_probe_t *p = arg;
-    ioloop_future_t *f = ioloop_future_new(loop);
+    ioloop_future_t *f = NULL;
+    assert_int_equal(ioloop_future_new(loop, &f), 0);
     assert_int_equal(ioloop_future_complete(f, 7, NULL), 0);
     assert_int_equal(ioloop_future_complete(f, 8, NULL), -EALREADY); /* first wins */
     assert_true(ioloop_future_done(f));
@@ -111,7 +112,7 @@ static void attach_to_completed(ioloop_t *loop, void *arg)
 static void test_done_callback_never_inline(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     done_probe_t p = {.loop_thread = pthread_self()};
     ioloop_add_callback(loop, attach_to_completed, &p);
     tu_stop_after(loop, 5000);
@@ -131,9 +132,10 @@ static void *complete_from_thread(void *arg)
 static void test_completed_from_other_thread_runs_on_loop(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     done_probe_t p = {.loop_thread = pthread_self()};
-    ioloop_future_t *f = ioloop_future_new(loop);
+    ioloop_future_t *f = NULL;
+    assert_int_equal(ioloop_future_new(loop, &f), 0);
     ioloop_future_on_done(f, on_done, &p);
     pthread_t t;
     pthread_create(&t, NULL, complete_from_thread, f);
@@ -150,8 +152,9 @@ static void test_completed_from_other_thread_runs_on_loop(void **state)
 static void test_complete_after_loop_closed(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
-    ioloop_future_t *f = ioloop_future_new(loop); /* holds a loop reference */
+    ioloop_t *loop = tu_loop_new(NULL);
+    ioloop_future_t *f = NULL;
+    assert_int_equal(ioloop_future_new(loop, &f), 0); /* holds a loop reference */
     ioloop_close(loop, false);
     assert_int_equal(ioloop_future_complete(f, 0, f), 0);
     assert_true(ioloop_future_done(f));
@@ -166,7 +169,8 @@ static int made_futures;
 static ioloop_future_t *make_done_future(ioloop_t *loop, void *arg)
 {
     made_futures++;
-    ioloop_future_t *f = ioloop_future_new(loop);
+    ioloop_future_t *f = NULL;
+    assert_int_equal(ioloop_future_new(loop, &f), 0);
     ioloop_future_complete(f, 0, arg);
     return f;
 }
@@ -182,7 +186,7 @@ static void stop_loop(ioloop_t *loop, void *arg)
 static void test_run_sync_after_pending_stop(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     static int answer = 7;
     void *result = NULL;
     made_futures = 0;
@@ -214,8 +218,8 @@ static void run_sync_inside(ioloop_t *loop, void *arg)
 static void test_run_sync_inside_other_loop_refused(void **state)
 {
     (void)state;
-    ioloop_t *outer = ioloop_new(NULL);
-    nested_sync_t n = {.inner = ioloop_new(NULL), .result = 1};
+    ioloop_t *outer = tu_loop_new(NULL);
+    nested_sync_t n = {.inner = tu_loop_new(NULL), .result = 1};
     made_futures = 0;
     ioloop_add_callback(outer, run_sync_inside, &n);
     tu_stop_after(outer, 5000);
@@ -234,14 +238,16 @@ static void test_run_sync_inside_other_loop_refused(void **state)
 static ioloop_future_t *never_completes_stop_soon(ioloop_t *loop, void *arg)
 {
     (void)arg;
-    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(5), stop_loop, NULL) != 0);
-    return ioloop_future_new(loop);
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(5), stop_loop, NULL, NULL), 0);
+    ioloop_future_t *made = NULL;
+    assert_int_equal(ioloop_future_new(loop, &made), 0);
+    return made;
 }
 
 static void test_run_sync_stopped_by_other_is_cancelled(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     assert_int_equal(ioloop_run_sync(loop, never_completes_stop_soon, NULL, IOLOOP_SEC(30), NULL), -ECANCELED);
     ioloop_close(loop, false);
 }

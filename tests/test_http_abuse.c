@@ -134,7 +134,8 @@ static void job_done(ioloop_future_t *f, void *arg)
 static void offload(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
-    ioloop_future_t *f = ioloop_run_in_executor(ioloop_http_request_loop(req), slow_job, NULL);
+    ioloop_future_t *f = NULL;
+    assert_int_equal(ioloop_run_in_executor(ioloop_http_request_loop(req), slow_job, NULL, &f), 0);
     assert_non_null(f);
     assert_int_equal(ioloop_future_on_done(f, job_done, req), 0);
     atomic_store(&job_started, 1);

@@ -251,7 +251,7 @@ static void msrv_start(msrv_t *m, ioloop_http_log_fn fn, void *arg, int loops)
 {
     ioloop_runtime_options_t ro = {.loops = loops, .executor_threads = 1};
     assert_int_equal(ioloop_runtime_start(&ro, &m->rt), 0);
-    m->server = ioloop_http_server_new(NULL);
+    assert_int_equal(ioloop_http_server_new(NULL, &m->server), 0);
     assert_non_null(m->server);
     ioloop_http_route_t route = {.get = hello};
     assert_int_equal(ioloop_http_server_route(m->server, "/hello", &route), 0);

@@ -20,7 +20,7 @@ static void finish_slow(ioloop_t *loop, void *arg)
 static void slow(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
-    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(1000), finish_slow, req);
+    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(1000), finish_slow, req, NULL);
 }
 
 static void hang_gone(ioloop_http_request_t *req, void *arg)

@@ -24,7 +24,7 @@ static void finish_later(ioloop_t *loop, void *arg)
 static void slow(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
-    assert_true(ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(150), finish_later, req) != 0);
+    assert_int_equal(ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(150), finish_later, req, NULL), 0);
 }
 
 static void fast(ioloop_http_request_t *req, void *arg)
@@ -55,7 +55,7 @@ static void stream_flushed(ioloop_http_request_t *req, int status, void *arg)
 {
     (void)arg;
     atomic_store(&flush_status, status);
-    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(20), stream_part2, req);
+    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(20), stream_part2, req, NULL);
 }
 
 static void stream(ioloop_http_request_t *req, void *arg)

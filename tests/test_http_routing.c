@@ -340,7 +340,8 @@ static void test_accept_fed_fd(void **state)
 static void test_route_errors(void **state)
 {
     (void)state;
-    ioloop_http_server_t *s = ioloop_http_server_new(NULL);
+    ioloop_http_server_t *s = NULL;
+    assert_int_equal(ioloop_http_server_new(NULL, &s), 0);
     ioloop_http_route_t r = {.get = th_ok};
     assert_string_equal(ioloop_http_server_last_error(s), "");
     assert_int_equal(ioloop_http_server_route(s, "/a", &r), 0);

@@ -37,14 +37,14 @@ static void slow(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
     atomic_store(&slow_started, 1);
-    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(200), finish_slow, req);
+    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(200), finish_slow, req, NULL);
 }
 
 static void rsrv_start(rsrv_t *t, ioloop_accept_mode_t mode, bool on_signals)
 {
     memset(t, 0, sizeof(*t));
     atomic_store(&slow_started, 0);
-    t->server = ioloop_http_server_new(NULL);
+    assert_int_equal(ioloop_http_server_new(NULL, &t->server), 0);
     assert_non_null(t->server);
     ioloop_http_route_t ok = {.get = th_ok}, sl = {.get = slow};
     assert_int_equal(ioloop_http_server_route(t->server, "/", &ok), 0);
@@ -186,7 +186,7 @@ static void finish_slower(ioloop_t *loop, void *arg)
 static void slower(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
-    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(400), finish_slower, req);
+    ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(400), finish_slower, req, NULL);
 }
 
 static atomic_int held, hold_loop_0, hold_loop_1, sleeping;
@@ -245,8 +245,8 @@ static void test_dispatch_drain_after_handoffs(void **state)
     char path[64], address[80];
     snprintf(path, sizeof(path), "/tmp/ioloop-test-drain-%d.sock", (int)getpid());
     snprintf(address, sizeof(address), "unix:%s", path);
-    rsrv_t t = {.server = ioloop_http_server_new(NULL)};
-    assert_non_null(t.server);
+    rsrv_t t = {0};
+    assert_int_equal(ioloop_http_server_new(NULL, &t.server), 0);
     ioloop_http_route_t sl = {.get = slower};
     assert_int_equal(ioloop_http_server_route(t.server, "/slower", &sl), 0);
     ioloop_runtime_options_t ro = {.loops = 2, .executor_threads = 1};

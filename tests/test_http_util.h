@@ -46,7 +46,7 @@ static inline void tsrv_init(tsrv_t *t, const ioloop_http_server_options_t *opts
     ioloop_runtime_options_t ro = {.loops = 1, .executor_threads = 2};
     assert_int_equal(ioloop_runtime_start(&ro, &t->rt), 0);
     t->loop = ioloop_runtime_loop(t->rt, 0);
-    t->server = ioloop_http_server_new(opts);
+    assert_int_equal(ioloop_http_server_new(opts, &t->server), 0);
     assert_non_null(t->server);
 }
 

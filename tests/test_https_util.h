@@ -152,7 +152,7 @@ static inline void tfetch(tfetch_t *f, int port, ioloop_tls_context_t *ctx, cons
     f->data = NULL;
     f->len = 0;
     f->version[0] = f->tls_message[0] = '\0';
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     assert_non_null(loop);
     ioloop_tcp_connect_options_t co = {.timeout = IOLOOP_SEC(10), .stream = {.idle_timeout = IOLOOP_SEC(20)}};
     assert_int_equal(ioloop_tls_client_options(ctx, server_name, &co), 0);

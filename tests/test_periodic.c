@@ -44,11 +44,11 @@ static void simulate(const int *durations, int n, ioloop_time_t period, double j
 {
     *sim = (sim_t){.now = 1000, .step = period / 10, .durations = durations, .n = n};
     ioloop_options_t opts = {.clock = fake_clock, .clock_arg = sim};
-    ioloop_t *loop = ioloop_new(&opts);
+    ioloop_t *loop = tu_loop_new(&opts);
     assert_non_null(loop);
     assert_int_equal(ioloop_time(loop), 1000);
     sim->now = 1000; /* the first start reads it again */
-    sim->pc = ioloop_periodic_new(loop, period, jitter, body, sim);
+    assert_int_equal(ioloop_periodic_new(loop, period, jitter, body, sim, &sim->pc), 0);
     assert_non_null(sim->pc);
     assert_int_equal(ioloop_periodic_start(sim->pc), 0);
     assert_true(ioloop_periodic_is_running(sim->pc));
@@ -130,16 +130,16 @@ static void stop_at_three(ioloop_t *loop, void *arg)
     if (++p->runs == 3) {
         ioloop_periodic_stop(p->pc);
         /* Run on for 25 periods: a stopped callback must not run again. */
-        ioloop_call_later(loop, IOLOOP_MSEC(50), stop_loop, NULL);
+        ioloop_call_later(loop, IOLOOP_MSEC(50), stop_loop, NULL, NULL);
     }
 }
 
 static void test_stop_inside_callback(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     stop_probe_t p = {0};
-    p.pc = ioloop_periodic_new(loop, IOLOOP_MSEC(2), 0, stop_at_three, &p);
+    assert_int_equal(ioloop_periodic_new(loop, IOLOOP_MSEC(2), 0, stop_at_three, &p, &p.pc), 0);
     ioloop_periodic_start(p.pc);
     assert_int_equal(ioloop_periodic_start(p.pc), -EALREADY);
     tu_stop_after(loop, 20000);
@@ -161,15 +161,15 @@ static void free_self(ioloop_t *loop, void *arg)
     free_probe_t *p = arg;
     p->runs++;
     ioloop_periodic_free(p->pc); /* under ASan, any later touch of pc fails */
-    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_loop, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_loop, NULL, NULL);
 }
 
 static void test_free_inside_callback(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     free_probe_t p = {0};
-    p.pc = ioloop_periodic_new(loop, IOLOOP_MSEC(2), 0, free_self, &p);
+    assert_int_equal(ioloop_periodic_new(loop, IOLOOP_MSEC(2), 0, free_self, &p, &p.pc), 0);
     assert_non_null(p.pc);
     assert_int_equal(ioloop_periodic_start(p.pc), 0);
     tu_stop_after(loop, 20000);
@@ -196,9 +196,9 @@ static void note_first(ioloop_t *loop, void *arg)
 static void test_start_long_after_new(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     first_probe_t p = {0};
-    p.pc = ioloop_periodic_new(loop, IOLOOP_MSEC(200), 0, note_first, &p);
+    assert_int_equal(ioloop_periodic_new(loop, IOLOOP_MSEC(200), 0, note_first, &p, &p.pc), 0);
     tu_sleep_ms(300); /* the loop's cached time is now 300 ms old */
     p.started = tu_now_ns();
     assert_int_equal(ioloop_periodic_start(p.pc), 0);
@@ -212,11 +212,13 @@ static void test_start_long_after_new(void **state)
 static void test_bad_arguments(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     int runs = 0;
-    assert_null(ioloop_periodic_new(loop, 0, 0, (ioloop_callback_fn)stop_loop, &runs));
-    assert_null(ioloop_periodic_new(loop, 10, 1.5, (ioloop_callback_fn)stop_loop, &runs));
-    assert_null(ioloop_periodic_new(loop, 10, 0, NULL, &runs));
+    ioloop_periodic_t *pc = (ioloop_periodic_t *)&runs; /* must be reset to NULL */
+    assert_int_equal(ioloop_periodic_new(loop, 0, 0, (ioloop_callback_fn)stop_loop, &runs, &pc), -EINVAL);
+    assert_null(pc);
+    assert_int_equal(ioloop_periodic_new(loop, 10, 1.5, (ioloop_callback_fn)stop_loop, &runs, &pc), -EINVAL);
+    assert_int_equal(ioloop_periodic_new(loop, 10, 0, NULL, &runs, &pc), -EINVAL);
     ioloop_close(loop, false);
 }
 

@@ -72,7 +72,7 @@ static void test_every_post_runs_once_in_order_or_is_refused(void **state)
     (void)state;
     long total = 0;
     for (int round = 0; round < ROUNDS; round++) {
-        ioloop_t *loop = ioloop_new(NULL);
+        ioloop_t *loop = tu_loop_new(NULL);
         assert_non_null(loop);
         _Atomic bool go = false;
         poster_t posters[POSTERS];
@@ -85,7 +85,7 @@ static void test_every_post_runs_once_in_order_or_is_refused(void **state)
         out_of_order = 0;
         atomic_store(&go, true);
         /* Vary how long the loop runs, so the close lands at different points. */
-        assert_true(ioloop_call_later(loop, IOLOOP_USEC(200 + 97 * round), stop_cb, NULL) != 0);
+        assert_int_equal(ioloop_call_later(loop, IOLOOP_USEC(200 + 97 * round), stop_cb, NULL, NULL), 0);
         tu_stop_after(loop, 5000);
         assert_int_equal(ioloop_start(loop), 0);
         ioloop_ref(loop); /* keep it for the post-after-close check */
@@ -135,7 +135,7 @@ static void *burst_main(void *arg)
 static void test_wakeups_are_coalesced(void **state)
 {
     (void)state;
-    burst_t b = {.loop = ioloop_new(NULL), .posts = 50000};
+    burst_t b = {.loop = tu_loop_new(NULL), .posts = 50000};
     assert_non_null(b.loop);
     pthread_t thread;
     assert_int_equal(pthread_create(&thread, NULL, burst_main, &b), 0);

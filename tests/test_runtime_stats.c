@@ -186,7 +186,7 @@ static void add_timers(ioloop_t *loop, void *arg)
 {
     (void)arg;
     for (int i = 0; i < TIMERS; i++)
-        ioloop_call_later(loop, IOLOOP_MSEC(1), nothing, NULL);
+        ioloop_call_later(loop, IOLOOP_MSEC(1), nothing, NULL, NULL);
 }
 
 static void hold_fd(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg)

@@ -177,7 +177,9 @@ typedef struct {
 static ioloop_future_t *begin_broadcast(ioloop_t *loop, void *arg)
 {
     bcast_t *b = arg;
-    return ioloop_runtime_broadcast(b->rt, loop, mark_loop, &b->mask);
+    ioloop_future_t *made = NULL;
+    assert_int_equal(ioloop_runtime_broadcast(b->rt, loop, mark_loop, &b->mask, &made), 0);
+    return made;
 }
 
 static void test_broadcast_runs_once_everywhere(void **state)
@@ -303,7 +305,9 @@ static void read_affinity(ioloop_t *loop, void *arg)
 static ioloop_future_t *begin_affinity(ioloop_t *loop, void *arg)
 {
     affinity_probe_t *p = arg;
-    return ioloop_runtime_broadcast(p->rt, loop, read_affinity, p);
+    ioloop_future_t *made = NULL;
+    assert_int_equal(ioloop_runtime_broadcast(p->rt, loop, read_affinity, p, &made), 0);
+    return made;
 }
 
 /* pin = true: loop i's thread may run only on the i-th CPU of the process's

@@ -124,7 +124,7 @@ static void test_watch_on_embedded_loop(void **state)
 /* A loop that is closed but still referenced: every watch on it fails. */
 static ioloop_t *closed_loop(void)
 {
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     assert_non_null(loop);
     ioloop_ref(loop);
     assert_int_equal(ioloop_close(loop, false), 0);
@@ -156,7 +156,7 @@ static void test_close_forgets_the_loops_watchers(void **state)
 {
     (void)state;
     int fds = tu_open_fds();
-    ioloop_t *a = ioloop_new(NULL);
+    ioloop_t *a = tu_loop_new(NULL);
     assert_non_null(a);
     sig_probe_t p = {0};
     assert_int_equal(ioloop_signal_watch(a, SIGUSR2, on_usr, &p), 0);
@@ -166,7 +166,7 @@ static void test_close_forgets_the_loops_watchers(void **state)
     assert_false(blocked_here(SIGUSR2));         /* as unwatch would have left it */
 
     /* The signals are free for another loop, which gets them. */
-    ioloop_t *b = ioloop_new(NULL);
+    ioloop_t *b = tu_loop_new(NULL);
     assert_non_null(b);
     p.want = b;
     assert_int_equal(ioloop_signal_watch(b, SIGUSR2, stop_soon, &p), 0);
@@ -218,7 +218,7 @@ static void test_foreign_unwatch_closes_fd_on_loop_thread(void **state)
 #ifndef __linux__
     skip();
 #endif
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     sig_probe_t p = {.want = loop};
     assert_int_equal(signalfd_number(), -1);
     assert_int_equal(ioloop_signal_watch(loop, SIGWINCH, on_usr, &p), 0);

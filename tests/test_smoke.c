@@ -10,13 +10,13 @@ static void on_timer(ioloop_t *loop, void *arg)
 static void on_callback(ioloop_t *loop, void *arg)
 {
     (*(int *)arg)++;
-    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(1), on_timer, arg) != 0);
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(1), on_timer, arg, NULL), 0);
 }
 
 static void test_callback_then_timer(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     assert_non_null(loop);
     int n = 0;
     assert_int_equal(ioloop_add_callback(loop, on_callback, &n), 0);

@@ -28,7 +28,7 @@ static void fixture_open(fixture_t *fx, const ioloop_stream_options_t *opts)
 {
     int fds[2];
     tu_socketpair(fds);
-    fx->loop = ioloop_new(NULL);
+    fx->loop = tu_loop_new(NULL);
     assert_non_null(fx->loop);
     assert_int_equal(ioloop_stream_new(fx->loop, fds[0], opts, &fx->stream), 0);
     fx->peer = fds[1];
@@ -56,7 +56,7 @@ static void dribble_tick(ioloop_t *loop, void *arg)
         return;
     assert_int_equal(write(d->fd, d->text + d->pos, 1), 1);
     d->pos++;
-    ioloop_call_later(loop, IOLOOP_MSEC(1), dribble_tick, d);
+    ioloop_call_later(loop, IOLOOP_MSEC(1), dribble_tick, d, NULL);
 }
 
 typedef struct {
@@ -86,7 +86,7 @@ static void test_read_until_one_byte_writes(void **state)
     lines_t lines = {0};
     assert_int_equal(ioloop_stream_read_until(fx.stream, "\r\n", 2, 0, line_read, &lines), 0);
     dribble_t d = {.fd = fx.peer, .text = "hello\r\nworld!\r\n", .len = 15};
-    ioloop_call_later(fx.loop, 0, dribble_tick, &d);
+    ioloop_call_later(fx.loop, 0, dribble_tick, &d, NULL);
     assert_true(run_until(fx.loop, &lines.count, 2, 5000));
     assert_string_equal(lines.lines[0], "hello\r\n");
     assert_string_equal(lines.lines[1], "world!\r\n");
@@ -158,7 +158,7 @@ static void test_read_bytes_whole_and_partial(void **state)
     assert_int_equal(b.lens[1], 3);
     assert_memory_equal(b.got[1], "fgh", 3);
     dribble_t d = {.fd = fx.peer, .text = "1234", .len = 4};
-    ioloop_call_later(fx.loop, 0, dribble_tick, &d);
+    ioloop_call_later(fx.loop, 0, dribble_tick, &d, NULL);
     assert_true(run_until(fx.loop, &b.step, 3, 5000));
     assert_int_equal(b.lens[2], 4);
     assert_memory_equal(b.got[2], "1234", 4);
@@ -299,7 +299,7 @@ static void peer_reader_tick(ioloop_t *loop, void *arg)
     if (!r->on)
         return;
     r->got += drain_fd(r->fd, NULL, 0);
-    ioloop_call_later(loop, IOLOOP_MSEC(1), peer_reader_tick, r);
+    ioloop_call_later(loop, IOLOOP_MSEC(1), peer_reader_tick, r, NULL);
 }
 
 static void test_write_back_pressure(void **state)
@@ -339,7 +339,7 @@ static void test_write_back_pressure(void **state)
 
     /* The peer reads: the output drains, the drain callback runs, reading resumes. */
     reader_t reader = {.fd = fx.peer, .on = true};
-    ioloop_call_later(fx.loop, 0, peer_reader_tick, &reader);
+    ioloop_call_later(fx.loop, 0, peer_reader_tick, &reader, NULL);
     assert_true(run_until(fx.loop, &rec.drains, 1, 10000));
     assert_int_equal(ioloop_stream_write_queue_size(fx.stream), 0);
     assert_true(ioloop_stream_writable(fx.stream));
@@ -888,7 +888,7 @@ static void test_nodelay_and_strerror(void **state)
     fixture_close(&fx);
     int fds[2];
     tcp_pair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_stream_t *stream;
     assert_int_equal(ioloop_stream_new(loop, fds[0], NULL, &stream), 0);
     assert_int_equal(ioloop_stream_set_nodelay(stream, true), 0);

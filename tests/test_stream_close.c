@@ -41,7 +41,7 @@ static void test_peer_reset_with_read_pending(void **state)
     (void)state;
     int fds[2];
     tcp_pair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_t *stream = new_stream(loop, fds[1], NULL, &rec);
     assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 0, rec_read, &rec), 0);
@@ -66,7 +66,7 @@ static void test_peer_reset_while_idle(void **state)
     (void)state;
     int fds[2];
     tcp_pair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_t *stream = new_stream(loop, fds[1], NULL, &rec);
     reset_close(fds[0]);
@@ -88,7 +88,7 @@ static void test_peer_reset_while_writing(void **state)
     int fds[2];
     tcp_pair(fds);
     small_buffers(fds[1]);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_options_t opts = {.max_write_buffer_size = 8 << 20};
     ioloop_stream_t *stream = new_stream(loop, fds[1], &opts, &rec);
@@ -112,7 +112,7 @@ static void test_local_close(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_t *stream = new_stream(loop, fds[0], NULL, &rec);
     assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 0, rec_read, &rec), 0);
@@ -155,7 +155,7 @@ static void test_close_inside_read_callback(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     closer_t c = {0};
     ioloop_stream_t *stream = new_stream(loop, fds[0], NULL, &c.rec);
     assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 0, close_in_read, &c), 0);
@@ -177,7 +177,7 @@ static void test_eof_gives_pending_read_the_data(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_t *stream = new_stream(loop, fds[0], NULL, &rec);
     assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 0, rec_read, &rec), 0);
@@ -207,7 +207,7 @@ static void test_hangup_while_not_reading_does_not_spin(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_t *stream = new_stream(loop, fds[0], NULL, &rec);
     assert_int_equal(write(fds[1], "left\n", 5), 5);
@@ -241,7 +241,7 @@ static void tick_byte(ioloop_t *loop, void *arg)
         return;
     if (send(t->fd, "z", 1, MSG_NOSIGNAL) != 1)
         return; /* the stream ended (closing its end) just before this tick */
-    ioloop_call_later(loop, IOLOOP_MSEC(10), tick_byte, t);
+    ioloop_call_later(loop, IOLOOP_MSEC(10), tick_byte, t, NULL);
 }
 
 static void test_idle_timeout(void **state)
@@ -249,14 +249,14 @@ static void test_idle_timeout(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_options_t opts = {.idle_timeout = IOLOOP_MSEC(60)};
     ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
     /* Bytes every 10 ms keep it alive for 150 ms. */
     assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 0, rec_read, &rec), 0);
     ticker_t ticker = {.fd = fds[1], .left = 15};
-    ioloop_call_later(loop, 0, tick_byte, &ticker);
+    ioloop_call_later(loop, 0, tick_byte, &ticker, NULL);
     int64_t start = tu_now_ns();
     assert_true(run_until(loop, &rec.closes, 1, 5000));
     int64_t elapsed = tu_now_ns() - start;
@@ -273,7 +273,7 @@ static void test_read_timeout(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_options_t opts = {.read_timeout = IOLOOP_MSEC(80)};
     ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
@@ -283,7 +283,7 @@ static void test_read_timeout(void **state)
     /* Bytes that never satisfy the read do not hold it off. */
     assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 0, rec_read, &rec), 0);
     ticker_t ticker = {.fd = fds[1], .left = 100};
-    ioloop_call_later(loop, 0, tick_byte, &ticker);
+    ioloop_call_later(loop, 0, tick_byte, &ticker, NULL);
     int64_t start = tu_now_ns();
     assert_true(run_until(loop, &rec.closes, 1, 5000));
     int64_t elapsed = tu_now_ns() - start;
@@ -312,7 +312,7 @@ static void test_read_timeout_not_while_we_hold_reading(void **state)
     int fds[2];
     tu_socketpair(fds);
     small_buffers(fds[0]);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_options_t opts = {.read_timeout = IOLOOP_MSEC(80), .max_write_buffer_size = 64 << 10};
     ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
@@ -354,7 +354,7 @@ static ioloop_stream_t *stuck_writer(ioloop_t *loop, ioloop_time_t write_timeout
 static void test_write_timeout(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     int peer;
     stuck_writer(loop, IOLOOP_MSEC(60), &rec, &peer);
@@ -372,7 +372,7 @@ static void test_write_timeout(void **state)
 static void test_write_timeout_not_while_corked(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     int peer;
     ioloop_stream_t *stream = stuck_writer(loop, IOLOOP_MSEC(300), &rec, &peer);
@@ -399,7 +399,7 @@ static void test_timeouts_from_calls_before_start(void **state)
     int fds[2];
     tu_socketpair(fds);
     small_buffers(fds[0]);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     tu_sleep_ms(150);
     rec_t rec = {0};
     ioloop_stream_options_t opts = {.max_write_buffer_size = 4 << 20};
@@ -426,7 +426,7 @@ static void test_loop_close_ends_streams(void **state)
     tu_socketpair(a);
     tu_socketpair(b);
     small_buffers(a[0]);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t open_rec = {0}, closed_rec = {0};
     ioloop_stream_options_t opts = {.max_write_buffer_size = 4 << 20};
     ioloop_stream_t *open_stream = new_stream(loop, a[0], &opts, &open_rec);
@@ -456,7 +456,7 @@ static void test_new_on_closed_loop(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_ref(loop);
     ioloop_close(loop, false);
     ioloop_stream_t *stream = (ioloop_stream_t *)1;
@@ -474,7 +474,7 @@ static void test_shutdown_then_peer_still_sends(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     counting_t counts = {0};
     ioloop_stream_options_t opts = {.transport = &counting_transport, .transport_ctx = &counts};
@@ -507,7 +507,7 @@ static void test_half_close_peer_eof_keeps_writing(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     rec_t rec = {0};
     ioloop_stream_options_t opts = {.half_close = true};
     ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
@@ -697,7 +697,7 @@ static void test_ten_thousand_streams(void **state)
         assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
     }
     int fds_before = tu_open_fds();
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     many_t m = {0};
     ioloop_stream_options_t opts = {.idle_timeout = IOLOOP_SEC(60)}; /* 10,000 timers too */
     for (int i = 0; i < PAIRS; i++) {

@@ -64,7 +64,7 @@ static void fixture_open_pair(fixture_t *fx, size_t file_len, const ioloop_strea
     } else {
         tcp_pair(fds);
     }
-    fx->loop = ioloop_new(NULL);
+    fx->loop = tu_loop_new(NULL);
     assert_non_null(fx->loop);
     assert_int_equal(ioloop_stream_new(fx->loop, fds[1], opts, &fx->stream), 0);
     fx->peer = fds[0];
@@ -105,7 +105,7 @@ static void collect_tick(ioloop_t *loop, void *arg)
         col->done = 1;
         return;
     }
-    ioloop_call_later(loop, IOLOOP_MSEC(1), collect_tick, col);
+    ioloop_call_later(loop, IOLOOP_MSEC(1), collect_tick, col, NULL);
 }
 
 /* "HEAD" + file[offset, offset+len) + "TAIL": checks every byte. */
@@ -117,7 +117,7 @@ static void check_framed(fixture_t *fx, size_t offset, size_t len, rec_t *rec)
     collector_t col = {.fd = fx->peer, .cap = len + 8, .on = true};
     col.buf = malloc(col.cap);
     assert_non_null(col.buf);
-    ioloop_call_later(fx->loop, 0, collect_tick, &col);
+    ioloop_call_later(fx->loop, 0, collect_tick, &col, NULL);
     assert_true(run_until(fx->loop, &col.done, 1, 20000));
     assert_true(run_until(fx->loop, &rec->dones, 3, 5000));
     assert_memory_equal(col.buf, "HEAD", 4);
@@ -205,7 +205,7 @@ static void test_paced_by_output_limit(void **state)
     collector_t col = {.fd = fx.peer, .cap = fx.file_len, .on = true};
     col.buf = malloc(col.cap);
     assert_non_null(col.buf);
-    ioloop_call_later(fx.loop, 0, collect_tick, &col);
+    ioloop_call_later(fx.loop, 0, collect_tick, &col, NULL);
     assert_true(run_until(fx.loop, &col.done, 1, 20000));
     assert_true(run_until(fx.loop, &rec.drains, 1, 5000));
     assert_memory_equal(col.buf, fx.content, fx.file_len);
@@ -231,7 +231,7 @@ static void test_sendfile_paced(void **state)
     collector_t col = {.fd = fx.peer, .cap = fx.file_len, .on = true};
     col.buf = malloc(col.cap);
     assert_non_null(col.buf);
-    ioloop_call_later(fx.loop, 0, collect_tick, &col);
+    ioloop_call_later(fx.loop, 0, collect_tick, &col, NULL);
     assert_true(run_until(fx.loop, &col.done, 1, 20000));
     assert_true(run_until(fx.loop, &rec.dones, 1, 5000));
     assert_memory_equal(col.buf, fx.content, fx.file_len);

@@ -48,7 +48,7 @@ static void write_pattern(ioloop_t *loop, void *arg)
         w->sent += (size_t)k;
     }
     if (w->sent < w->total)
-        ioloop_call_later(loop, IOLOOP_MSEC(1), write_pattern, w);
+        ioloop_call_later(loop, IOLOOP_MSEC(1), write_pattern, w, NULL);
 }
 
 static void write_lines(ioloop_t *loop, void *arg)
@@ -66,7 +66,7 @@ static void write_lines(ioloop_t *loop, void *arg)
             break;
         w->pending_off += (size_t)k;
     }
-    ioloop_call_later(loop, IOLOOP_MSEC(1), write_lines, w);
+    ioloop_call_later(loop, IOLOOP_MSEC(1), write_lines, w, NULL);
 }
 
 typedef struct {
@@ -92,13 +92,13 @@ static void test_read_bytes_grows(void **state)
     enum { TOTAL = 3 << 20 };
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_stream_t *stream;
     assert_int_equal(ioloop_stream_new(loop, fds[0], NULL, &stream), 0);
     big_t b = {0};
     assert_int_equal(ioloop_stream_read_bytes(stream, TOTAL, false, big_read, &b), 0);
     writer_t w = {.fd = fds[1], .total = TOTAL};
-    ioloop_call_later(loop, 0, write_pattern, &w);
+    ioloop_call_later(loop, 0, write_pattern, &w, NULL);
     assert_true(run_until(loop, &b.reads, 1, 20000));
     assert_int_equal(b.status, 0);
     assert_int_equal(b.len, TOTAL);
@@ -131,13 +131,13 @@ static void test_pipelined_lines_in_order(void **state)
     enum { LINES = 100000 };
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_stream_t *stream;
     assert_int_equal(ioloop_stream_new(loop, fds[0], NULL, &stream), 0);
     lines_t l = {0};
     assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 64, line_read, &l), 0);
     writer_t w = {.fd = fds[1], .lines = LINES};
-    ioloop_call_later(loop, 0, write_lines, &w);
+    ioloop_call_later(loop, 0, write_lines, &w, NULL);
     assert_true(run_until(loop, &l.lines, LINES, 30000));
     assert_int_equal(l.bad, 0);
     ioloop_close(loop, false);
@@ -168,7 +168,7 @@ static void test_consumer_stops_reading_at_limit(void **state)
     (void)state;
     int fds[2];
     tu_socketpair(fds);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_stream_t *stream;
     rec_t rec = {0};
     ioloop_stream_options_t opts = {.max_buffer_size = 100};

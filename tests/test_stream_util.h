@@ -96,7 +96,7 @@ static inline void wait_tick(ioloop_t *loop, void *arg)
     } else if (ioloop_time(loop) >= w->deadline) {
         ioloop_stop(loop);
     } else {
-        ioloop_call_later(loop, IOLOOP_MSEC(1), wait_tick, w);
+        ioloop_call_later(loop, IOLOOP_MSEC(1), wait_tick, w, NULL);
     }
 }
 
@@ -106,7 +106,7 @@ static inline bool run_until(ioloop_t *loop, const int *counter, int target, int
 {
     waiter_t w = {.counter = counter, .target = target, .deadline = tu_now_ns() + IOLOOP_MSEC(ms)};
     /* the loop clock is CLOCK_MONOTONIC, as tu_now_ns */
-    ioloop_call_later(loop, 0, wait_tick, &w);
+    ioloop_call_later(loop, 0, wait_tick, &w, NULL);
     ioloop_start(loop);
     return w.reached;
 }

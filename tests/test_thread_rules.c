@@ -70,8 +70,8 @@ typedef struct {
 static void owner_calls(ioloop_t *loop, void *arg)
 {
     owner_probe_t *p = arg;
-    ioloop_timer_t timer = ioloop_call_later(loop, IOLOOP_SEC(60), never, &p->calls);
-    p->timer_ok = timer != 0;
+    ioloop_timer_t timer = 0;
+    p->timer_ok = ioloop_call_later(loop, IOLOOP_SEC(60), never, &p->calls, &timer) == 0 && timer != 0;
     p->remove = ioloop_remove_timeout(loop, timer);
     p->periodic_start = ioloop_periodic_start(p->periodic);
     p->periodic_stop = ioloop_periodic_stop(p->periodic);
@@ -84,29 +84,26 @@ static void owner_calls(ioloop_t *loop, void *arg)
 static void test_owner_only_calls_refused_from_foreign_thread(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     owner_probe_t p = {0};
     /* Not running yet: this thread holds it and may set it up. */
-    p.periodic = ioloop_periodic_new(loop, IOLOOP_SEC(60), 0, never, &p.calls);
+    assert_int_equal(ioloop_periodic_new(loop, IOLOOP_SEC(60), 0, never, &p.calls, &p.periodic), 0);
     assert_non_null(p.periodic);
-    ioloop_future_t *future = ioloop_future_new(loop);
+    ioloop_future_t *future = NULL;
+    assert_int_equal(ioloop_future_new(loop, &future), 0);
     assert_non_null(future);
     pthread_t thread = tu_start_loop_thread(loop);
     wait_running(loop);
 
-    errno = 0;
-    assert_true(ioloop_call_at(loop, 0, never, &p.calls) == 0);
-    assert_int_equal(errno, EPERM);
-    errno = 0;
-    assert_true(ioloop_call_later(loop, 0, never, &p.calls) == 0);
-    assert_int_equal(errno, EPERM);
+    assert_int_equal(ioloop_call_at(loop, 0, never, &p.calls, NULL), -EPERM);
+    assert_int_equal(ioloop_call_later(loop, 0, never, &p.calls, NULL), -EPERM);
     assert_int_equal(ioloop_remove_timeout(loop, 1), -EPERM);
     assert_int_equal(ioloop_close(loop, false), -EPERM);
     assert_int_equal(ioloop_start(loop), -EPERM);
     assert_int_equal(ioloop_run_sync(loop, no_future, NULL, 0, NULL), -EPERM);
-    errno = 0;
-    assert_null(ioloop_periodic_new(loop, IOLOOP_SEC(1), 0, never, &p.calls));
-    assert_int_equal(errno, EPERM);
+    ioloop_periodic_t *refused = NULL;
+    assert_int_equal(ioloop_periodic_new(loop, IOLOOP_SEC(1), 0, never, &p.calls, &refused), -EPERM);
+    assert_null(refused);
     assert_int_equal(ioloop_periodic_start(p.periodic), -EPERM);
     assert_int_equal(ioloop_periodic_stop(p.periodic), -EPERM);
     assert_int_equal(ioloop_periodic_free(p.periodic), -EPERM);
@@ -169,9 +166,7 @@ static void test_runtime_loops_rules_and_index(void **state)
         /* Perhaps not running yet, but already its thread's. */
         assert_int_equal(ioloop_start(loop), -EPERM);
         assert_int_equal(ioloop_close(loop, false), -EPERM);
-        errno = 0;
-        assert_true(ioloop_call_later(loop, 0, never, &calls) == 0);
-        assert_int_equal(errno, EPERM);
+        assert_int_equal(ioloop_call_later(loop, 0, never, &calls, NULL), -EPERM);
         assert_int_equal(ioloop_set_error_hook(loop, never_hook, &calls), -EPERM);
     }
     int64_t deadline = tu_now_ns() + IOLOOP_SEC(10);
@@ -180,14 +175,14 @@ static void test_runtime_loops_rules_and_index(void **state)
     assert_int_equal(atomic_load(&p.index_seen[0]), 100);
     assert_int_equal(atomic_load(&p.index_seen[1]), 101);
 
-    ioloop_t *mine = ioloop_new(NULL);
+    ioloop_t *mine = tu_loop_new(NULL);
     assert_int_equal(ioloop_runtime_index(mine), -ENOENT);
     ioloop_close(mine, false);
 
     ioloop_runtime_stop(rt);
     assert_int_equal(ioloop_runtime_join(rt), 0);
     /* Joined: the thread holding the runtime may use the loops (not start or close them). */
-    assert_true(ioloop_call_later(ioloop_runtime_loop(rt, 0), IOLOOP_SEC(60), never, &calls) != 0);
+    assert_int_equal(ioloop_call_later(ioloop_runtime_loop(rt, 0), IOLOOP_SEC(60), never, &calls, NULL), 0);
     assert_int_equal(ioloop_start(ioloop_runtime_loop(rt, 0)), -EPERM);
     assert_int_equal(ioloop_close(ioloop_runtime_loop(rt, 0), false), -EPERM);
     ioloop_runtime_free(rt);
@@ -205,7 +200,7 @@ static ioloop_future_t *future_of_other(ioloop_t *loop, void *arg)
 {
     (void)loop;
     foreign_future_t *ff = arg;
-    ff->future = ioloop_future_new(ff->other);
+    assert_int_equal(ioloop_future_new(ff->other, &ff->future), 0);
     ioloop_future_ref(ff->future); /* one for run_sync, one kept here */
     return ff->future;
 }
@@ -213,10 +208,10 @@ static ioloop_future_t *future_of_other(ioloop_t *loop, void *arg)
 static void test_run_sync_on_foreign_future_fails(void **state)
 {
     (void)state;
-    foreign_future_t ff = {.other = ioloop_new(NULL)};
+    foreign_future_t ff = {.other = tu_loop_new(NULL)};
     pthread_t thread = tu_start_loop_thread(ff.other);
     wait_running(ff.other);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     int64_t t0 = tu_now_ns();
     assert_int_equal(ioloop_run_sync(loop, future_of_other, &ff, IOLOOP_SEC(20), NULL), -EPERM);
     assert_true(tu_now_ns() - t0 < IOLOOP_SEC(10)); /* not the timeout */
@@ -248,7 +243,7 @@ static void set_from_loop(ioloop_t *loop, void *arg)
 static void test_user_data(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     assert_null(ioloop_user_data(loop));
     static int shard_a;
     static _Atomic int shard_b;

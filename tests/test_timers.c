@@ -40,12 +40,12 @@ static void log_order(ioloop_t *loop, void *arg)
 static void test_equal_deadlines_fifo(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     order_log.n = 0;
     ioloop_time_t at = ioloop_time(loop) + IOLOOP_MSEC(5);
     for (intptr_t i = 0; i < 100; i++)
-        assert_true(ioloop_call_at(loop, at, log_order, (void *)i) != 0);
-    assert_true(ioloop_call_at(loop, at + 1, stop_now, NULL) != 0);
+        assert_int_equal(ioloop_call_at(loop, at, log_order, (void *)i, NULL), 0);
+    assert_int_equal(ioloop_call_at(loop, at + 1, stop_now, NULL, NULL), 0);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_int_equal(order_log.n, 100);
@@ -58,13 +58,13 @@ static void test_equal_deadlines_fifo(void **state)
 static void test_deadline_order(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     order_log.n = 0;
     ioloop_time_t base = ioloop_time(loop);
     int delays[] = {7, 3, 9, 1, 5, 2, 8};
     for (int i = 0; i < 7; i++)
-        ioloop_call_at(loop, base + IOLOOP_MSEC(delays[i]), log_order, (void *)(intptr_t)delays[i]);
-    ioloop_call_at(loop, base + IOLOOP_MSEC(20), stop_now, NULL);
+        ioloop_call_at(loop, base + IOLOOP_MSEC(delays[i]), log_order, (void *)(intptr_t)delays[i], NULL);
+    ioloop_call_at(loop, base + IOLOOP_MSEC(20), stop_now, NULL, NULL);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     int expected[] = {1, 2, 3, 5, 7, 8, 9};
@@ -86,20 +86,21 @@ static void schedule_second(ioloop_t *loop, void *arg)
     stale_t *s = arg;
     s->first_runs++;
     /* The first timer's slot is free now; a new timer may take it. */
-    ioloop_timer_t second = ioloop_call_later(loop, IOLOOP_MSEC(2), count, &s->second_runs);
+    ioloop_timer_t second = 0;
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(2), count, &s->second_runs, &second), 0);
     assert_true(second != 0);
     assert_true(second != s->first);
     ioloop_remove_timeout(loop, s->first); /* stale: must not cancel `second` */
     ioloop_remove_timeout(loop, s->first);
-    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_now, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_now, NULL, NULL);
 }
 
 static void test_remove_after_fire_is_harmless(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     stale_t s = {0};
-    s.first = ioloop_call_later(loop, IOLOOP_MSEC(1), schedule_second, &s);
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(1), schedule_second, &s, &s.first), 0);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_int_equal(s.first_runs, 1);
@@ -114,17 +115,18 @@ static void test_remove_after_fire_is_harmless(void **state)
 static void test_add_remove_churn(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     int cancelled_runs = 0, live_runs = 0;
     for (int i = 0; i < 2000; i++) {
-        ioloop_timer_t t = ioloop_call_later(loop, IOLOOP_MSEC(1 + i % 7), count, &cancelled_runs);
+        ioloop_timer_t t = 0;
+        assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(1 + i % 7), count, &cancelled_runs, &t), 0);
         assert_true(t != 0);
         ioloop_remove_timeout(loop, t);
     }
     /* Cancelled entries are compacted away, not kept until their deadline. */
     assert_true(loop->timers.count < 200);
-    ioloop_call_later(loop, IOLOOP_MSEC(5), count, &live_runs);
-    ioloop_call_later(loop, IOLOOP_MSEC(30), stop_now, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(5), count, &live_runs, NULL);
+    ioloop_call_later(loop, IOLOOP_MSEC(30), stop_now, NULL, NULL);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_int_equal(cancelled_runs, 0);
@@ -156,12 +158,12 @@ static void victim(ioloop_t *loop, void *arg)
 static void test_first_due_cancels_second_due(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     pair_t p = {0};
     ioloop_time_t at = ioloop_time(loop) + IOLOOP_MSEC(3);
-    assert_true(ioloop_call_at(loop, at, killer, &p) != 0);
-    p.victim = ioloop_call_at(loop, at, victim, &p);
-    ioloop_call_at(loop, at + IOLOOP_MSEC(20), stop_now, NULL);
+    assert_int_equal(ioloop_call_at(loop, at, killer, &p, NULL), 0);
+    assert_int_equal(ioloop_call_at(loop, at, victim, &p, &p.victim), 0);
+    ioloop_call_at(loop, at + IOLOOP_MSEC(20), stop_now, NULL, NULL);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_int_equal(p.killer_runs, 1);
@@ -186,10 +188,10 @@ static void record_fire(ioloop_t *loop, void *arg)
 static void test_never_early(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     early_t e = {0};
     int64_t start = tu_now_ns();
-    ioloop_call_later(loop, IOLOOP_MSEC(30), record_fire, &e);
+    ioloop_call_later(loop, IOLOOP_MSEC(30), record_fire, &e, NULL);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_true(e.fired_at - start >= IOLOOP_MSEC(30));
@@ -214,7 +216,7 @@ static void add_already_due(ioloop_t *loop, void *arg)
     due_probe_t *p = arg;
     p->iteration[p->runs++] = iterations(loop);
     if (p->runs == 1)
-        ioloop_call_at(loop, ioloop_time(loop) - 1, add_already_due, p);
+        ioloop_call_at(loop, ioloop_time(loop) - 1, add_already_due, p, NULL);
     else
         ioloop_stop(loop);
 }
@@ -222,9 +224,9 @@ static void add_already_due(ioloop_t *loop, void *arg)
 static void test_timer_added_while_running_is_not_run_in_same_pass(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     due_probe_t p = {0};
-    ioloop_call_later(loop, 0, add_already_due, &p);
+    ioloop_call_later(loop, 0, add_already_due, &p, NULL);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_int_equal(p.runs, 2);
@@ -247,14 +249,14 @@ static void queue_1_2_t_3(ioloop_t *loop, void *arg)
     (void)arg;
     assert_int_equal(ioloop_add_callback(loop, log_order, (void *)1), 0);
     assert_int_equal(ioloop_add_callback(loop, log_order, (void *)2), 0);
-    assert_true(ioloop_call_later(loop, 0, order_then_stop, (void *)100) != 0);
+    assert_int_equal(ioloop_call_later(loop, 0, order_then_stop, (void *)100, NULL), 0);
     assert_int_equal(ioloop_add_callback(loop, log_order, (void *)3), 0);
 }
 
 static void test_call_later_zero_runs_after_queued_callbacks(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     order_log.n = 0;
     assert_int_equal(ioloop_add_callback(loop, queue_1_2_t_3, NULL), 0);
     tu_stop_after(loop, 5000);
@@ -272,11 +274,11 @@ static void test_call_later_zero_runs_after_queued_callbacks(void **state)
 static void test_call_later_before_start_uses_fresh_time(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     early_t e = {0};
     tu_sleep_ms(300); /* the loop's cached time is now 300 ms old */
     int64_t start = tu_now_ns();
-    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(200), record_fire, &e) != 0);
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(200), record_fire, &e, NULL), 0);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_true(e.fired_at - start >= IOLOOP_MSEC(200));
@@ -287,11 +289,11 @@ static void test_call_later_before_start_uses_fresh_time(void **state)
 static void test_huge_delay_never_fires(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     int runs = 0;
-    assert_true(ioloop_call_later(loop, INT64_MAX, count, &runs) != 0);
-    assert_true(ioloop_call_later(loop, INT64_MAX - 1, count, &runs) != 0);
-    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_now, NULL);
+    assert_int_equal(ioloop_call_later(loop, INT64_MAX, count, &runs, NULL), 0);
+    assert_int_equal(ioloop_call_later(loop, INT64_MAX - 1, count, &runs, NULL), 0);
+    ioloop_call_later(loop, IOLOOP_MSEC(20), stop_now, NULL, NULL);
     tu_stop_after(loop, 5000);
     ioloop_start(loop);
     assert_int_equal(runs, 0);
@@ -301,13 +303,13 @@ static void test_huge_delay_never_fires(void **state)
 static void test_call_at_on_closed_loop(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_ref(loop);
     ioloop_close(loop, false);
     int runs = 0;
-    errno = 0;
-    assert_true(ioloop_call_later(loop, 1, count, &runs) == 0);
-    assert_int_equal(errno, ESHUTDOWN);
+    ioloop_timer_t refused = 1;
+    assert_int_equal(ioloop_call_later(loop, 1, count, &runs, &refused), -ESHUTDOWN);
+    assert_true(refused == 0);
     ioloop_unref(loop);
 }
 

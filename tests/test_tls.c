@@ -20,7 +20,7 @@ static void echo_with_version(ioloop_tls_version_t version, const char *name)
     sopts.min_version = sopts.max_version = version;
     server_t server;
     server_start(&server, &sopts);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     client_t client = {0};
     client_run(loop, cctx, "localhost", server.port, &client);
@@ -60,7 +60,7 @@ static void test_alpn_negotiated(void **state)
     sopts.nalpn = 2;
     server_t server;
     server_start(&server, &sopts);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     const char *client_protocols[] = {"http/1.1", "spdy/1"};
     ioloop_tls_options_t copts = {.alpn = client_protocols, .nalpn = 2};
     ioloop_tls_context_t *cctx = client_context(&copts);
@@ -86,7 +86,7 @@ static void test_sni_picks_certificate(void **state)
     ioloop_tls_options_t sopts = {.server = true, .certs = two, .ncerts = 2};
     server_t server;
     server_start(&server, &sopts);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     const char *names[] = {"localhost", "other.test", "a.wild.test", "127.0.0.1"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -115,7 +115,7 @@ static void test_session_resumed_by_ticket(void **state)
         sopts.max_version = versions[v];
         server_t server;
         server_start(&server, &sopts);
-        ioloop_t *loop = ioloop_new(NULL);
+        ioloop_t *loop = tu_loop_new(NULL);
         ioloop_tls_context_t *cctx = client_context(NULL);
         for (int i = 0; i < 2; i++) {
             client_t client = {0};
@@ -133,7 +133,7 @@ static void test_session_resumed_by_ticket(void **state)
         /* Tickets off: no resumption. */
         sopts.no_session_tickets = true;
         server_start(&server, &sopts);
-        loop = ioloop_new(NULL);
+        loop = tu_loop_new(NULL);
         cctx = client_context(NULL);
         for (int i = 0; i < 2; i++) {
             client_t client = {0};
@@ -156,7 +156,7 @@ static void refused_with(const char *cert_file, const char *name, const char *re
     ioloop_tls_options_t sopts = server_options(&cert);
     server_t server;
     server_start(&server, &sopts);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     client_t client = {0};
     client_run(loop, cctx, name, server.port, &client);
@@ -206,7 +206,7 @@ static void test_client_certificate_required(void **state)
     sopts.ca_file = certs.ca;
     server_t server;
     server_start(&server, &sopts);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
 
     ioloop_tls_cert_t mine = {certs.client, certs.key};
     ioloop_tls_options_t with = {.certs = &mine, .ncerts = 1};
@@ -249,7 +249,7 @@ static void test_client_certificate_optional(void **state)
     sopts.ca_file = certs.ca;
     server_t server;
     server_start(&server, &sopts);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     const char *files[] = {NULL, certs.client, certs.untrusted_client};
     for (int i = 0; i < 3; i++) {
         ioloop_tls_cert_t mine = {files[i], certs.key};
@@ -365,7 +365,7 @@ static const ioloop_stream_transport_t attaching_transport = {
 static void test_attach_hook(void **state)
 {
     (void)state;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     int fds[2];
     tu_socketpair(fds);
     attaching_t a = {0};
@@ -475,7 +475,7 @@ static void test_connect_make_transport(void **state)
     ioloop_tls_options_t sopts = server_options(&cert);
     server_t server;
     server_start(&server, &sopts);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     attaching_t given = {0};
     ioloop_tcp_connect_options_t opts = {.make_transport = failing_make,
                                          .stream = {.transport = &attaching_transport, .transport_ctx = &given}};

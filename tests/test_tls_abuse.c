@@ -98,7 +98,7 @@ static void test_plain_http_closed(void **state)
     if (!strstr(server.message, "http request"))
         fail_msg("message: %s", server.message);
     pthread_mutex_unlock(&server.lock);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     served_meanwhile(&server, loop, cctx); /* still serving */
     ioloop_tls_context_free(cctx);
@@ -152,7 +152,7 @@ static void test_handshake_timeout(void **state)
     assert_true(wait_closed(garbage, start) < 2000); /* a bad record: closed at once */
 
     /* Another client is served while they hang. */
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     served_meanwhile(&server, loop, cctx);
 
@@ -245,7 +245,7 @@ static void test_renegotiation_refused(void **state)
     pthread_mutex_lock(&server.lock);
     assert_non_null(strstr(server.message, "renegotiation"));
     pthread_mutex_unlock(&server.lock);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     served_meanwhile(&server, loop, cctx);
     ioloop_tls_context_free(cctx);
@@ -334,7 +334,7 @@ static void test_eof_endings(void **state)
     assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     assert_int_equal(listen(lfd, 4), 0);
     getsockname(lfd, (struct sockaddr *)&sin, &len);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop = tu_loop_new(NULL);
     ioloop_tls_context_t *cctx = client_context(NULL);
     ioloop_tcp_connect_options_t opts = {0};
     assert_int_equal(ioloop_tls_client_options(cctx, "localhost", &opts), 0);
@@ -402,7 +402,7 @@ static void test_small_writes_one_record(void **state)
     int versions[] = {TLS1_3_VERSION, TLS1_2_VERSION};
     for (int v = 0; v < 2; v++) {
         for (int c = 0; c < 2; c++) {
-            ioloop_t *loop = ioloop_new(NULL);
+            ioloop_t *loop = tu_loop_new(NULL);
             int fds[2];
             tcp_pair(fds);
             fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) & ~O_NONBLOCK);
@@ -477,7 +477,7 @@ static void test_bulk_both_ways(void **state)
     ioloop_tls_context_t *sctx, *cctx = client_context(NULL);
     assert_int_equal(ioloop_tls_context_new(&sopts, &sctx), 0);
     for (int v = 0; v < 2; v++) {
-        ioloop_t *loop = ioloop_new(NULL);
+        ioloop_t *loop = tu_loop_new(NULL);
         int fds[2];
         tcp_pair(fds);
         ioloop_stream_options_t half = {.half_close = true, .max_write_buffer_size = 16 << 20};
@@ -602,7 +602,7 @@ static void test_client_against_s_server(void **state)
                 tu_sleep_ms(10);
         }
         assert_true(up);
-        ioloop_t *loop = ioloop_new(NULL);
+        ioloop_t *loop = tu_loop_new(NULL);
         ioloop_tls_context_t *cctx = client_context(NULL);
         ioloop_tcp_connect_options_t opts = {0};
         assert_int_equal(ioloop_tls_client_options(cctx, "localhost", &opts), 0);

@@ -126,7 +126,12 @@ int main(int argc, char **argv)
     if (listen_options(&a, &lo, &tls) != 0)
         return 1;
 
-    ioloop_http_server_t *server = ioloop_http_server_new(NULL);
+    ioloop_http_server_t *server;
+    int serr = ioloop_http_server_new(NULL, &server);
+    if (serr) {
+        fprintf(stderr, "helloworld: %s\n", ioloop_strerror(serr));
+        return 1;
+    }
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
     ioloop_http_access_log_t *access_log = NULL;
     if (a.access_log_path) {

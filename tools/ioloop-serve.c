@@ -115,9 +115,10 @@ int main(int argc, char **argv)
     }
 
     ioloop_http_server_options_t opts = {.gzip = args.gzip, .gzip_level = args.gzip_level};
-    ioloop_http_server_t *server = ioloop_http_server_new(&opts);
-    if (!server) {
-        fprintf(stderr, "ioloop-serve: %s\n", strerror(errno));
+    ioloop_http_server_t *server;
+    int serr = ioloop_http_server_new(&opts, &server);
+    if (serr) {
+        fprintf(stderr, "ioloop-serve: %s\n", ioloop_strerror(serr));
         return 1;
     }
     /* Everything under /: index.html or a listing for directories; with

@@ -119,8 +119,9 @@ typedef struct {
 
 /* ---- server (configure from one thread before serving) ------------------ */
 
-/* Creates a server (opts may be NULL). NULL with errno set on failure. */
-IOLOOP_API ioloop_http_server_t *ioloop_http_server_new(const ioloop_http_server_options_t *opts);
+/* Creates a server (opts may be NULL): 0 and the server in *out, or a
+ * negative errno (-EINVAL for bad options, -ENOMEM) and *out = NULL. */
+IOLOOP_API int ioloop_http_server_new(const ioloop_http_server_options_t *opts, ioloop_http_server_t **out);
 
 /* Adds a route (copied). -EEXIST for a literal path already routed, -EINVAL
  * for a pattern that does not compile (or has more than 16 groups), -ENOMEM.

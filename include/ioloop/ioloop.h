@@ -14,12 +14,14 @@
  *  - for a loop nobody runs, the thread that holds it (made it, or was given
  *    it): it may set it up and close it. Handing it to another thread, or
  *    starting it there, is the holder's to order.
- * An owner-only call from another thread returns -EPERM (a call returning a
- * handle or pointer: 0 or NULL with errno = EPERM) and does nothing. Not
+ * An owner-only call from another thread returns -EPERM and does nothing. Not
  * checked: ioloop_time and the periodic getters, which only read.
  *
- * Errors: functions return 0 or a negative errno (-EEXIST, -EINVAL, -ESHUTDOWN,
- * -ETIMEDOUT, -EPERM, ...). Nothing aborts on bad input.
+ * Errors: one convention everywhere. Functions return int: 0 or a negative
+ * errno (-EEXIST, -EINVAL, -ESHUTDOWN, -ETIMEDOUT, -EPERM, ...); a call that
+ * makes something hands it back through an out-parameter (NULL or 0 there on
+ * failure). errno is never the channel. Nothing aborts on bad input; assert()
+ * guards internal invariants in debug builds only.
  */
 #ifndef IOLOOP_IOLOOP_H
 #define IOLOOP_IOLOOP_H
@@ -96,9 +98,11 @@ typedef struct {
 
 /* ---- life cycle --------------------------------------------------------- */
 
-/* Creates a loop (opts may be NULL). Returns NULL and sets errno on failure.
- * Any thread. The loop is registered (see ioloop_registry_foreach). */
-IOLOOP_API ioloop_t *ioloop_new(const ioloop_options_t *opts);
+/* Creates a loop (opts may be NULL): 0 and the loop in *out, or a negative
+ * errno (-ENOSYS: the backend asked for is not available here; -ENOMEM, -EMFILE,
+ * ...) and *out = NULL. Any thread. The loop is registered (see
+ * ioloop_registry_foreach). */
+IOLOOP_API int ioloop_new(const ioloop_options_t *opts, ioloop_t **out);
 
 /* Closes a loop that is not running. Callbacks already accepted (own-thread
  * and posted) run once more, here, on the calling thread, with
@@ -207,8 +211,9 @@ IOLOOP_API int ioloop_add_handler(ioloop_t *loop, int fd, unsigned events, ioloo
 IOLOOP_API int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events);
 
 /* Stops watching fd (does not close it). An event for it already collected in
- * this iteration is dropped. Unknown fd, or a closed loop: a no-op returning
- * 0. Call before close(fd).
+ * this iteration is dropped. Returns 0 if fd had a handler, -ENOENT if it had
+ * none (an unknown fd, one removed before, or a closed loop): nothing done.
+ * Call before close(fd).
  * From another thread, the handler may still be running (or about to run) on
  * the loop thread when this returns: free what its arg points to only on the
  * loop thread, e.g. from a callback posted with ioloop_add_callback after the
@@ -242,12 +247,13 @@ IOLOOP_API int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn
 /* ---- timers (owner only) -------------------------------------------------- */
 
 /* Runs fn at the loop time `deadline` (or soon after). Timers with equal
- * deadlines run in the order they were added. Returns a handle for
- * ioloop_remove_timeout, or 0 with errno set (ENOMEM, ESHUTDOWN, EPERM). */
-IOLOOP_API ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg);
+ * deadlines run in the order they were added. Returns 0 and, if out is not
+ * NULL, a handle for ioloop_remove_timeout in *out; or -EINVAL (no fn),
+ * -EPERM, -ESHUTDOWN, -ENOMEM (then *out is 0). */
+IOLOOP_API int ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out);
 
 /* Same, `delay` after ioloop_time(loop). */
-IOLOOP_API ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg);
+IOLOOP_API int ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out);
 
 /* Cancels a timer: it will not run. Harmless (a no-op returning 0) after it
  * ran or was removed, and for 0. O(1). -EPERM off the owner's thread. */
@@ -258,11 +264,11 @@ IOLOOP_API int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
 /* Creates a periodic callback: fn runs every `period`, measured start to start.
  * A run that overruns skips the periods it missed (no catch-up burst). jitter in
  * [0,1): each period is scaled by a random factor in [1-jitter/2, 1+jitter/2].
- * Not started. NULL with errno set on failure (EINVAL, ENOMEM, EPERM). These
- * calls are for the loop's owner (see the top of this file): new, start, stop
- * and free return -EPERM (NULL, errno EPERM) elsewhere and do nothing. */
-IOLOOP_API ioloop_periodic_t *ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter,
-                                       ioloop_callback_fn fn, void *arg);
+ * Not started. 0 and the periodic callback in *out, or -EINVAL, -ENOMEM,
+ * -EPERM (*out = NULL). These calls are for the loop's owner (see the top of
+ * this file): new, start, stop and free return -EPERM elsewhere and do nothing. */
+IOLOOP_API int ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter, ioloop_callback_fn fn, void *arg,
+                        ioloop_periodic_t **out);
 /* Starts it: the first call comes one period from now. Returns 0, -EALREADY
  * if running, -ESHUTDOWN if the loop is closed, -ENOMEM. */
 IOLOOP_API int ioloop_periodic_start(ioloop_periodic_t *pc);
@@ -283,8 +289,9 @@ IOLOOP_API int ioloop_periodic_free(ioloop_periodic_t *pc);
 typedef void (*ioloop_future_done_fn)(ioloop_future_t *f, void *arg);
 
 /* A future bound to loop (it holds a reference to the loop). Reference
- * counted: the creator holds one reference. Any thread. NULL on ENOMEM. */
-IOLOOP_API ioloop_future_t *ioloop_future_new(ioloop_t *loop);
+ * counted: the creator holds one reference. Any thread. 0 and the future in
+ * *out, or -EINVAL (no loop) / -ENOMEM and *out = NULL. */
+IOLOOP_API int ioloop_future_new(ioloop_t *loop, ioloop_future_t **out);
 /* Take and drop a reference; the last unref frees. Any thread; unref(NULL) is a no-op. */
 IOLOOP_API void ioloop_future_ref(ioloop_future_t *f);
 IOLOOP_API void ioloop_future_unref(ioloop_future_t *f);

@@ -101,8 +101,10 @@ IOLOOP_API ioloop_runtime_t *ioloop_runtime_current(void);
 /* Runs fn once on every loop of rt; the returned future, bound to `home` (the
  * loop that waits for it; NULL: ioloop_current()), completes with status 0
  * when all have run, or -ESHUTDOWN if some loop was already closed. Any
- * thread. NULL with errno set on ENOMEM. The caller owns one reference. */
-IOLOOP_API ioloop_future_t *ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg);
+ * thread. 0 and the future in *out (the caller owns one reference), or
+ * -EINVAL / -ENOMEM (also when there is no home loop) and *out = NULL. */
+IOLOOP_API int ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg,
+                             ioloop_future_t **out);
 
 /* ---- listeners ----------------------------------------------------------- */
 
@@ -170,10 +172,11 @@ typedef void *(*ioloop_work_fn)(void *arg, int *status);
 
 /* Runs work(arg) on a pool thread: the runtime's pool for a runtime loop,
  * else a process-wide pool (created on first use, CPUs threads, at least 2).
- * Call on `loop`'s thread. Returns a future bound to loop (caller owns one
- * reference) whose done callback runs on loop; NULL with errno on ENOMEM.
- * If the runtime is freed first, work not started completes -ECANCELED. */
-IOLOOP_API ioloop_future_t *ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg);
+ * Call on `loop`'s thread. 0 and, in *out, a future bound to loop (caller
+ * owns one reference) whose done callback runs on loop; or -EINVAL / -ENOMEM
+ * and *out = NULL. If the runtime is freed first, work not started completes
+ * -ECANCELED. */
+IOLOOP_API int ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg, ioloop_future_t **out);
 
 /* ---- signals ------------------------------------------------------------- */
 

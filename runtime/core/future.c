@@ -9,6 +9,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 
@@ -26,16 +27,20 @@ struct ioloop_future {
     void *done_arg;
 };
 
-ioloop_future_t *ioloop_future_new(ioloop_t *loop)
+int ioloop_future_new(ioloop_t *loop, ioloop_future_t **out)
 {
+    *out = NULL;
+    if (!loop)
+        return -EINVAL;
     ioloop_future_t *f = calloc(1, sizeof(*f));
     if (!f)
-        return NULL;
+        return -ENOMEM;
     f->loop = loop;
     atomic_init(&f->refcount, 1);
     atomic_init(&f->state, PENDING);
     ioloop_ref(loop);
-    return f;
+    *out = f;
+    return 0;
 }
 
 void ioloop_future_ref(ioloop_future_t *f)
@@ -45,7 +50,11 @@ void ioloop_future_ref(ioloop_future_t *f)
 
 void ioloop_future_unref(ioloop_future_t *f)
 {
-    if (!f || atomic_fetch_sub_explicit(&f->refcount, 1, memory_order_acq_rel) != 1)
+    if (!f)
+        return;
+    int before = atomic_fetch_sub_explicit(&f->refcount, 1, memory_order_acq_rel);
+    assert(before > 0); /* an unref without its ref */
+    if (before != 1)
         return;
     ioloop_unref(f->loop);
     free(f);
@@ -65,6 +74,7 @@ static void call_done(ioloop_t *loop, void *arg)
 static void settle(ioloop_t *loop, void *arg)
 {
     ioloop_future_t *f = arg;
+    assert(atomic_load_explicit(&f->state, memory_order_acquire) == DONE && !f->settled);
     f->settled = true;
     call_done(loop, f);
 }
@@ -215,10 +225,12 @@ int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void 
     rs->fn = fn;
     rs->arg = arg;
     ioloop_timer_t timer = 0;
-    if (timeout > 0 && !(timer = ioloop_call_later(loop, timeout, run_sync_timeout, rs))) {
-        int err = -errno;
-        free(rs);
-        return err;
+    if (timeout > 0) {
+        int err = ioloop_call_later(loop, timeout, run_sync_timeout, rs, &timer);
+        if (err) {
+            free(rs);
+            return err;
+        }
     }
     int err = ioloop_add_callback(loop, run_sync_begin, rs);
     if (err) {

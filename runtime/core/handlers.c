@@ -25,6 +25,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -117,6 +118,7 @@ static void after_foreign_change(ioloop_t *loop)
 /* handlers_lock held: puts h on the list freed after the next grace period. */
 static void retire_locked(ioloop_t *loop, ioloop__handler_t *h)
 {
+    assert(h);
     h->rcu.next = atomic_load_explicit(&loop->retired, memory_order_relaxed);
     atomic_store_explicit(&loop->retired, &h->rcu, memory_order_relaxed);
 }
@@ -225,8 +227,7 @@ static bool remove_entry(ioloop_t *loop, int fd, uint64_t token)
 
 int ioloop_remove_handler(ioloop_t *loop, int fd)
 {
-    remove_entry(loop, fd, 0);
-    return 0;
+    return remove_entry(loop, fd, 0) ? 0 : -ENOENT;
 }
 
 int ioloop__handler_rearm(ioloop_t *loop, int fd, unsigned events)

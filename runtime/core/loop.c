@@ -67,20 +67,19 @@ static void default_error_hook(ioloop_t *loop, const char *what, int err, void *
     fprintf(stderr, "ioloop[%u]: %s: %s\n", loop->id, what ? what : "error", strerror(-err));
 }
 
-ioloop_t *ioloop_new(const ioloop_options_t *opts)
+int ioloop_new(const ioloop_options_t *opts, ioloop_t **out)
 {
+    *out = NULL;
     ioloop_options_t defaults = {0};
     if (!opts)
         opts = &defaults;
     const ioloop__backend_ops_t *backend = choose_backend(opts->backend);
-    if (!backend) {
-        errno = ENOSYS;
-        return NULL;
-    }
+    if (!backend)
+        return -ENOSYS;
     /* Aligned: the posting fields sit on cache lines of their own. */
     ioloop_t *loop = aligned_alloc(_Alignof(ioloop_t), sizeof(*loop));
     if (!loop)
-        return NULL;
+        return -ENOMEM;
     memset(loop, 0, sizeof(*loop));
     loop->id = atomic_fetch_add(&next_loop_id, 1);
     loop->backend = backend;
@@ -110,11 +109,11 @@ ioloop_t *ioloop_new(const ioloop_options_t *opts)
         ioloop__handlers_close(loop, false);
         pthread_mutex_destroy(&loop->handlers_lock);
         free(loop);
-        errno = -err;
-        return NULL;
+        return err;
     }
     ioloop__registry_add(loop);
-    return loop;
+    *out = loop;
+    return 0;
 }
 
 static void free_loop(ioloop__rcu_head_t *head)
@@ -297,7 +296,7 @@ int ioloop_report_error(ioloop_t *loop, const char *what, int err)
     if (now < limit->window_end && same_error(loop, what, err)) {
         limit->repeated++;
         if (!limit->timer && atomic_load_explicit(&loop->state, memory_order_relaxed) == IOLOOP__OPEN)
-            limit->timer = ioloop_call_at(loop, limit->window_end, error_window_ended, NULL);
+            (void)ioloop_call_at(loop, limit->window_end, error_window_ended, NULL, &limit->timer);
         return 0;
     }
     flush_error_repeats(loop);

@@ -13,6 +13,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 
@@ -29,22 +30,20 @@ struct ioloop_periodic {
     ioloop_timer_t timer;
 };
 
-ioloop_periodic_t *ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter, ioloop_callback_fn fn,
-                                       void *arg)
+int ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter, ioloop_callback_fn fn, void *arg,
+                        ioloop_periodic_t **out)
 {
-    if (period <= 0 || !fn || jitter < 0 || jitter >= 1) {
-        errno = EINVAL;
-        return NULL;
-    }
-    if (ioloop__owner_check(loop)) {
-        errno = EPERM;
-        return NULL;
-    }
+    *out = NULL;
+    if (period <= 0 || !fn || jitter < 0 || jitter >= 1)
+        return -EINVAL;
+    if (ioloop__owner_check(loop))
+        return -EPERM;
     ioloop_periodic_t *pc = calloc(1, sizeof(*pc));
     if (!pc)
-        return NULL;
+        return -ENOMEM;
     *pc = (ioloop_periodic_t){.loop = loop, .period = period, .jitter = jitter, .fn = fn, .arg = arg};
-    return pc;
+    *out = pc;
+    return 0;
 }
 
 static void update_next(ioloop_periodic_t *pc, ioloop_time_t now)
@@ -66,13 +65,12 @@ static void run(ioloop_t *loop, void *arg);
 
 static int schedule_next(ioloop_periodic_t *pc, ioloop_time_t now)
 {
+    assert(pc->running && !pc->free_pending);
     update_next(pc, now);
-    pc->timer = ioloop_call_at(pc->loop, pc->next_timeout, run, pc);
-    if (!pc->timer) {
+    int err = ioloop_call_at(pc->loop, pc->next_timeout, run, pc, &pc->timer);
+    if (err)
         pc->running = false;
-        return -errno;
-    }
-    return 0;
+    return err;
 }
 
 static void run(ioloop_t *loop, void *arg)

@@ -70,8 +70,7 @@ ioloop_t *ioloop_current(void)
         own_loop = NULL;
     }
     pthread_once(&own_loop_key_once, make_own_loop_key);
-    own_loop = ioloop_new(NULL);
-    if (own_loop) {
+    if (ioloop_new(NULL, &own_loop) == 0) {
         ioloop_ref(own_loop);
         pthread_setspecific(own_loop_key, own_loop);
     }
@@ -86,7 +85,7 @@ ioloop_t *ioloop_instance(void)
     pthread_mutex_lock(&instance_lock);
     loop = atomic_load_explicit(&instance, memory_order_relaxed);
     if (!loop) {
-        loop = ioloop_new(NULL);
+        (void)ioloop_new(NULL, &loop); /* NULL on failure: the next call tries again */
         atomic_store_explicit(&instance, loop, memory_order_release);
     }
     pthread_mutex_unlock(&instance_lock);

@@ -66,6 +66,7 @@ static void sift_down(ioloop__heap_entry_t *heap, size_t count, size_t i)
 
 static void heap_pop(ioloop__timers_t *t)
 {
+    assert(t->count > 0);
     t->heap[0] = t->heap[--t->count];
     if (t->count)
         sift_down(t->heap, t->count, 0);
@@ -92,6 +93,7 @@ static uint32_t slot_take(ioloop__timers_t *t)
 
 static void slot_release(ioloop__timers_t *t, uint32_t s)
 {
+    assert(s < t->slot_count);
     ioloop__timer_slot_t *slot = &t->slots[s];
     slot->fn = NULL;
     slot->in_heap = false;
@@ -100,51 +102,45 @@ static void slot_release(ioloop__timers_t *t, uint32_t s)
     t->free_head = s;
 }
 
-ioloop_timer_t ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg)
+int ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out)
 {
+    if (out)
+        *out = 0;
     ioloop__timers_t *t = &loop->timers;
-    if (!fn) {
-        errno = EINVAL;
-        return 0;
-    }
-    if (ioloop__owner_check(loop)) {
-        errno = EPERM;
-        return 0;
-    }
-    if (atomic_load_explicit(&loop->state, memory_order_relaxed) != IOLOOP__OPEN) {
-        errno = ESHUTDOWN;
-        return 0;
-    }
+    if (!fn)
+        return -EINVAL;
+    if (ioloop__owner_check(loop))
+        return -EPERM;
+    if (atomic_load_explicit(&loop->state, memory_order_relaxed) != IOLOOP__OPEN)
+        return -ESHUTDOWN;
     if (t->count == t->capacity) {
         size_t capacity = t->capacity ? t->capacity * 2 : 64;
         ioloop__heap_entry_t *heap = realloc(t->heap, capacity * sizeof(*heap));
-        if (!heap) {
-            errno = ENOMEM;
-            return 0;
-        }
+        if (!heap)
+            return -ENOMEM;
         t->heap = heap;
         t->capacity = capacity;
     }
     uint32_t s = slot_take(t);
-    if (s == NO_SLOT) {
-        errno = ENOMEM;
-        return 0;
-    }
+    if (s == NO_SLOT)
+        return -ENOMEM;
     ioloop__timer_slot_t *slot = &t->slots[s];
     slot->fn = fn;
     slot->arg = arg;
     slot->in_heap = true;
     t->heap[t->count] = (ioloop__heap_entry_t){.deadline = deadline, .seq = t->next_seq++, .slot = s};
     sift_up(t->heap, t->count++);
-    return ((uint64_t)slot->generation << 32) | ((uint64_t)s + 1);
+    if (out)
+        *out = ((uint64_t)slot->generation << 32) | ((uint64_t)s + 1);
+    return 0;
 }
 
-ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg)
+int ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out)
 {
-    if (ioloop__owner_check(loop)) { /* before the clock is read into loop->now */
-        errno = EPERM;
-        return 0;
-    }
+    if (out)
+        *out = 0;
+    if (ioloop__owner_check(loop)) /* before the clock is read into loop->now */
+        return -EPERM;
     /* A loop that is not running has not read its clock since it last ran
      * (or was made): measure the delay from now, not from then. */
     ioloop_time_t now = ioloop__on_loop_thread(loop) ? loop->now : ioloop__clock_now(loop);
@@ -156,7 +152,7 @@ ioloop_timer_t ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_cal
         deadline = INT64_MIN;
     else
         deadline = now + delay;
-    return ioloop_call_at(loop, deadline, fn, arg);
+    return ioloop_call_at(loop, deadline, fn, arg, out);
 }
 
 /* Drops cancelled entries and rebuilds the heap in O(n). */

@@ -242,8 +242,7 @@ int ioloop__lookup_start(ioloop_t *loop, const char *host, int family, ioloop__l
     lookup->family = family;
     memcpy(lookup->host, host, hlen + 1);
     atomic_fetch_add(&lookups_live, 1);
-    lookup->future = ioloop_run_in_executor(loop, lookup_work, lookup);
-    if (!lookup->future) {
+    if (ioloop_run_in_executor(loop, lookup_work, lookup, &lookup->future) != 0) {
         free(lookup);
         atomic_fetch_sub(&lookups_live, 1);
         return -ENOMEM;

@@ -260,10 +260,10 @@ void ioloop__stream_update_io(ioloop_stream_t *stream)
     if (at != NO_DEADLINE && (!stream->timer || at < stream->timer_at)) {
         if (stream->timer)
             ioloop_remove_timeout(stream->loop, stream->timer);
-        stream->timer = ioloop_call_at(stream->loop, at, on_timer, stream);
+        int err = ioloop_call_at(stream->loop, at, on_timer, stream, &stream->timer);
         stream->timer_at = at;
-        if (!stream->timer && errno != ESHUTDOWN)
-            ioloop_report_error(stream->loop, "stream timer", -errno);
+        if (err && err != -ESHUTDOWN)
+            ioloop_report_error(stream->loop, "stream timer", err);
     }
 }
 

@@ -369,9 +369,9 @@ static void start_attempts(ioloop_tcp_connect_t *conn)
         }
         if (started == 0) {
             if (conn->next < conn->naddrs) {
-                conn->delay_timer = ioloop_call_later(conn->loop, conn->delay, next_attempt_due, conn);
-                if (!conn->delay_timer)
-                    finish(conn, -errno, -1);
+                int err = ioloop_call_later(conn->loop, conn->delay, next_attempt_due, conn, &conn->delay_timer);
+                if (err)
+                    finish(conn, err, -1);
             }
             return;
         }
@@ -519,10 +519,9 @@ static int conn_new(ioloop_t *loop, const ioloop_tcp_connect_options_t *opts, io
         free(conn);
         return -ENOMEM;
     }
-    conn->timeout_timer =
-        ioloop_call_later(loop, opts->timeout ? opts->timeout : DEFAULT_TIMEOUT, connect_timed_out, conn);
-    if (!conn->timeout_timer) {
-        int err = errno == ESHUTDOWN ? -ESHUTDOWN : -ENOMEM;
+    int err = ioloop_call_later(loop, opts->timeout ? opts->timeout : DEFAULT_TIMEOUT, connect_timed_out, conn,
+                                &conn->timeout_timer);
+    if (err) {
         conn_free(conn);
         return err;
     }

@@ -444,9 +444,8 @@ static int tls_attach(void *arg, ioloop_stream_t *stream)
     tls_session_t *session = arg;
     session->stream = stream;
     session->loop = ioloop_stream_loop(stream);
-    session->handshake_timer =
-        ioloop_call_later(session->loop, session->ctx->handshake_timeout, handshake_expired, session);
-    return session->handshake_timer ? 0 : -errno;
+    return ioloop_call_later(session->loop, session->ctx->handshake_timeout, handshake_expired, session,
+                             &session->handshake_timer);
 }
 
 static const ioloop_stream_transport_t tls_transport = {

@@ -12,7 +12,9 @@ static void done(ioloop_t *loop, void *arg)
 int main(void)
 {
     int ran = 0;
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop;
+    if (ioloop_new(NULL, &loop) != 0)
+        return 1;
     ioloop_add_callback(loop, done, &ran);
     ioloop_start(loop);
     ioloop_close(loop, false);

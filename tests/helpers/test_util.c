@@ -42,9 +42,17 @@ static void stop_loop(ioloop_t *loop, void *arg)
     ioloop_stop(loop);
 }
 
+ioloop_t *tu_loop_new(const ioloop_options_t *opts)
+{
+    ioloop_t *loop = NULL;
+    assert_int_equal(ioloop_new(opts, &loop), 0);
+    assert_non_null(loop);
+    return loop;
+}
+
 void tu_stop_after(ioloop_t *loop, int ms)
 {
-    assert_true(ioloop_call_later(loop, IOLOOP_MSEC(ms), stop_loop, NULL) != 0);
+    assert_int_equal(ioloop_call_later(loop, IOLOOP_MSEC(ms), stop_loop, NULL, NULL), 0);
 }
 
 int tu_open_fds(void)

@@ -21,6 +21,8 @@ void tu_sleep_ms(int ms);
 void tu_socketpair(int fds[2]);
 /* Process CPU time (user + system) in ns. */
 int64_t tu_cpu_ns(void);
+/* A new loop (opts may be NULL); fails the test if ioloop_new fails. */
+ioloop_t *tu_loop_new(const ioloop_options_t *opts);
 /* Stops `loop` after `ms` so that a failing test cannot hang (a safety net,
  * not an assertion). Loop thread, before or while it runs. */
 void tu_stop_after(ioloop_t *loop, int ms);

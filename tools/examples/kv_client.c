@@ -237,9 +237,9 @@ int main(int argc, char **argv)
         w += words;
     }
 
-    client.loop = ioloop_new(NULL);
-    if (!client.loop) {
-        perror("kv_client");
+    int lerr = ioloop_new(NULL, &client.loop);
+    if (lerr) {
+        fprintf(stderr, "kv_client: %s\n", ioloop_strerror(lerr));
         return 1;
     }
     ioloop_add_callback(client.loop, start, &client); /* connect from the loop's own thread */

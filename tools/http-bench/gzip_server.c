@@ -54,8 +54,8 @@ int main(int argc, char **argv)
         return 2;
     }
     ioloop_http_server_options_t opts = {.gzip = true, .gzip_level = level};
-    ioloop_http_server_t *server = ioloop_http_server_new(&opts);
-    if (!server) {
+    ioloop_http_server_t *server;
+    if (ioloop_http_server_new(&opts, &server) != 0) {
         fprintf(stderr, "gzip_server: bad options\n");
         return 2;
     }

@@ -52,8 +52,10 @@ int main(int argc, char **argv)
                 argv[0]);
         return 2;
     }
-    ioloop_http_server_t *server = ioloop_http_server_new(NULL);
-    int err = server ? ioloop_http_static_route(server, "/", root, &so) : -ENOMEM;
+    ioloop_http_server_t *server;
+    int err = ioloop_http_server_new(NULL, &server);
+    if (!err)
+        err = ioloop_http_static_route(server, "/", root, &so);
     ioloop_runtime_t *rt = NULL;
     ioloop_listener_t *listener = NULL;
     if (!err)

@@ -50,9 +50,10 @@ static void local_seed(ioloop_t *loop, void *arg)
 
 int bench_ioloop_posts_local(size_t n, size_t width, double *seconds)
 {
-    ioloop_t *loop = ioloop_new(NULL);
-    if (!loop)
-        return -errno;
+    ioloop_t *loop;
+    int lerr = ioloop_new(NULL, &loop);
+    if (lerr)
+        return lerr;
     local_t s = {.n = n, .width = width};
     int err = ioloop_add_callback(loop, local_seed, &s);
     double t0 = bench_now();
@@ -117,9 +118,10 @@ static void *remote_producer(void *arg)
 
 int bench_ioloop_posts_remote(const bench_options_t *o, size_t n, bench_remote_t *out)
 {
-    ioloop_t *loop = ioloop_new(NULL);
-    if (!loop)
-        return -errno;
+    ioloop_t *loop;
+    int lerr = ioloop_new(NULL, &loop);
+    if (lerr)
+        return lerr;
     remote_t s = {.loop = loop, .o = o, .n = n};
     pthread_t producer;
     int err = -pthread_create(&producer, NULL, remote_producer, &s);
@@ -195,9 +197,10 @@ static void *latency_producer(void *arg)
 
 int bench_ioloop_wake_latency(const bench_options_t *o, size_t samples, double *ns)
 {
-    ioloop_t *loop = ioloop_new(NULL);
-    if (!loop)
-        return -errno;
+    ioloop_t *loop;
+    int lerr = ioloop_new(NULL, &loop);
+    if (lerr)
+        return lerr;
     latency_t s = {.loop = loop, .o = o, .samples = samples, .ns = ns};
     pthread_t producer;
     int err = -pthread_create(&producer, NULL, latency_producer, &s);

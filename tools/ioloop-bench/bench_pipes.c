@@ -61,11 +61,10 @@ int bench_ioloop_pipes(int npipes, int active, int writes, int runs, double *us)
         free(fds);
         return err;
     }
-    ioloop_t *loop = ioloop_new(NULL);
-    if (!loop) {
-        err = -errno;
+    ioloop_t *loop;
+    err = ioloop_new(NULL, &loop);
+    if (err)
         goto out;
-    }
     ring = (ring_t){.fds = fds, .npipes = npipes};
     for (int i = 0; i < npipes && !err; i++)
         err = ioloop_add_handler(loop, fds[2 * i], IOLOOP_READ, pipe_read, (void *)(intptr_t)i);

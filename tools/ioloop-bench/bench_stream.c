@@ -78,11 +78,12 @@ static void echo_closed(ioloop_stream_t *stream, int error, void *arg)
 
 int bench_ioloop_stream_echo(const int *fds, int n)
 {
-    echo_server_t server = {.loop = ioloop_new(NULL)};
-    if (!server.loop) {
+    echo_server_t server = {0};
+    int lerr = ioloop_new(NULL, &server.loop);
+    if (lerr) {
         for (int i = 0; i < n; i++)
             close(fds[i]);
-        return -errno;
+        return lerr;
     }
     int err = 0;
     for (int i = 0; i < n; i++) {

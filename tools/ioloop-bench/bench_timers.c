@@ -31,11 +31,9 @@ static void cancel_work(ioloop_t *loop, void *arg)
     timers_t *s = arg;
     double t0 = bench_now();
     for (size_t i = 0; i < s->n; i++) {
-        s->handles[i] = ioloop_call_later(loop, IOLOOP_MSEC(bench_delay_ms(i, 1000, 1000)), never_cb, s);
-        if (!s->handles[i]) {
-            s->err = -errno;
+        s->err = ioloop_call_later(loop, IOLOOP_MSEC(bench_delay_ms(i, 1000, 1000)), never_cb, s, &s->handles[i]);
+        if (s->err)
             break;
-        }
     }
     for (size_t i = 0; i < s->n; i++)
         ioloop_remove_timeout(loop, s->handles[i]);
@@ -45,9 +43,10 @@ static void cancel_work(ioloop_t *loop, void *arg)
 
 int bench_ioloop_timers_cancel(size_t n, double *seconds)
 {
-    ioloop_t *loop = ioloop_new(NULL);
-    if (!loop)
-        return -errno;
+    ioloop_t *loop;
+    int lerr = ioloop_new(NULL, &loop);
+    if (lerr)
+        return lerr;
     timers_t s = {.n = n, .handles = calloc(n, sizeof(ioloop_timer_t))};
     int err = s.handles ? ioloop_add_callback(loop, cancel_work, &s) : -ENOMEM;
     if (!err)
@@ -74,8 +73,7 @@ static void fire_work(ioloop_t *loop, void *arg)
     timers_t *s = arg;
     fire_t0 = bench_now();
     for (size_t i = 0; i < s->n; i++)
-        if (!ioloop_call_later(loop, IOLOOP_MSEC(bench_delay_ms(i, 0, 5)), fire_cb, s)) {
-            s->err = -errno;
+        if ((s->err = ioloop_call_later(loop, IOLOOP_MSEC(bench_delay_ms(i, 0, 5)), fire_cb, s, NULL)) != 0) {
             ioloop_stop(loop);
             return;
         }
@@ -83,9 +81,10 @@ static void fire_work(ioloop_t *loop, void *arg)
 
 int bench_ioloop_timers_fire(size_t n, double *seconds)
 {
-    ioloop_t *loop = ioloop_new(NULL);
-    if (!loop)
-        return -errno;
+    ioloop_t *loop;
+    int lerr = ioloop_new(NULL, &loop);
+    if (lerr)
+        return lerr;
     timers_t s = {.n = n};
     int err = ioloop_add_callback(loop, fire_work, &s);
     if (!err)
