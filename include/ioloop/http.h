@@ -140,7 +140,7 @@ IOLOOP_API const char *ioloop_http_server_last_error(const ioloop_http_server_t 
  * thread. 0 and the listener in *out (free it with ioloop_listener_free once
  * the runtime has stopped), or a negative errno from ioloop_listener_start. */
 IOLOOP_API int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
-                             ioloop_accept_mode_t mode, ioloop_listener_t **out);
+                                        ioloop_accept_mode_t mode, ioloop_listener_t **out);
 
 /* The same with every listener option (a TLS transport per connection,
  * stream limits, backlog): on_accept, on_stream and arg are the server's and
@@ -149,8 +149,8 @@ IOLOOP_API int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_
  * and half_close is always on (the server handles the client's EOF). Requests
  * on a connection whose transport is TLS say "https" from
  * ioloop_http_request_protocol. */
-IOLOOP_API int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt, const ioloop_listener_options_t *opts,
-                                  ioloop_listener_t **out);
+IOLOOP_API int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
+                                             const ioloop_listener_options_t *opts, ioloop_listener_t **out);
 
 /* Graceful shutdown of the whole runtime: l (may be NULL) stops accepting
  * (what was queued is still served), then every loop of rt drains s
@@ -160,7 +160,7 @@ IOLOOP_API int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_run
  * callbacks on the loops that use s). 0, -EALREADY if a shutdown of s
  * already began, -EINVAL. */
 IOLOOP_API int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
-                                ioloop_time_t timeout);
+                                           ioloop_time_t timeout);
 
 /* Runs ioloop_http_server_shutdown(s, rt, l, timeout) on SIGTERM or SIGINT,
  * read by rt's loop 0 (ioloop_signal_watch; it replaces the runtime's own
@@ -169,14 +169,15 @@ IOLOOP_API int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runti
  * inherit the mask). ioloop_http_server_free removes the watchers (and
  * unblocks the signals there). 0, -EALREADY if already set, or the watch's
  * negative errno. */
-IOLOOP_API int ioloop_http_server_shutdown_on_signals(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
-                                           ioloop_time_t timeout);
+IOLOOP_API int ioloop_http_server_shutdown_on_signals(ioloop_http_server_t *s, ioloop_runtime_t *rt,
+                                                      ioloop_listener_t *l, ioloop_time_t timeout);
 
 /* Serves an accepted connection on `loop` (its thread): `arg` is the server.
  * The signature is runtime.h's ioloop_accept_fn, so a runtime listener takes
  * it as on_accept directly. The server owns fd from here (it is closed on
  * failure). */
-IOLOOP_API void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg);
+IOLOOP_API void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len,
+                                          void *arg);
 
 /* Graceful drain of this server on `loop` (its thread): close idle
  * keep-alive connections (after a 50 ms grace, cleanly), answer the requests
@@ -186,8 +187,8 @@ IOLOOP_API void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct s
  * remains there. It does not stop a listener (ioloop_http_server_shutdown
  * does both, on every loop). Returns 0, or -EALREADY if this loop is already
  * draining. */
-IOLOOP_API int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout, ioloop_callback_fn done,
-                             void *arg);
+IOLOOP_API int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout,
+                                        ioloop_callback_fn done, void *arg);
 
 /* Connections this server has open on `loop` (its thread). */
 IOLOOP_API int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop);
@@ -261,7 +262,8 @@ typedef enum { IOLOOP_HTTP_LOG_COMMON, IOLOOP_HTTP_LOG_COMBINED } ioloop_http_lo
 
 /* Opens path for appending (created 0644), or standard output for "-", and
  * starts the writer thread. 0 and *out, or a negative errno. Any thread. */
-IOLOOP_API int ioloop_http_access_log_open(const char *path, ioloop_http_log_format_t format, ioloop_http_access_log_t **out);
+IOLOOP_API int ioloop_http_access_log_open(const char *path, ioloop_http_log_format_t format,
+                                           ioloop_http_access_log_t **out);
 /* The same on an fd the caller keeps (never closed here). */
 IOLOOP_API int ioloop_http_access_log_open_fd(int fd, ioloop_http_log_format_t format, ioloop_http_access_log_t **out);
 /* The hook that feeds a built-in log: ioloop_http_server_set_log(s,
@@ -276,7 +278,8 @@ typedef struct {
     int last_errno;         /* 0, or the last write error (ENOSPC, EPIPE, ...) */
 } ioloop_http_access_log_stats_t;
 /* Counters (each exact, the set not one snapshot). Any thread. */
-IOLOOP_API void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log, ioloop_http_access_log_stats_t *out);
+IOLOOP_API void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log,
+                                                 ioloop_http_access_log_stats_t *out);
 
 /* Writes what the loops buffered, stops the writer thread (after it wrote
  * everything, or gave up after ~2 s on a pipe nobody reads) and frees log.
@@ -312,7 +315,8 @@ IOLOOP_API const char *ioloop_http_request_host(const ioloop_http_request_t *req
 /* A header's value by case-insensitive name (the first one), or NULL. */
 IOLOOP_API const char *ioloop_http_request_header(const ioloop_http_request_t *req, const char *name);
 /* Headers by index, in arrival order. -ENOENT past the end. */
-IOLOOP_API int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const char **name, const char **value);
+IOLOOP_API int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const char **name,
+                                             const char **value);
 /* The body (NUL-terminated; empty for streamed bodies). */
 IOLOOP_API const char *ioloop_http_request_body(const ioloop_http_request_t *req, size_t *len);
 /* The peer's IP as text (X-Real-IP / X-Forwarded-For with xheaders). */
@@ -333,7 +337,8 @@ IOLOOP_API const char *ioloop_http_request_path_arg_named(const ioloop_http_requ
 IOLOOP_API const char *ioloop_http_request_argument(ioloop_http_request_t *req, const char *name, const char *def);
 /* Every value of an argument, in order: stores up to max pointers in values
  * and returns how many there are. */
-IOLOOP_API int ioloop_http_request_arguments(ioloop_http_request_t *req, const char *name, const char **values, int max);
+IOLOOP_API int ioloop_http_request_arguments(ioloop_http_request_t *req, const char *name, const char **values,
+                                             int max);
 /* Registers the callback run if the client goes away before finish. */
 IOLOOP_API void ioloop_http_request_on_close(ioloop_http_request_t *req, ioloop_http_close_fn fn, void *arg);
 /* True once the connection of this request has closed. */
@@ -374,8 +379,8 @@ IOLOOP_API int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_htt
  * the next response). */
 IOLOOP_API int ioloop_http_response_finish(ioloop_http_request_t *req);
 /* Convenience: status, a body and finish. */
-IOLOOP_API int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type, const void *body,
-                              size_t len);
+IOLOOP_API int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type,
+                                         const void *body, size_t len);
 
 /* ---- static files (static.c) ------------------------------------------ */
 
@@ -409,7 +414,7 @@ typedef struct {
  * start and end with '/'. Configure before serving, as routes. 0, -EINVAL,
  * the errno of opening root_dir, or ioloop_http_server_route's error. */
 IOLOOP_API int ioloop_http_static_route(ioloop_http_server_t *s, const char *prefix, const char *root_dir,
-                             const ioloop_http_static_options_t *opts);
+                                        const ioloop_http_static_options_t *opts);
 
 #ifdef __cplusplus
 }

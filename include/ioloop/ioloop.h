@@ -250,10 +250,12 @@ IOLOOP_API int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn
  * deadlines run in the order they were added. Returns 0 and, if out is not
  * NULL, a handle for ioloop_remove_timeout in *out; or -EINVAL (no fn),
  * -EPERM, -ESHUTDOWN, -ENOMEM (then *out is 0). */
-IOLOOP_API int ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out);
+IOLOOP_API int ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg,
+                              ioloop_timer_t *out);
 
 /* Same, `delay` after ioloop_time(loop). */
-IOLOOP_API int ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out);
+IOLOOP_API int ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg,
+                                 ioloop_timer_t *out);
 
 /* Cancels a timer: it will not run. Harmless (a no-op returning 0) after it
  * ran or was removed, and for 0. O(1). -EPERM off the owner's thread. */
@@ -267,8 +269,8 @@ IOLOOP_API int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
  * Not started. 0 and the periodic callback in *out, or -EINVAL, -ENOMEM,
  * -EPERM (*out = NULL). These calls are for the loop's owner (see the top of
  * this file): new, start, stop and free return -EPERM elsewhere and do nothing. */
-IOLOOP_API int ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter, ioloop_callback_fn fn, void *arg,
-                        ioloop_periodic_t **out);
+IOLOOP_API int ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter, ioloop_callback_fn fn,
+                                   void *arg, ioloop_periodic_t **out);
 /* Starts it: the first call comes one period from now. Returns 0, -EALREADY
  * if running, -ESHUTDOWN if the loop is closed, -ENOMEM. */
 IOLOOP_API int ioloop_periodic_start(ioloop_periodic_t *pc);
@@ -329,7 +331,7 @@ IOLOOP_API ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
  * it or it is a runtime's loop; -EINVAL if another loop runs on this thread;
  * -ESHUTDOWN if closed. */
 IOLOOP_API int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
-                    ioloop_time_t timeout, void **result);
+                               ioloop_time_t timeout, void **result);
 
 #ifdef __cplusplus
 }

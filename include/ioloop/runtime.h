@@ -104,7 +104,7 @@ IOLOOP_API ioloop_runtime_t *ioloop_runtime_current(void);
  * thread. 0 and the future in *out (the caller owns one reference), or
  * -EINVAL / -ENOMEM (also when there is no home loop) and *out = NULL. */
 IOLOOP_API int ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg,
-                             ioloop_future_t **out);
+                                        ioloop_future_t **out);
 
 /* ---- listeners ----------------------------------------------------------- */
 
@@ -147,7 +147,8 @@ typedef struct {
 /* Binds, listens and starts accepting on rt's loops. Any thread. 0 and the
  * listener in *out, or a negative errno (-EADDRINUSE, -EINVAL for a bad
  * address or not exactly one of on_accept and on_stream, ...). */
-IOLOOP_API int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t *opts, ioloop_listener_t **out);
+IOLOOP_API int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t *opts,
+                                     ioloop_listener_t **out);
 /* The bound port (the kernel's choice for port 0); 0 for a unix socket. Any thread. */
 IOLOOP_API int ioloop_listener_port(const ioloop_listener_t *l);
 /* The mode in effect (after any fallback). Any thread. */

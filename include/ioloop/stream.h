@@ -164,10 +164,11 @@ typedef void (*ioloop_stream_read_fn)(ioloop_stream_t *stream, int status, const
  * limits how far to look: past it without the delimiter the stream closes
  * with -EMSGSIZE (Tornado's UnsatisfiableReadError). */
 IOLOOP_API int ioloop_stream_read_until(ioloop_stream_t *stream, const void *delim, size_t delim_len, size_t max_bytes,
-                             ioloop_stream_read_fn cb, void *arg);
+                                        ioloop_stream_read_fn cb, void *arg);
 /* Reads exactly n bytes, or with partial, between 1 and n (whatever is there).
  * n 0, or n beyond SSIZE_MAX without partial: -EINVAL. */
-IOLOOP_API int ioloop_stream_read_bytes(ioloop_stream_t *stream, size_t n, bool partial, ioloop_stream_read_fn cb, void *arg);
+IOLOOP_API int ioloop_stream_read_bytes(ioloop_stream_t *stream, size_t n, bool partial, ioloop_stream_read_fn cb,
+                                        void *arg);
 /* Reads everything until the peer's EOF (status 0 then); bounded by max_buffer_size. */
 IOLOOP_API int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_fn cb, void *arg);
 
@@ -210,16 +211,16 @@ typedef void (*ioloop_stream_release_fn)(void *data, void *arg);
  * drain callback); -EPIPE once the stream ended or was shut down; -ENOMEM. A
  * single write may take the output past the mark. */
 IOLOOP_API int ioloop_stream_write(ioloop_stream_t *stream, const void *data, size_t len, ioloop_stream_write_fn done,
-                        void *arg);
+                                   void *arg);
 /* The same for several buffers, as one write. */
-IOLOOP_API int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int iovcnt, ioloop_stream_write_fn done,
-                         void *arg);
+IOLOOP_API int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int iovcnt,
+                                    ioloop_stream_write_fn done, void *arg);
 /* Zero-copy: data is borrowed until release(data, arg) runs (exactly once,
  * after the bytes left or the stream ended; also when refused: later, as a
  * callback, except for -EPERM and -ENOMEM, where it runs before the return;
  * -EINVAL for bad arguments, where it does not run). */
 IOLOOP_API int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
-                                 ioloop_stream_release_fn release, void *arg);
+                                            ioloop_stream_release_fn release, void *arg);
 
 /* Zero-copy file bytes: len bytes of fd from offset, queued in order with the
  * other writes. On the plain socket transport they go with sendfile(2) (the
@@ -236,8 +237,8 @@ IOLOOP_API int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void 
  * its errno. Returns as ioloop_stream_write does (refused: done does not
  * run, fd stays the caller's), -EBADF for fd < 0, -EINVAL for a negative
  * offset or a range beyond SSIZE_MAX / INT64_MAX. */
-IOLOOP_API int ioloop_stream_write_file(ioloop_stream_t *stream, int fd, off_t offset, size_t len, ioloop_stream_write_fn done,
-                             void *arg);
+IOLOOP_API int ioloop_stream_write_file(ioloop_stream_t *stream, int fd, off_t offset, size_t len,
+                                        ioloop_stream_write_fn done, void *arg);
 
 /* Bytes queued and not yet taken by the kernel. */
 IOLOOP_API size_t ioloop_stream_write_queue_size(const ioloop_stream_t *stream);
@@ -258,7 +259,7 @@ IOLOOP_API void ioloop_stream_uncork(ioloop_stream_t *stream);
 IOLOOP_API int ioloop_stream_set_nodelay(ioloop_stream_t *stream, bool on);
 /* Changes the timeouts (0: none); they apply from now. */
 IOLOOP_API void ioloop_stream_set_timeouts(ioloop_stream_t *stream, ioloop_time_t idle, ioloop_time_t read,
-                                ioloop_time_t write);
+                                           ioloop_time_t write);
 
 /* The close callback: runs exactly once, after the stream ended, with its
  * error (0 for ioloop_stream_close). Setting it again replaces it. */
@@ -312,7 +313,7 @@ typedef void (*ioloop_tcp_connect_fn)(ioloop_t *loop, int status, ioloop_stream_
  * a handle valid until cb runs), or -EINVAL / -ENOMEM, -EPERM from another
  * thread, -ESHUTDOWN on a closed loop; every other failure reaches cb. */
 IOLOOP_API int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
-                       ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out);
+                                  ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out);
 /* Abandons a connect in progress: cb runs (later) with -ECANCELED, also if
  * it had connected and cb had not run yet. A lookup still running finishes
  * on its pool thread and is dropped. Loop thread. */

@@ -82,12 +82,13 @@ IOLOOP_API void ioloop_tls_server_options(ioloop_tls_context_t *ctx, ioloop_list
  * so the stream handed out is TLS to server_name (SNI, and the name
  * verified unless the context says IOLOOP_TLS_VERIFY_OFF). server_name is
  * copied; NULL: no SNI and no name check (only with VERIFY_OFF, else -EINVAL). */
-IOLOOP_API int ioloop_tls_client_options(ioloop_tls_context_t *ctx, const char *server_name, ioloop_tcp_connect_options_t *opts);
+IOLOOP_API int ioloop_tls_client_options(ioloop_tls_context_t *ctx, const char *server_name,
+                                         ioloop_tcp_connect_options_t *opts);
 
 /* Wraps an fd in a TLS stream directly (server or client per ctx;
  * server_name as above for a client). Loop thread. */
 IOLOOP_API int ioloop_tls_stream_new(ioloop_t *loop, int fd, ioloop_tls_context_t *ctx, const char *server_name,
-                          const ioloop_stream_options_t *opts, ioloop_stream_t **out);
+                                     const ioloop_stream_options_t *opts, ioloop_stream_t **out);
 
 /* After the handshake (NULL/false before, or on a plain stream): the
  * negotiated protocol version ("TLSv1.3"), ALPN protocol, whether the
