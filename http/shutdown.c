@@ -1,6 +1,8 @@
-/* shutdown.c — serving on a runtime, and the runtime-wide graceful shutdown:
- * stop accepting, drain every loop, stop the runtime; on an API call or on
- * SIGTERM/SIGINT. Also the server's counters summed over its loops.
+/* shutdown.c — serving on a runtime (on systemd's sockets when the process
+ * was socket-activated; READY=1 to the manager once listening), and the
+ * runtime-wide graceful shutdown (STOPPING=1): stop accepting, drain every
+ * loop, stop the runtime; on an API call or on SIGTERM/SIGINT. Also the
+ * server's counters summed over its loops.
  *
  * Threading rule: ioloop_http_server_serve, _shutdown and _get_stats from any
  * thread; _shutdown_on_signals from the thread that owns the runtime (it
@@ -16,13 +18,18 @@
  *     has accepted its backlog and closed, and every DISPATCH hand-off of
  *     those connections has been posted.
  *  2. drain: ioloop_http_server_drain on every loop (queued behind those
- *     hand-offs); the last loop to finish stops the runtime.
+ *     hand-offs, and once no connection of that loop is still sending its
+ *     PROXY header: ioloop_listener_pending); the last loop to finish stops
+ *     the runtime.
  */
 #define _GNU_SOURCE
 #include "internal.h"
 
 #include <errno.h>
 #include <signal.h>
+#include <unistd.h>
+
+enum { IOLOOP__HTTP_MAX_ACTIVATED = 64 }; /* sockets one activation may pass (a unit has a few) */
 
 int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
                              ioloop_accept_mode_t mode, ioloop_listener_t **out)
@@ -62,7 +69,26 @@ int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
         o.stream.write_timeout = u->write_timeout;
     o.stream.transport = u->transport;
     o.stream.transport_ctx = u->transport_ctx;
-    return ioloop_listener_start(rt, &o, out);
+    /* Socket activation: the manager's sockets instead of binding (the
+     * first serve of the process takes them all; ioloop_listen_fds unsets
+     * the variables). They are duplicated by the listener: ours to close. */
+    int fds[IOLOOP__HTTP_MAX_ACTIVATED];
+    int nfds = 0;
+    if (o.nfds == 0) {
+        nfds = ioloop_listen_fds(fds, IOLOOP__HTTP_MAX_ACTIVATED);
+        if (nfds < 0)
+            return nfds;
+        if (nfds > 0) {
+            o.fds = fds;
+            o.nfds = nfds;
+        }
+    }
+    int err = ioloop_listener_start(rt, &o, out);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    if (!err) /* every loop runs and the sockets listen: the manager may send traffic */
+        (void)ioloop_sd_notify("READY=1");
+    return err;
 }
 
 /* ---- shutdown ------------------------------------------------------------ */
@@ -94,6 +120,13 @@ static void on_loop_drained(ioloop_t *loop, void *arg)
 static void drain_here(ioloop_t *loop, void *arg)
 {
     ioloop_http_server_t *s = arg;
+    /* Connections still sending a PROXY header are not the server's yet: a
+     * drain now could end before they become connections, and stop the
+     * runtime under them. Each phase ends within the listener's
+     * proxy_timeout, so this wait is bounded. */
+    if (s->shut_listener && ioloop_listener_pending(s->shut_listener, loop) > 0 &&
+        ioloop_call_later(loop, IOLOOP_MSEC(5), drain_here, s, NULL) == 0)
+        return;
     if (ioloop_http_server_drain(s, loop, s->shut_timeout, on_loop_drained, s) != 0)
         loop_drained(s); /* already draining (its own drain call) or no memory */
 }
@@ -117,6 +150,7 @@ int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, i
         return -EINVAL;
     if (atomic_exchange(&s->shutting_down, true))
         return -EALREADY;
+    (void)ioloop_sd_notify("STOPPING=1"); /* the manager stops counting on us from here */
     s->shut_rt = rt;
     s->shut_listener = l;
     s->shut_timeout = timeout;

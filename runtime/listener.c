@@ -1,6 +1,8 @@
 /* listener.c — listening sockets spread over a runtime's loops: binding
- * (IPv4, IPv6, unix:), the three accept modes, batched accept, EMFILE
- * back-off, and a stop that drains what is already queued.
+ * (IPv4, IPv6, unix:) or inherited sockets (checked, then duplicated so the
+ * caller's fds stay the caller's), the three accept modes, batched accept,
+ * EMFILE back-off, and a stop that drains what is already queued. With the
+ * PROXY protocol on, a connection goes through listener_proxy.c first.
  *
  * Threading rule: start/stop/free from any thread. Each acceptor (one socket
  * watched by one loop) is touched only by its loop's thread once armed:
@@ -165,6 +167,7 @@ void ioloop__listener_unref(ioloop_listener_t *l)
         ioloop_unref(l->loops[i]);
     free(l->loops);
     free(l->inflight);
+    free(l->in_header);
     free(l);
 }
 
@@ -175,6 +178,10 @@ void ioloop__listener_hand_over(ioloop_listener_t *l, ioloop_t *loop, int fd, co
 {
     if (atomic_load_explicit(&loop->state, memory_order_relaxed) != IOLOOP__OPEN) {
         close(fd); /* the loop is closing: nobody can serve it */
+        return;
+    }
+    if (l->proxy_protocol != IOLOOP_PROXY_PROTOCOL_OFF) {
+        ioloop__listener_proxy_start(l, loop, fd, peer, peer_len); /* on_stream once the header is in */
         return;
     }
     if (l->on_stream) {
@@ -389,14 +396,87 @@ ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l)
     return l->mode;
 }
 
+int ioloop_listener_pending(const ioloop_listener_t *l, const ioloop_t *loop)
+{
+    if (!l || !loop)
+        return -EINVAL;
+    for (int i = 0; i < l->nloops; i++)
+        if (l->loops[i] == loop)
+            return atomic_load_explicit(&l->in_header[i], memory_order_relaxed);
+    return 0;
+}
+
 /* ---- starting -------------------------------------------------------------- */
+
+static bool all_loops_epoll(ioloop_runtime_t *rt)
+{
+    for (int i = 0; i < rt->n; i++)
+        if (rt->loops[i]->backend != &ioloop__backend_epoll)
+            return false;
+    return true;
+}
+
+/* Checks that every inherited fd is a listening stream socket; its family
+ * goes to *family (the first one's). 0 or a negative errno. */
+static int check_inherited(const int *fds, int nfds, int *family)
+{
+    for (int i = 0; i < nfds; i++) {
+        struct stat st;
+        if (fds[i] < 0 || fstat(fds[i], &st) < 0)
+            return -EBADF;
+        if (!S_ISSOCK(st.st_mode))
+            return -ENOTSOCK;
+        int type = 0, listening = 0, domain = 0;
+        socklen_t len = sizeof(type);
+        if (getsockopt(fds[i], SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+            return -errno;
+        if (type != SOCK_STREAM)
+            return -EINVAL;
+        len = sizeof(listening);
+        if (getsockopt(fds[i], SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+            return -errno;
+        if (!listening)
+            return -EINVAL; /* bound or connected, but no listen(): accept would fail forever */
+        len = sizeof(domain);
+        if (getsockopt(fds[i], SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
+            return -errno;
+        if (domain != AF_INET && domain != AF_INET6 && domain != AF_UNIX)
+            return -EINVAL;
+        if (i == 0)
+            *family = domain;
+    }
+    return 0;
+}
+
+/* The mode over inherited sockets (see runtime.h), or -1 for a combination
+ * that cannot be (EXCLUSIVE or DISPATCH over several sockets). */
+static int inherited_mode(ioloop_runtime_t *rt, ioloop_accept_mode_t mode, int nfds)
+{
+    if (nfds > 1)
+        return mode == IOLOOP_ACCEPT_DEFAULT || mode == IOLOOP_ACCEPT_REUSEPORT ? (int)IOLOOP_ACCEPT_REUSEPORT : -1;
+    if (mode == IOLOOP_ACCEPT_DISPATCH || !all_loops_epoll(rt))
+        return IOLOOP_ACCEPT_DISPATCH;
+    return IOLOOP_ACCEPT_EXCLUSIVE;
+}
+
+/* A non-blocking close-on-exec duplicate of an inherited socket, or a negative errno. */
+static int dup_inherited(int fd)
+{
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (copy < 0)
+        return -errno;
+    int flags = fcntl(copy, F_GETFL);
+    if (flags < 0 || fcntl(copy, F_SETFL, flags | O_NONBLOCK) < 0) {
+        int err = -errno;
+        close(copy);
+        return err;
+    }
+    return copy;
+}
 
 static ioloop_accept_mode_t effective_mode(ioloop_runtime_t *rt, ioloop_accept_mode_t mode, int family)
 {
-    bool all_epoll = true;
-    for (int i = 0; i < rt->n; i++)
-        if (rt->loops[i]->backend != &ioloop__backend_epoll)
-            all_epoll = false;
+    bool all_epoll = all_loops_epoll(rt);
     if (mode == IOLOOP_ACCEPT_DEFAULT) /* see "Default" above */
         mode = all_epoll ? IOLOOP_ACCEPT_EXCLUSIVE : IOLOOP_ACCEPT_REUSEPORT;
     if (mode == IOLOOP_ACCEPT_REUSEPORT && family == AF_UNIX)
@@ -427,14 +507,33 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
         return -EINVAL;
     if (opts->mode < IOLOOP_ACCEPT_DEFAULT || opts->mode > IOLOOP_ACCEPT_DISPATCH)
         return -EINVAL;
+    if (opts->proxy_protocol != IOLOOP_PROXY_PROTOCOL_OFF &&
+        (opts->proxy_protocol != IOLOOP_PROXY_PROTOCOL_REQUIRED || !opts->on_stream || opts->proxy_timeout < 0))
+        return -EINVAL; /* the header is read through a stream */
+    if (opts->nfds < 0 || (opts->nfds > 0 && !opts->fds))
+        return -EINVAL;
     *out = NULL;
     struct sockaddr_storage ss;
-    socklen_t len;
-    int err = parse_address(opts->address, opts->port, &ss, &len);
-    if (err)
-        return err;
-    ioloop_accept_mode_t mode = effective_mode(rt, opts->mode, ss.ss_family);
-    int nacc = mode == IOLOOP_ACCEPT_DISPATCH ? 1 : rt->n;
+    socklen_t len = 0;
+    int err;
+    ioloop_accept_mode_t mode;
+    int nacc;
+    if (opts->nfds > 0) {
+        int family = AF_UNSPEC;
+        if ((err = check_inherited(opts->fds, opts->nfds, &family)) != 0)
+            return err;
+        int m = inherited_mode(rt, opts->mode, opts->nfds);
+        if (m < 0)
+            return -EINVAL;
+        mode = (ioloop_accept_mode_t)m;
+        nacc = mode == IOLOOP_ACCEPT_REUSEPORT ? opts->nfds : mode == IOLOOP_ACCEPT_DISPATCH ? 1 : rt->n;
+        ss.ss_family = (sa_family_t)family;
+    } else {
+        if ((err = parse_address(opts->address, opts->port, &ss, &len)) != 0)
+            return err;
+        mode = effective_mode(rt, opts->mode, ss.ss_family);
+        nacc = mode == IOLOOP_ACCEPT_DISPATCH ? 1 : rt->n;
+    }
 
     ioloop_listener_t *l = calloc(1, sizeof(*l) + (size_t)nacc * sizeof(l->acc[0]));
     if (!l)
@@ -446,12 +545,16 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
     l->make_transport = opts->make_transport;
     l->make_transport_arg = opts->make_transport_arg;
     l->arg = opts->arg;
+    l->proxy_protocol = opts->proxy_protocol;
+    l->proxy_timeout = opts->proxy_timeout > 0 ? opts->proxy_timeout : IOLOOP_SEC(10);
+    l->inherited = opts->nfds > 0;
     l->nacc = nacc;
     l->nloops = rt->n;
     l->loops = calloc((size_t)rt->n, sizeof(*l->loops));
     l->inflight = calloc((size_t)rt->n, sizeof(*l->inflight));
+    l->in_header = calloc((size_t)rt->n, sizeof(*l->in_header));
     atomic_init(&l->refcount, 1);
-    if (!l->loops || !l->inflight) {
+    if (!l->loops || !l->inflight || !l->in_header) {
         ioloop__listener_unref(l);
         return -ENOMEM;
     }
@@ -459,15 +562,31 @@ int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t 
         l->loops[i] = rt->loops[i];
         ioloop_ref(l->loops[i]);
     }
-    if (ss.ss_family == AF_UNIX) {
+    if (ss.ss_family == AF_UNIX && !l->inherited) {
         const char *path = ((struct sockaddr_un *)&ss)->sun_path;
         remove_stale_socket(path);
     }
 
-    /* Sockets: one per loop for REUSEPORT, else one shared. */
+    /* Sockets: one per loop for REUSEPORT, else one shared; inherited ones
+     * are duplicated (the caller's stay the caller's), and REUSEPORT over
+     * them puts socket j on loop j % loops. The socket file of an inherited
+     * unix socket is not ours to unlink: unix_path stays NULL. */
     int shared = -1, made = 0;
     for (int i = 0; i < nacc && !err; i++) {
         int fd;
+        if (l->inherited) {
+            if (mode == IOLOOP_ACCEPT_REUSEPORT)
+                fd = dup_inherited(opts->fds[i]);
+            else
+                fd = shared >= 0 ? shared : (shared = dup_inherited(opts->fds[0]));
+            if (fd < 0) {
+                err = fd;
+                break;
+            }
+            l->acc[i] = (ioloop__acceptor_t){.listener = l, .loop = rt->loops[i % rt->n], .fd = fd};
+            made++;
+            continue;
+        }
         if (mode == IOLOOP_ACCEPT_REUSEPORT) {
             fd = listen_socket(&ss, len, true, opts->backlog);
             if (fd >= 0 && i == 0)

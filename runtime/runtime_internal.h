@@ -75,6 +75,9 @@ struct ioloop_listener {
     ioloop_transport_make_fn make_transport; /* with on_stream: each connection's transport */
     void *make_transport_arg;
     void *arg;
+    ioloop_proxy_protocol_t proxy_protocol;
+    ioloop_time_t proxy_timeout;
+    bool inherited; /* the sockets came from ioloop_listener_options_t.fds */
     int port;
     char *unix_path; /* unlinked by stop, if still the file bound here: */
     dev_t unix_dev;  /* the socket file's device and inode at bind (ino 0: unknown) */
@@ -85,6 +88,7 @@ struct ioloop_listener {
     _Atomic bool stop_requested;
     _Atomic int open_acceptors; /* the one that brings it to 0 closes a shared fd */
     _Atomic int64_t *inflight;  /* DISPATCH: handoffs posted to loop i, not yet run */
+    _Atomic int *in_header;     /* PROXY protocol: connections of loop i still sending their header */
     unsigned next_start;        /* DISPATCH: acceptor loop only, round-robin among ties */
     int nacc;
     ioloop__acceptor_t acc[];
@@ -96,6 +100,11 @@ void ioloop__listener_hand_over(struct ioloop_listener *l, ioloop_t *loop, int f
                                 socklen_t peer_len);
 void ioloop__listener_ref(struct ioloop_listener *l);
 void ioloop__listener_unref(struct ioloop_listener *l);
+/* listener_proxy.c: reads the PROXY header of a connection just handed to
+ * `loop` (its thread), then gives on_stream the stream and the address the
+ * header carries; closes the connection on a bad or missing header. */
+void ioloop__listener_proxy_start(struct ioloop_listener *l, ioloop_t *loop, int fd, const struct sockaddr *peer,
+                                  socklen_t peer_len);
 /* DISPATCH: sends fd, just accepted on `from`, to the least-loaded loop. */
 void ioloop__dispatch_accepted(struct ioloop_listener *l, ioloop_t *from, int fd, const struct sockaddr *peer,
                                socklen_t peer_len);

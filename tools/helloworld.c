@@ -1,12 +1,17 @@
 /* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world".
  *
  *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
- *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]
+ *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]
  *
  * With a certificate and its key it serves https:// (TLS 1.2 and 1.3, ALPN
  * http/1.1) on the same port; that needs a build with IOLOOP_TLS (libioloop-tls).
  * --port 0 lets the kernel pick: the banner names the port. --access-log
- * writes Common Log Format lines to FILE, or stdout for "-".
+ * writes Common Log Format lines to FILE, or stdout for "-". --proxy-protocol
+ * requires a PROXY header (v1 or v2, HAProxy's send-proxy) on every
+ * connection; the logged address is the one it carries.
+ * Under systemd socket activation (LISTEN_FDS) it serves on the inherited
+ * sockets and --port is ignored (`systemd-socket-activate -l 8080
+ * helloworld`); with NOTIFY_SOCKET set it reports READY=1 and STOPPING=1.
  *
  * Threading rule: main owns the runtime (one loop per CPU unless --threads);
  * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
@@ -41,6 +46,7 @@ typedef struct {
     ioloop_accept_mode_t mode;
     const char *tls_cert, *tls_key;
     const char *access_log_path;
+    bool proxy_protocol;
 } hello_args_t;
 
 /* Reads the options into *a; false on anything else. */
@@ -49,8 +55,15 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
     int *port = &a->port;
     ioloop_runtime_options_t *ro = &a->ro;
     ioloop_accept_mode_t *mode = &a->mode;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *opt = argv[i], *v = argv[i + 1];
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (!strcmp(opt, "--proxy-protocol")) {
+            a->proxy_protocol = true;
+            continue;
+        }
+        if (i + 1 >= argc)
+            return false;
+        const char *v = argv[++i];
         if (!strcmp(opt, "--port") && (atoi(v) > 0 || !strcmp(v, "0"))) {
             *port = atoi(v);
         } else if (!strcmp(opt, "--tls-cert")) {
@@ -73,13 +86,17 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
             return false;
         }
     }
-    return argc % 2 == 1 && !a->tls_cert == !a->tls_key; /* both or neither */
+    return !a->tls_cert == !a->tls_key; /* both or neither */
 }
 
 /* The listener's options: plain, or a TLS session per connection on *tls. */
 static int listen_options(const hello_args_t *a, ioloop_listener_options_t *lo, void **tls)
 {
-    *lo = (ioloop_listener_options_t){.address = "0.0.0.0", .port = a->port, .mode = a->mode};
+    *lo = (ioloop_listener_options_t){.address = "0.0.0.0",
+                                      .port = a->port,
+                                      .mode = a->mode,
+                                      .proxy_protocol = a->proxy_protocol ? IOLOOP_PROXY_PROTOCOL_REQUIRED
+                                                                          : IOLOOP_PROXY_PROTOCOL_OFF};
     *tls = NULL;
     if (!a->tls_cert)
         return 0;
@@ -117,7 +134,7 @@ int main(int argc, char **argv)
     if (!parse_args(argc, argv, &a)) {
         fprintf(stderr,
                 "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
-                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-]\n",
+                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]\n",
                 argv[0]);
         return 2;
     }
@@ -154,8 +171,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "helloworld: %s\n", ioloop_strerror(err));
         return 1;
     }
-    printf("helloworld: %s://127.0.0.1:%d/ on %d loop(s), accept %s\n", tls ? "https" : "http",
-           ioloop_listener_port(listener), ioloop_runtime_size(rt), modes[ioloop_listener_mode(listener)]);
+    printf("helloworld: %s://127.0.0.1:%d/ on %d loop(s), accept %s%s\n", tls ? "https" : "http",
+           ioloop_listener_port(listener), ioloop_runtime_size(rt), modes[ioloop_listener_mode(listener)],
+           a.proxy_protocol ? ", PROXY protocol required" : "");
     fflush(stdout);
 
     ioloop_runtime_join(rt); /* until a signal has drained every loop */

@@ -6,12 +6,18 @@
  * Common Log Format to FILE or standard output (-).
  *
  *   ioloop-serve [DIR] [--port 8000] [--bind ADDR] [--threads N] [--gzip] [--gzip-level N]
- *                [--access-log FILE|-] [--file-cache MS]
+ *                [--access-log FILE|-] [--file-cache MS] [--proxy-protocol]
  *
  * --file-cache (default 1000 ms, 0: off) keeps small files and what their
  * open/fstat found in memory per loop for that long, like nginx's
  * open_file_cache_valid: a changed file may be served stale for up to that
  * long, and a request for a cached file skips the executor round trip.
+ *
+ * --proxy-protocol requires a PROXY header (v1 or v2) on every connection:
+ * behind HAProxy's send-proxy, the log shows the client, not the proxy.
+ * Under systemd socket activation (LISTEN_FDS) it serves on the inherited
+ * sockets (--bind and --port ignored); with NOTIFY_SOCKET, READY=1 and
+ * STOPPING=1 reach the service manager.
  *
  * Threading rule: main parses, configures the server and owns the runtime
  * (one loop per CPU unless --threads); requests are served on whichever loop
@@ -32,14 +38,14 @@
 typedef struct {
     const char *dir, *bind, *access_log;
     int port, threads, gzip_level, file_cache_ms;
-    bool gzip;
+    bool gzip, proxy_protocol;
 } serve_args_t;
 
 static void usage(FILE *to, const char *argv0)
 {
     fprintf(to,
             "usage: %s [DIR] [--port 8000] [--bind 0.0.0.0] [--threads N] [--gzip] [--gzip-level 1..9]\n"
-            "       [--access-log FILE|-] [--file-cache MS (default 1000, 0: off)]\n"
+            "       [--access-log FILE|-] [--file-cache MS (default 1000, 0: off)] [--proxy-protocol]\n"
             "Serves DIR (default .) on every CPU: index.html or a listing for directories.\n",
             argv0);
 }
@@ -67,6 +73,8 @@ static int parse_args(int argc, char **argv, serve_args_t *a)
             return 1;
         if (!strcmp(opt, "--gzip")) {
             a->gzip = true;
+        } else if (!strcmp(opt, "--proxy-protocol")) {
+            a->proxy_protocol = true;
         } else if (!strcmp(opt, "--port") && has_value) {
             if ((a->port = parse_int(argv[++i], 0, 65535)) < 0)
                 goto bad_value;
@@ -145,9 +153,12 @@ int main(int argc, char **argv)
     ioloop_runtime_options_t ro = {.loops = args.threads}; /* 0: one loop per CPU */
     ioloop_runtime_t *rt = NULL;
     ioloop_listener_t *listener = NULL;
+    ioloop_listener_options_t lo = {.address = args.bind, .port = args.port};
+    if (args.proxy_protocol)
+        lo.proxy_protocol = IOLOOP_PROXY_PROTOCOL_REQUIRED;
     err = ioloop_runtime_start(&ro, &rt);
     if (!err)
-        err = ioloop_http_server_serve(server, rt, args.bind, args.port, IOLOOP_ACCEPT_DEFAULT, &listener);
+        err = ioloop_http_server_serve_with(server, rt, &lo, &listener);
     if (!err)
         err = ioloop_http_server_shutdown_on_signals(server, rt, listener, IOLOOP_SEC(10));
     if (err) {

@@ -138,7 +138,12 @@ IOLOOP_API const char *ioloop_http_server_last_error(const ioloop_http_server_t 
  * (NULL: "0.0.0.0"; port 0: the kernel picks, see ioloop_listener_port) in
  * accept mode `mode` (IOLOOP_ACCEPT_DEFAULT: the runtime's choice). Any
  * thread. 0 and the listener in *out (free it with ioloop_listener_free once
- * the runtime has stopped), or a negative errno from ioloop_listener_start. */
+ * the runtime has stopped), or a negative errno from ioloop_listener_start.
+ * Under systemd socket activation (ioloop_listen_fds finds LISTEN_FDS for
+ * this process) it serves on the inherited sockets instead, address and port
+ * ignored (-ENOTSOCK / -EINVAL when one is no listening stream socket); the
+ * first serve of the process takes them all. Once listening it sends READY=1
+ * to the service manager when NOTIFY_SOCKET is set (ioloop_sd_notify). */
 IOLOOP_API int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
                                         ioloop_accept_mode_t mode, ioloop_listener_t **out);
 
@@ -148,7 +153,11 @@ IOLOOP_API int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_
  * max_buffer_size is never set below max_header_size plus one 16 KiB block,
  * and half_close is always on (the server handles the client's EOF). Requests
  * on a connection whose transport is TLS say "https" from
- * ioloop_http_request_protocol. */
+ * ioloop_http_request_protocol. opts->proxy_protocol applies as runtime.h
+ * says: the request's remote address (ioloop_http_request_remote_ip, the
+ * access log's) is then the one the PROXY header carries. Socket activation
+ * and READY=1 as for ioloop_http_server_serve, unless opts->nfds names
+ * sockets already. */
 IOLOOP_API int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
                                              const ioloop_listener_options_t *opts, ioloop_listener_t **out);
 
@@ -157,7 +166,11 @@ IOLOOP_API int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_run
  * (ioloop_http_server_drain with `timeout`, 0: none), and rt stops once every
  * loop is drained: ioloop_runtime_join returns then. Any thread; returns at
  * once. Free s only after the runtime stopped this way (its steps are
- * callbacks on the loops that use s). 0, -EALREADY if a shutdown of s
+ * callbacks on the loops that use s). A loop whose connections from l are
+ * still sending their PROXY header (ioloop_listener_pending) starts its
+ * drain once they are connections of s (or closed), within l's
+ * proxy_timeout. Sends STOPPING=1 to the service
+ * manager when NOTIFY_SOCKET is set. 0, -EALREADY if a shutdown of s
  * already began, -EINVAL. */
 IOLOOP_API int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
                                            ioloop_time_t timeout);

@@ -127,6 +127,22 @@ typedef void (*ioloop_accept_fn)(ioloop_t *loop, int fd, const struct sockaddr *
 typedef void (*ioloop_listener_stream_fn)(ioloop_t *loop, ioloop_stream_t *stream, const struct sockaddr *peer,
                                           socklen_t peer_len, void *arg);
 
+/* The PROXY protocol (HAProxy's, v1 text and v2 binary) on a listener's
+ * connections: with REQUIRED, each connection must start with a header; the
+ * address it carries becomes the peer given to on_stream (v2 LOCAL and v1
+ * UNKNOWN keep the real peer: a proxy's own health check). A connection whose
+ * header is malformed, too long (v1: 107 bytes, v2: 16 + 1024), or absent
+ * (the first bytes are no signature) is closed before on_stream; one that
+ * sends no complete header within proxy_timeout is closed too. The header is
+ * read before any TLS handshake (HAProxy's send-proxy in front of TLS). There
+ * is no "optional" mode on purpose, as in nginx and HAProxy: a listener that
+ * also took connections without a header would let any client that reaches
+ * it claim any address. */
+typedef enum {
+    IOLOOP_PROXY_PROTOCOL_OFF = 0, /* the default: no header expected */
+    IOLOOP_PROXY_PROTOCOL_REQUIRED,
+} ioloop_proxy_protocol_t;
+
 typedef struct {
     const char *address;       /* "127.0.0.1", "::1", "0.0.0.0", "unix:/path"; NULL: "0.0.0.0" */
     int port;                  /* 0: the kernel picks; see ioloop_listener_port */
@@ -142,6 +158,23 @@ typedef struct {
                                                 (TLS: ioloop_tls_server_options fills these two) */
     void *make_transport_arg;
     void *arg;
+    /* Inherited listening sockets (systemd socket activation, a supervisor's
+     * fds): with nfds > 0 the listener accepts on these instead of binding
+     * address:port (both ignored). Each must be a listening SOCK_STREAM socket
+     * (IPv4, IPv6 or unix): -ENOTSOCK for an fd that is no socket, -EINVAL for
+     * one of another type or not listening, -EBADF for a closed fd. One fd:
+     * EXCLUSIVE or DISPATCH over it (REUSEPORT and DEFAULT take the runtime's
+     * choice for one shared socket). Several fds: REUSEPORT (the default),
+     * fd j accepted by loop j % loops (a loop without an fd accepts nothing;
+     * EXCLUSIVE or DISPATCH with several fds: -EINVAL).
+     * Ownership: the listener works on duplicates (F_DUPFD_CLOEXEC) that it
+     * closes when it stops; the caller's fds stay the caller's, to close once
+     * start returned (or to keep, to hand on to a successor process). Start
+     * sets O_NONBLOCK, which the duplicates share with them. */
+    const int *fds;
+    int nfds;
+    ioloop_proxy_protocol_t proxy_protocol; /* OFF (default); REQUIRED needs on_stream (-EINVAL with on_accept) */
+    ioloop_time_t proxy_timeout;            /* the whole header must arrive within it; 0: 10 s */
 } ioloop_listener_options_t;
 
 /* Binds, listens and starts accepting on rt's loops. Any thread. 0 and the
@@ -153,6 +186,14 @@ IOLOOP_API int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener
 IOLOOP_API int ioloop_listener_port(const ioloop_listener_t *l);
 /* The mode in effect (after any fallback). Any thread. */
 IOLOOP_API ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l);
+/* Connections `loop` accepted for l that on_stream has not got yet: their
+ * PROXY header is still being read (0 without the PROXY protocol; -EINVAL
+ * for NULL). Each of them reaches on_stream or is closed within
+ * proxy_timeout. A graceful shutdown waits for 0 before it drains a loop
+ * (ioloop_http_server_shutdown does), or a connection accepted from the
+ * backlog during the stop would be cut before its request was read. Any
+ * thread; a snapshot. */
+IOLOOP_API int ioloop_listener_pending(const ioloop_listener_t *l, const ioloop_t *loop);
 /* Stops accepting. Each socket first accepts what is already queued on it
  * (those connections reach on_accept as usual), then closes. Any thread;
  * asynchronous (done on each loop's thread); idempotent. */
@@ -160,6 +201,29 @@ IOLOOP_API void ioloop_listener_stop(ioloop_listener_t *l);
 /* Stops if needed and drops the caller's reference; the memory goes when the
  * loops are done with it. Any thread. */
 IOLOOP_API void ioloop_listener_free(ioloop_listener_t *l);
+
+/* systemd socket activation (sd_listen_fds(3), implemented here without
+ * libsystemd): when LISTEN_PID is this process and LISTEN_FDS is n > 0,
+ * stores the n inherited fds (3, 4, ... in order; LISTEN_FDNAMES, if set, is
+ * not needed for that), marks them close-on-exec, unsets LISTEN_PID,
+ * LISTEN_FDS and LISTEN_FDNAMES (so a child does not take them too) and
+ * returns n; the caller owns the fds. 0 when the process was not activated
+ * (variables absent or meant for another pid; they are left alone then).
+ * -EINVAL for a LISTEN_FDS that is not a number, -E2BIG when n > max (the
+ * environment is left as it was), -EBADF when one of the fds is not open.
+ * Any thread, but the environment is process-wide: call it once, early
+ * (ioloop_http_server_serve does, see http.h). */
+IOLOOP_API int ioloop_listen_fds(int *fds, int max);
+
+/* Sends `state` ("READY=1", "STOPPING=1", "STATUS=...", several lines
+ * allowed) to the service manager through the datagram socket NOTIFY_SOCKET
+ * names (a path, or "@name" for an abstract socket), as sd_notify(3) does.
+ * 0 when sent, and also when NOTIFY_SOCKET is unset (not run by a manager
+ * that listens); a negative errno when it is set and the send failed
+ * (-EINVAL for a name that is no socket address). Any thread; blocking for
+ * at most one datagram send. ioloop_http_server_serve sends READY=1 and the
+ * shutdown STOPPING=1 (http.h). */
+IOLOOP_API int ioloop_sd_notify(const char *state);
 
 /* Live-connection accounting used by DISPATCH and the stats: whoever got a
  * connection from on_accept calls this on that loop's thread when it ends. */

@@ -453,6 +453,29 @@ void ioloop__stream_count_connection(ioloop_stream_t *stream)
     stream->counted = true;
 }
 
+int ioloop__stream_set_transport(ioloop_stream_t *stream, const ioloop_stream_transport_t *transport, void *ctx)
+{
+    if (!transport)
+        transport = &ioloop_stream_transport_socket;
+    if (stream->ended) {
+        if (transport->destroy)
+            transport->destroy(ctx);
+        return -EPIPE;
+    }
+    /* No byte of the old transport may leak into the new one. */
+    assert(stream_avail(stream) == 0 && stream->queued_total == 0);
+    const ioloop_stream_transport_t *old = stream->transport;
+    void *old_ctx = stream->transport_ctx;
+    stream->transport = transport;
+    stream->transport_ctx = ctx;
+    if (old->destroy)
+        old->destroy(old_ctx);
+    int err = transport->attach ? transport->attach(ctx, stream) : 0;
+    if (err < 0)
+        ioloop__stream_end(stream, err); /* destroys ctx; the frame we are in schedules the callbacks */
+    return err < 0 ? err : 0;
+}
+
 ioloop_t *ioloop_stream_loop(const ioloop_stream_t *stream)
 {
     return stream->loop;

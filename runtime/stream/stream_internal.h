@@ -217,5 +217,11 @@ void ioloop__stream_run_releases(ioloop_stream_t *stream);
 /* The stream is one of the loop's live_connections (the caller raised the
  * count): its end lowers it, as ioloop_connection_closed does. */
 void ioloop__stream_count_connection(ioloop_stream_t *stream);
+/* Replaces the transport of a stream that holds no input and has written
+ * nothing (the PROXY header phase hands over to the connection's real
+ * transport, TLS or the socket): the old ctx is destroyed, the new one
+ * attached. 0, or the attach's error (the stream has then ended with it).
+ * transport NULL: the socket. Loop thread, from a stream callback. */
+int ioloop__stream_set_transport(ioloop_stream_t *stream, const ioloop_stream_transport_t *transport, void *ctx);
 
 #endif
