@@ -1,6 +1,8 @@
 # sources: every .c file under runtime/, http/, tests/ and tools/ is in a
-# target's source list (the build lists sources by hand, no file(GLOB)), so a
-# file added by a merge cannot sit unbuilt. The lists are read here, at
+# target's source list (the build lists sources by hand, no file(GLOB)), and
+# every tests/checks/*.cmake is included by tests/CMakeLists.txt or named by
+# one that is (a `cmake -P` script), so a file added by a merge cannot sit
+# unbuilt or unrun. The lists are read here, at
 # configure time, from every target of the tree; sources_check.cmake globs the
 # tree when the test runs. Skipped: directories not configured in this build
 # (tools/ without IOLOOP_BUILD_TOOLS, runtime/tls/ without IOLOOP_TLS) and
@@ -34,6 +36,27 @@ endfunction()
 
 set(ioloop_listed)
 ioloop_collect_sources(${PROJECT_SOURCE_DIR} ioloop_listed)
+# The checks included, and the scripts they name.
+foreach(check ${IOLOOP_CHECKS} sources)
+  set(file ${CMAKE_CURRENT_LIST_DIR}/${check}.cmake)
+  list(APPEND ioloop_listed ${file})
+  file(READ ${file} text)
+  string(REGEX MATCHALL "[A-Za-z0-9_]+\\.(cmake|py)" named "${text}")
+  foreach(name ${named})
+    if(EXISTS ${CMAKE_CURRENT_LIST_DIR}/${name})
+      list(APPEND ioloop_listed ${CMAKE_CURRENT_LIST_DIR}/${name})
+      if(name MATCHES "\\.py$") # and the modules it imports from here
+        file(STRINGS ${CMAKE_CURRENT_LIST_DIR}/${name} imports REGEX "^import [A-Za-z0-9_]+")
+        foreach(line ${imports})
+          string(REGEX REPLACE "^import ([A-Za-z0-9_]+).*" "\\1.py" module "${line}")
+          if(EXISTS ${CMAKE_CURRENT_LIST_DIR}/${module})
+            list(APPEND ioloop_listed ${CMAKE_CURRENT_LIST_DIR}/${module})
+          endif()
+        endforeach()
+      endif()
+    endif()
+  endforeach()
+endforeach()
 list(REMOVE_DUPLICATES ioloop_listed)
 string(REPLACE ";" "\n" ioloop_listed "${ioloop_listed}")
 file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/listed_sources.txt "${ioloop_listed}\n")
