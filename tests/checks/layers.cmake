@@ -1,6 +1,7 @@
 # layers: dependencies run one way, core <- runtime <- stream <- http
 # (README, "Layout"). layers.includes greps the sources: a runtime/core/ file
-# includes no header of a higher layer, runtime/ never includes http/.
+# includes no header of a higher layer, runtime/ never includes http/, and
+# only the listener (on_stream) reaches the stream layer's internals.
 # layers.symbols reads the core's object files: every ioloop_* / ioloop__*
 # name they use is defined by a core object (a call up, say loop.c into
 # signals.c, fails it even if someone declared the function by hand).
