@@ -274,11 +274,15 @@ void ioloop__http_conn_start(http_worker_t *w, ioloop_stream_t *stream, const st
 
 /* An idle keep-alive connection gets a short grace before the drain closes
  * it: a busy client's next request is usually already on its way, and is
- * better answered (with Connection: close) than met by a closed socket. */
+ * better answered (with Connection: close) than met by a closed socket. A
+ * connection that has sent nothing yet (taken from the backlog by the
+ * listener's stop) gets a longer one: its client connected to send a
+ * request, and closing it would fail that request (seen once in 400
+ * restarts under load: tools/deploy/restart-under-load). */
 void ioloop__http_conn_drain(http_conn_t *c)
 {
     if (conn_idle(c)) {
-        set_deadline(c, now_of(c) + HTTP_DRAIN_GRACE);
+        set_deadline(c, now_of(c) + (c->got_data ? HTTP_DRAIN_GRACE : HTTP_DRAIN_FIRST_GRACE));
     } else if (c->state == CONN_HEAD && !c->req && input_len(c) == 0) {
         c->close_after = true; /* a keep-alive response still going out: then close */
         conn_update(c);
@@ -582,6 +586,8 @@ static void on_data(ioloop_stream_t *stream, int status, void *arg)
     } else if (status != 0) {
         ioloop__http_conn_close(c);
         return;
+    } else {
+        c->got_data = true;
     }
     conn_update(c);
 }

@@ -42,6 +42,10 @@ enum {
 #define HTTP_WRITE_MARK ((size_t)256 * 1024)
 #define HTTP_LINGER IOLOOP_SEC(2)        /* read-and-discard after our FIN */
 #define HTTP_DRAIN_GRACE IOLOOP_MSEC(50) /* an idle connection's last chance in a drain */
+/* ... and a connection that has not sent a byte yet: accepted from the
+ * backlog as the drain began, its client is about to send its first request
+ * (a busy client can take longer than 50 ms between connect and send) */
+#define HTTP_DRAIN_FIRST_GRACE IOLOOP_SEC(1)
 
 typedef struct http_worker http_worker_t;
 typedef struct http_conn http_conn_t;
@@ -199,6 +203,7 @@ struct http_conn {
     int busy;                    /* response.c frames on the stack (enter/leave) */
     bool report_close;           /* fed through ioloop_http_server_accept: report the close to the loop */
     bool tls;                    /* the stream's transport is TLS: requests say "https" */
+    bool got_data;               /* the client sent something: not a fresh connection any more */
     int fail_status;             /* >0: answer this and close; -1: parse no more */
     struct sockaddr_in6 peer;    /* AF_INET or AF_INET6 */
     socklen_t peer_len;

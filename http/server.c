@@ -241,7 +241,7 @@ int ioloop_http_server_new(const ioloop_http_server_options_t *opts, ioloop_http
     s->id = atomic_fetch_add(&next_id, 1);
     if (opts)
         s->opts = *opts;
-    if (ioloop__http_gzip_check_options(&s->opts) != 0) {
+    if (ioloop__http_gzip_check_options(&s->opts) != 0 || s->opts.drain_delay < 0) {
         free(s);
         return -EINVAL;
     }

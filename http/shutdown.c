@@ -10,6 +10,8 @@
  * s->shut_* are written once before the first post (the post publishes them)
  * and only read afterwards; the phase counter is atomic.
  *
+ * With drain_delay set, a timer on loop 0 waits that long first (the health
+ * route already says 503: shutting_down is set) and then starts phase 1.
  * The shutdown runs in two phases so that no connection arrives on a loop
  * after its drain has finished:
  *  1. fence: ioloop_listener_stop(l) posts one stop to each acceptor's loop;
@@ -143,6 +145,28 @@ static void fence(ioloop_t *loop, void *arg)
     fence_passed(arg);
 }
 
+/* Phase 1 (above): stop accepting, then a fence on every loop. */
+static void stop_accepting(ioloop_http_server_t *s)
+{
+    if (s->shut_listener)
+        ioloop_listener_stop(s->shut_listener);
+    post_all(s, fence, fence_passed);
+}
+
+static void delay_over(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    stop_accepting(arg);
+}
+
+/* On loop 0: the drain_delay timer (timers belong to their loop's thread). */
+static void delay_begin(ioloop_t *loop, void *arg)
+{
+    ioloop_http_server_t *s = arg;
+    if (ioloop_call_later(loop, s->opts.drain_delay, delay_over, s, NULL) != 0)
+        stop_accepting(s); /* no timer (no memory, loop closing): no delay */
+}
+
 int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
                                 ioloop_time_t timeout)
 {
@@ -154,9 +178,8 @@ int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, i
     s->shut_rt = rt;
     s->shut_listener = l;
     s->shut_timeout = timeout;
-    if (l)
-        ioloop_listener_stop(l);
-    post_all(s, fence, fence_passed);
+    if (s->opts.drain_delay <= 0 || ioloop_add_callback(ioloop_runtime_loop(rt, 0), delay_begin, s) != 0)
+        stop_accepting(s);
     return 0;
 }
 

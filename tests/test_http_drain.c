@@ -180,6 +180,35 @@ static void test_drain_with_nothing_open(void **state)
     tsrv_stop(&t);
 }
 
+/* A connection accepted before the drain that has not sent its request yet
+ * is not an idle keep-alive one: its client connected to send a request, so
+ * it gets longer than the 50 ms idle grace (a busy client may send late).
+ * One that sends within that grace is answered (with close); one that never
+ * sends is still closed, cleanly, well within the drain timeout. */
+static void test_drain_waits_for_a_fresh_connections_request(void **state)
+{
+    (void)state;
+    tsrv_t t;
+    start(&t);
+    drain_timeout = IOLOOP_SEC(20);
+    int late = tcli_connect(t.port), silent = tcli_connect(t.port);
+    tu_sleep_ms(200); /* both accepted */
+    assert_int_equal(ioloop_add_callback(t.loop, start_drain, NULL), 0);
+    tu_sleep_ms(300); /* far past the idle grace */
+    tcli_send(late, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    tresp_t r;
+    assert_int_equal(tcli_response(late, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_true(tresp_has(&r, "Connection", "close"));
+    tresp_free(&r);
+    assert_int_equal(tcli_closed(late, 5000, NULL), 1);
+    assert_int_equal(tcli_closed(silent, 5000, NULL), 1); /* a clean close, not the 20 s timeout */
+    assert_true(wait_flag(&drained, 5000));
+    close(late);
+    close(silent);
+    tsrv_stop(&t);
+}
+
 /* Keep-alive clients hammering the server while it drains: every response a
  * client starts to receive arrives whole, and no connection the server
  * accepted is reset; the clients only ever see a clean close (then a refused
@@ -276,6 +305,7 @@ int main(void)
         cmocka_unit_test(test_drain_timeout_closes_the_rest),
         cmocka_unit_test(test_drain_while_response_is_written),
         cmocka_unit_test(test_drain_with_nothing_open),
+        cmocka_unit_test(test_drain_waits_for_a_fresh_connections_request),
         cmocka_unit_test(test_drain_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,9 @@
-/* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world".
+/* helloworld.c — the seed's Tornado hello world in C: GET / → "Hello, world",
+ * and GET /healthz → 200 "ok" (503 "draining" once SIGTERM came).
  *
- *   helloworld [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
+ *   helloworld [--port 8888] [--bind 0.0.0.0] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
  *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]
+ *              [--drain-delay MS] [--exit-stats]
  *
  * With a certificate and its key it serves https:// (TLS 1.2 and 1.3, ALPN
  * http/1.1) on the same port; that needs a build with IOLOOP_TLS (libioloop-tls).
@@ -12,11 +14,17 @@
  * Under systemd socket activation (LISTEN_FDS) it serves on the inherited
  * sockets and --port is ignored (`systemd-socket-activate -l 8080
  * helloworld`); with NOTIFY_SOCKET set it reports READY=1 and STOPPING=1.
+ * --drain-delay (default 0) keeps serving that long after SIGTERM with
+ * /healthz at 503, so a load balancer's health checks take it out before
+ * the listener closes. Restarting on one port without a failed request:
+ * tools/deploy/restart-under-load (an inherited socket, or --accept
+ * reuseport beside the old process).
  *
  * Threading rule: main owns the runtime (one loop per CPU unless --threads);
  * the handler runs on whichever loop accepted the connection. SIGINT/SIGTERM
- * drain every loop (requests in flight are answered, with Connection: close)
- * and the process exits 0.
+ * drain every loop (requests in flight are answered, with Connection: close),
+ * with --exit-stats a last line on stderr counts the requests and connections
+ * served, and the process exits 0.
  */
 #define _GNU_SOURCE
 #include "ioloop/http.h"
@@ -46,7 +54,10 @@ typedef struct {
     ioloop_accept_mode_t mode;
     const char *tls_cert, *tls_key;
     const char *access_log_path;
+    const char *bind; /* the listening address: 0.0.0.0 unless --bind */
+    int drain_delay_ms;
     bool proxy_protocol;
+    bool exit_stats;
 } hello_args_t;
 
 /* Reads the options into *a; false on anything else. */
@@ -61,6 +72,10 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
             a->proxy_protocol = true;
             continue;
         }
+        if (!strcmp(opt, "--exit-stats")) {
+            a->exit_stats = true;
+            continue;
+        }
         if (i + 1 >= argc)
             return false;
         const char *v = argv[++i];
@@ -70,8 +85,12 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
             a->tls_cert = v;
         } else if (!strcmp(opt, "--tls-key")) {
             a->tls_key = v;
+        } else if (!strcmp(opt, "--bind")) {
+            a->bind = v;
         } else if (!strcmp(opt, "--access-log")) {
             a->access_log_path = v;
+        } else if (!strcmp(opt, "--drain-delay") && (atoi(v) > 0 || !strcmp(v, "0"))) {
+            a->drain_delay_ms = atoi(v);
         } else if (!strcmp(opt, "--threads") && atoi(v) > 0) {
             ro->loops = atoi(v);
         } else if (!strcmp(opt, "--pin") && (!strcmp(v, "yes") || !strcmp(v, "no"))) {
@@ -92,7 +111,7 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
 /* The listener's options: plain, or a TLS session per connection on *tls. */
 static int listen_options(const hello_args_t *a, ioloop_listener_options_t *lo, void **tls)
 {
-    *lo = (ioloop_listener_options_t){.address = "0.0.0.0",
+    *lo = (ioloop_listener_options_t){.address = a->bind,
                                       .port = a->port,
                                       .mode = a->mode,
                                       .proxy_protocol = a->proxy_protocol ? IOLOOP_PROXY_PROTOCOL_REQUIRED
@@ -130,11 +149,13 @@ static void free_tls(void *tls)
 
 int main(int argc, char **argv)
 {
-    hello_args_t a = {.port = 8888, .ro = {.pin = true}, .mode = IOLOOP_ACCEPT_DEFAULT}; /* loops = 0: one per CPU */
+    hello_args_t a = {
+        .port = 8888, .ro = {.pin = true}, .mode = IOLOOP_ACCEPT_DEFAULT, .bind = "0.0.0.0"}; /* loops: one per CPU */
     if (!parse_args(argc, argv, &a)) {
         fprintf(stderr,
                 "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
-                "          [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]\n",
+                "          [--bind 0.0.0.0] [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]\n"
+                "          [--drain-delay MS] [--exit-stats]\n",
                 argv[0]);
         return 2;
     }
@@ -143,13 +164,15 @@ int main(int argc, char **argv)
     if (listen_options(&a, &lo, &tls) != 0)
         return 1;
 
+    ioloop_http_server_options_t so = {.drain_delay = IOLOOP_MSEC(a.drain_delay_ms)};
     ioloop_http_server_t *server;
-    int serr = ioloop_http_server_new(NULL, &server);
+    int serr = ioloop_http_server_new(&so, &server);
     if (serr) {
         fprintf(stderr, "helloworld: %s\n", ioloop_strerror(serr));
         return 1;
     }
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
+    ioloop_http_server_health_route(server, "/healthz");
     ioloop_http_access_log_t *access_log = NULL;
     if (a.access_log_path) {
         int lerr = ioloop_http_access_log_open(a.access_log_path, IOLOOP_HTTP_LOG_COMMON, &access_log);
@@ -190,6 +213,13 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     ioloop_runtime_join(rt); /* until a signal has drained every loop */
+    /* --exit-stats: what a deployment check compares (keep-alive upstreams
+     * reuse connections: far fewer connections than requests). */
+    ioloop_http_server_stats_t st;
+    ioloop_http_server_get_stats(server, &st);
+    if (a.exit_stats)
+        fprintf(stderr, "helloworld: served %llu request(s) on %llu connection(s)\n", (unsigned long long)st.requests,
+                (unsigned long long)st.connections); /* stderr: stdout may be the access log (-) */
     ioloop_listener_free(listener);
     ioloop_http_server_free(server);
     ioloop_http_access_log_close(access_log); /* nothing logs any more: writes what the loops buffered */

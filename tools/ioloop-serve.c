@@ -6,7 +6,14 @@
  * Common Log Format to FILE or standard output (-).
  *
  *   ioloop-serve [DIR] [--port 8000] [--bind ADDR] [--threads N] [--gzip] [--gzip-level N]
- *                [--access-log FILE|-] [--file-cache MS] [--proxy-protocol]
+ *                [--access-log FILE|-] [--file-cache MS] [--accept MODE] [--proxy-protocol]
+ *                [--healthz PATH|off] [--drain-delay MS]
+ *
+ * GET /healthz (--healthz moves it, "off" removes it; it shadows a file of
+ * that name) answers 200 "ok", and 503 "draining" once SIGTERM came:
+ * --drain-delay keeps serving that long first, so a load balancer's checks
+ * take the process out before its listener closes. --accept reuseport lets
+ * a new process bind the same port beside the old one for a restart.
  *
  * --file-cache (default 1000 ms, 0: off) keeps small files and what their
  * open/fstat found in memory per loop for that long, like nginx's
@@ -36,8 +43,9 @@
 #include <sys/stat.h>
 
 typedef struct {
-    const char *dir, *bind, *access_log;
-    int port, threads, gzip_level, file_cache_ms;
+    const char *dir, *bind, *access_log, *healthz;
+    int port, threads, gzip_level, file_cache_ms, drain_delay_ms;
+    ioloop_accept_mode_t accept_mode;
     bool gzip, proxy_protocol;
 } serve_args_t;
 
@@ -46,6 +54,7 @@ static void usage(FILE *to, const char *argv0)
     fprintf(to,
             "usage: %s [DIR] [--port 8000] [--bind 0.0.0.0] [--threads N] [--gzip] [--gzip-level 1..9]\n"
             "       [--access-log FILE|-] [--file-cache MS (default 1000, 0: off)] [--proxy-protocol]\n"
+            "       [--accept default|reuseport|exclusive|dispatch] [--healthz PATH|off] [--drain-delay MS]\n"
             "Serves DIR (default .) on every CPU: index.html or a listing for directories.\n",
             argv0);
 }
@@ -64,7 +73,8 @@ static int parse_int(const char *s, int lo, int hi)
 /* 0, 1 for --help, -1 on a bad command line (said on stderr). */
 static int parse_args(int argc, char **argv, serve_args_t *a)
 {
-    *a = (serve_args_t){.dir = ".", .bind = "0.0.0.0", .port = 8000, .file_cache_ms = 1000};
+    static const char *const modes[] = {"default", "reuseport", "exclusive", "dispatch"};
+    *a = (serve_args_t){.dir = ".", .bind = "0.0.0.0", .port = 8000, .file_cache_ms = 1000, .healthz = "/healthz"};
     bool have_dir = false;
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
@@ -88,6 +98,21 @@ static int parse_args(int argc, char **argv, serve_args_t *a)
         } else if (!strcmp(opt, "--file-cache") && has_value) {
             if ((a->file_cache_ms = parse_int(argv[++i], 0, 3600 * 1000)) < 0)
                 goto bad_value;
+        } else if (!strcmp(opt, "--drain-delay") && has_value) {
+            if ((a->drain_delay_ms = parse_int(argv[++i], 0, 3600 * 1000)) < 0)
+                goto bad_value;
+        } else if (!strcmp(opt, "--healthz") && has_value) {
+            a->healthz = argv[++i];
+            if (strcmp(a->healthz, "off") && a->healthz[0] != '/')
+                goto bad_value;
+        } else if (!strcmp(opt, "--accept") && has_value) {
+            const char *v = argv[++i];
+            int m = 0;
+            while (m < 4 && strcmp(v, modes[m]))
+                m++;
+            if (m == 4)
+                goto bad_value;
+            a->accept_mode = (ioloop_accept_mode_t)(IOLOOP_ACCEPT_DEFAULT + m);
         } else if (!strcmp(opt, "--bind") && has_value) {
             a->bind = argv[++i];
         } else if (!strcmp(opt, "--access-log") && has_value) {
@@ -122,7 +147,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    ioloop_http_server_options_t opts = {.gzip = args.gzip, .gzip_level = args.gzip_level};
+    ioloop_http_server_options_t opts = {
+        .gzip = args.gzip, .gzip_level = args.gzip_level, .drain_delay = IOLOOP_MSEC(args.drain_delay_ms)};
     ioloop_http_server_t *server;
     int serr = ioloop_http_server_new(&opts, &server);
     if (serr) {
@@ -135,7 +161,12 @@ int main(int argc, char **argv)
     ioloop_http_static_options_t sopts = {.list_directories = true,
                                           .gzip_static = args.gzip,
                                           .cache_valid = IOLOOP_MSEC(args.file_cache_ms)};
-    int err = ioloop_http_static_route(server, "/", root, &sopts);
+    int err = strcmp(args.healthz, "off") ? ioloop_http_server_health_route(server, args.healthz) : 0;
+    if (err) {
+        fprintf(stderr, "ioloop-serve: --healthz %s: %s\n", args.healthz, strerror(-err));
+        return 1;
+    }
+    err = ioloop_http_static_route(server, "/", root, &sopts);
     if (err) {
         fprintf(stderr, "ioloop-serve: %s: %s\n", root, strerror(-err));
         return 1;
@@ -153,7 +184,7 @@ int main(int argc, char **argv)
     ioloop_runtime_options_t ro = {.loops = args.threads}; /* 0: one loop per CPU */
     ioloop_runtime_t *rt = NULL;
     ioloop_listener_t *listener = NULL;
-    ioloop_listener_options_t lo = {.address = args.bind, .port = args.port};
+    ioloop_listener_options_t lo = {.address = args.bind, .port = args.port, .mode = args.accept_mode};
     if (args.proxy_protocol)
         lo.proxy_protocol = IOLOOP_PROXY_PROTOCOL_REQUIRED;
     err = ioloop_runtime_start(&ro, &rt);

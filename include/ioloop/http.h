@@ -115,6 +115,11 @@ typedef struct {
     const char *const *gzip_types; /* NULL: text/..., JSON, JavaScript, XML, SVG (Tornado's list); else a
                                       NULL-terminated list of media types, one ending in '*' a prefix;
                                       borrowed: it must outlive the server */
+    /* 0: none. Else ioloop_http_server_shutdown (and so SIGTERM) first keeps
+     * accepting and serving for this long with the health route answering
+     * 503, so a load balancer's checks take the process out of rotation
+     * while it still accepts, and only then stops the listener and drains. */
+    ioloop_time_t drain_delay;
 } ioloop_http_server_options_t;
 
 /* ---- server (configure from one thread before serving) ------------------ */
@@ -161,11 +166,12 @@ IOLOOP_API int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_
 IOLOOP_API int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
                                              const ioloop_listener_options_t *opts, ioloop_listener_t **out);
 
-/* Graceful shutdown of the whole runtime: l (may be NULL) stops accepting
- * (what was queued is still served), then every loop of rt drains s
- * (ioloop_http_server_drain with `timeout`, 0: none), and rt stops once every
- * loop is drained: ioloop_runtime_join returns then. Any thread; returns at
- * once. Free s only after the runtime stopped this way (its steps are
+/* Graceful shutdown of the whole runtime: after the options' drain_delay
+ * (0: at once; meanwhile s serves as before, its health route saying 503),
+ * l (may be NULL) stops accepting (what was queued is still served), then
+ * every loop of rt drains s (ioloop_http_server_drain with `timeout`, 0:
+ * none), and rt stops once every loop is drained: ioloop_runtime_join
+ * returns then. Any thread; returns at once. Free s only after the runtime stopped this way (its steps are
  * callbacks on the loops that use s). A loop whose connections from l are
  * still sending their PROXY header (ioloop_listener_pending) starts its
  * drain once they are connections of s (or closed), within l's
@@ -184,6 +190,19 @@ IOLOOP_API int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runti
  * negative errno. */
 IOLOOP_API int ioloop_http_server_shutdown_on_signals(ioloop_http_server_t *s, ioloop_runtime_t *rt,
                                                       ioloop_listener_t *l, ioloop_time_t timeout);
+
+/* Adds a health-check route at `path` (GET and HEAD): 200 "ok", or 503
+ * "draining" once a shutdown of s began (drain_delay included), both
+ * text/plain with Cache-Control: no-store. Point a load balancer's check at
+ * it (HAProxy `option httpchk GET /healthz`). The configuring thread, like
+ * ioloop_http_server_route; returns what it returns, or -EINVAL for a path
+ * that does not start with '/'. */
+IOLOOP_API int ioloop_http_server_health_route(ioloop_http_server_t *s, const char *path);
+
+/* True once a shutdown of s began (ioloop_http_server_shutdown, or a signal
+ * with ioloop_http_server_shutdown_on_signals), drain_delay included. Any
+ * thread. */
+IOLOOP_API bool ioloop_http_server_draining(const ioloop_http_server_t *s);
 
 /* Serves an accepted connection on `loop` (its thread): `arg` is the server.
  * The signature is runtime.h's ioloop_accept_fn, so a runtime listener takes

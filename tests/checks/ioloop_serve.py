@@ -7,7 +7,9 @@ with --gzip a text file comes gzip'd (curl --compressed inflates it, and the
 raw body is a gzip member), an image does not; --access-log - writes one
 Common Log Format line per request; SIGTERM ends it with status 0; a bad
 command line exits 2; --file-cache serves a rewritten small file stale
-within its time, --file-cache 0 fresh.
+within its time, --file-cache 0 fresh; /healthz says 200 "ok", and 503
+"draining" after SIGTERM while --drain-delay keeps it serving (files too);
+--healthz off serves a file of that name instead.
 
 usage: ioloop_serve.py IOLOOP_SERVE CURL
 """
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def curl(curl_bin, *args):
@@ -88,7 +91,31 @@ def main():
                 proc.send_signal(signal.SIGTERM)
                 proc.communicate(timeout=30)
             assert proc.returncode == 0, proc.returncode
-    print("ioloop_serve: files, listing, index.html, gzip, the access log and the file cache OK")
+        # /healthz, and the drain delay after SIGTERM
+        open(f"{root}/healthz", "wb").write(b"a file\n")
+        proc = subprocess.Popen([serve, root, "--port", "0", "--threads", "1", "--drain-delay", "3000"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            base = "http://127.0.0.1:%d" % int(re.search(r"port (\d+)", proc.stdout.readline()).group(1))
+            assert curl(curl_bin, "-w", " %{http_code}", f"{base}/healthz") == b"ok 200"
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            assert curl(curl_bin, "-w", " %{http_code}", f"{base}/healthz") == b"draining 503"
+            assert curl(curl_bin, f"{base}/docs/small.txt") == text[:3000]  # still serving
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        assert proc.returncode == 0, proc.returncode
+        proc = subprocess.Popen([serve, root, "--port", "0", "--threads", "1", "--healthz", "off"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            base = "http://127.0.0.1:%d" % int(re.search(r"port (\d+)", proc.stdout.readline()).group(1))
+            assert curl(curl_bin, f"{base}/healthz") == b"a file\n"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        assert proc.returncode == 0, proc.returncode
+    print("ioloop_serve: files, listing, index.html, gzip, the access log, the file cache and /healthz OK")
     return 0
 
 
