@@ -606,3 +606,50 @@ void ioloop__http_conn_memory(ioloop_http_server_t *s, ioloop_t *loop, size_t *i
             *out_max = out;
     }
 }
+
+/* ---- hand-off to another protocol (the WebSocket upgrade) ------------------ */
+
+/* A connection that gave its stream away: freed in a later callback (the
+ * frames that called the upgrade still hold it), like a closed one. */
+static void upgraded_free(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    http_conn_t *c = arg;
+    http_worker_t *w = c->w;
+    if (w)
+        list_remove(&w->closing, c);
+    free(c);
+}
+
+int ioloop__http_conn_upgrade(ioloop_http_request_t *req, const void *head, size_t len, ioloop__http_upgrade_fn take,
+                              void *arg)
+{
+    http_conn_t *c = req->c;
+    if (!c || c->state != CONN_HANDLER || c->req != req || req->finished) {
+        ioloop_http_response_finish(req);
+        return -EPIPE;
+    }
+    ioloop_stream_t *stream = c->stream;
+    int err = ioloop_stream_write(stream, head, len, NULL, NULL);
+    if (err) {
+        ioloop_http_response_finish(req); /* the stream ended: its close tears down */
+        return err;
+    }
+    /* The connection lets go: no callback of the stream reaches it again. */
+    ioloop_stream_read_stop(stream);
+    ioloop_stream_set_close_callback(stream, NULL, NULL);
+    ioloop_stream_set_drain_callback(stream, NULL, NULL);
+    if (!c->reading)
+        ioloop_stream_resume(stream);
+    c->req = NULL;
+    conn_teardown(c); /* DEAD, off the worker's list, timer gone; the stream stays open */
+    req->status = 101;
+    req->wire_bytes = len;
+    take(stream, req, arg); /* the request is still readable here */
+    req->finished = true;
+    ioloop__http_log_request(req, true);
+    ioloop__http_request_put(req);
+    if (ioloop_add_callback(c->w->loop, upgraded_free, c) != 0)
+        upgraded_free(c->w->loop, c); /* the loop is closing: nothing on the stack reads c after us */
+    return 0;
+}

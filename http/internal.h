@@ -18,6 +18,8 @@
 #include "ioloop/runtime.h"
 #include "ioloop/stream.h"
 
+#include "ws_internal.h"
+
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -94,6 +96,7 @@ struct ioloop_http_server {
     ioloop_http_log_fn log_fn; /* ioloop_http_server_set_log */
     void *log_arg;
     struct http_static *statics; /* static routes' state (static.c), freed with the server */
+    struct ws_route *ws_routes;  /* WebSocket routes' state (ws_server.c), freed with the server */
 };
 
 /* One header line: offsets into the head (the stream's input while parsing, req->head_copy after). */
@@ -244,8 +247,9 @@ struct http_worker {
     void *drain_arg;
     /* counters (ioloop_http_server_get_stats): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
-    pcre2_match_data *match; /* route matching: made on first use, freed with the worker */
-    struct http_gzip *gzip_free; /* idle deflate states (gzip.c) */
+    pcre2_match_data *match;      /* route matching: made on first use, freed with the worker */
+    struct http_gzip *gzip_free;  /* idle deflate states (gzip.c) */
+    ioloop__ws_list_t websockets; /* upgraded connections on this loop (ws_server.c): a drain closes them, 1001 */
     int ngzip_free;
 };
 
@@ -307,6 +311,18 @@ void ioloop__http_conn_response_done(http_conn_t *c);
  * close callback, never inline, so these only check the nesting. */
 void ioloop__http_conn_enter(http_conn_t *c);
 void ioloop__http_conn_leave(http_conn_t *c);
+/* The upgrade (WebSocket): req's handler hands its connection to another
+ * protocol. head (the 101 response) is queued after what the connection sent
+ * before, then the connection lets go of the stream (no callback of it
+ * reaches the connection again, reading is resumed) and take(stream, req,
+ * arg) runs: the stream, with any bytes that followed the request still
+ * unconsumed in its input, is the callee's; req is readable during the call
+ * and finished (logged with status 101, recycled) after it. The connection
+ * leaves the worker's list (the callee keeps its own: w->websockets). 0, or
+ * the error (req is then finished and the connection closes as usual). */
+typedef void (*ioloop__http_upgrade_fn)(ioloop_stream_t *stream, ioloop_http_request_t *req, void *arg);
+int ioloop__http_conn_upgrade(ioloop_http_request_t *req, const void *head, size_t len, ioloop__http_upgrade_fn take,
+                              void *arg);
 /* The stream options every connection of s uses. */
 void ioloop__http_stream_options(const ioloop_http_server_t *s, ioloop_stream_options_t *out);
 /* The server forgets its connections (server_free): streams still closing free theirs alone. */
@@ -342,6 +358,9 @@ const char *ioloop__http_remote_ip(ioloop_http_request_t *req);
 /* mime.c */
 /* The Content-Type for a file name, from its extension (application/octet-stream if unknown). */
 const char *ioloop__http_mime_type(const char *name);
+
+/* ws_server.c */
+void ioloop__http_ws_routes_free(ioloop_http_server_t *s);
 
 /* static.c */
 void ioloop__http_static_free_all(ioloop_http_server_t *s);

@@ -86,6 +86,8 @@ drop:
 
 /* ---- workers ------------------------------------------------------------ */
 
+static void ws_gone(ioloop__ws_list_t *list);
+
 http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool create)
 {
     /* The last lookup per thread: a thread runs one loop, and usually serves one server. */
@@ -103,6 +105,7 @@ http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool
             return NULL;
         w->server = s;
         w->loop = loop;
+        w->websockets.gone = ws_gone;
         w->next = atomic_load_explicit(&s->workers, memory_order_relaxed);
         while (!atomic_compare_exchange_weak_explicit(&s->workers, &w->next, w, memory_order_release,
                                                       memory_order_relaxed))
@@ -204,7 +207,8 @@ static void worker_free(http_worker_t *w)
     w->live_reqs++;   /* our own reference: closing a connection may put the last request */
     while (w->conns)
         ioloop__http_conn_close(w->conns);
-    ioloop__http_worker_forget_conns(w); /* their streams close after this, alone */
+    ioloop__http_worker_forget_conns(w);    /* their streams close after this, alone */
+    ioloop__ws_list_forget(&w->websockets); /* websockets go on without the server */
     if (w->drain_timer)
         ioloop_remove_timeout(w->loop, w->drain_timer);
     w->drain_timer = 0;
@@ -278,6 +282,7 @@ void ioloop_http_server_free(ioloop_http_server_t *s)
     }
     ioloop__http_router_free(s);
     ioloop__http_static_free_all(s);
+    ioloop__http_ws_routes_free(s);
     free(s);
 }
 
@@ -322,14 +327,14 @@ void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *pe
 int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop)
 {
     http_worker_t *w = ioloop__http_worker((ioloop_http_server_t *)s, loop, false);
-    return w ? w->nconns : 0;
+    return w ? w->nconns + w->websockets.count : 0;
 }
 
 /* ---- drain -------------------------------------------------------------- */
 
 static void drain_check(http_worker_t *w)
 {
-    if (!w->draining || w->nconns > 0 || !w->drain_done || w->dead)
+    if (!w->draining || w->nconns > 0 || w->websockets.count > 0 || !w->drain_done || w->dead)
         return;
     if (w->drain_timer) {
         ioloop_remove_timeout(w->loop, w->drain_timer);
@@ -347,6 +352,12 @@ void ioloop__http_worker_conn_gone(http_worker_t *w)
     drain_check(w);
 }
 
+/* A websocket of this worker ended: the drain may be complete. */
+static void ws_gone(ioloop__ws_list_t *list)
+{
+    drain_check((http_worker_t *)((char *)list - offsetof(http_worker_t, websockets)));
+}
+
 static void drain_timeout(ioloop_t *loop, void *arg)
 {
     (void)loop;
@@ -354,6 +365,7 @@ static void drain_timeout(ioloop_t *loop, void *arg)
     w->drain_timer = 0;
     while (w->conns)
         ioloop__http_conn_close(w->conns);
+    ioloop__ws_list_abort_all(&w->websockets); /* they unlink as their streams' close callbacks run */
     drain_check(w);
 }
 
@@ -373,7 +385,8 @@ int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_tim
      * reset); the others close once their response is out. */
     for (http_conn_t *c = w->conns; c; c = c->next)
         ioloop__http_conn_drain(c);
-    if (timeout > 0 && w->nconns > 0)
+    ioloop__ws_list_close_all(&w->websockets, IOLOOP_WS_CLOSE_GOING_AWAY, "server shutting down");
+    if (timeout > 0 && (w->nconns > 0 || w->websockets.count > 0))
         (void)ioloop_call_later(loop, timeout, drain_timeout, w, &w->drain_timer); /* only a closing loop fails */
     drain_check(w);
     return 0;

@@ -14,7 +14,10 @@
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 /* ---- raw peers ------------------------------------------------------------------------ */
 
@@ -534,15 +537,24 @@ static void test_bulk_both_ways(void **state)
 
 /* ---- our client against openssl s_server ---------------------------------------------------- */
 
+/* A port for openssl s_server, which binds [::]:port: one below the kernel's
+ * ephemeral range (32768 up), where the other suites' thousands of client
+ * connections would take it between this check and s_server's bind. */
 static int free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sin);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    getsockname(fd, (struct sockaddr *)&sin, &len);
-    close(fd);
-    return ntohs(sin.sin_port);
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        int port = 20000 + (int)((unsigned)rand() % 12000);
+        int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT,
+                                    .sin6_port = htons((uint16_t)port)};
+        bool free = fd >= 0 && bind(fd, (struct sockaddr *)&sin6, sizeof(sin6)) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (free)
+            return port;
+    }
+    fail_msg("no free port in 20000..31999");
+    return -1;
 }
 
 typedef struct {
@@ -644,6 +656,7 @@ static int teardown(void **state)
 
 int main(void)
 {
+    srand((unsigned)getpid()); /* the epoll and poll runs pick different ports */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_http_closed),     cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_renegotiation_refused), cmocka_unit_test(test_peers_vanish),
