@@ -38,12 +38,13 @@ LD_LIBRARY_PATH=$libdir "$work/pc-http-consumer"
 
 echo "--- 3. installed helloworld, no LD_LIBRARY_PATH"
 out=$work/helloworld.out
-"$prefix/bin/helloworld" --port 0 --threads 1 --pin no >"$out" 2>&1 &
+: >"$out" # before the start: the background shell may open it after our first read
+"$prefix/bin/helloworld" --bind 127.0.0.1 --port 0 --threads 1 --pin no >"$out" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 port=
 for _ in $(seq 100); do
-  port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$out")
+  port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$out" || true)
   [[ -n $port ]] && break
   kill -0 $pid 2>/dev/null || { cat "$out" >&2; echo "installed helloworld did not start" >&2; exit 1; }
   sleep 0.1
