@@ -442,10 +442,12 @@ static void answer_error(http_conn_t *c)
     int status = c->fail_status;
     c->fail_status = -1;
     detach_request(c);
+    size_t before = c->out.len;
     if (ioloop__http_error_bytes(c->w, &c->out, status) != 0) {
         ioloop__http_conn_close(c);
         return;
     }
+    ioloop__http_metrics_error(c->w, status, c->out.len - before);
     linger_start(c);
 }
 
@@ -647,6 +649,7 @@ int ioloop__http_conn_upgrade(ioloop_http_request_t *req, const void *head, size
     req->wire_bytes = len;
     take(stream, req, arg); /* the request is still readable here */
     req->finished = true;
+    ioloop__http_metrics_finished(req);
     ioloop__http_log_request(req, true);
     ioloop__http_request_put(req);
     if (ioloop_add_callback(c->w->loop, upgraded_free, c) != 0)

@@ -39,6 +39,8 @@ enum {
                                   before reuse, so a pipelined burst (64 connections x 16) needs
                                   more than the blocks' 256 to not malloc per request */
 };
+/* The request-duration histogram's upper bounds (metrics.c), the last +Inf. */
+enum { HTTP_DURATION_BUCKETS = 15 };
 /* A connection's output mark (the stream's max_write_buffer_size): at or
  * above it nothing more is parsed, so the stream stops reading too. */
 #define HTTP_WRITE_MARK ((size_t)256 * 1024)
@@ -245,8 +247,16 @@ struct http_worker {
     ioloop_timer_t drain_timer;
     ioloop_callback_fn drain_done;
     void *drain_arg;
-    /* counters (ioloop_http_server_get_stats): written by this loop only */
+    /* counters (ioloop_http_server_get_stats, metrics.c): written by this loop only */
     _Atomic uint64_t st_connections, st_requests, st_sends;
+    _Atomic uint64_t st_responses[5];                    /* by status class, 1xx..5xx */
+    _Atomic uint64_t st_bytes_out;                       /* every byte queued for clients */
+    _Atomic uint64_t st_duration[HTTP_DURATION_BUCKETS]; /* finished requests per bucket (not cumulative) */
+    _Atomic uint64_t st_duration_sum;                    /* ns */
+    /* Set at creation, so that the scrape labels a worker without touching
+     * its loop: the loop's runtime index (-ENOENT: not a runtime's) and id. */
+    int label_index;
+    unsigned label_id;
     pcre2_match_data *match;      /* route matching: made on first use, freed with the worker */
     struct http_gzip *gzip_free;  /* idle deflate states (gzip.c) */
     ioloop__ws_list_t websockets; /* upgraded connections on this loop (ws_server.c): a drain closes them, 1001 */
@@ -254,8 +264,9 @@ struct http_worker {
 };
 
 /* Bumps a worker counter: one writer (the loop), so no read-modify-write. */
-#define HTTP_STAT_INC(w, field)                                                                                        \
-    atomic_store_explicit(&(w)->field, atomic_load_explicit(&(w)->field, memory_order_relaxed) + 1,                    \
+#define HTTP_STAT_INC(w, field) HTTP_STAT_ADD(w, field, 1)
+#define HTTP_STAT_ADD(w, field, n)                                                                                     \
+    atomic_store_explicit(&(w)->field, atomic_load_explicit(&(w)->field, memory_order_relaxed) + (n),                  \
                           memory_order_relaxed)
 
 /* server.c */
@@ -351,6 +362,14 @@ int ioloop__http_request_head_done(http_conn_t *c, ioloop_http_request_t *req);
 /* access_log.c */
 /* Reports a finished request to the server's log hook, if any (finish, before the request is put). */
 void ioloop__http_log_request(ioloop_http_request_t *req, bool completed);
+
+/* metrics.c (loop thread; single-writer counters, no atomic read-modify-write) */
+/* A finished request (ioloop_http_response_finish): its status class, its
+ * bytes and its duration. */
+void ioloop__http_metrics_finished(ioloop_http_request_t *req);
+/* A response the server wrote itself while parsing (400, 408, 413, 431...):
+ * its status class and bytes, no duration (no handler saw it). */
+void ioloop__http_metrics_error(http_worker_t *w, int status, size_t bytes);
 
 /* request.c: the remote address as text, whatever the request's state. */
 const char *ioloop__http_remote_ip(ioloop_http_request_t *req);

@@ -397,6 +397,7 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
                 req->orphan_next->orphan_prev = req->orphan_prev;
             req->orphaned = false;
         }
+        ioloop__http_metrics_finished(req);
         ioloop__http_log_request(req, false);
         ioloop__http_request_put(req);
         return 0;
@@ -440,6 +441,7 @@ int ioloop_http_response_finish(ioloop_http_request_t *req)
         c->close_after = true;
     if (!req->complete)
         c->fail_status = -1; /* answered before the body was in: parse no more */
+    ioloop__http_metrics_finished(req);
     ioloop__http_log_request(req, true);
     c->req = NULL;
     req->c = NULL;

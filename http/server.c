@@ -105,6 +105,8 @@ http_worker_t *ioloop__http_worker(ioloop_http_server_t *s, ioloop_t *loop, bool
             return NULL;
         w->server = s;
         w->loop = loop;
+        w->label_index = ioloop_runtime_index(loop); /* -ENOENT: the application's own loop */
+        w->label_id = ioloop_id(loop);
         w->websockets.gone = ws_gone;
         w->next = atomic_load_explicit(&s->workers, memory_order_relaxed);
         while (!atomic_compare_exchange_weak_explicit(&s->workers, &w->next, w, memory_order_release,

@@ -234,5 +234,8 @@ void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_ser
         out->connections += atomic_load_explicit(&w->st_connections, memory_order_relaxed);
         out->requests += atomic_load_explicit(&w->st_requests, memory_order_relaxed);
         out->sends += atomic_load_explicit(&w->st_sends, memory_order_relaxed);
+        for (int i = 0; i < 5; i++)
+            out->responses[i] += atomic_load_explicit(&w->st_responses[i], memory_order_relaxed);
+        out->bytes_out += atomic_load_explicit(&w->st_bytes_out, memory_order_relaxed);
     }
 }

@@ -278,12 +278,48 @@ static void test_stats_from_another_thread(void **state)
     ioloop_runtime_free(rt);
 }
 
+static void spin_100ms(ioloop_t *loop, void *arg)
+{
+    (void)loop, (void)arg;
+    int64_t end = tu_now_ns() + IOLOOP_MSEC(100);
+    while (tu_now_ns() < end)
+        ;
+}
+
+/* busy_time: the time spent running work, not the time asleep in poll. */
+static void test_busy_time(void **state)
+{
+    (void)state;
+    ioloop_runtime_t *rt = NULL;
+    assert_int_equal(ioloop_runtime_start(&(ioloop_runtime_options_t){.loops = 1}, &rt), 0);
+    ioloop_t *loop = ioloop_runtime_loop(rt, 0);
+    ioloop_stats_t a, b;
+    tu_sleep_ms(20);
+    ioloop_get_stats(loop, &a);
+    tu_sleep_ms(300); /* idle: asleep in poll */
+    ioloop_get_stats(loop, &b);
+    assert_true(b.busy_time - a.busy_time < IOLOOP_MSEC(100));
+    int64_t t0 = tu_now_ns();
+    assert_int_equal(ioloop_add_callback(loop, spin_100ms, NULL), 0);
+    /* credited when the iteration ends: wait for it (bounded) */
+    int64_t deadline = t0 + IOLOOP_SEC(10);
+    do {
+        tu_sleep_ms(5);
+        ioloop_get_stats(loop, &b);
+    } while (b.busy_time - a.busy_time < IOLOOP_MSEC(100) && tu_now_ns() < deadline);
+    assert_true(b.busy_time - a.busy_time >= IOLOOP_MSEC(100));
+    assert_true(b.busy_time - a.busy_time <= tu_now_ns() - t0 + IOLOOP_MSEC(100) + IOLOOP_MSEC(320));
+    assert_true(b.longest_busy >= IOLOOP_MSEC(100));
+    ioloop_runtime_free(rt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_watchdog_names_the_blocking_callback),
         cmocka_unit_test(test_blocking_handler_counts_and_is_named),
         cmocka_unit_test(test_stats_from_another_thread),
+        cmocka_unit_test(test_busy_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,14 +3,15 @@
  *
  *   helloworld [--port 8888] [--bind 0.0.0.0] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]
  *              [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]
- *              [--drain-delay MS] [--exit-stats]
+ *              [--drain-delay MS] [--exit-stats] [--metrics]
  *
  * With a certificate and its key it serves https:// (TLS 1.2 and 1.3, ALPN
  * http/1.1) on the same port; that needs a build with IOLOOP_TLS (libioloop-tls).
  * --port 0 lets the kernel pick: the banner names the port. --access-log
  * writes Common Log Format lines to FILE, or stdout for "-". --proxy-protocol
  * requires a PROXY header (v1 or v2, HAProxy's send-proxy) on every
- * connection; the logged address is the one it carries.
+ * connection; the logged address is the one it carries. --metrics serves
+ * the Prometheus metrics (ioloop_http_server_metrics_route) at /metrics.
  * Under systemd socket activation (LISTEN_FDS) it serves on the inherited
  * sockets and --port is ignored (`systemd-socket-activate -l 8080
  * helloworld`); with NOTIFY_SOCKET set it reports READY=1 and STOPPING=1.
@@ -58,6 +59,7 @@ typedef struct {
     int drain_delay_ms;
     bool proxy_protocol;
     bool exit_stats;
+    bool metrics;
 } hello_args_t;
 
 /* Reads the options into *a; false on anything else. */
@@ -74,6 +76,10 @@ static bool parse_args(int argc, char **argv, hello_args_t *a)
         }
         if (!strcmp(opt, "--exit-stats")) {
             a->exit_stats = true;
+            continue;
+        }
+        if (!strcmp(opt, "--metrics")) {
+            a->metrics = true;
             continue;
         }
         if (i + 1 >= argc)
@@ -155,7 +161,7 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "usage: %s [--port 8888] [--threads N] [--pin yes|no] [--accept reuseport|exclusive|dispatch]\n"
                 "          [--bind 0.0.0.0] [--tls-cert FILE --tls-key FILE] [--access-log FILE|-] [--proxy-protocol]\n"
-                "          [--drain-delay MS] [--exit-stats]\n",
+                "          [--drain-delay MS] [--exit-stats] [--metrics]\n",
                 argv[0]);
         return 2;
     }
@@ -173,6 +179,8 @@ int main(int argc, char **argv)
     }
     ioloop_http_server_route(server, "/", &(ioloop_http_route_t){.get = main_handler_get});
     ioloop_http_server_health_route(server, "/healthz");
+    if (a.metrics)
+        ioloop_http_server_metrics_route(server, "/metrics");
     ioloop_http_access_log_t *access_log = NULL;
     if (a.access_log_path) {
         int lerr = ioloop_http_access_log_open(a.access_log_path, IOLOOP_HTTP_LOG_COMMON, &access_log);

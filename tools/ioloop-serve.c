@@ -3,11 +3,12 @@
  * a directory, else a listing page; files go out with sendfile, with ETag /
  * Last-Modified / Range answered; --gzip compresses text on the fly (and a
  * precompressed FILE.gz is served when it exists); --access-log writes the
- * Common Log Format to FILE or standard output (-).
+ * Common Log Format to FILE or standard output (-); --metrics serves the
+ * Prometheus metrics at /metrics (which then shadows a file of that name).
  *
  *   ioloop-serve [DIR] [--port 8000] [--bind ADDR] [--threads N] [--gzip] [--gzip-level N]
  *                [--access-log FILE|-] [--file-cache MS] [--accept MODE] [--proxy-protocol]
- *                [--healthz PATH|off] [--drain-delay MS]
+ *                [--healthz PATH|off] [--drain-delay MS] [--metrics]
  *
  * GET /healthz (--healthz moves it, "off" removes it; it shadows a file of
  * that name) answers 200 "ok", and 503 "draining" once SIGTERM came:
@@ -46,7 +47,7 @@ typedef struct {
     const char *dir, *bind, *access_log, *healthz;
     int port, threads, gzip_level, file_cache_ms, drain_delay_ms;
     ioloop_accept_mode_t accept_mode;
-    bool gzip, proxy_protocol;
+    bool gzip, proxy_protocol, metrics;
 } serve_args_t;
 
 static void usage(FILE *to, const char *argv0)
@@ -55,6 +56,7 @@ static void usage(FILE *to, const char *argv0)
             "usage: %s [DIR] [--port 8000] [--bind 0.0.0.0] [--threads N] [--gzip] [--gzip-level 1..9]\n"
             "       [--access-log FILE|-] [--file-cache MS (default 1000, 0: off)] [--proxy-protocol]\n"
             "       [--accept default|reuseport|exclusive|dispatch] [--healthz PATH|off] [--drain-delay MS]\n"
+            "       [--metrics]\n"
             "Serves DIR (default .) on every CPU: index.html or a listing for directories.\n",
             argv0);
 }
@@ -81,7 +83,9 @@ static int parse_args(int argc, char **argv, serve_args_t *a)
         bool has_value = i + 1 < argc;
         if (!strcmp(opt, "-h") || !strcmp(opt, "--help"))
             return 1;
-        if (!strcmp(opt, "--gzip")) {
+        if (!strcmp(opt, "--metrics")) {
+            a->metrics = true;
+        } else if (!strcmp(opt, "--gzip")) {
             a->gzip = true;
         } else if (!strcmp(opt, "--proxy-protocol")) {
             a->proxy_protocol = true;
@@ -164,6 +168,11 @@ int main(int argc, char **argv)
     int err = strcmp(args.healthz, "off") ? ioloop_http_server_health_route(server, args.healthz) : 0;
     if (err) {
         fprintf(stderr, "ioloop-serve: --healthz %s: %s\n", args.healthz, strerror(-err));
+        return 1;
+    }
+    err = args.metrics ? ioloop_http_server_metrics_route(server, "/metrics") : 0;
+    if (err) {
+        fprintf(stderr, "ioloop-serve: --metrics: %s\n", strerror(-err));
         return 1;
     }
     err = ioloop_http_static_route(server, "/", root, &sopts);

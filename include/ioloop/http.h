@@ -228,11 +228,36 @@ IOLOOP_API int ioloop_http_server_connections(const ioloop_http_server_t *s, iol
 /* Counters summed over every loop that served s (each exact, the set not one
  * snapshot). Any thread. */
 typedef struct {
-    uint64_t connections; /* accepted */
-    uint64_t requests;    /* dispatched to a handler (or answered 404/405) */
-    uint64_t sends;       /* writes to the connection streams: pipelined responses share one */
+    uint64_t connections;  /* accepted */
+    uint64_t requests;     /* dispatched to a handler (or answered 404/405) */
+    uint64_t sends;        /* writes to the connection streams: pipelined responses share one */
+    uint64_t responses[5]; /* responses by status class: [0] 1xx ... [4] 5xx; a handler's (finished,
+                              also when the client had gone) and the server's own (400, 413, ...) */
+    uint64_t bytes_out;    /* every byte queued for clients: status lines, headers, framing, bodies
+                              (files included) */
 } ioloop_http_server_stats_t;
 IOLOOP_API void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out);
+
+/* Serves the server's and its loops' counters at `path` (a literal path,
+ * e.g. "/metrics"; GET and HEAD) in the Prometheus text exposition format
+ * 0.0.4, labelled per loop (loop="0", ... the runtime index; a loop that is
+ * not a runtime's is loop="id<ioloop_id>"): each loop's iterations, busy
+ * seconds, callbacks, posts, wakeups (eventfd writes), handler events,
+ * timers and live connections (ioloop_get_stats), for every loop of the
+ * runtime the scrape runs on and every loop this server has served on; and
+ * per loop the server's accepted connections, requests, responses by status
+ * class, bytes out and a request-duration histogram (seconds, buckets
+ * 0.0005 .. 10 and +Inf; the loop's cached time, so a request answered in
+ * the iteration that read it counts 0). The counters are kept whether or not
+ * this route is added: each is written by its own loop only (a relaxed
+ * atomic load and store, no lock, no read-modify-write) and read by the
+ * scrape with relaxed loads, so a scrape is not one snapshot. A scrape while
+ * loops stop or close reads only memory that outlives them (the registry
+ * walk is under RCU; the server's per-loop state lives until
+ * ioloop_http_server_free). Configure before serving, like routes. 0,
+ * -EINVAL for a NULL server or a path that is not literal, or
+ * ioloop_http_server_route's error (-EEXIST, -ENOMEM). */
+IOLOOP_API int ioloop_http_server_metrics_route(ioloop_http_server_t *s, const char *path);
 
 /* ---- access log --------------------------------------------------------- */
 

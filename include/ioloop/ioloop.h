@@ -164,6 +164,8 @@ typedef struct {
     int64_t live_connections;   /* maintained by listeners / servers */
     ioloop_time_t longest_busy; /* longest stretch of one iteration spent
                                    running work (not waiting in poll), ns */
+    ioloop_time_t busy_time;    /* total time spent running work (every
+                                   iteration, less the time blocked in poll), ns */
 } ioloop_stats_t;
 
 /* Copies the loop's counters into *out. Any thread, running loop or not. */
@@ -332,6 +334,27 @@ IOLOOP_API ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
  * -ESHUTDOWN if closed. */
 IOLOOP_API int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
                                ioloop_time_t timeout, void **result);
+
+/* ---- per-loop state of the layers above (owner only) ---------------------- */
+
+/* A close hook: a layer above the loop (the streams, the HTTP client's
+ * connection pool) keeps its per-loop state in a struct whose first member
+ * is one, adds it once and finds it again by its fn. ioloop_close runs each
+ * hook once, newest first, after the loop's last callbacks ran, with
+ * ioloop_current() returning the loop; fn ends what the state holds (its
+ * callbacks run then, and can add no callback) and may free it. */
+typedef struct ioloop_close_hook {
+    struct ioloop_close_hook *next; /* the loop's list */
+    void (*fn)(ioloop_t *loop, struct ioloop_close_hook *hook);
+} ioloop_close_hook_t;
+
+/* Adds hook (its fn set; not added before). Owner only. 0, -EINVAL (no fn),
+ * -EPERM (another thread), -ESHUTDOWN (the loop is closed: its hooks ran). */
+IOLOOP_API int ioloop_close_hook_add(ioloop_t *loop, ioloop_close_hook_t *hook);
+/* The newest hook added with fn that has not run yet, or NULL (also from
+ * another thread than the owner's). */
+IOLOOP_API ioloop_close_hook_t *ioloop_close_hook_find(ioloop_t *loop,
+                                                       void (*fn)(ioloop_t *loop, ioloop_close_hook_t *hook));
 
 #ifdef __cplusplus
 }

@@ -128,12 +128,11 @@ typedef struct {
 /* ---- close hooks (loop.c) -------------------------------------------------- */
 
 /* A higher layer's per-loop state (the streams) that ioloop_close must end
- * before the handlers and timers go. The hook is usually the first member of
- * that state; fn may free it. */
-typedef struct ioloop__close_hook {
-    struct ioloop__close_hook *next;
-    void (*fn)(ioloop_t *loop, struct ioloop__close_hook *hook);
-} ioloop__close_hook_t;
+ * before the handlers and timers go: the public ioloop_close_hook_t, which
+ * the layers outside libioloop (the HTTP client) add through
+ * ioloop_close_hook_add. The hook is usually the first member of that
+ * state; fn may free it. */
+typedef ioloop_close_hook_t ioloop__close_hook_t;
 
 /* ---- the loop -------------------------------------------------------------- */
 
@@ -201,7 +200,7 @@ struct ioloop {
         _Atomic uint64_t iterations, events_dispatched, callbacks_run, posts_received,
             wakeups_written, wakeups_received, timers_fired;
         _Atomic int64_t live_connections;
-        _Atomic ioloop_time_t longest_busy;
+        _Atomic ioloop_time_t longest_busy, busy_time;
     } stats;
 
     /* watchdog hooks: written by the loop thread (relaxed stores), read by a

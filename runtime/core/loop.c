@@ -197,6 +197,29 @@ ioloop__close_hook_t *ioloop__close_hook_find(ioloop_t *loop, void (*fn)(ioloop_
     return NULL;
 }
 
+/* The same for the layers outside libioloop, with the owner check. Hooks
+ * added while ioloop_close runs the others (from one of them) still run:
+ * its loop takes them from the head of the list until it is empty. */
+int ioloop_close_hook_add(ioloop_t *loop, ioloop_close_hook_t *hook)
+{
+    if (!loop || !hook || !hook->fn)
+        return -EINVAL;
+    int err = ioloop__owner_check(loop);
+    if (err)
+        return err;
+    if (atomic_load(&loop->state) == IOLOOP__CLOSED)
+        return -ESHUTDOWN;
+    ioloop__close_hook_add(loop, hook);
+    return 0;
+}
+
+ioloop_close_hook_t *ioloop_close_hook_find(ioloop_t *loop, void (*fn)(ioloop_t *loop, ioloop_close_hook_t *hook))
+{
+    if (!loop || ioloop__owner_check(loop) != 0)
+        return NULL;
+    return ioloop__close_hook_find(loop, fn);
+}
+
 ioloop_time_t ioloop__clock_now(ioloop_t *loop)
 {
     loop->now = loop->clock(loop->clock_arg);
@@ -336,6 +359,7 @@ void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out)
     READ_STAT(timers_fired);
     READ_STAT(live_connections);
     READ_STAT(longest_busy);
+    READ_STAT(busy_time);
 #undef READ_STAT
 }
 
@@ -347,6 +371,18 @@ static void note_busy(ioloop_t *loop, ioloop_time_t busy_start, ioloop_time_t en
         atomic_store_explicit(&loop->stats.longest_busy, busy, memory_order_relaxed);
 }
 
+/* Adds a stretch of work, from `from` to the last clock reading (loop->now),
+ * to the busy_time counter: before the loop sleeps (a reader must not wait
+ * for the sleep to end to see it) and at the end of the iteration. The
+ * readings are the ones the iteration takes anyway: no extra clock call. A
+ * clock that stepped back (a test clock) adds nothing. */
+static void add_busy_time(ioloop_t *loop, ioloop_time_t from)
+{
+    ioloop_time_t busy = loop->now - from;
+    if (busy > 0)
+        IOLOOP__STAT_ADD(loop, busy_time, busy);
+}
+
 /* Polls and dispatches. A loop that may sleep first looks without sleeping:
  * a busy loop usually finds fds ready, and then skips what only sleeping
  * needs (a fresh clock for the timeout, the seq_cst handshake with posters,
@@ -355,6 +391,7 @@ static void note_busy(ioloop_t *loop, ioloop_time_t busy_start, ioloop_time_t en
 static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_time_t busy_start)
 {
     int timeout_ms = 0;
+    ioloop_time_t busy_from = busy_start; /* the stretch of work not yet in busy_time */
     if (!ioloop__callbacks_pending(loop) && !atomic_load_explicit(&loop->stop_requested, memory_order_relaxed))
         timeout_ms = ioloop__timers_poll_timeout_ms(loop);
     int n = loop->backend->wait(loop, 0, ready, MAX_EVENTS_PER_POLL);
@@ -365,12 +402,14 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
         measured = true;
         timeout_ms = ioloop__timers_poll_timeout_ms(loop); /* with the fresh clock */
         if (timeout_ms != 0 && ioloop__prepare_to_sleep(loop)) {
+            add_busy_time(loop, busy_from);
             ioloop__rcu_offline(); /* a sleeping loop must not hold up grace periods */
             atomic_store_explicit(&loop->watch.busy_since, 0, memory_order_relaxed); /* idle is not blocked */
             n = loop->backend->wait(loop, timeout_ms, ready, MAX_EVENTS_PER_POLL);
             ioloop__rcu_online();
             ioloop__woke_up(loop);
             work_start = ioloop__clock_now(loop);
+            busy_from = work_start;
             atomic_store_explicit(&loop->watch.busy_since, work_start, memory_order_relaxed);
         }
     }
@@ -378,6 +417,7 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
     if (!measured)
         note_busy(loop, busy_start, loop->now);
     if (n < 0) {
+        add_busy_time(loop, busy_from);
         ioloop_report_error(loop, "poll", n);
         return;
     }
@@ -389,6 +429,7 @@ static void poll_and_dispatch(ioloop_t *loop, ioloop__ready_t *ready, ioloop_tim
          * second time, blamed on whatever the next iteration runs. */
         note_busy(loop, work_start, ioloop__clock_now(loop));
     }
+    add_busy_time(loop, busy_from);
 }
 
 int ioloop_start(ioloop_t *loop)
@@ -431,6 +472,7 @@ int ioloop__start(ioloop_t *loop)
         if (atomic_load_explicit(&loop->stop_requested, memory_order_relaxed) &&
             atomic_exchange_explicit(&loop->stop_requested, false, memory_order_acq_rel)) {
             note_busy(loop, busy_start, ioloop__clock_now(loop));
+            add_busy_time(loop, busy_start);
             break;
         }
         poll_and_dispatch(loop, ready, busy_start);
