@@ -188,8 +188,10 @@ static bool contains_token(const char *v, size_t len, const char *tok)
 static void scan_user_headers(const ioloop_http_request_t *req, user_headers_t *out)
 {
     memset(out, 0, sizeof(*out));
+    if (!req->rhdr.data)
+        return; /* no header set: and NULL + 0 is undefined (UBSan, found by fuzz_http_request) */
     const char *p = req->rhdr.data, *end = p + req->rhdr.len;
-    while (p && p < end) {
+    while (p < end) {
         const char *eol = memchr(p, '\r', (size_t)(end - p));
         if (!eol)
             break;

@@ -292,10 +292,15 @@ static int cb_headers_complete(llhttp_t *p)
         return -1;
     }
     ioloop__http_conn_send(c); /* a 100 Continue head_done queued (never tears down inline) */
-    if (req->streaming) {
+    if (req->streaming && req->route->route.prepare) {
+        /* The application's from here: it must finish it (on_close if the
+         * client leaves before the body's end). Without prepare it becomes
+         * the application's at its first on_body, so a client that leaves
+         * before any body byte leaves nothing behind that no one could
+         * finish (such a request was kept for good, and with it the server's
+         * per-loop state after server_free: test_http_body under ASan). */
         req->user_owned = true;
-        if (req->route->route.prepare)
-            req->route->route.prepare(req, req->route->route.arg);
+        req->route->route.prepare(req, req->route->route.arg);
         if (c->state == CONN_DEAD || c->req != req)
             return -1; /* answered (or gone) already: stop here */
     }
@@ -316,6 +321,7 @@ static int cb_body(llhttp_t *p, const char *at, size_t len)
     if (req->fail_status)
         return 0; /* 404/405: read and drop */
     if (req->streaming) {
+        req->user_owned = true;
         int rc = req->route->route.on_body(req, at, len, req->route->route.arg);
         if (c->state == CONN_DEAD || c->req != req)
             return -1;

