@@ -116,7 +116,7 @@ static void on_phase_timeout(ioloop_t *loop, void *arg)
     (void)loop;
     proxy_phase_t *phase = arg;
     phase->timer = 0;
-    ioloop__stream_abort(phase->stream, -ETIMEDOUT);
+    ioloop_stream_abort(phase->stream, -ETIMEDOUT);
 }
 
 static void on_header_bytes(ioloop_stream_t *stream, int status, void *arg)

@@ -19,6 +19,7 @@
 #define IOLOOP_RUNTIME_RUNTIME_INTERNAL_H
 
 #include "internal.h"
+#include "thread_signals.h"
 #include "ioloop/runtime.h"
 
 #include <pthread.h>
@@ -48,10 +49,6 @@ enum { IOLOOP__MAX_CPUS = 1024 };
 int ioloop__allowed_cpus(int *cpus, int max);
 /* Creates a thread with every asynchronous signal blocked. */
 int ioloop__thread_create(pthread_t *thread, void *(*fn)(void *), void *arg);
-/* Blocks every asynchronous signal in the calling thread (the old mask goes
- * to *old), so that threads started meanwhile inherit the block; rcu.c uses it
- * around the start of liburcu's call_rcu worker. */
-void ioloop__block_async_signals(sigset_t *old);
 
 /* executor.c */
 ioloop__executor_t *ioloop__executor_new(int threads);

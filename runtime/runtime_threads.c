@@ -47,16 +47,6 @@ int ioloop__allowed_cpus(int *cpus, int max)
     return n;
 }
 
-void ioloop__block_async_signals(sigset_t *old)
-{
-    sigset_t all;
-    sigfillset(&all);
-    static const int synchronous[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
-    for (size_t i = 0; i < sizeof(synchronous) / sizeof(synchronous[0]); i++)
-        sigdelset(&all, synchronous[i]);
-    pthread_sigmask(SIG_BLOCK, &all, old);
-}
-
 int ioloop__thread_create(pthread_t *thread, void *(*fn)(void *), void *arg)
 {
     /* Block every asynchronous signal in the new thread, so a process-directed

@@ -13,8 +13,10 @@
  * mutex, so an unwatch from another thread is seen at once; a source's fd
  * is closed, and the source freed, on its loop's thread. One loop per
  * signal: a process-directed signal is consumed by one reader anyway.
- * ioloop_close calls ioloop__signals_forget (closing thread, the loop no
- * longer running), which unwatches whatever the loop still watched.
+ * A loop's first source posts it a callback that registers a close hook
+ * (the loop's own mechanism, so the core never calls up into this file):
+ * ioloop_close runs it on the closing thread, and it unwatches whatever the
+ * loop still watched.
  */
 #define _GNU_SOURCE
 #include "runtime_internal.h"
@@ -122,9 +124,42 @@ static sigsource_t *find_source(ioloop_t *loop)
     return NULL;
 }
 
-/* lock held. Creates loop's source with an empty mask. */
+static void forget(ioloop_t *loop);
+
+/* ioloop_close runs it (see the file comment): the loop's watchers go with it. */
+static void forget_on_close(ioloop_t *loop, ioloop__close_hook_t *hook)
+{
+    forget(loop);
+    free(hook);
+}
+
+/* Loop thread (close hooks are the loop thread's list): one hook per loop. */
+static void add_close_hook(ioloop_t *loop, void *arg)
+{
+    ioloop__close_hook_t *hook = arg;
+    if (ioloop__close_hook_find(loop, forget_on_close)) {
+        free(hook); /* a source made after an earlier one was freed */
+        return;
+    }
+    hook->fn = forget_on_close;
+    ioloop__close_hook_add(loop, hook);
+}
+
+/* lock held. Creates loop's source with an empty mask. -ESHUTDOWN when the
+ * loop is closing: nothing could forget the source then. */
 static int new_source(ioloop_t *loop, sigsource_t **out)
 {
+    ioloop__close_hook_t *hook = calloc(1, sizeof(*hook));
+    if (!hook)
+        return -ENOMEM;
+    /* Accepted posts run even when the loop closes before it runs again, so
+     * the hook is in place before the close hooks run. */
+    int posted = ioloop_add_callback(loop, add_close_hook, hook);
+    if (posted) {
+        free(hook);
+        return posted;
+    }
+    /* From here a failure leaves the hook posted: it then forgets nothing. */
     sigsource_t *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
@@ -279,7 +314,8 @@ int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *ar
     return err;
 }
 
-void ioloop__signals_forget(ioloop_t *loop)
+/* The closing thread, with ioloop_current() == loop (a close hook). */
+static void forget(ioloop_t *loop)
 {
     pthread_mutex_lock(&lock);
     sigsource_t *s = find_source(loop);

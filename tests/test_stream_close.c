@@ -2,7 +2,7 @@
  * runs exactly once in every path: peer reset (SO_LINGER 0, with a read
  * pending, while idle, while writing), local close, close from inside a read callback,
  * EOF (a pending read gets what was buffered), a hang-up nobody reads (no
- * spinning), idle/read/write timeouts (-ETIMEDOUT), the loop's close
+ * spinning), idle/read/write timeouts (-ETIMEDOUT), a transport's abort, the loop's close
  * (-ESHUTDOWN); half-close both ways; the listener's on_stream with its own
  * connection accounting; and 10,000 streams open at once.
  *
@@ -266,6 +266,43 @@ static void test_idle_timeout(void **state)
     ioloop_close(loop, false);
     close(fds[1]);
     assert_int_equal(rec.closes, 1);
+}
+
+/* stream.h's calls for a transport's own code: the ctx it was made with, and
+ * an end from outside the stream's calls (a transport's timer, as TLS's
+ * handshake timeout): the close callback and the pending read get the
+ * error, once; a status that is no error is taken as -ECONNABORTED. */
+static void abort_from_timer(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    ioloop_stream_t *stream = arg;
+    ioloop_stream_abort(stream, 0); /* no error given: still an error */
+    ioloop_stream_abort(stream, -EPROTO); /* already ended: nothing */
+}
+
+static void test_transport_abort_and_ctx(void **state)
+{
+    (void)state;
+    int fds[2];
+    tu_socketpair(fds);
+    ioloop_t *loop = tu_loop_new(NULL);
+    rec_t rec = {0};
+    counting_t counting = {0};
+    ioloop_stream_options_t opts = {.transport = &counting_transport, .transport_ctx = &counting};
+    ioloop_stream_t *stream = new_stream(loop, fds[0], &opts, &rec);
+    assert_ptr_equal(ioloop_stream_transport_ctx(stream), &counting);
+    assert_null(ioloop_stream_transport_ctx(NULL));
+    ioloop_stream_abort(NULL, -EPROTO); /* nothing to end */
+    assert_int_equal(ioloop_stream_read_until(stream, "\n", 1, 0, rec_read, &rec), 0);
+    ioloop_call_later(loop, IOLOOP_MSEC(5), abort_from_timer, stream, NULL);
+    assert_true(run_until(loop, &rec.closes, 1, 5000));
+    run_for(loop, 20);
+    assert_int_equal(rec.closes, 1);
+    assert_int_equal(rec.close_error, -ECONNABORTED);
+    assert_int_equal(rec.read_status, -ECONNABORTED);
+    assert_int_equal(counting.destroys, 1);
+    ioloop_close(loop, false);
+    close(fds[1]);
 }
 
 static void test_read_timeout(void **state)
@@ -732,6 +769,7 @@ int main(void)
         cmocka_unit_test(test_eof_gives_pending_read_the_data),
         cmocka_unit_test(test_hangup_while_not_reading_does_not_spin),
         cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_transport_abort_and_ctx),
         cmocka_unit_test(test_read_timeout),
         cmocka_unit_test(test_read_timeout_not_while_we_hold_reading),
         cmocka_unit_test(test_write_timeout),

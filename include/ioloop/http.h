@@ -128,18 +128,18 @@ typedef struct {
 
 /* Creates a server (opts may be NULL): 0 and the server in *out, or a
  * negative errno (-EINVAL for bad options, -ENOMEM) and *out = NULL. */
-int ioloop_http_server_new(const ioloop_http_server_options_t *opts, ioloop_http_server_t **out);
+IOLOOP_API int ioloop_http_server_new(const ioloop_http_server_options_t *opts, ioloop_http_server_t **out);
 
 /* Adds a route (copied). -EEXIST for a literal path already routed, -EINVAL
  * for a pattern that does not compile (or has more than 16 groups), -ENOMEM.
  * After -EINVAL, ioloop_http_server_last_error says why. */
-int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
+IOLOOP_API int ioloop_http_server_route(ioloop_http_server_t *s, const char *pattern, const ioloop_http_route_t *route);
 
 /* The message of the last route that failed to compile, quoting its pattern
  * and PCRE2's reason: 'route pattern "/b/(\d+" does not compile: missing
  * closing parenthesis at offset 8' ("" if none failed). Owned by s; valid
  * until the next ioloop_http_server_route. The configuring thread. */
-const char *ioloop_http_server_last_error(const ioloop_http_server_t *s);
+IOLOOP_API const char *ioloop_http_server_last_error(const ioloop_http_server_t *s);
 
 /* Serves s on every loop of rt: starts a runtime listener on address:port
  * (NULL: "0.0.0.0"; port 0: the kernel picks, see ioloop_listener_port) in
@@ -151,8 +151,8 @@ const char *ioloop_http_server_last_error(const ioloop_http_server_t *s);
  * ignored (-ENOTSOCK / -EINVAL when one is no listening stream socket); the
  * first serve of the process takes them all. Once listening it sends READY=1
  * to the service manager when NOTIFY_SOCKET is set (ioloop_sd_notify). */
-int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
-                             ioloop_accept_mode_t mode, ioloop_listener_t **out);
+IOLOOP_API int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, const char *address, int port,
+                                        ioloop_accept_mode_t mode, ioloop_listener_t **out);
 
 /* The same with every listener option (a TLS transport per connection,
  * stream limits, backlog): on_accept, on_stream and arg are the server's and
@@ -165,8 +165,8 @@ int ioloop_http_server_serve(ioloop_http_server_t *s, ioloop_runtime_t *rt, cons
  * access log's) is then the one the PROXY header carries. Socket activation
  * and READY=1 as for ioloop_http_server_serve, unless opts->nfds names
  * sockets already. */
-int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt, const ioloop_listener_options_t *opts,
-                                  ioloop_listener_t **out);
+IOLOOP_API int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
+                                             const ioloop_listener_options_t *opts, ioloop_listener_t **out);
 
 /* Graceful shutdown of the whole runtime: after the options' drain_delay
  * (0: at once; meanwhile s serves as before, its health route saying 503),
@@ -180,8 +180,8 @@ int ioloop_http_server_serve_with(ioloop_http_server_t *s, ioloop_runtime_t *rt,
  * proxy_timeout. Sends STOPPING=1 to the service
  * manager when NOTIFY_SOCKET is set. 0, -EALREADY if a shutdown of s
  * already began, -EINVAL. */
-int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
-                                ioloop_time_t timeout);
+IOLOOP_API int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
+                                           ioloop_time_t timeout);
 
 /* Runs ioloop_http_server_shutdown(s, rt, l, timeout) on SIGTERM or SIGINT,
  * read by rt's loop 0 (ioloop_signal_watch; it replaces the runtime's own
@@ -190,8 +190,8 @@ int ioloop_http_server_shutdown(ioloop_http_server_t *s, ioloop_runtime_t *rt, i
  * inherit the mask). ioloop_http_server_free removes the watchers (and
  * unblocks the signals there). 0, -EALREADY if already set, or the watch's
  * negative errno. */
-int ioloop_http_server_shutdown_on_signals(ioloop_http_server_t *s, ioloop_runtime_t *rt, ioloop_listener_t *l,
-                                           ioloop_time_t timeout);
+IOLOOP_API int ioloop_http_server_shutdown_on_signals(ioloop_http_server_t *s, ioloop_runtime_t *rt,
+                                                      ioloop_listener_t *l, ioloop_time_t timeout);
 
 /* Adds a health-check route at `path` (GET and HEAD): 200 "ok", or 503
  * "draining" once a shutdown of s began (drain_delay included), both
@@ -210,7 +210,8 @@ IOLOOP_API bool ioloop_http_server_draining(const ioloop_http_server_t *s);
  * The signature is runtime.h's ioloop_accept_fn, so a runtime listener takes
  * it as on_accept directly. The server owns fd from here (it is closed on
  * failure). */
-void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len, void *arg);
+IOLOOP_API void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *peer, socklen_t peer_len,
+                                          void *arg);
 
 /* Graceful drain of this server on `loop` (its thread): close idle
  * keep-alive connections (after a 50 ms grace, cleanly), answer the requests
@@ -220,11 +221,11 @@ void ioloop_http_server_accept(ioloop_t *loop, int fd, const struct sockaddr *pe
  * remains there. It does not stop a listener (ioloop_http_server_shutdown
  * does both, on every loop). Returns 0, or -EALREADY if this loop is already
  * draining. */
-int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout, ioloop_callback_fn done,
-                             void *arg);
+IOLOOP_API int ioloop_http_server_drain(ioloop_http_server_t *s, ioloop_t *loop, ioloop_time_t timeout,
+                                        ioloop_callback_fn done, void *arg);
 
 /* Connections this server has open on `loop` (its thread). */
-int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop);
+IOLOOP_API int ioloop_http_server_connections(const ioloop_http_server_t *s, ioloop_t *loop);
 
 /* Counters summed over every loop that served s (each exact, the set not one
  * snapshot). Any thread. */
@@ -237,7 +238,7 @@ typedef struct {
     uint64_t bytes_out;    /* every byte queued for clients: status lines, headers, framing, bodies
                               (files included) */
 } ioloop_http_server_stats_t;
-void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out);
+IOLOOP_API void ioloop_http_server_get_stats(const ioloop_http_server_t *s, ioloop_http_server_stats_t *out);
 
 /* Serves the server's and its loops' counters at `path` (a literal path,
  * e.g. "/metrics"; GET and HEAD) in the Prometheus text exposition format
@@ -294,7 +295,7 @@ typedef void (*ioloop_http_log_fn)(const ioloop_http_log_entry_t *entry, void *a
 
 /* Sets the server's log hook (NULL: none, the default). Configure before
  * serving, like routes. */
-void ioloop_http_server_set_log(ioloop_http_server_t *s, ioloop_http_log_fn fn, void *arg);
+IOLOOP_API void ioloop_http_server_set_log(ioloop_http_server_t *s, ioloop_http_log_fn fn, void *arg);
 
 /* The built-in access log writer: Common Log Format
  *   127.0.0.1 - - [27/Nov/2026:18:56:40 +0000] "GET /a HTTP/1.1" 200 12
@@ -320,12 +321,13 @@ typedef enum { IOLOOP_HTTP_LOG_COMMON, IOLOOP_HTTP_LOG_COMBINED } ioloop_http_lo
 
 /* Opens path for appending (created 0644), or standard output for "-", and
  * starts the writer thread. 0 and *out, or a negative errno. Any thread. */
-int ioloop_http_access_log_open(const char *path, ioloop_http_log_format_t format, ioloop_http_access_log_t **out);
+IOLOOP_API int ioloop_http_access_log_open(const char *path, ioloop_http_log_format_t format,
+                                           ioloop_http_access_log_t **out);
 /* The same on an fd the caller keeps (never closed here). */
-int ioloop_http_access_log_open_fd(int fd, ioloop_http_log_format_t format, ioloop_http_access_log_t **out);
+IOLOOP_API int ioloop_http_access_log_open_fd(int fd, ioloop_http_log_format_t format, ioloop_http_access_log_t **out);
 /* The hook that feeds a built-in log: ioloop_http_server_set_log(s,
  * ioloop_http_access_log_hook, log). One log may serve several servers. */
-void ioloop_http_access_log_hook(const ioloop_http_log_entry_t *entry, void *log);
+IOLOOP_API void ioloop_http_access_log_hook(const ioloop_http_log_entry_t *entry, void *log);
 
 typedef struct {
     uint64_t lines_written; /* reached the kernel */
@@ -335,7 +337,8 @@ typedef struct {
     int last_errno;         /* 0, or the last write error (ENOSPC, EPIPE, ...) */
 } ioloop_http_access_log_stats_t;
 /* Counters (each exact, the set not one snapshot). Any thread. */
-void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log, ioloop_http_access_log_stats_t *out);
+IOLOOP_API void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log,
+                                                 ioloop_http_access_log_stats_t *out);
 
 /* Writes what the loops buffered, stops the writer thread (after it wrote
  * everything, or gave up after ~2 s on a pipe nobody reads) and frees log.
@@ -344,66 +347,68 @@ void ioloop_http_access_log_get_stats(const ioloop_http_access_log_t *log, ioloo
  * runs in ioloop_runtime_free, is no longer reported), with the loops stopped
  * for good (their pending flush timers are dropped when they close, never
  * run). A batch whose write failed part-way counts all its lines as dropped. */
-void ioloop_http_access_log_close(ioloop_http_access_log_t *log);
+IOLOOP_API void ioloop_http_access_log_close(ioloop_http_access_log_t *log);
 
 /* Frees the server: closes its connections and removes its signal watchers. Call once no loop
  * serving it runs any more and before those loops are closed. Requests a handler still holds
  * stay valid until finished (see "Request lifetime"). */
-void ioloop_http_server_free(ioloop_http_server_t *s);
+IOLOOP_API void ioloop_http_server_free(ioloop_http_server_t *s);
 
 /* ---- request (loop thread) --------------------------------------------- */
 
 /* The loop that owns the request: post here to answer from another thread. */
-ioloop_t *ioloop_http_request_loop(const ioloop_http_request_t *req);
+IOLOOP_API ioloop_t *ioloop_http_request_loop(const ioloop_http_request_t *req);
 /* "GET", "POST", ... */
-const char *ioloop_http_request_method(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_method(const ioloop_http_request_t *req);
 /* The raw path (no query), e.g. "/a%20b". For an absolute-form target, the
  * path part of it. */
-const char *ioloop_http_request_path(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_path(const ioloop_http_request_t *req);
 /* The raw query string without '?', "" when none. */
-const char *ioloop_http_request_query(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_query(const ioloop_http_request_t *req);
 /* The request target as sent. */
-const char *ioloop_http_request_uri(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_uri(const ioloop_http_request_t *req);
 /* "HTTP/1.1" or "HTTP/1.0". */
-const char *ioloop_http_request_version(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_version(const ioloop_http_request_t *req);
 /* The host: the absolute-form target's authority, else the Host header ("" if none). */
-const char *ioloop_http_request_host(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_host(const ioloop_http_request_t *req);
 /* A header's value by case-insensitive name (the first one), or NULL. */
-const char *ioloop_http_request_header(const ioloop_http_request_t *req, const char *name);
+IOLOOP_API const char *ioloop_http_request_header(const ioloop_http_request_t *req, const char *name);
 /* Headers by index, in arrival order. -ENOENT past the end. */
-int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const char **name, const char **value);
+IOLOOP_API int ioloop_http_request_header_at(const ioloop_http_request_t *req, int i, const char **name,
+                                             const char **value);
 /* The body (NUL-terminated; empty for streamed bodies). */
-const char *ioloop_http_request_body(const ioloop_http_request_t *req, size_t *len);
+IOLOOP_API const char *ioloop_http_request_body(const ioloop_http_request_t *req, size_t *len);
 /* The peer's IP as text (X-Real-IP / X-Forwarded-For with xheaders). */
-const char *ioloop_http_request_remote_ip(ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_remote_ip(ioloop_http_request_t *req);
 /* "https" on a TLS connection; else "http", or what X-Forwarded-Proto/X-Scheme
  * says with xheaders ("https"). */
-const char *ioloop_http_request_protocol(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_protocol(const ioloop_http_request_t *req);
 /* Path arguments captured by a pattern route, percent-decoded. */
-int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req);
-const char *ioloop_http_request_path_arg(const ioloop_http_request_t *req, int i);
+IOLOOP_API int ioloop_http_request_path_arg_count(const ioloop_http_request_t *req);
+IOLOOP_API const char *ioloop_http_request_path_arg(const ioloop_http_request_t *req, int i);
 /* A named group's value ((?P<name>...)), percent-decoded; NULL if the route
  * has no group of that name. Named groups are also counted by index. */
-const char *ioloop_http_request_path_arg_named(const ioloop_http_request_t *req, const char *name);
+IOLOOP_API const char *ioloop_http_request_path_arg_named(const ioloop_http_request_t *req, const char *name);
 /* The last value of a query (or form-urlencoded body) argument, decoded
  * ('+' is a space), or def when absent — Tornado's get_argument. A pair whose
  * name or value decodes to a NUL (%00) is dropped, as if absent: as a C
  * string it would be cut short ("a.php%00.jpg" read as "a.php"). */
-const char *ioloop_http_request_argument(ioloop_http_request_t *req, const char *name, const char *def);
+IOLOOP_API const char *ioloop_http_request_argument(ioloop_http_request_t *req, const char *name, const char *def);
 /* Every value of an argument, in order: stores up to max pointers in values
  * and returns how many there are. */
-int ioloop_http_request_arguments(ioloop_http_request_t *req, const char *name, const char **values, int max);
+IOLOOP_API int ioloop_http_request_arguments(ioloop_http_request_t *req, const char *name, const char **values,
+                                             int max);
 /* Registers the callback run if the client goes away before finish. */
-void ioloop_http_request_on_close(ioloop_http_request_t *req, ioloop_http_close_fn fn, void *arg);
+IOLOOP_API void ioloop_http_request_on_close(ioloop_http_request_t *req, ioloop_http_close_fn fn, void *arg);
 /* True once the connection of this request has closed. */
-bool ioloop_http_request_closed(const ioloop_http_request_t *req);
+IOLOOP_API bool ioloop_http_request_closed(const ioloop_http_request_t *req);
 
 /* ---- response (loop thread) -------------------------------------------- */
 
 /* Sets the status (default 200) with its standard reason. -EINVAL outside
  * 200..599 (a 1xx is an interim response, which this API does not send; the
  * server sends 100 Continue itself), -EALREADY after the headers went out. */
-int ioloop_http_response_status(ioloop_http_request_t *req, int status);
+IOLOOP_API int ioloop_http_response_status(ioloop_http_request_t *req, int status);
 /* Adds a response header. A Content-Length set here replaces the server's
  * framing (no chunking) and is held to: the body is counted against it (see
  * write and finish); a second one, or one that is not digits, is -EINVAL.
@@ -412,12 +417,12 @@ int ioloop_http_response_status(ioloop_http_request_t *req, int status);
  * for a name that is not a token or a value with a control character other
  * than HTAB (CR, LF, NUL, ESC, DEL...: RFC 9110 5.5), -EALREADY after the
  * headers went out. */
-int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, const char *value);
+IOLOOP_API int ioloop_http_response_header(ioloop_http_request_t *req, const char *name, const char *value);
 /* Appends to the body (buffered until flush or finish). -EPIPE if the client
  * went away, -EALREADY after finish, -EMSGSIZE (nothing appended) if the body
  * would outgrow the handler's Content-Length: the connection then closes
  * after this response. */
-int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, size_t len);
+IOLOOP_API int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, size_t len);
 /* Sends the headers (chunked encoding: the length is not known yet) and what
  * was written; done (may be NULL) runs on the loop, never inline, once it has
  * all reached the kernel — wait for it before writing more to apply
@@ -425,16 +430,16 @@ int ioloop_http_response_write(ioloop_http_request_t *req, const void *data, siz
  * one has not run yet is -EBUSY (and sends nothing); a flush without one is
  * not refused for that, and leaves the pending done in place. finish drops a done
  * that has not run yet. */
-int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn done, void *arg);
+IOLOOP_API int ioloop_http_response_flush(ioloop_http_request_t *req, ioloop_http_flush_fn done, void *arg);
 /* Ends the response (Content-Length if nothing was flushed before) and
  * releases the request: req must not be used afterwards. -EPROTO if the body
  * sent differs from the handler's Content-Length, or a write past it was
  * refused (the connection closes after what was sent, so no byte is read as
  * the next response). */
-int ioloop_http_response_finish(ioloop_http_request_t *req);
+IOLOOP_API int ioloop_http_response_finish(ioloop_http_request_t *req);
 /* Convenience: status, a body and finish. */
-int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type, const void *body,
-                              size_t len);
+IOLOOP_API int ioloop_http_response_send(ioloop_http_request_t *req, int status, const char *content_type,
+                                         const void *body, size_t len);
 
 /* ---- static files (static.c) ------------------------------------------ */
 
@@ -467,8 +472,8 @@ typedef struct {
  * executor (ioloop_run_in_executor), never on the loop thread. prefix must
  * start and end with '/'. Configure before serving, as routes. 0, -EINVAL,
  * the errno of opening root_dir, or ioloop_http_server_route's error. */
-int ioloop_http_static_route(ioloop_http_server_t *s, const char *prefix, const char *root_dir,
-                             const ioloop_http_static_options_t *opts);
+IOLOOP_API int ioloop_http_static_route(ioloop_http_server_t *s, const char *prefix, const char *root_dir,
+                                        const ioloop_http_static_options_t *opts);
 
 #ifdef __cplusplus
 }

@@ -102,7 +102,7 @@ typedef struct {
  * errno (-ENOSYS: the backend asked for is not available here; -ENOMEM, -EMFILE,
  * ...) and *out = NULL. Any thread. The loop is registered (see
  * ioloop_registry_foreach). */
-int ioloop_new(const ioloop_options_t *opts, ioloop_t **out);
+IOLOOP_API int ioloop_new(const ioloop_options_t *opts, ioloop_t **out);
 
 /* Closes a loop that is not running. Callbacks already accepted (own-thread
  * and posted) run once more, here, on the calling thread, with
@@ -113,43 +113,43 @@ int ioloop_new(const ioloop_options_t *opts, ioloop_t **out);
  * from inside the loop. Returns 0, -EBUSY from one of its own callbacks,
  * -EPERM while another thread runs it and for a runtime's loop, -ESHUTDOWN if
  * already closed. */
-int ioloop_close(ioloop_t *loop, bool all_fds);
+IOLOOP_API int ioloop_close(ioloop_t *loop, bool all_fds);
 
 /* Runs the loop on this thread until ioloop_stop. Returns 0 when stopped,
  * -EBUSY if the loop is already running here (nested start), -EPERM if
  * another thread runs it or it is a runtime's loop, -EINVAL if another loop
  * is already running on this thread, -ESHUTDOWN if closed. While it runs,
  * ioloop_current() on this thread returns it. */
-int ioloop_start(ioloop_t *loop);
+IOLOOP_API int ioloop_start(ioloop_t *loop);
 
 /* Asks the loop to return from ioloop_start after the current iteration. Any
  * thread (safe even while another thread closes the loop, given a reference).
  * A stop while the loop is not running, or as it is returning from a stop,
  * makes the next start return at once. */
-void ioloop_stop(ioloop_t *loop);
+IOLOOP_API void ioloop_stop(ioloop_t *loop);
 
 /* The loop's time, cached at the start of each iteration. Loop thread. */
-ioloop_time_t ioloop_time(ioloop_t *loop);
+IOLOOP_API ioloop_time_t ioloop_time(ioloop_t *loop);
 
 /* This thread's loop: the one running here, else one created for this thread
  * on first use (closed and freed at thread exit). If the program closed that
  * one, a new one is made (as Tornado does). Any thread, for itself. NULL only
  * on ENOMEM. */
-ioloop_t *ioloop_current(void);
+IOLOOP_API ioloop_t *ioloop_current(void);
 
 /* The global loop, created exactly once (double-checked locking). Any thread. */
-ioloop_t *ioloop_instance(void);
+IOLOOP_API ioloop_t *ioloop_instance(void);
 
 /* A small number naming the loop in logs; unique for the process's lifetime.
  * Any thread. */
-unsigned ioloop_id(const ioloop_t *loop);
+IOLOOP_API unsigned ioloop_id(const ioloop_t *loop);
 
 /* Loops are reference counted so that another thread may keep a pointer to a
  * loop across its close: posting to a closed loop it still references returns
  * -ESHUTDOWN instead of touching freed memory. ioloop_new returns one
  * reference, which ioloop_close drops. Any thread. */
-void ioloop_ref(ioloop_t *loop);
-void ioloop_unref(ioloop_t *loop);
+IOLOOP_API void ioloop_ref(ioloop_t *loop);
+IOLOOP_API void ioloop_unref(ioloop_t *loop);
 
 /* Counters, readable from any thread while the loop runs (each is exact; the
  * set is not one atomic snapshot). */
@@ -169,17 +169,17 @@ typedef struct {
 } ioloop_stats_t;
 
 /* Copies the loop's counters into *out. Any thread, running loop or not. */
-void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out);
+IOLOOP_API void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out);
 
 /* Which backend the loop uses: "epoll", "poll" or "kqueue". Any thread. */
-const char *ioloop_backend_name(const ioloop_t *loop);
+IOLOOP_API const char *ioloop_backend_name(const ioloop_t *loop);
 
 /* Calls fn for every live loop. Any thread; runs under an RCU read-side lock,
  * so fn must not block or create/close loops. */
-void ioloop_registry_foreach(void (*fn)(ioloop_t *loop, void *arg), void *arg);
+IOLOOP_API void ioloop_registry_foreach(void (*fn)(ioloop_t *loop, void *arg), void *arg);
 
 /* Sets the error hook (NULL restores the default). Owner only: 0 or -EPERM. */
-int ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg);
+IOLOOP_API int ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg);
 
 /* Reports an error through the loop's hook (the default hook prints
  * "ioloop[<id>]: <what>: <strerror>" on stderr). -EPIPE and -ECONNRESET are
@@ -188,15 +188,15 @@ int ioloop_set_error_hook(ioloop_t *loop, ioloop_error_fn fn, void *arg);
  * and the count comes as one call with what = "<what> (repeated N times)"
  * (the same err) when that second ends, when a different error is reported,
  * or when the loop closes. Owner only: 0 or -EPERM. */
-int ioloop_report_error(ioloop_t *loop, const char *what, int err);
+IOLOOP_API int ioloop_report_error(ioloop_t *loop, const char *what, int err);
 
 /* One pointer of the application's per loop (e.g. its shard of a runtime's
  * state; NULL until set). Set it from the owner (see the top of this file),
  * typically before the loop runs or from one of its callbacks; read it from
  * any thread (an atomic, with release/acquire ordering: what it points to as
  * set up before the store is visible to a reader that sees the pointer). */
-void ioloop_set_user_data(ioloop_t *loop, void *data);
-void *ioloop_user_data(const ioloop_t *loop);
+IOLOOP_API void ioloop_set_user_data(ioloop_t *loop, void *data);
+IOLOOP_API void *ioloop_user_data(const ioloop_t *loop);
 
 /* ---- fd handlers (any thread) -------------------------------------------- */
 
@@ -206,11 +206,11 @@ void *ioloop_user_data(const ioloop_t *loop);
  * number taken: a new file under that number may be added (epoll and poll
  * backends; kqueue cannot tell and says -EEXIST), and the poll backend drops a
  * closed fd it finds still registered, reporting -EBADF to the error hook. */
-int ioloop_add_handler(ioloop_t *loop, int fd, unsigned events, ioloop_handler_fn fn, void *arg);
+IOLOOP_API int ioloop_add_handler(ioloop_t *loop, int fd, unsigned events, ioloop_handler_fn fn, void *arg);
 
 /* Changes the events watched. Returns 0, -ENOENT if fd has no handler,
  * -EINVAL for bad events, -ESHUTDOWN if the loop is closed. */
-int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events);
+IOLOOP_API int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events);
 
 /* Stops watching fd (does not close it). An event for it already collected in
  * this iteration is dropped. Returns 0 if fd had a handler, -ENOENT if it had
@@ -220,7 +220,7 @@ int ioloop_update_handler(ioloop_t *loop, int fd, unsigned events);
  * the loop thread when this returns: free what its arg points to only on the
  * loop thread, e.g. from a callback posted with ioloop_add_callback after the
  * removal (it runs after any such call), or remove it on the loop thread. */
-int ioloop_remove_handler(ioloop_t *loop, int fd);
+IOLOOP_API int ioloop_remove_handler(ioloop_t *loop, int fd);
 
 /* ---- callbacks ---------------------------------------------------------- */
 
@@ -236,7 +236,7 @@ int ioloop_remove_handler(ioloop_t *loop, int fd);
 /* Runs fn(loop, arg) on the loop's thread in a later iteration. Any thread.
  * Returns -ESHUTDOWN (and fn never runs) once the loop is closing or closed,
  * -ENOMEM when out of memory. */
-int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
+IOLOOP_API int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
 
 /* Like ioloop_add_callback, and fn runs after every callback added to loop
  * before this call, from any thread. (ioloop_add_callback from the loop's own
@@ -244,7 +244,7 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
  * posts taken in the same iteration: it may overtake a post that another
  * thread made just before. This one does not, at the cost of an atomic
  * push.) Any thread; same returns. */
-int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
+IOLOOP_API int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn, void *arg);
 
 /* ---- timers (owner only) -------------------------------------------------- */
 
@@ -252,14 +252,16 @@ int ioloop_add_callback_ordered(ioloop_t *loop, ioloop_callback_fn fn, void *arg
  * deadlines run in the order they were added. Returns 0 and, if out is not
  * NULL, a handle for ioloop_remove_timeout in *out; or -EINVAL (no fn),
  * -EPERM, -ESHUTDOWN, -ENOMEM (then *out is 0). */
-int ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out);
+IOLOOP_API int ioloop_call_at(ioloop_t *loop, ioloop_time_t deadline, ioloop_callback_fn fn, void *arg,
+                              ioloop_timer_t *out);
 
 /* Same, `delay` after ioloop_time(loop). */
-int ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg, ioloop_timer_t *out);
+IOLOOP_API int ioloop_call_later(ioloop_t *loop, ioloop_time_t delay, ioloop_callback_fn fn, void *arg,
+                                 ioloop_timer_t *out);
 
 /* Cancels a timer: it will not run. Harmless (a no-op returning 0) after it
  * ran or was removed, and for 0. O(1). -EPERM off the owner's thread. */
-int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
+IOLOOP_API int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
 
 /* ---- periodic callbacks (owner only), Tornado's PeriodicCallback --------- */
 
@@ -269,20 +271,20 @@ int ioloop_remove_timeout(ioloop_t *loop, ioloop_timer_t timer);
  * Not started. 0 and the periodic callback in *out, or -EINVAL, -ENOMEM,
  * -EPERM (*out = NULL). These calls are for the loop's owner (see the top of
  * this file): new, start, stop and free return -EPERM elsewhere and do nothing. */
-int ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter, ioloop_callback_fn fn, void *arg,
-                        ioloop_periodic_t **out);
+IOLOOP_API int ioloop_periodic_new(ioloop_t *loop, ioloop_time_t period, double jitter, ioloop_callback_fn fn,
+                                   void *arg, ioloop_periodic_t **out);
 /* Starts it: the first call comes one period from now. Returns 0, -EALREADY
  * if running, -ESHUTDOWN if the loop is closed, -ENOMEM. */
-int ioloop_periodic_start(ioloop_periodic_t *pc);
+IOLOOP_API int ioloop_periodic_start(ioloop_periodic_t *pc);
 /* Stops it (also from inside fn); it may be started again. 0 or -EPERM. */
-int ioloop_periodic_stop(ioloop_periodic_t *pc);
+IOLOOP_API int ioloop_periodic_stop(ioloop_periodic_t *pc);
 /* True between start and stop. */
-bool ioloop_periodic_is_running(const ioloop_periodic_t *pc);
+IOLOOP_API bool ioloop_periodic_is_running(const ioloop_periodic_t *pc);
 /* The deadline the current (or last) run was scheduled for. */
-ioloop_time_t ioloop_periodic_scheduled(const ioloop_periodic_t *pc);
+IOLOOP_API ioloop_time_t ioloop_periodic_scheduled(const ioloop_periodic_t *pc);
 /* Stops and frees; allowed from inside fn (freed once fn returns). NULL: no-op.
  * 0, or -EPERM (nothing freed) off the owner's thread. */
-int ioloop_periodic_free(ioloop_periodic_t *pc);
+IOLOOP_API int ioloop_periodic_free(ioloop_periodic_t *pc);
 
 /* ---- futures ------------------------------------------------------------ */
 
@@ -293,30 +295,30 @@ typedef void (*ioloop_future_done_fn)(ioloop_future_t *f, void *arg);
 /* A future bound to loop (it holds a reference to the loop). Reference
  * counted: the creator holds one reference. Any thread. 0 and the future in
  * *out, or -EINVAL (no loop) / -ENOMEM and *out = NULL. */
-int ioloop_future_new(ioloop_t *loop, ioloop_future_t **out);
+IOLOOP_API int ioloop_future_new(ioloop_t *loop, ioloop_future_t **out);
 /* Take and drop a reference; the last unref frees. Any thread; unref(NULL) is a no-op. */
-void ioloop_future_ref(ioloop_future_t *f);
-void ioloop_future_unref(ioloop_future_t *f);
+IOLOOP_API void ioloop_future_ref(ioloop_future_t *f);
+IOLOOP_API void ioloop_future_unref(ioloop_future_t *f);
 
 /* Completes with a result (status: 0 or negative errno). Any thread. Returns
  * 0, or -EALREADY if already completed (the first completion wins). On a
  * closed loop the done callback never runs; the result stays readable. */
-int ioloop_future_complete(ioloop_future_t *f, int status, void *result);
+IOLOOP_API int ioloop_future_complete(ioloop_future_t *f, int status, void *result);
 
 /* Sets the done callback (the future's loop's owner). If the future is
  * already complete the callback is scheduled for the next iteration, never
  * called inline. Returns 0, -EPERM off the owner's thread, or -ESHUTDOWN /
  * -ENOMEM if that scheduling failed. */
-int ioloop_future_on_done(ioloop_future_t *f, ioloop_future_done_fn fn, void *arg);
+IOLOOP_API int ioloop_future_on_done(ioloop_future_t *f, ioloop_future_done_fn fn, void *arg);
 
 /* True once completed. Any thread. */
-bool ioloop_future_done(const ioloop_future_t *f);
+IOLOOP_API bool ioloop_future_done(const ioloop_future_t *f);
 /* The completion status; -EAGAIN before completion. Any thread. */
-int ioloop_future_status(const ioloop_future_t *f);
+IOLOOP_API int ioloop_future_status(const ioloop_future_t *f);
 /* The completion result; NULL before completion. Any thread. */
-void *ioloop_future_result(const ioloop_future_t *f);
+IOLOOP_API void *ioloop_future_result(const ioloop_future_t *f);
 /* The loop the future belongs to. Any thread. */
-ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
+IOLOOP_API ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
 
 /* Runs the loop until the future that fn returns completes, then stops it.
  * fn(loop, arg) runs on the loop and returns a future it keeps a reference to
@@ -330,8 +332,8 @@ ioloop_t *ioloop_future_loop(const ioloop_future_t *f);
  * runs); -EBUSY when already running here; -EPERM when another thread runs
  * it or it is a runtime's loop; -EINVAL if another loop runs on this thread;
  * -ESHUTDOWN if closed. */
-int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
-                    ioloop_time_t timeout, void **result);
+IOLOOP_API int ioloop_run_sync(ioloop_t *loop, ioloop_future_t *(*fn)(ioloop_t *loop, void *arg), void *arg,
+                               ioloop_time_t timeout, void **result);
 
 /* ---- per-loop state of the layers above (owner only) ---------------------- */
 

@@ -76,35 +76,35 @@ typedef struct {
 /* Starts opts->loops loops, one thread each (opts may be NULL: defaults).
  * Returns 0 and the runtime in *out, or a negative errno (nothing is left
  * running then). The loops are running, or about to, when it returns. */
-int ioloop_runtime_start(const ioloop_runtime_options_t *opts, ioloop_runtime_t **out);
+IOLOOP_API int ioloop_runtime_start(const ioloop_runtime_options_t *opts, ioloop_runtime_t **out);
 /* The number of loops. Any thread. */
-int ioloop_runtime_size(const ioloop_runtime_t *rt);
+IOLOOP_API int ioloop_runtime_size(const ioloop_runtime_t *rt);
 /* Loop i (0 <= i < size), or NULL. Any thread. */
-ioloop_t *ioloop_runtime_loop(const ioloop_runtime_t *rt, int i);
+IOLOOP_API ioloop_t *ioloop_runtime_loop(const ioloop_runtime_t *rt, int i);
 /* Asks every loop to stop after its current iteration. Any thread, also from
  * inside a loop; idempotent. Callbacks still queued then run during
  * ioloop_runtime_free (on the freeing thread), so nothing posted is lost. */
-void ioloop_runtime_stop(ioloop_runtime_t *rt);
+IOLOOP_API void ioloop_runtime_stop(ioloop_runtime_t *rt);
 /* Waits until every loop thread has ended. 0, or -EDEADLK from a runtime thread. */
-int ioloop_runtime_join(ioloop_runtime_t *rt);
+IOLOOP_API int ioloop_runtime_join(ioloop_runtime_t *rt);
 /* Stops and joins if needed, shuts the executor down (queued work that never
  * started completes with -ECANCELED, running work is waited for), then closes
  * the loops. Free listeners first. Owning thread. */
-void ioloop_runtime_free(ioloop_runtime_t *rt);
+IOLOOP_API void ioloop_runtime_free(ioloop_runtime_t *rt);
 /* The index i of a runtime's loop (ioloop_runtime_loop(rt, i) == loop), or
  * -ENOENT for a loop that is not a runtime's. Any thread; constant for the
  * loop's life, so a callback can pick its per-loop shard without a search. */
-int ioloop_runtime_index(const ioloop_t *loop);
+IOLOOP_API int ioloop_runtime_index(const ioloop_t *loop);
 /* The runtime whose loop runs on this thread, or NULL. Any thread. */
-ioloop_runtime_t *ioloop_runtime_current(void);
+IOLOOP_API ioloop_runtime_t *ioloop_runtime_current(void);
 
 /* Runs fn once on every loop of rt; the returned future, bound to `home` (the
  * loop that waits for it; NULL: ioloop_current()), completes with status 0
  * when all have run, or -ESHUTDOWN if some loop was already closed. Any
  * thread. 0 and the future in *out (the caller owns one reference), or
  * -EINVAL / -ENOMEM (also when there is no home loop) and *out = NULL. */
-int ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg,
-                             ioloop_future_t **out);
+IOLOOP_API int ioloop_runtime_broadcast(ioloop_runtime_t *rt, ioloop_t *home, ioloop_callback_fn fn, void *arg,
+                                        ioloop_future_t **out);
 
 /* ---- listeners ----------------------------------------------------------- */
 
@@ -180,11 +180,12 @@ typedef struct {
 /* Binds, listens and starts accepting on rt's loops. Any thread. 0 and the
  * listener in *out, or a negative errno (-EADDRINUSE, -EINVAL for a bad
  * address or not exactly one of on_accept and on_stream, ...). */
-int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t *opts, ioloop_listener_t **out);
+IOLOOP_API int ioloop_listener_start(ioloop_runtime_t *rt, const ioloop_listener_options_t *opts,
+                                     ioloop_listener_t **out);
 /* The bound port (the kernel's choice for port 0); 0 for a unix socket. Any thread. */
-int ioloop_listener_port(const ioloop_listener_t *l);
+IOLOOP_API int ioloop_listener_port(const ioloop_listener_t *l);
 /* The mode in effect (after any fallback). Any thread. */
-ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l);
+IOLOOP_API ioloop_accept_mode_t ioloop_listener_mode(const ioloop_listener_t *l);
 /* Connections `loop` accepted for l that on_stream has not got yet: their
  * PROXY header is still being read (0 without the PROXY protocol; -EINVAL
  * for NULL). Each of them reaches on_stream or is closed within
@@ -196,10 +197,10 @@ IOLOOP_API int ioloop_listener_pending(const ioloop_listener_t *l, const ioloop_
 /* Stops accepting. Each socket first accepts what is already queued on it
  * (those connections reach on_accept as usual), then closes. Any thread;
  * asynchronous (done on each loop's thread); idempotent. */
-void ioloop_listener_stop(ioloop_listener_t *l);
+IOLOOP_API void ioloop_listener_stop(ioloop_listener_t *l);
 /* Stops if needed and drops the caller's reference; the memory goes when the
  * loops are done with it. Any thread. */
-void ioloop_listener_free(ioloop_listener_t *l);
+IOLOOP_API void ioloop_listener_free(ioloop_listener_t *l);
 
 /* systemd socket activation (sd_listen_fds(3), implemented here without
  * libsystemd): when LISTEN_PID is this process and LISTEN_FDS is n > 0,
@@ -226,7 +227,7 @@ IOLOOP_API int ioloop_sd_notify(const char *state);
 
 /* Live-connection accounting used by DISPATCH and the stats: whoever got a
  * connection from on_accept calls this on that loop's thread when it ends. */
-void ioloop_connection_closed(ioloop_t *loop);
+IOLOOP_API void ioloop_connection_closed(ioloop_t *loop);
 
 /* ---- executor ------------------------------------------------------------ */
 
@@ -240,7 +241,7 @@ typedef void *(*ioloop_work_fn)(void *arg, int *status);
  * owns one reference) whose done callback runs on loop; or -EINVAL / -ENOMEM
  * and *out = NULL. If the runtime is freed first, work not started completes
  * -ECANCELED. */
-int ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg, ioloop_future_t **out);
+IOLOOP_API int ioloop_run_in_executor(ioloop_t *loop, ioloop_work_fn work, void *arg, ioloop_future_t **out);
 
 /* ---- signals ------------------------------------------------------------- */
 
@@ -252,10 +253,10 @@ typedef void (*ioloop_signal_fn)(ioloop_t *loop, int signo, void *arg);
  * have it blocked; a thread that had it unblocked before must block it, or
  * the signal may take its default action there. -EINVAL for a signal that
  * cannot be caught. Any thread. */
-int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *arg);
+IOLOOP_API int ioloop_signal_watch(ioloop_t *loop, int signo, ioloop_signal_fn fn, void *arg);
 /* Removes the watcher and unblocks signo in the calling thread. -ENOENT if
  * loop does not watch it. Any thread; do it before closing the loop. */
-int ioloop_signal_unwatch(ioloop_t *loop, int signo);
+IOLOOP_API int ioloop_signal_unwatch(ioloop_t *loop, int signo);
 
 #ifdef __cplusplus
 }

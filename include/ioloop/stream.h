@@ -63,7 +63,7 @@ extern "C" {
 
 /* A short text for 0, a negative errno or an IOLOOP_E* code ("end of
  * stream", "name not found", strerror's text otherwise). Any thread. */
-const char *ioloop_strerror(int err);
+IOLOOP_API const char *ioloop_strerror(int err);
 
 typedef struct ioloop_stream ioloop_stream_t;
 
@@ -100,7 +100,17 @@ typedef struct ioloop_stream_transport {
 
 
 /* The plain-socket transport (recv / writev with MSG_NOSIGNAL). */
-extern const ioloop_stream_transport_t ioloop_stream_transport_socket;
+IOLOOP_API extern const ioloop_stream_transport_t ioloop_stream_transport_socket;
+
+/* For a transport's own code (libioloop-tls is one): the ctx the stream was
+ * made with, or NULL for a NULL stream. Loop thread. */
+IOLOOP_API void *ioloop_stream_transport_ctx(const ioloop_stream_t *stream);
+/* For a transport's own code, outside the stream's calls into it (a
+ * transport's timer, e.g. TLS's handshake timeout): ends the stream with err
+ * (a negative errno or IOLOOP_E*; anything else is taken as -ECONNABORTED);
+ * its callbacks run later, as for any end. Nothing if it already ended or
+ * stream is NULL. Loop thread. */
+IOLOOP_API void ioloop_stream_abort(ioloop_stream_t *stream, int err);
 
 /* ---- creating ------------------------------------------------------------ */
 
@@ -129,16 +139,16 @@ typedef int (*ioloop_transport_make_fn)(void *arg, int fd, ioloop_stream_options
  * on `loop`, which owns fd from here: it is closed with the stream, and on
  * failure. opts may be NULL. Loop thread, or before the loop starts. 0 and
  * the stream in *out; -EBADF, -ENOMEM, -ESHUTDOWN (closed loop), -EPERM. */
-int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opts, ioloop_stream_t **out);
+IOLOOP_API int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opts, ioloop_stream_t **out);
 
-ioloop_t *ioloop_stream_loop(const ioloop_stream_t *stream);
-int ioloop_stream_fd(const ioloop_stream_t *stream);
+IOLOOP_API ioloop_t *ioloop_stream_loop(const ioloop_stream_t *stream);
+IOLOOP_API int ioloop_stream_fd(const ioloop_stream_t *stream);
 /* The transport's name: "socket", "tls", ... */
-const char *ioloop_stream_transport_name(const ioloop_stream_t *stream);
+IOLOOP_API const char *ioloop_stream_transport_name(const ioloop_stream_t *stream);
 /* True once the stream has ended (its callbacks may not have run yet). */
-bool ioloop_stream_closed(const ioloop_stream_t *stream);
+IOLOOP_API bool ioloop_stream_closed(const ioloop_stream_t *stream);
 /* The error it ended with: 0 for a local close, IOLOOP_EOF, or a negative errno. */
-int ioloop_stream_error(const ioloop_stream_t *stream);
+IOLOOP_API int ioloop_stream_error(const ioloop_stream_t *stream);
 
 /* ---- reading (one read outstanding at a time: another gets -EBUSY) ------- */
 
@@ -153,13 +163,14 @@ typedef void (*ioloop_stream_read_fn)(ioloop_stream_t *stream, int status, const
 /* Reads until `delim` (delim_len bytes; the data includes it). max_bytes > 0
  * limits how far to look: past it without the delimiter the stream closes
  * with -EMSGSIZE (Tornado's UnsatisfiableReadError). */
-int ioloop_stream_read_until(ioloop_stream_t *stream, const void *delim, size_t delim_len, size_t max_bytes,
-                             ioloop_stream_read_fn cb, void *arg);
+IOLOOP_API int ioloop_stream_read_until(ioloop_stream_t *stream, const void *delim, size_t delim_len, size_t max_bytes,
+                                        ioloop_stream_read_fn cb, void *arg);
 /* Reads exactly n bytes, or with partial, between 1 and n (whatever is there).
  * n 0, or n beyond SSIZE_MAX without partial: -EINVAL. */
-int ioloop_stream_read_bytes(ioloop_stream_t *stream, size_t n, bool partial, ioloop_stream_read_fn cb, void *arg);
+IOLOOP_API int ioloop_stream_read_bytes(ioloop_stream_t *stream, size_t n, bool partial, ioloop_stream_read_fn cb,
+                                        void *arg);
 /* Reads everything until the peer's EOF (status 0 then); bounded by max_buffer_size. */
-int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_fn cb, void *arg);
+IOLOOP_API int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_fn cb, void *arg);
 
 /* The consumer form, for protocols (HTTP, WebSocket): cb runs whenever new
  * bytes were added to the input (status 0), and once at the end (IOLOOP_EOF
@@ -172,19 +183,19 @@ int ioloop_stream_read_until_close(ioloop_stream_t *stream, ioloop_stream_read_f
  * (no error). The end call (IOLOOP_EOF, -ECANCELED after a local close, or
  * the error) comes once; with half_close, IOLOOP_EOF also stops the consumer. */
 typedef void (*ioloop_stream_data_fn)(ioloop_stream_t *stream, int status, void *arg);
-int ioloop_stream_read_start(ioloop_stream_t *stream, ioloop_stream_data_fn cb, void *arg);
+IOLOOP_API int ioloop_stream_read_start(ioloop_stream_t *stream, ioloop_stream_data_fn cb, void *arg);
 /* Ends the consumer form (the input stays buffered). */
-void ioloop_stream_read_stop(ioloop_stream_t *stream);
+IOLOOP_API void ioloop_stream_read_stop(ioloop_stream_t *stream);
 /* The unconsumed input (NULL when empty) and its length. */
-const char *ioloop_stream_peek(const ioloop_stream_t *stream, size_t *len);
+IOLOOP_API const char *ioloop_stream_peek(const ioloop_stream_t *stream, size_t *len);
 /* Drops the first n unconsumed bytes (n is clamped to what is there). */
-void ioloop_stream_consume(ioloop_stream_t *stream, size_t n);
+IOLOOP_API void ioloop_stream_consume(ioloop_stream_t *stream, size_t n);
 
 /* Stops reading from the socket whatever is pending (flow control), and
  * resumes; a paused stream still writes. No read callback runs while paused.
  * Idempotent. */
-void ioloop_stream_pause(ioloop_stream_t *stream);
-void ioloop_stream_resume(ioloop_stream_t *stream);
+IOLOOP_API void ioloop_stream_pause(ioloop_stream_t *stream);
+IOLOOP_API void ioloop_stream_resume(ioloop_stream_t *stream);
 
 /* ---- writing ------------------------------------------------------------- */
 
@@ -199,17 +210,17 @@ typedef void (*ioloop_stream_release_fn)(void *data, void *arg);
  * already at or above max_write_buffer_size (nothing queued: wait for the
  * drain callback); -EPIPE once the stream ended or was shut down; -ENOMEM. A
  * single write may take the output past the mark. */
-int ioloop_stream_write(ioloop_stream_t *stream, const void *data, size_t len, ioloop_stream_write_fn done,
-                        void *arg);
+IOLOOP_API int ioloop_stream_write(ioloop_stream_t *stream, const void *data, size_t len, ioloop_stream_write_fn done,
+                                   void *arg);
 /* The same for several buffers, as one write. */
-int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int iovcnt, ioloop_stream_write_fn done,
-                         void *arg);
+IOLOOP_API int ioloop_stream_writev(ioloop_stream_t *stream, const struct iovec *iov, int iovcnt,
+                                    ioloop_stream_write_fn done, void *arg);
 /* Zero-copy: data is borrowed until release(data, arg) runs (exactly once,
  * after the bytes left or the stream ended; also when refused: later, as a
  * callback, except for -EPERM and -ENOMEM, where it runs before the return;
  * -EINVAL for bad arguments, where it does not run). */
-int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
-                                 ioloop_stream_release_fn release, void *arg);
+IOLOOP_API int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size_t len,
+                                            ioloop_stream_release_fn release, void *arg);
 
 /* Zero-copy file bytes: len bytes of fd from offset, queued in order with the
  * other writes. On the plain socket transport they go with sendfile(2) (the
@@ -226,42 +237,42 @@ int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size
  * its errno. Returns as ioloop_stream_write does (refused: done does not
  * run, fd stays the caller's), -EBADF for fd < 0, -EINVAL for a negative
  * offset or a range beyond SSIZE_MAX / INT64_MAX. */
-int ioloop_stream_write_file(ioloop_stream_t *stream, int fd, off_t offset, size_t len, ioloop_stream_write_fn done,
-                             void *arg);
+IOLOOP_API int ioloop_stream_write_file(ioloop_stream_t *stream, int fd, off_t offset, size_t len,
+                                        ioloop_stream_write_fn done, void *arg);
 
 /* Bytes queued and not yet taken by the kernel. */
-size_t ioloop_stream_write_queue_size(const ioloop_stream_t *stream);
+IOLOOP_API size_t ioloop_stream_write_queue_size(const ioloop_stream_t *stream);
 /* True while a write would be accepted (output below max_write_buffer_size). */
-bool ioloop_stream_writable(const ioloop_stream_t *stream);
+IOLOOP_API bool ioloop_stream_writable(const ioloop_stream_t *stream);
 /* fn runs each time the output has fully drained after it reached
  * max_write_buffer_size (or a write was refused). NULL: none. */
-void ioloop_stream_set_drain_callback(ioloop_stream_t *stream, ioloop_stream_write_fn fn, void *arg);
+IOLOOP_API void ioloop_stream_set_drain_callback(ioloop_stream_t *stream, ioloop_stream_write_fn fn, void *arg);
 
 /* Cork: writes only queue until uncork, which sends them in as few writev
  * calls as possible (pipelined responses in one send). Nested calls count. */
-void ioloop_stream_cork(ioloop_stream_t *stream);
-void ioloop_stream_uncork(ioloop_stream_t *stream);
+IOLOOP_API void ioloop_stream_cork(ioloop_stream_t *stream);
+IOLOOP_API void ioloop_stream_uncork(ioloop_stream_t *stream);
 
 /* ---- controls and closing ------------------------------------------------ */
 
 /* TCP_NODELAY on or off (0, or -ENOTSUP for a non-TCP socket). */
-int ioloop_stream_set_nodelay(ioloop_stream_t *stream, bool on);
+IOLOOP_API int ioloop_stream_set_nodelay(ioloop_stream_t *stream, bool on);
 /* Changes the timeouts (0: none); they apply from now. */
-void ioloop_stream_set_timeouts(ioloop_stream_t *stream, ioloop_time_t idle, ioloop_time_t read,
-                                ioloop_time_t write);
+IOLOOP_API void ioloop_stream_set_timeouts(ioloop_stream_t *stream, ioloop_time_t idle, ioloop_time_t read,
+                                           ioloop_time_t write);
 
 /* The close callback: runs exactly once, after the stream ended, with its
  * error (0 for ioloop_stream_close). Setting it again replaces it. */
 typedef void (*ioloop_stream_close_fn)(ioloop_stream_t *stream, int error, void *arg);
-void ioloop_stream_set_close_callback(ioloop_stream_t *stream, ioloop_stream_close_fn fn, void *arg);
+IOLOOP_API void ioloop_stream_set_close_callback(ioloop_stream_t *stream, ioloop_stream_close_fn fn, void *arg);
 
 /* Half-close: once the queued output has gone, ends our side (FIN); reading
  * goes on. Later writes get -EPIPE. 0, or -EPIPE if already ended. */
-int ioloop_stream_shutdown(ioloop_stream_t *stream);
+IOLOOP_API int ioloop_stream_shutdown(ioloop_stream_t *stream);
 /* Ends the stream now (queued output is dropped: its done callbacks get
  * -ECANCELED; the close callback gets 0). Idempotent. The fd is closed at
  * once; the callbacks run later. */
-void ioloop_stream_close(ioloop_stream_t *stream);
+IOLOOP_API void ioloop_stream_close(ioloop_stream_t *stream);
 
 /* ---- TCP connections out (Tornado's TCPClient) -------------------------- */
 
@@ -301,12 +312,12 @@ typedef void (*ioloop_tcp_connect_fn)(ioloop_t *loop, int status, ioloop_stream_
  * 8305). Loop thread, or before the loop starts. 0 (and, if out is not NULL,
  * a handle valid until cb runs), or -EINVAL / -ENOMEM, -EPERM from another
  * thread, -ESHUTDOWN on a closed loop; every other failure reaches cb. */
-int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
-                       ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out);
+IOLOOP_API int ioloop_tcp_connect(ioloop_t *loop, const char *host, int port, const ioloop_tcp_connect_options_t *opts,
+                                  ioloop_tcp_connect_fn cb, void *arg, ioloop_tcp_connect_t **out);
 /* Abandons a connect in progress: cb runs (later) with -ECANCELED, also if
  * it had connected and cb had not run yet. A lookup still running finishes
  * on its pool thread and is dropped. Loop thread. */
-void ioloop_tcp_connect_cancel(ioloop_tcp_connect_t *conn);
+IOLOOP_API void ioloop_tcp_connect_cancel(ioloop_tcp_connect_t *conn);
 
 #ifdef __cplusplus
 }

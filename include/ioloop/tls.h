@@ -64,38 +64,39 @@ typedef struct {
 /* Builds a context. Any thread. 0 and *out, or -EINVAL (bad options),
  * -ENOENT (a file missing), IOLOOP_ETLS (OpenSSL refused a certificate, key
  * or setting: ioloop_tls_error_message names it), -ENOMEM. */
-int ioloop_tls_context_new(const ioloop_tls_options_t *opts, ioloop_tls_context_t **out);
+IOLOOP_API int ioloop_tls_context_new(const ioloop_tls_options_t *opts, ioloop_tls_context_t **out);
 /* Drops the caller's reference; sessions still open keep it alive. Any thread. */
-void ioloop_tls_context_free(ioloop_tls_context_t *ctx);
+IOLOOP_API void ioloop_tls_context_free(ioloop_tls_context_t *ctx);
 
 /* The message of the last TLS failure on this thread (a context that did not
  * build, a stream that ended with IOLOOP_ETLS or IOLOOP_ECERT: read it in the
  * close callback, which runs on that thread). "" when none. */
-const char *ioloop_tls_error_message(void);
+IOLOOP_API const char *ioloop_tls_error_message(void);
 
 /* Server side: fills a listener's make_transport/make_transport_arg so
  * every accepted connection gets a TLS session on ctx (the handshake runs
  * with the stream's first I/O, within handshake_timeout). */
-void ioloop_tls_server_options(ioloop_tls_context_t *ctx, ioloop_listener_options_t *opts);
+IOLOOP_API void ioloop_tls_server_options(ioloop_tls_context_t *ctx, ioloop_listener_options_t *opts);
 
 /* Client side: fills opts->make_transport/make_transport_arg of a connect
  * so the stream handed out is TLS to server_name (SNI, and the name
  * verified unless the context says IOLOOP_TLS_VERIFY_OFF). server_name is
  * copied; NULL: no SNI and no name check (only with VERIFY_OFF, else -EINVAL). */
-int ioloop_tls_client_options(ioloop_tls_context_t *ctx, const char *server_name, ioloop_tcp_connect_options_t *opts);
+IOLOOP_API int ioloop_tls_client_options(ioloop_tls_context_t *ctx, const char *server_name,
+                                         ioloop_tcp_connect_options_t *opts);
 
 /* Wraps an fd in a TLS stream directly (server or client per ctx;
  * server_name as above for a client). Loop thread. */
-int ioloop_tls_stream_new(ioloop_t *loop, int fd, ioloop_tls_context_t *ctx, const char *server_name,
-                          const ioloop_stream_options_t *opts, ioloop_stream_t **out);
+IOLOOP_API int ioloop_tls_stream_new(ioloop_t *loop, int fd, ioloop_tls_context_t *ctx, const char *server_name,
+                                     const ioloop_stream_options_t *opts, ioloop_stream_t **out);
 
 /* After the handshake (NULL/false before, or on a plain stream): the
  * negotiated protocol version ("TLSv1.3"), ALPN protocol, whether the
  * session was resumed, and the peer certificate's subject. Loop thread. */
-bool ioloop_tls_handshake_done(const ioloop_stream_t *stream);
-const char *ioloop_tls_stream_version(const ioloop_stream_t *stream);
-const char *ioloop_tls_stream_alpn(const ioloop_stream_t *stream);
-bool ioloop_tls_stream_resumed(const ioloop_stream_t *stream);
+IOLOOP_API bool ioloop_tls_handshake_done(const ioloop_stream_t *stream);
+IOLOOP_API const char *ioloop_tls_stream_version(const ioloop_stream_t *stream);
+IOLOOP_API const char *ioloop_tls_stream_alpn(const ioloop_stream_t *stream);
+IOLOOP_API bool ioloop_tls_stream_resumed(const ioloop_stream_t *stream);
 
 #ifdef __cplusplus
 }

@@ -50,9 +50,4 @@ SSL_SESSION *ioloop__tls_peer_session(ioloop__tls_peer_t *peer);
 /* The peer entry of a client SSL made by tls_stream.c (NULL otherwise). */
 ioloop__tls_peer_t *ioloop__tls_session_peer(SSL *ssl);
 
-/* libioloop (runtime/stream.c): ends a stream with an error from a timer. */
-void ioloop__stream_abort(ioloop_stream_t *stream, int err);
-/* libioloop (runtime/stream.c): the stream's transport ctx. */
-void *ioloop__stream_transport_ctx(const ioloop_stream_t *stream);
-
 #endif

@@ -174,7 +174,7 @@ static void handshake_expired(ioloop_t *loop, void *arg)
     tls_session_t *session = arg;
     session->handshake_timer = 0;
     ioloop__tls_set_error("TLS handshake timed out");
-    ioloop__stream_abort(session->stream, -ETIMEDOUT);
+    ioloop_stream_abort(session->stream, -ETIMEDOUT);
 }
 
 /* A TLS 1.2 peer starting a second handshake: refused by closing (as nginx
@@ -602,7 +602,7 @@ static tls_session_t *session_of(const ioloop_stream_t *stream)
 {
     if (!stream || ioloop_stream_closed(stream) || strcmp(ioloop_stream_transport_name(stream), "tls") != 0)
         return NULL;
-    return ioloop__stream_transport_ctx(stream);
+    return ioloop_stream_transport_ctx(stream);
 }
 
 bool ioloop_tls_handshake_done(const ioloop_stream_t *stream)

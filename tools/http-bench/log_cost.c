@@ -2,7 +2,8 @@
  * entries like helloworld's through ioloop_http_access_log_hook on one
  * thread (holding a loop nobody runs: its flush timers never fire, batches go
  * when full), then close. Prints the process CPU (the formatting thread and
- * the writer thread) per line. Built and run by tools/bench-access-log.
+ * the writer thread) per line. Built by tools/CMakeLists.txt (http-bench-log-cost), run by
+ * tools/bench-access-log.
  *
  *   log_cost FILE N
  */
@@ -27,9 +28,9 @@ int main(int argc, char **argv)
     if (argc != 3)
         return 2;
     long n = atol(argv[2]);
-    ioloop_t *loop = ioloop_new(NULL);
+    ioloop_t *loop;
     ioloop_http_access_log_t *log;
-    if (!loop || ioloop_http_access_log_open(argv[1], IOLOOP_HTTP_LOG_COMMON, &log) != 0)
+    if (ioloop_new(NULL, &loop) != 0 || ioloop_http_access_log_open(argv[1], IOLOOP_HTTP_LOG_COMMON, &log) != 0)
         return 1;
     struct sockaddr_in peer = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     ioloop_http_log_entry_t e = {

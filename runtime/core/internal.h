@@ -306,8 +306,4 @@ void ioloop__registry_remove(ioloop_t *loop);
 ioloop_t *ioloop__thread_running_loop(void);
 void ioloop__set_thread_running_loop(ioloop_t *loop);
 
-/* signals.c: unwatches every signal `loop` still watches and frees its
- * signalfd (ioloop_close, before the handler table goes). */
-void ioloop__signals_forget(ioloop_t *loop);
-
 #endif

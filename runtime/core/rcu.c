@@ -8,8 +8,7 @@
  * liburcu's own futex word; calling the library costs one call per iteration. */
 #define _GNU_SOURCE
 #include "rcu.h"
-
-#include "runtime_internal.h" /* ioloop__block_async_signals */
+#include "thread_signals.h"
 
 #include <pthread.h>
 #include <signal.h>

@@ -148,7 +148,6 @@ int ioloop__close(ioloop_t *loop, bool all_fds)
     if (!atomic_compare_exchange_strong(&loop->state, &expected, IOLOOP__CLOSING))
         return -ESHUTDOWN;
     ioloop__registry_remove(loop);
-    ioloop__signals_forget(loop); /* watchers left behind would keep their signals for good */
     /* Accepted posts run once more here: dropping them would leak what their
      * arguments own, and a poster was told they would run. They run as the
      * loop's own callbacks do, with ioloop_current() == loop (this thread may

@@ -188,12 +188,6 @@ void ioloop__stream_update_io(ioloop_stream_t *stream);
 /* Ends the stream with err (once; the callbacks run later). */
 void ioloop__stream_end(ioloop_stream_t *stream, int err);
 
-/* Ends the stream with err from outside its frames (a transport's timer:
- * the TLS handshake timeout). Loop thread. Exported for libioloop-tls. */
-void ioloop__stream_abort(ioloop_stream_t *stream, int err);
-/* The stream's transport ctx (libioloop-tls reaches its session with it). */
-void *ioloop__stream_transport_ctx(const ioloop_stream_t *stream);
-
 /* ---- stream_read.c: the input ------------------------------------------------ */
 
 /* One recv into the input. True if it changed anything (bytes, EOF, an end). */

@@ -429,15 +429,18 @@ int ioloop_stream_new(ioloop_t *loop, int fd, const ioloop_stream_options_t *opt
     return 0;
 }
 
-void ioloop__stream_abort(ioloop_stream_t *stream, int err)
+void ioloop_stream_abort(ioloop_stream_t *stream, int err)
 {
-    ioloop__stream_end(stream, err);
+    if (!stream || stream->ended)
+        return;
+    /* The close callback reports an end as an error: an error it must be. */
+    ioloop__stream_end(stream, err < 0 ? err : -ECONNABORTED);
     ioloop__stream_update_io(stream); /* schedules the callbacks (not inside a frame: that one does) */
 }
 
-void *ioloop__stream_transport_ctx(const ioloop_stream_t *stream)
+void *ioloop_stream_transport_ctx(const ioloop_stream_t *stream)
 {
-    return stream->transport_ctx;
+    return stream ? stream->transport_ctx : NULL;
 }
 
 const char *ioloop_stream_transport_name(const ioloop_stream_t *stream)

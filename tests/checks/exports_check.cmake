@@ -1,0 +1,36 @@
+# cmake -DNM=nm -DLIB=libX.so -P exports_check.cmake — fails when LIB's
+# dynamic symbol table defines a name outside ioloop_* (ioloop__* included),
+# listing them; also fails when it exports no ioloop_* name at all (a broken
+# annotation macro would hide everything).
+cmake_minimum_required(VERSION 3.21)
+execute_process(COMMAND ${NM} -D --defined-only ${LIB} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${NM} -D --defined-only ${LIB} failed (${rc})")
+endif()
+string(REPLACE "\n" ";" lines "${out}")
+set(bad)
+set(good 0)
+foreach(line ${lines})
+  # "<address> <type> <name>[@version]"
+  if(NOT line MATCHES "^[0-9a-fA-F]+ [A-Za-z] ([^@ ]+)")
+    continue()
+  endif()
+  set(name "${CMAKE_MATCH_1}")
+  if(name MATCHES "^__odr_asan[._]ioloop_[a-z0-9]")
+    continue() # AddressSanitizer's ODR indicator for an exported ioloop_* global
+  endif()
+  if(name MATCHES "^ioloop_[a-z0-9]")
+    math(EXPR good "${good} + 1")
+  else()
+    list(APPEND bad "${name}")
+  endif()
+endforeach()
+if(bad)
+  list(LENGTH bad n)
+  string(REPLACE ";" "\n  " shown "${bad}")
+  message(FATAL_ERROR "${LIB} exports ${n} name(s) outside the public ioloop_* API:\n  ${shown}")
+endif()
+if(good EQUAL 0)
+  message(FATAL_ERROR "${LIB} exports no ioloop_* name at all")
+endif()
+message(STATUS "${LIB}: ${good} ioloop_* names exported, nothing else")
