@@ -38,13 +38,19 @@ int ioloop__cbuf_printf(cbuf_t *b, const char *fmt, ...) __attribute__((format(p
 /* A parsed URL: strings into `text` (its own copy of the URL). */
 typedef struct {
     cbuf_t text;
-    bool https;
+    bool tls;           /* the scheme is the TLS one: https, wss */
     const char *host;   /* without brackets: "::1" */
     const char *target; /* path and query, "/" at least; no fragment */
     int port;
     bool ipv6, default_port;
 } client_url_t;
-/* 0, -EINVAL (malformed, spaces or controls, userinfo), -EPROTONOSUPPORT (scheme). */
+/* Parses "<plain|tls>://host[:port][/path][?query][#fragment]" (schemes without
+ * "://", matched case-insensitively; the fragment is dropped; the port defaults
+ * to 80 or 443): 0, -EINVAL (malformed, spaces or controls, userinfo),
+ * -EPROTONOSUPPORT (another scheme). The client passes "http", "https"; the
+ * WebSocket client "ws", "wss". url->text is the caller's to free. */
+int ioloop__client_url_parse_as(client_url_t *url, const char *text, const char *plain, const char *tls);
+/* ioloop__client_url_parse_as(url, text, "http", "https") */
 int ioloop__client_url_parse(client_url_t *url, const char *text);
 /* Resolves a Location against base into out (absolute, scheme-relative,
  * absolute-path or relative reference). Same returns. */

@@ -266,7 +266,7 @@ int ioloop_http_client_close_idle(ioloop_t *loop)
 client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url, void *tls_ctx)
 {
     for (client_host_t *host = pool->hosts; host; host = host->next)
-        if (host->https == url->https && host->port == url->port && host->tls_ctx == tls_ctx &&
+        if (host->https == url->tls && host->port == url->port && host->tls_ctx == tls_ctx &&
             strcasecmp(host->name, url->host) == 0)
             return host;
     size_t n = strlen(url->host);
@@ -275,7 +275,7 @@ client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url,
         return NULL;
     memcpy(host->name, url->host, n + 1);
     host->pool = pool;
-    host->https = url->https;
+    host->https = url->tls;
     host->port = url->port;
     host->tls_ctx = tls_ctx;
     host->next = pool->hosts;
