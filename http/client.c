@@ -777,9 +777,7 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
         (req->body && req->body_producer) || (!req->body && req->body_len) || req->max_redirects < 0 ||
         req->connect_timeout < 0 || req->request_timeout < 0 || req->queue_timeout < 0)
         return -EINVAL;
-    int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
-    if (rc)
-        return rc;
+    int rc;
     client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
         return rc;

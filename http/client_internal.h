@@ -152,7 +152,9 @@ struct ioloop_http_fetch {
 };
 
 /* client_pool.c */
-client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err); /* NULL and *err: -ENOMEM, -ESHUTDOWN, -EPERM */
+/* The loop's pool, made on first use; loop thread only (checked first).
+ * NULL and *err: -EPERM (another thread), -ENOMEM, -ESHUTDOWN. */
+client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err);
 client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url, void *tls_ctx);
 void *ioloop__client_tls_context(client_pool_t *pool, const ioloop_http_client_request_t *req, int *err);
 /* A connection for fetch: an idle one (checked for a server close), a new

@@ -185,6 +185,11 @@ static void pool_close(ioloop_t *loop, ioloop_close_hook_t *hook)
 
 client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err)
 {
+    int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
+    if (rc) {
+        *err = rc;
+        return NULL;
+    }
     client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     if (pool)
         return pool;
@@ -195,7 +200,7 @@ client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err)
     }
     pool->hook.fn = pool_close;
     pool->loop = loop;
-    int rc = ioloop_close_hook_add(loop, &pool->hook);
+    rc = ioloop_close_hook_add(loop, &pool->hook);
     if (rc != 0) {
         free(pool);
         *err = rc;
@@ -213,9 +218,7 @@ int ioloop_http_client_configure(ioloop_t *loop, const ioloop_http_client_option
 {
     if (!loop || !opts || opts->max_connections_per_host < 0 || opts->idle_timeout < 0 || opts->max_idle_per_host < 0)
         return -EINVAL;
-    int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
-    if (rc)
-        return rc;
+    int rc;
     client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
         return rc;

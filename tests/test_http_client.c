@@ -769,6 +769,7 @@ static void test_other_thread_is_refused(void **state)
         ioloop_http_fetch(srv.loop, &(ioloop_http_client_request_t){.url = url("/hello")}, tres_cb, &r, NULL), -EPERM);
     ioloop_http_client_stats_t st;
     assert_int_equal(ioloop_http_client_get_stats(srv.loop, &st), -EPERM);
+    assert_int_equal(ioloop_http_client_configure(srv.loop, &(ioloop_http_client_options_t){0}), -EPERM);
 }
 
 int main(void)
