@@ -686,7 +686,7 @@ static void test_bad_urls(void **state)
             fail_msg("%s not refused as a scheme", other[i]);
     assert_int_equal(ioloop_http_fetch(loop, NULL, tres_cb, &r, NULL), -EINVAL);
     /* a refused connection is an error naming it */
-    int port = tfree_port();
+    int port = tu_free_port();
     char u[64];
     snprintf(u, sizeof(u), "http://127.0.0.1:%d/", port);
     cget(loop, u, &r);

@@ -73,7 +73,7 @@ static FILE *peer_prepare(peer_t *p, char *conf, size_t cap)
     assert_non_null(mkdtemp(p->dir));
     chmod(p->dir, 0755);
     make_docroot(p);
-    p->port = tfree_port();
+    p->port = tu_free_port();
     snprintf(p->access_log, sizeof(p->access_log), "%s/access.log", p->dir);
     snprintf(conf, cap, "%s/%s.conf", p->dir, p->name);
     FILE *f = fopen(conf, "w");
@@ -103,7 +103,7 @@ static bool start_nginx(peer_t *p)
     char errlog[256];
     snprintf(errlog, sizeof(errlog), "%s/error.log", p->dir);
     char *argv[] = {"nginx", "-c", conf, "-p", p->dir, "-e", errlog, NULL};
-    p->pid = tspawn(argv, p->port);
+    p->pid = tu_spawn(argv, p->port);
     return p->pid > 0;
 }
 
@@ -123,13 +123,13 @@ static bool start_h2o(peer_t *p)
             p->dir, p->port, getuid() == 0 ? "user: nobody\n" : "");
     fclose(f);
     char *argv[] = {"h2o", "-c", conf, NULL};
-    p->pid = tspawn(argv, p->port);
+    p->pid = tu_spawn(argv, p->port);
     return p->pid > 0;
 }
 
 static void stop_peer(peer_t *p)
 {
-    tkill(p->pid);
+    tu_kill(p->pid);
     p->pid = -1;
     free(p->big);
     free(p->text);
