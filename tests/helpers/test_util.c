@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -151,4 +152,17 @@ void tu_kill(pid_t pid)
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+}
+
+size_t tu_proxy_v2_header(unsigned char *buf, unsigned ver_cmd, unsigned fam, const void *body, size_t blen)
+{
+    static const unsigned char sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+    memcpy(buf, sig, sizeof(sig));
+    buf[12] = (unsigned char)ver_cmd;
+    buf[13] = (unsigned char)fam;
+    buf[14] = (unsigned char)(blen >> 8);
+    buf[15] = (unsigned char)blen;
+    if (blen)
+        memcpy(buf + 16, body, blen);
+    return 16 + blen;
 }

@@ -1,5 +1,5 @@
 /* test_util.h — helpers shared by the cmocka suites: time, sockets, threads,
- * ports and peer processes.
+ * ports and peer processes, PROXY protocol v2 headers.
  * Threading rule: every helper is safe from any thread unless it says so.
  */
 #ifndef IOLOOP_TEST_UTIL_H
@@ -47,5 +47,10 @@ bool tu_port_open(int port);
 pid_t tu_spawn(char *const argv[], int port);
 /* Stops a tu_spawn child: SIGTERM, then SIGKILL after 3 s; reaps it. pid <= 0: nothing. */
 void tu_kill(pid_t pid);
+
+/* A PROXY protocol v2 header into buf: the 12-byte signature, ver_cmd,
+ * fam, the length, then blen bytes of body (may be NULL when 0); returns
+ * its length (16 + blen: buf must hold that). */
+size_t tu_proxy_v2_header(unsigned char *buf, unsigned ver_cmd, unsigned fam, const void *body, size_t blen);
 
 #endif
