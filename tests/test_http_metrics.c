@@ -679,10 +679,7 @@ static void test_labels_every_loop(void **state)
     tu_socketpair(pair);
     ioloop_set_user_data(app, (void *)(intptr_t)pair[0]);
     assert_int_equal(ioloop_add_callback(app, accept_on_app_loop, &t), 0);
-    int flags = fcntl(pair[1], F_GETFL);
-    fcntl(pair[1], F_SETFL, flags & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(pair[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    tcli_blocking(pair[1]);
     tcli_send(pair[1], "GET /fail HTTP/1.1\r\nHost: t\r\n\r\n");
     tresp_t r;
     assert_int_equal(tcli_response(pair[1], &r), 0);

@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -107,6 +108,16 @@ static inline void tsrv_stop(tsrv_t *t)
     tsrv_free_runtime(t);
 }
 
+/* Makes a client socket (a socketpair end the test hands to the server, or
+ * a connected one) blocking with a 5 s receive timeout: a server that never
+ * answers fails the read instead of hanging the suite. */
+static inline void tcli_blocking(int fd)
+{
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
 /* A blocking client socket with a 5 s receive timeout, or -1 if the
  * connect failed (refused: nothing listens there, or no longer). */
 static inline int tcli_try_connect(int port)
@@ -119,8 +130,7 @@ static inline int tcli_try_connect(int port)
         close(fd);
         return -1;
     }
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    tcli_blocking(fd);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     return fd;
