@@ -1,7 +1,7 @@
 /* client_internal.h — the HTTP client's private structures, shared by
  * client.c (a fetch and its connection's protocol), client_pool.c (the
  * per-loop pool: hosts, idle connections, queues, TLS contexts) and
- * client_url.c (URLs and redirects).
+ * client_url.c (URLs and redirects); ws_client.c uses only the URL parser.
  *
  * Threading rule: everything here belongs to one loop and is touched only by
  * its thread.
