@@ -51,7 +51,7 @@ static void fetch_deliver(ioloop_t *loop, void *arg)
     ioloop_http_fetch_t *fetch = arg;
     const client_url_t *u = &fetch->url;
     fetch->effective_url.len = 0;
-    ioloop__cbuf_printf(&fetch->effective_url, "%s://%s%s%s", u->https ? "https" : "http", u->ipv6 ? "[" : "",
+    ioloop__cbuf_printf(&fetch->effective_url, "%s://%s%s%s", u->tls ? "https" : "http", u->ipv6 ? "[" : "",
                         u->host ? u->host : "", u->ipv6 ? "]" : "");
     if (!u->default_port)
         ioloop__cbuf_printf(&fetch->effective_url, ":%d", u->port);
@@ -535,8 +535,8 @@ static void response_done(ioloop_http_fetch_t *fetch, client_conn_t *conn, bool 
                                                 : "redirect to a malformed Location");
             return;
         }
-        bool same_origin = next.https == fetch->url.https && next.port == fetch->url.port &&
-                           strcasecmp(next.host, fetch->url.host) == 0;
+        bool same_origin =
+            next.tls == fetch->url.tls && next.port == fetch->url.port && strcasecmp(next.host, fetch->url.host) == 0;
         if (!same_origin)
             fetch->strip_auth = true;
         free(fetch->url.text.data);
@@ -700,7 +700,7 @@ static void fetch_attempt(ioloop_http_fetch_t *fetch)
 {
     client_pool_t *pool = fetch->pool;
     void *tls = NULL;
-    if (fetch->url.https) {
+    if (fetch->url.tls) {
         int err = 0;
         tls = ioloop__client_tls_context(pool, &fetch->req, &err);
         if (!tls) {
@@ -777,9 +777,7 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
         (req->body && req->body_producer) || (!req->body && req->body_len) || req->max_redirects < 0 ||
         req->connect_timeout < 0 || req->request_timeout < 0 || req->queue_timeout < 0)
         return -EINVAL;
-    int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
-    if (rc)
-        return rc;
+    int rc;
     client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
         return rc;
@@ -792,7 +790,7 @@ int ioloop_http_fetch(ioloop_t *loop, const ioloop_http_client_request_t *req, i
     if (rc == 0)
         rc = copy_request(fetch, req);
 #ifndef IOLOOP_HTTP_HAVE_TLS
-    if (rc == 0 && fetch->url.https)
+    if (rc == 0 && fetch->url.tls)
         rc = -EPROTONOSUPPORT;
 #endif
     if (rc != 0) {

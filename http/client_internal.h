@@ -1,7 +1,7 @@
 /* client_internal.h — the HTTP client's private structures, shared by
  * client.c (a fetch and its connection's protocol), client_pool.c (the
  * per-loop pool: hosts, idle connections, queues, TLS contexts) and
- * client_url.c (URLs and redirects).
+ * client_url.c (URLs and redirects); ws_client.c uses only the URL parser.
  *
  * Threading rule: everything here belongs to one loop and is touched only by
  * its thread.
@@ -38,13 +38,19 @@ int ioloop__cbuf_printf(cbuf_t *b, const char *fmt, ...) __attribute__((format(p
 /* A parsed URL: strings into `text` (its own copy of the URL). */
 typedef struct {
     cbuf_t text;
-    bool https;
+    bool tls;           /* the scheme is the TLS one: https, wss */
     const char *host;   /* without brackets: "::1" */
     const char *target; /* path and query, "/" at least; no fragment */
     int port;
     bool ipv6, default_port;
 } client_url_t;
-/* 0, -EINVAL (malformed, spaces or controls, userinfo), -EPROTONOSUPPORT (scheme). */
+/* Parses "<plain|tls>://host[:port][/path][?query][#fragment]" (schemes without
+ * "://", matched case-insensitively; the fragment is dropped; the port defaults
+ * to 80 or 443): 0, -EINVAL (malformed, spaces or controls, userinfo),
+ * -EPROTONOSUPPORT (another scheme). The client passes "http", "https"; the
+ * WebSocket client "ws", "wss". url->text is the caller's to free. */
+int ioloop__client_url_parse_as(client_url_t *url, const char *text, const char *plain, const char *tls);
+/* ioloop__client_url_parse_as(url, text, "http", "https") */
 int ioloop__client_url_parse(client_url_t *url, const char *text);
 /* Resolves a Location against base into out (absolute, scheme-relative,
  * absolute-path or relative reference). Same returns. */
@@ -146,7 +152,9 @@ struct ioloop_http_fetch {
 };
 
 /* client_pool.c */
-client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err); /* NULL and *err: -ENOMEM, -ESHUTDOWN, -EPERM */
+/* The loop's pool, made on first use; loop thread only (checked first).
+ * NULL and *err: -EPERM (another thread), -ENOMEM, -ESHUTDOWN. */
+client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err);
 client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url, void *tls_ctx);
 void *ioloop__client_tls_context(client_pool_t *pool, const ioloop_http_client_request_t *req, int *err);
 /* A connection for fetch: an idle one (checked for a server close), a new

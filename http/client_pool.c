@@ -185,6 +185,11 @@ static void pool_close(ioloop_t *loop, ioloop_close_hook_t *hook)
 
 client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err)
 {
+    int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
+    if (rc) {
+        *err = rc;
+        return NULL;
+    }
     client_pool_t *pool = (client_pool_t *)ioloop_close_hook_find(loop, pool_close);
     if (pool)
         return pool;
@@ -195,7 +200,7 @@ client_pool_t *ioloop__client_pool(ioloop_t *loop, int *err)
     }
     pool->hook.fn = pool_close;
     pool->loop = loop;
-    int rc = ioloop_close_hook_add(loop, &pool->hook);
+    rc = ioloop_close_hook_add(loop, &pool->hook);
     if (rc != 0) {
         free(pool);
         *err = rc;
@@ -213,9 +218,7 @@ int ioloop_http_client_configure(ioloop_t *loop, const ioloop_http_client_option
 {
     if (!loop || !opts || opts->max_connections_per_host < 0 || opts->idle_timeout < 0 || opts->max_idle_per_host < 0)
         return -EINVAL;
-    int rc = ioloop_remove_timeout(loop, 0); /* the owner check: -EPERM off the loop's thread */
-    if (rc)
-        return rc;
+    int rc;
     client_pool_t *pool = ioloop__client_pool(loop, &rc);
     if (!pool)
         return rc;
@@ -266,7 +269,7 @@ int ioloop_http_client_close_idle(ioloop_t *loop)
 client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url, void *tls_ctx)
 {
     for (client_host_t *host = pool->hosts; host; host = host->next)
-        if (host->https == url->https && host->port == url->port && host->tls_ctx == tls_ctx &&
+        if (host->https == url->tls && host->port == url->port && host->tls_ctx == tls_ctx &&
             strcasecmp(host->name, url->host) == 0)
             return host;
     size_t n = strlen(url->host);
@@ -275,7 +278,7 @@ client_host_t *ioloop__client_host(client_pool_t *pool, const client_url_t *url,
         return NULL;
     memcpy(host->name, url->host, n + 1);
     host->pool = pool;
-    host->https = url->https;
+    host->https = url->tls;
     host->port = url->port;
     host->tls_ctx = tls_ctx;
     host->next = pool->hosts;

@@ -1,8 +1,9 @@
-/* client_url.c — the HTTP client's URLs: "http[s]://host[:port][/path][?query]"
- * split into the parts a request needs (host without brackets for an IPv6
- * literal, port, target), and a redirect's Location resolved against the
- * URL it came from (RFC 3986 5.2, without dot-segment removal: the server
- * gets the path it named). Also the small growable buffer the client uses.
+/* client_url.c — the client URLs: "http[s]://host[:port][/path][?query]" (and
+ * the WebSocket client's "ws[s]://", same grammar, its own scheme pair) split
+ * into the parts a request needs (host without brackets for an IPv6 literal,
+ * port, target), and a redirect's Location resolved against the URL it came
+ * from (RFC 3986 5.2, without dot-segment removal: the server gets the path it
+ * named). Also the small growable buffer the client uses.
  *
  * Threading rule: none (pure functions on the caller's memory).
  *
@@ -65,7 +66,16 @@ int ioloop__cbuf_printf(cbuf_t *b, const char *fmt, ...)
     }
 }
 
-int ioloop__client_url_parse(client_url_t *url, const char *text)
+/* text past "<scheme>://" when it starts so (case-insensitively), else NULL */
+static const char *after_scheme(const char *text, const char *scheme)
+{
+    size_t n = strlen(scheme);
+    if (strncasecmp(text, scheme, n) != 0 || strncmp(text + n, "://", 3) != 0)
+        return NULL;
+    return text + n + 3;
+}
+
+int ioloop__client_url_parse_as(client_url_t *url, const char *text, const char *plain, const char *tls)
 {
     size_t n = strlen(text);
     for (size_t i = 0; i < n; i++) {
@@ -74,12 +84,10 @@ int ioloop__client_url_parse(client_url_t *url, const char *text)
             return -EINVAL;
     }
     const char *rest;
-    if (strncasecmp(text, "http://", 7) == 0) {
-        url->https = false;
-        rest = text + 7;
-    } else if (strncasecmp(text, "https://", 8) == 0) {
-        url->https = true;
-        rest = text + 8;
+    if ((rest = after_scheme(text, plain)) != NULL) {
+        url->tls = false;
+    } else if ((rest = after_scheme(text, tls)) != NULL) {
+        url->tls = true;
     } else {
         return strstr(text, "://") ? -EPROTONOSUPPORT : -EINVAL;
     }
@@ -114,7 +122,7 @@ int ioloop__client_url_parse(client_url_t *url, const char *text)
     }
     if (host_len == 0 || host_len > 253)
         return -EINVAL;
-    url->port = url->https ? 443 : 80;
+    url->port = url->tls ? 443 : 80;
     url->default_port = true;
     if (port) {
         size_t plen = (size_t)(path - port);
@@ -143,11 +151,16 @@ int ioloop__client_url_parse(client_url_t *url, const char *text)
     return 0;
 }
 
+int ioloop__client_url_parse(client_url_t *url, const char *text)
+{
+    return ioloop__client_url_parse_as(url, text, "http", "https");
+}
+
 int ioloop__client_url_resolve(client_url_t *out, const client_url_t *base, const char *location)
 {
     cbuf_t abs = {0};
     int rc;
-    const char *scheme = base->https ? "https" : "http";
+    const char *scheme = base->tls ? "https" : "http";
     if (strncasecmp(location, "http://", 7) == 0 || strncasecmp(location, "https://", 8) == 0) {
         rc = ioloop__cbuf_append(&abs, location, strlen(location));
     } else if (location[0] == '/' && location[1] == '/') {

@@ -1,5 +1,6 @@
 /* ws_client.c — ioloop_websocket_connect: the client side of the handshake
- * (RFC 6455 4.1). The URL is split, ioloop_tcp_connect connects (with a TLS
+ * (RFC 6455 4.1). The URL is split by the HTTP client's parser (client_url.c,
+ * on the ws/wss scheme pair), ioloop_tcp_connect connects (with a TLS
  * transport for wss://), the upgrade request goes out with a random key and
  * our offers (subprotocols, permessage-deflate), and the response head is
  * parsed with llhttp in response mode and checked: 101, Upgrade, Connection,
@@ -8,6 +9,7 @@
  * Threading rule: the connect and its callbacks run on the loop's thread.
  */
 #define _GNU_SOURCE
+#include "client_internal.h"
 #include "internal.h"
 #include "ws_internal.h"
 
@@ -32,6 +34,7 @@ typedef struct {
     void *handlers_arg;
     ioloop_websocket_connect_fn cb;
     void *arg;
+    char *url_text; /* the parsed URL's own copy (client_url_t.text) */
     char *request;
     size_t request_len;
     char accept[29];
@@ -58,6 +61,7 @@ static void connect_free(ws_connect_t *wc)
 {
     if (wc->timer)
         ioloop_remove_timeout(wc->loop, wc->timer);
+    free(wc->url_text);
     free(wc->request);
     free(wc->protocols);
     free(wc);
@@ -234,76 +238,25 @@ static void on_timeout(ioloop_t *loop, void *arg)
 
 /* ---- the URL and the request -------------------------------------------------- */
 
+/* The URL: client_url.c's parser on the ws/wss scheme pair, plus the
+ * authority as written (the Host header, RFC 6455 4.1). */
 typedef struct {
-    bool tls;
-    char host[256]; /* without brackets */
-    int port;
-    char authority[300]; /* the Host header */
-    const char *target;  /* path and query, "/" if empty */
+    client_url_t url;
+    const char *authority; /* into the caller's URL text */
+    int authority_len;
 } ws_url_t;
 
-static int parse_url(const char *url, ws_url_t *u)
+/* 0, -EINVAL (malformed, or another scheme), -ENOMEM; u->url.text is the caller's */
+static int parse_url(const char *text, ws_url_t *u)
 {
-    const char *p;
-    if (strncasecmp(url, "ws://", 5) == 0) {
-        u->tls = false;
-        p = url + 5;
-    } else if (strncasecmp(url, "wss://", 6) == 0) {
-        u->tls = true;
-        p = url + 6;
-    } else {
+    /* a fragment has no place in a WebSocket URI (RFC 6455 3): refused, not dropped */
+    if (strchr(text, '#'))
         return -EINVAL;
-    }
-    size_t alen = strcspn(p, "/?#");
-    const char *aend = p + alen;
-    if (alen == 0 || alen >= sizeof(u->authority) || memchr(p, '@', alen))
-        return -EINVAL;
-    const char *hend;
-    const char *port_at = NULL;
-    if (*p == '[') {
-        const char *rb = memchr(p, ']', alen);
-        if (!rb)
-            return -EINVAL;
-        if ((size_t)(rb - p - 1) >= sizeof(u->host))
-            return -EINVAL;
-        memcpy(u->host, p + 1, (size_t)(rb - p - 1));
-        u->host[rb - p - 1] = '\0';
-        hend = rb + 1;
-        if (hend < aend && *hend != ':')
-            return -EINVAL;
-        if (hend < aend)
-            port_at = hend + 1;
-    } else {
-        const char *colon = memchr(p, ':', alen);
-        hend = colon ? colon : aend;
-        if ((size_t)(hend - p) >= sizeof(u->host) || hend == p)
-            return -EINVAL;
-        memcpy(u->host, p, (size_t)(hend - p));
-        u->host[hend - p] = '\0';
-        if (colon)
-            port_at = colon + 1;
-    }
-    u->port = u->tls ? 443 : 80;
-    if (port_at) {
-        int port = 0;
-        if (port_at == aend)
-            return -EINVAL;
-        for (const char *q = port_at; q < aend; q++) {
-            if (*q < '0' || *q > '9' || (port = port * 10 + (*q - '0')) > 65535)
-                return -EINVAL;
-        }
-        if (port == 0)
-            return -EINVAL;
-        u->port = port;
-    }
-    memcpy(u->authority, p, alen);
-    u->authority[alen] = '\0';
-    u->target = *aend == '/' || *aend == '?' ? aend : "/";
-    if (strchr(u->target, '#'))
-        return -EINVAL; /* a fragment has no place in a WebSocket URI (RFC 6455 3) */
-    for (const char *q = u->target; *q; q++)
-        if ((unsigned char)*q <= ' ' || *q == 0x7f)
-            return -EINVAL;
+    int rc = ioloop__client_url_parse_as(&u->url, text, "ws", "wss");
+    if (rc != 0)
+        return rc == -ENOMEM ? rc : -EINVAL;
+    u->authority = strstr(text, "://") + 3;
+    u->authority_len = (int)strcspn(u->authority, "/?");
     return 0;
 }
 
@@ -321,7 +274,7 @@ static int build_request(ws_connect_t *wc, const ws_url_t *u, const ioloop_webso
     EVP_EncodeBlock((unsigned char *)key, raw, sizeof(raw));
     if (ioloop__ws_accept_key(key, 24, wc->accept) != 0)
         return -EINVAL;
-    size_t cap = 1024 + strlen(u->target) + (opts->origin ? strlen(opts->origin) : 0);
+    size_t cap = 1024 + strlen(u->url.target) + (size_t)u->authority_len + (opts->origin ? strlen(opts->origin) : 0);
     size_t plen = 1;
     for (int i = 0; i < opts->nsubprotocols; i++) {
         if (!opts->subprotocols[i] || !*opts->subprotocols[i] || strpbrk(opts->subprotocols[i], ", \t\r\n"))
@@ -340,9 +293,9 @@ static int build_request(ws_connect_t *wc, const ws_url_t *u, const ioloop_webso
         return -ENOMEM;
     char *p = wc->request, *end = wc->request + cap;
     p += snprintf(p, (size_t)(end - p),
-                  "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "GET %s HTTP/1.1\r\nHost: %.*s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n",
-                  u->target, u->authority, key);
+                  u->url.target, u->authority_len, u->authority, key);
     if (opts->origin)
         p += snprintf(p, (size_t)(end - p), "Origin: %s\r\n", opts->origin);
     if (opts->nsubprotocols) {
@@ -389,19 +342,23 @@ int ioloop_websocket_connect(ioloop_t *loop, const char *url, const ioloop_webso
         return -EINVAL;
     if (!opts)
         opts = &defaults;
-    ws_url_t u;
-    if (parse_url(url, &u) != 0)
-        return -EINVAL;
+    ws_url_t u = {0};
+    int err = parse_url(url, &u);
+    if (err)
+        return err;
     ws_connect_t *wc = calloc(1, sizeof(*wc));
-    if (!wc)
+    if (!wc) {
+        free(u.url.text.data);
         return -ENOMEM;
+    }
+    wc->url_text = u.url.text.data;
     wc->loop = loop;
     wc->options = opts->options;
     wc->handlers = opts->handlers;
     wc->handlers_arg = opts->arg;
     wc->cb = cb;
     wc->arg = arg;
-    int err = build_request(wc, &u, opts);
+    err = build_request(wc, &u, opts);
     if (err) {
         connect_free(wc);
         return err;
@@ -412,14 +369,14 @@ int ioloop_websocket_connect(ioloop_t *loop, const char *url, const ioloop_webso
         .nodelay = true,
         .stream = {.max_write_buffer_size = opts->options.max_write_buffer_size, .half_close = true},
     };
-    if (u.tls) {
+    if (u.url.tls) {
 #ifdef IOLOOP_HTTP_HAVE_TLS
         ioloop_tls_context_t *ctx = opts->tls;
         if (!ctx) {
             pthread_once(&default_tls_once, default_tls_make);
             ctx = default_tls;
         }
-        if (!ctx || (err = ioloop_tls_client_options(ctx, u.host, &tco)) != 0) {
+        if (!ctx || (err = ioloop_tls_client_options(ctx, u.url.host, &tco)) != 0) {
             connect_free(wc);
             return ctx ? err : -ENOMEM;
         }
@@ -433,7 +390,7 @@ int ioloop_websocket_connect(ioloop_t *loop, const char *url, const ioloop_webso
         connect_free(wc);
         return err;
     }
-    err = ioloop_tcp_connect(loop, u.host, u.port, &tco, on_connected, wc, &wc->tc);
+    err = ioloop_tcp_connect(loop, u.url.host, u.url.port, &tco, on_connected, wc, &wc->tc);
     if (err) {
         connect_free(wc);
         return err;

@@ -238,36 +238,14 @@ static void test_line_format(void **state)
     }
 }
 
-/* A two-loop server behind the runtime listener (connections spread over
- * both loops, so two per-loop buffers feed the writer). */
-typedef struct {
-    ioloop_runtime_t *rt;
-    ioloop_http_server_t *server;
-    ioloop_listener_t *listener;
-    int port;
-} msrv_t;
-
-static void msrv_start(msrv_t *m, ioloop_http_log_fn fn, void *arg, int loops)
+/* A server of several loops behind the runtime listener (connections spread
+ * over the loops, so several per-loop buffers feed the writer). */
+static void msrv_start(tsrv_t *m, ioloop_http_log_fn fn, void *arg, int loops)
 {
-    ioloop_runtime_options_t ro = {.loops = loops, .executor_threads = 1};
-    assert_int_equal(ioloop_runtime_start(&ro, &m->rt), 0);
-    assert_int_equal(ioloop_http_server_new(NULL, &m->server), 0);
-    assert_non_null(m->server);
-    ioloop_http_route_t route = {.get = hello};
-    assert_int_equal(ioloop_http_server_route(m->server, "/hello", &route), 0);
+    tsrv_init_loops(m, NULL, loops);
+    tsrv_route(m, "/hello", (ioloop_http_route_t){.get = hello});
     ioloop_http_server_set_log(m->server, fn, arg);
-    assert_int_equal(ioloop_http_server_serve(m->server, m->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_DEFAULT, &m->listener),
-                     0);
-    m->port = ioloop_listener_port(m->listener);
-}
-
-static void msrv_stop(msrv_t *m)
-{
-    ioloop_runtime_stop(m->rt);
-    assert_int_equal(ioloop_runtime_join(m->rt), 0);
-    ioloop_listener_free(m->listener);
-    ioloop_http_server_free(m->server);
-    ioloop_runtime_free(m->rt);
+    tsrv_start(m);
 }
 
 /* Sends `count` pipelined GET /hello on fd and reads the answers (all the
@@ -326,7 +304,7 @@ static void test_line_per_request_10k(void **state)
     temp_path(path, sizeof(path));
     ioloop_http_access_log_t *log;
     assert_int_equal(ioloop_http_access_log_open(path, IOLOOP_HTTP_LOG_COMBINED, &log), 0);
-    msrv_t m;
+    tsrv_t m;
     msrv_start(&m, ioloop_http_access_log_hook, log, 2);
     enum { CONNS = 4, ROUNDS = 50, BURST = 50 };
     int fds[CONNS];
@@ -342,7 +320,7 @@ static void test_line_per_request_10k(void **state)
         pipelined(fds[i], BURST - 1, one);
         close(fds[i]);
     }
-    msrv_stop(&m);
+    tsrv_stop(&m);
     ioloop_http_access_log_close(log);
     int lines = count_lines(path);
     unlink(path);
@@ -397,14 +375,14 @@ static void test_full_disk(void **state)
     (void)state;
     ioloop_http_access_log_t *log;
     assert_int_equal(ioloop_http_access_log_open("/dev/full", IOLOOP_HTTP_LOG_COMMON, &log), 0);
-    msrv_t m;
+    tsrv_t m;
     msrv_start(&m, ioloop_http_access_log_hook, log, 1);
     serve_some(m.port, 100, "/hello");
     wait_errors(log); /* the 100 ms flush timer sent the batch, and it failed */
     serve_some(m.port, 100, "/hello");
     ioloop_http_access_log_stats_t st;
     wait_accounted(log, 200, &st); /* while the loop runs: its flush timer hands the last batch over */
-    msrv_stop(&m);
+    tsrv_stop(&m);
     ioloop_http_access_log_close(log);
     assert_int_equal(st.last_errno, ENOSPC);
     assert_int_equal(st.lines_written, 0);
@@ -428,12 +406,12 @@ static void test_closed_pipe(void **state)
         assert_int_equal(ioloop_http_access_log_open_fd(p[1], IOLOOP_HTTP_LOG_COMBINED, &log), 0);
         if (reader_at_open)
             close(p[0]);
-        msrv_t m;
+        tsrv_t m;
         msrv_start(&m, ioloop_http_access_log_hook, log, 1);
         serve_some(m.port, 50, "/hello");
         wait_errors(log);
         serve_some(m.port, 50, "/hello");
-        msrv_stop(&m);
+        tsrv_stop(&m);
         ioloop_http_access_log_stats_t st;
         ioloop_http_access_log_get_stats(log, &st);
         ioloop_http_access_log_close(log);
@@ -463,7 +441,7 @@ static void test_stalled_pipe(void **state)
     assert_int_equal(pipe(p), 0);
     ioloop_http_access_log_t *log;
     assert_int_equal(ioloop_http_access_log_open_fd(p[1], IOLOOP_HTTP_LOG_COMMON, &log), 0);
-    msrv_t m;
+    tsrv_t m;
     msrv_start(&m, ioloop_http_access_log_hook, log, 1);
     char target[1024];
     memset(target, 'a', sizeof(target) - 1);
@@ -474,7 +452,7 @@ static void test_stalled_pipe(void **state)
     serve_some(m.port, 150, target);
     usleep(300 * 1000); /* let a flush timer hand a batch to the writer, which fills the pipe */
     serve_some(m.port, 150, target);
-    msrv_stop(&m);
+    tsrv_stop(&m);
     int64_t t0 = now_ns();
     ioloop_http_access_log_close(log);
     int64_t took = now_ns() - t0;

@@ -60,20 +60,33 @@ static void make_docroot(peer_t *p)
     write_file(www, "text.txt", p->text, p->text_len);
 }
 
-static bool start_nginx(peer_t *p)
+/* What starting either peer begins with: NULL if p->name is not installed;
+ * else its directory, docroot, port and access log path made, and its
+ * configuration file (DIR/NAME.conf, path in conf) open for writing. */
+static FILE *peer_prepare(peer_t *p, char *conf, size_t cap)
 {
-    if (system("command -v nginx >/dev/null 2>&1") != 0)
-        return false;
-    snprintf(p->dir, sizeof(p->dir), "/tmp/ioloop-client-nginx-XXXXXX");
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", p->name);
+    if (system(cmd) != 0)
+        return NULL;
+    snprintf(p->dir, sizeof(p->dir), "/tmp/ioloop-client-%s-XXXXXX", p->name);
     assert_non_null(mkdtemp(p->dir));
     chmod(p->dir, 0755);
     make_docroot(p);
-    p->port = tfree_port();
+    p->port = tu_free_port();
     snprintf(p->access_log, sizeof(p->access_log), "%s/access.log", p->dir);
-    char conf[256];
-    snprintf(conf, sizeof(conf), "%s/nginx.conf", p->dir);
+    snprintf(conf, cap, "%s/%s.conf", p->dir, p->name);
     FILE *f = fopen(conf, "w");
     assert_non_null(f);
+    return f;
+}
+
+static bool start_nginx(peer_t *p)
+{
+    char conf[256];
+    FILE *f = peer_prepare(p, conf, sizeof(conf));
+    if (!f)
+        return false;
     fprintf(f,
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid %1$s/nginx.pid;\n"
             "error_log %1$s/error.log warn;\nevents { worker_connections 64; }\n"
@@ -90,24 +103,16 @@ static bool start_nginx(peer_t *p)
     char errlog[256];
     snprintf(errlog, sizeof(errlog), "%s/error.log", p->dir);
     char *argv[] = {"nginx", "-c", conf, "-p", p->dir, "-e", errlog, NULL};
-    p->pid = tspawn(argv, p->port);
+    p->pid = tu_spawn(argv, p->port);
     return p->pid > 0;
 }
 
 static bool start_h2o(peer_t *p)
 {
-    if (system("command -v h2o >/dev/null 2>&1") != 0)
-        return false;
-    snprintf(p->dir, sizeof(p->dir), "/tmp/ioloop-client-h2o-XXXXXX");
-    assert_non_null(mkdtemp(p->dir));
-    chmod(p->dir, 0755);
-    make_docroot(p);
-    p->port = tfree_port();
-    snprintf(p->access_log, sizeof(p->access_log), "%s/access.log", p->dir);
     char conf[256];
-    snprintf(conf, sizeof(conf), "%s/h2o.conf", p->dir);
-    FILE *f = fopen(conf, "w");
-    assert_non_null(f);
+    FILE *f = peer_prepare(p, conf, sizeof(conf));
+    if (!f)
+        return false;
     fprintf(f,
             "listen:\n  host: 127.0.0.1\n  port: %2$d\n%3$s"
             "error-log: %1$s/error.log\n"
@@ -118,13 +123,13 @@ static bool start_h2o(peer_t *p)
             p->dir, p->port, getuid() == 0 ? "user: nobody\n" : "");
     fclose(f);
     char *argv[] = {"h2o", "-c", conf, NULL};
-    p->pid = tspawn(argv, p->port);
+    p->pid = tu_spawn(argv, p->port);
     return p->pid > 0;
 }
 
 static void stop_peer(peer_t *p)
 {
-    tkill(p->pid);
+    tu_kill(p->pid);
     p->pid = -1;
     free(p->big);
     free(p->text);

@@ -1,8 +1,9 @@
 /* test_http_client_util.h — what the HTTP client suites share: a blocking
  * fetch on a loop the test's thread runs (the response copied out of the
  * callback), a hostile raw-socket server on its own thread that answers each
- * connection with a scripted behaviour, and free ports / peer processes.
- * Threading rule: cfetch and the peer calls run on the test's main thread;
+ * connection with a scripted behaviour (free ports and peer processes:
+ * tu_free_port, tu_spawn, tu_kill in test_util.h).
+ * Threading rule: cfetch runs on the test's main thread;
  * the hostile server's thread touches only its own sockets and atomics.
  * Everything is static inline: each suite includes it once.
  */
@@ -21,7 +22,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -30,8 +30,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-extern char **environ;
 
 /* ---- a blocking fetch -------------------------------------------------------------- */
 
@@ -146,69 +144,6 @@ static inline void tspin(ioloop_t *loop, int ms)
 {
     ioloop_call_later(loop, IOLOOP_MSEC(ms), tguard, NULL, NULL);
     ioloop_start(loop);
-}
-
-/* ---- ports and peers ------------------------------------------------------------------ */
-
-static inline int tfree_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static inline bool tport_open(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return ok;
-}
-
-/* Spawns argv (stdout/stderr to /dev/null unless the suite's env says so),
- * then waits until port accepts. -1 if it never did. */
-static inline pid_t tspawn(char *const argv[], int port)
-{
-    pid_t pid;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    if (!getenv("IOLOOP_TEST_VERBOSE")) {
-        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-        posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    }
-    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0)
-        return -1;
-    for (int i = 0; i < 1000 && !tport_open(port); i++)
-        tu_sleep_ms(10);
-    if (!tport_open(port)) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        return -1;
-    }
-    return pid;
-}
-
-static inline void tkill(pid_t pid)
-{
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 300; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        tu_sleep_ms(10);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
 }
 
 /* ---- a hostile server: raw sockets, one scripted behaviour per connection -------- */

@@ -267,9 +267,7 @@ static void test_pipelining_behind_a_held_request_is_bounded(void **state)
     another_client_is_served();
     /* the held request is answered, then the pipeline behind it */
     assert_int_equal(ioloop_add_callback(srv.loop, release_held, NULL), 0);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    tcli_blocking(fd);
     tresp_t r;
     assert_int_equal(tcli_response(fd, &r), 0);
     assert_string_equal(r.body, "held");

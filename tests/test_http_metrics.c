@@ -361,13 +361,6 @@ static const char *const loop_families[] = {
     "ioloop_loop_timers_total",     "ioloop_loop_connections",        "ioloop_loop_longest_busy_seconds",
 };
 
-typedef struct {
-    ioloop_runtime_t *rt;
-    ioloop_http_server_t *server;
-    ioloop_listener_t *listener;
-    int port;
-} msrv_t;
-
 static void h_redirect(ioloop_http_request_t *req, void *arg)
 {
     (void)arg;
@@ -395,12 +388,9 @@ static void h_slow(ioloop_http_request_t *req, void *arg)
     assert_int_equal(ioloop_call_later(ioloop_http_request_loop(req), IOLOOP_MSEC(30), slow_finish, req, NULL), 0);
 }
 
-static void msrv_start(msrv_t *t, int loops)
+static void msrv_start(tsrv_t *t, int loops)
 {
-    memset(t, 0, sizeof(*t));
-    ioloop_runtime_options_t ro = {.loops = loops, .executor_threads = 2};
-    assert_int_equal(ioloop_runtime_start(&ro, &t->rt), 0);
-    assert_int_equal(ioloop_http_server_new(NULL, &t->server), 0);
+    tsrv_init_loops(t, NULL, loops);
     assert_int_equal(ioloop_http_server_metrics_route(t->server, "/metrics"), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/ok", &(ioloop_http_route_t){.get = th_ok}), 0);
     assert_int_equal(ioloop_http_server_route(t->server, "/redirect", &(ioloop_http_route_t){.get = h_redirect}), 0);
@@ -409,18 +399,7 @@ static void msrv_start(msrv_t *t, int loops)
     assert_int_equal(ioloop_http_websocket_route(t->server, "/ws", &(ioloop_websocket_route_t){0}), 0);
     /* EXCLUSIVE (with epoll): a loop stopped on purpose
      * (test_scrape_while_loops_stop) takes no connection. */
-    assert_int_equal(ioloop_http_server_serve(t->server, t->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_EXCLUSIVE, &t->listener),
-                     0);
-    t->port = ioloop_listener_port(t->listener);
-}
-
-static void msrv_stop(msrv_t *t)
-{
-    ioloop_runtime_stop(t->rt);
-    assert_int_equal(ioloop_runtime_join(t->rt), 0);
-    ioloop_listener_free(t->listener);
-    ioloop_http_server_free(t->server);
-    ioloop_runtime_free(t->rt);
+    tsrv_serve(t, IOLOOP_ACCEPT_EXCLUSIVE);
 }
 
 /* One request with Connection: close; returns the status and adds every
@@ -446,16 +425,9 @@ static int request_close(int port, const char *path, size_t *bytes)
  * connection refused, reset, or closed before a full response). */
 static int scrape_try(int port, metrics_t *m, size_t *bytes)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
+    int fd = tcli_try_connect(port);
+    if (fd < 0)
         return -1;
-    }
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     const char *raw = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     if (send(fd, raw, strlen(raw), MSG_NOSIGNAL) != (ssize_t)strlen(raw)) {
         close(fd);
@@ -490,7 +462,7 @@ static void scrape(int port, metrics_t *m, size_t *bytes)
 static void test_format(void **state)
 {
     (void)state;
-    msrv_t t;
+    tsrv_t t;
     msrv_start(&t, 2);
     for (int i = 0; i < 4; i++)
         assert_int_equal(request_close(t.port, "/ok", NULL), 200);
@@ -529,7 +501,7 @@ static void test_format(void **state)
     assert_int_equal(ioloop_http_server_metrics_route(t.server, "/m(.*)"), -EINVAL);
     assert_int_equal(ioloop_http_server_metrics_route(t.server, "metrics"), -EINVAL);
     assert_int_equal(ioloop_http_server_metrics_route(NULL, "/x"), -EINVAL);
-    msrv_stop(&t);
+    tsrv_stop(&t);
 }
 
 static void spin_50ms(ioloop_t *loop, void *arg)
@@ -553,7 +525,7 @@ static void test_counters_move(void **state)
 {
     (void)state;
     enum { N = 7, POSTS = 50 };
-    msrv_t t;
+    tsrv_t t;
     msrv_start(&t, 2);
     metrics_t a, b;
     size_t scrape_a_bytes = 0, bytes = 0;
@@ -682,14 +654,14 @@ static void test_counters_move(void **state)
     close(ws);
     metrics_free(&a);
     metrics_free(&b);
-    msrv_stop(&t);
+    tsrv_stop(&t);
 }
 
 /* Every loop of the runtime has its label, served on it or not; a loop of
  * the application's own (ioloop_http_server_accept) is labelled by its id. */
 static void accept_on_app_loop(ioloop_t *loop, void *arg)
 {
-    msrv_t *t = arg;
+    tsrv_t *t = arg;
     int fd = (int)(intptr_t)ioloop_user_data(loop);
     ioloop_http_server_accept(loop, fd, NULL, 0, t->server);
 }
@@ -697,7 +669,7 @@ static void accept_on_app_loop(ioloop_t *loop, void *arg)
 static void test_labels_every_loop(void **state)
 {
     (void)state;
-    msrv_t t;
+    tsrv_t t;
     msrv_start(&t, 4);
     /* an application's loop, on its own thread, served one request */
     ioloop_t *app;
@@ -707,10 +679,7 @@ static void test_labels_every_loop(void **state)
     tu_socketpair(pair);
     ioloop_set_user_data(app, (void *)(intptr_t)pair[0]);
     assert_int_equal(ioloop_add_callback(app, accept_on_app_loop, &t), 0);
-    int flags = fcntl(pair[1], F_GETFL);
-    fcntl(pair[1], F_SETFL, flags & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(pair[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    tcli_blocking(pair[1]);
     tcli_send(pair[1], "GET /fail HTTP/1.1\r\nHost: t\r\n\r\n");
     tresp_t r;
     assert_int_equal(tcli_response(pair[1], &r), 0);
@@ -790,7 +759,7 @@ static void wait_scrapes(scraper_t *s, int more)
 static void test_scrape_while_loops_stop(void **state)
 {
     (void)state;
-    msrv_t t;
+    tsrv_t t;
     msrv_start(&t, 2);
     scraper_t sc = {.port = t.port};
     pthread_t th;
@@ -820,7 +789,7 @@ static void test_scrape_while_loops_stop(void **state)
      * may be set, and the scrapes after it count.) */
     atomic_store(&sc.stop, true);
     pthread_join(th, NULL);
-    msrv_stop(&t);
+    tsrv_stop(&t);
 }
 
 /* The graceful shutdown of every loop (ioloop_http_server_shutdown) under a
@@ -828,7 +797,7 @@ static void test_scrape_while_loops_stop(void **state)
 static void test_scrape_during_shutdown(void **state)
 {
     (void)state;
-    msrv_t t;
+    tsrv_t t;
     msrv_start(&t, 2);
     scraper_t sc[2] = {{.port = t.port, .stop_on_failure = true}, {.port = t.port, .stop_on_failure = true}};
     pthread_t th[2];
@@ -852,7 +821,7 @@ static void test_scrape_during_shutdown(void **state)
 static void test_scrape_while_other_runtime_freed(void **state)
 {
     (void)state;
-    msrv_t t;
+    tsrv_t t;
     msrv_start(&t, 1);
     ioloop_runtime_t *rt2;
     ioloop_listener_t *l2;
@@ -900,7 +869,7 @@ static void test_scrape_while_other_runtime_freed(void **state)
     atomic_store(&sc.stop, true);
     pthread_join(th, NULL);
     assert_false(atomic_load(&sc.failed));
-    msrv_stop(&t);
+    tsrv_stop(&t);
 }
 
 /* ---- hostile scrapers ---------------------------------------------------------- */
@@ -912,7 +881,7 @@ static void test_scrape_while_other_runtime_freed(void **state)
 static void test_hostile_scrapers(void **state)
 {
     (void)state;
-    msrv_t t;
+    tsrv_t t;
     msrv_start(&t, 1);
     /* never reads: ~20 MB of padded requests, whose answers would be ~100 MB */
     int never = tcli_connect(t.port);
@@ -974,7 +943,7 @@ static void test_hostile_scrapers(void **state)
         metrics_free(&m);
     } while (live > 1 && tu_now_ns() < end && (tu_sleep_ms(10), 1));
     assert_true(live == 1);
-    msrv_stop(&t);
+    tsrv_stop(&t);
 }
 
 int main(void)

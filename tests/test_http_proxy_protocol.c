@@ -16,8 +16,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
-static const unsigned char V2_SIG[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
-
 /* Answers with the request's remote address. */
 static void echo_ip(ioloop_http_request_t *req, void *arg)
 {
@@ -80,18 +78,6 @@ static void expect_refused(int port, const void *bytes, size_t len)
     close(fd);
 }
 
-static size_t v2_header(unsigned char *buf, unsigned ver_cmd, unsigned fam, const void *body, size_t blen)
-{
-    memcpy(buf, V2_SIG, 12);
-    buf[12] = (unsigned char)ver_cmd;
-    buf[13] = (unsigned char)fam;
-    buf[14] = (unsigned char)(blen >> 8);
-    buf[15] = (unsigned char)blen;
-    if (blen)
-        memcpy(buf + 16, body, blen);
-    return 16 + blen;
-}
-
 static void test_v1_and_v2_addresses(void **state)
 {
     (void)state;
@@ -106,17 +92,17 @@ static void test_v1_and_v2_addresses(void **state)
 
     unsigned char buf[300];
     unsigned char in4[12] = {203, 0, 113, 9, 127, 0, 0, 1, 0x30, 0x39, 0x00, 0x50};
-    expect_ip(t.port, buf, v2_header(buf, 0x21, 0x11, in4, sizeof(in4)), "203.0.113.9");
+    expect_ip(t.port, buf, tu_proxy_v2_header(buf, 0x21, 0x11, in4, sizeof(in4)), "203.0.113.9");
     unsigned char in6[36] = {0};
     inet_pton(AF_INET6, "2001:db8::42", in6);
     inet_pton(AF_INET6, "::1", in6 + 16);
-    expect_ip(t.port, buf, v2_header(buf, 0x21, 0x21, in6, sizeof(in6)), "2001:db8::42");
+    expect_ip(t.port, buf, tu_proxy_v2_header(buf, 0x21, 0x21, in6, sizeof(in6)), "2001:db8::42");
     unsigned char un[216] = {0};
     strcpy((char *)un, "/run/client.sock");
     strcpy((char *)un + 108, "/run/server.sock");
-    expect_ip(t.port, buf, v2_header(buf, 0x21, 0x31, un, sizeof(un)), "");          /* a unix peer has no IP */
-    expect_ip(t.port, buf, v2_header(buf, 0x20, 0x31, un, sizeof(un)), "127.0.0.1"); /* LOCAL over unix */
-    expect_ip(t.port, buf, v2_header(buf, 0x20, 0x00, NULL, 0), "127.0.0.1");        /* LOCAL health check */
+    expect_ip(t.port, buf, tu_proxy_v2_header(buf, 0x21, 0x31, un, sizeof(un)), ""); /* a unix peer has no IP */
+    expect_ip(t.port, buf, tu_proxy_v2_header(buf, 0x20, 0x31, un, sizeof(un)), "127.0.0.1"); /* LOCAL over unix */
+    expect_ip(t.port, buf, tu_proxy_v2_header(buf, 0x20, 0x00, NULL, 0), "127.0.0.1");        /* LOCAL health check */
     tsrv_stop(&t);
 }
 
@@ -129,7 +115,7 @@ static void test_split_byte_by_byte(void **state)
     const char *v1 = "PROXY TCP4 192.0.2.8 198.51.100.1 1234 80\r\n";
     unsigned char in4[12] = {198, 18, 0, 1, 127, 0, 0, 1, 0x30, 0x39, 0x00, 0x50};
     unsigned char v2[64];
-    size_t v2len = v2_header(v2, 0x21, 0x11, in4, sizeof(in4));
+    size_t v2len = tu_proxy_v2_header(v2, 0x21, 0x11, in4, sizeof(in4));
     for (int round = 0; round < 2; round++) {
         const unsigned char *h = round ? v2 : (const unsigned char *)v1;
         size_t len = round ? v2len : strlen(v1);
@@ -170,9 +156,9 @@ static void test_refusals_and_others_served(void **state)
     memset(longline + 14, 'a', sizeof(longline) - 14); /* no CRLF within 107 bytes */
     expect_refused(t.port, longline, sizeof(longline));
     unsigned char buf[64], in4[12] = {0};
-    expect_refused(t.port, buf, v2_header(buf, 0x11, 0x11, in4, sizeof(in4))); /* version 1 in a v2 header */
-    expect_refused(t.port, buf, v2_header(buf, 0x23, 0x11, in4, sizeof(in4))); /* command 3 */
-    v2_header(buf, 0x21, 0x11, in4, sizeof(in4));
+    expect_refused(t.port, buf, tu_proxy_v2_header(buf, 0x11, 0x11, in4, sizeof(in4))); /* version 1 in a v2 header */
+    expect_refused(t.port, buf, tu_proxy_v2_header(buf, 0x23, 0x11, in4, sizeof(in4))); /* command 3 */
+    tu_proxy_v2_header(buf, 0x21, 0x11, in4, sizeof(in4));
     buf[14] = 0x08, buf[15] = 0x00; /* declares 2048 bytes: over the limit, refused from the preamble */
     expect_refused(t.port, buf, 16);
     static const unsigned char hello[] = {0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00};

@@ -323,10 +323,7 @@ static void test_accept_fed_fd(void **state)
      * yet its close is reported like any other */
     srv.expect_live--;
     assert_int_equal(ioloop_add_callback(srv.loop, feed, srv.server), 0);
-    int fl = fcntl(sv[1], F_GETFL);
-    fcntl(sv[1], F_SETFL, fl & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    tcli_blocking(sv[1]);
     tcli_send(sv[1], "GET /info?name=u HTTP/1.1\r\nHost: x\r\n\r\n");
     tresp_t r;
     assert_int_equal(tcli_response(sv[1], &r), 0);

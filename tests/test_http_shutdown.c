@@ -80,20 +80,6 @@ static bool wait_flag(atomic_int *f, int ms)
     return atomic_load(f) != 0;
 }
 
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    return fd;
-}
-
 enum { IDLE = 6 };
 
 static void check_in_flight_and_idle(ioloop_accept_mode_t mode, bool by_signal)
@@ -136,7 +122,7 @@ static void check_in_flight_and_idle(ioloop_accept_mode_t mode, bool by_signal)
     for (int i = 0; i < IDLE; i++)
         close(idle[i]);
     /* nobody is accepted any more */
-    assert_int_equal(connect_port(t.port), -1);
+    assert_int_equal(tcli_try_connect(t.port), -1);
     rsrv_finish(&t);
 }
 
@@ -312,7 +298,7 @@ static void *load_client(void *arg)
 {
     int port = *(int *)arg;
     while (!atomic_load(&load_stop)) {
-        int fd = connect_port(port);
+        int fd = tcli_try_connect(port);
         if (fd < 0)
             break;
         for (;;) {

@@ -1,7 +1,8 @@
 /* test_http_util.h — the client side of the HTTP suites: a server on a loop
  * in a background thread, and a raw-socket client that reads responses with
  * its own minimal parser (so the tests never trust the server's code).
- * The server runs on a one-loop runtime behind the runtime listener.
+ * The server runs on a runtime (one loop unless tsrv_init_loops says more)
+ * behind the runtime listener.
  * Threading rule: the tsrv_* calls run on the test's main thread; handlers
  * run on the server's loop thread and talk to the test through atomics.
  * Everything is static inline: each suite includes it once.
@@ -16,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -31,23 +33,29 @@
 
 typedef struct {
     ioloop_runtime_t *rt;
-    ioloop_t *loop; /* the runtime's only loop */
+    ioloop_t *loop; /* the runtime's first (usually only) loop */
     ioloop_http_server_t *server;
     ioloop_listener_t *listener;
     int port;
-    int64_t expect_live; /* live_connections left at stop (0 unless a test feeds fds itself) */
+    int64_t expect_live; /* live_connections left at stop, all loops (0 unless a test feeds fds itself) */
 } tsrv_t;
 
-/* Creates the server and a one-loop runtime (routes are added by the caller
- * before tsrv_start). */
-static inline void tsrv_init(tsrv_t *t, const ioloop_http_server_options_t *opts)
+/* Creates the server and a runtime of `loops` loops (routes are added by the
+ * caller before tsrv_start or tsrv_serve). */
+static inline void tsrv_init_loops(tsrv_t *t, const ioloop_http_server_options_t *opts, int loops)
 {
     memset(t, 0, sizeof(*t));
-    ioloop_runtime_options_t ro = {.loops = 1, .executor_threads = 2};
+    ioloop_runtime_options_t ro = {.loops = loops, .executor_threads = 2};
     assert_int_equal(ioloop_runtime_start(&ro, &t->rt), 0);
     t->loop = ioloop_runtime_loop(t->rt, 0);
     assert_int_equal(ioloop_http_server_new(opts, &t->server), 0);
     assert_non_null(t->server);
+}
+
+/* tsrv_init_loops with one loop. */
+static inline void tsrv_init(tsrv_t *t, const ioloop_http_server_options_t *opts)
+{
+    tsrv_init_loops(t, opts, 1);
 }
 
 static inline void tsrv_route(tsrv_t *t, const char *pattern, ioloop_http_route_t route)
@@ -55,13 +63,17 @@ static inline void tsrv_route(tsrv_t *t, const char *pattern, ioloop_http_route_
     assert_int_equal(ioloop_http_server_route(t->server, pattern, &route), 0);
 }
 
-/* Serves on 127.0.0.1 through the runtime listener. */
-static inline void tsrv_start(tsrv_t *t)
+/* Serves on 127.0.0.1 through the runtime listener, in that accept mode. */
+static inline void tsrv_serve(tsrv_t *t, ioloop_accept_mode_t mode)
 {
-    assert_int_equal(ioloop_http_server_serve(t->server, t->rt, "127.0.0.1", 0, IOLOOP_ACCEPT_DEFAULT, &t->listener),
-                     0);
+    assert_int_equal(ioloop_http_server_serve(t->server, t->rt, "127.0.0.1", 0, mode, &t->listener), 0);
     t->port = ioloop_listener_port(t->listener);
     assert_true(t->port > 0);
+}
+
+static inline void tsrv_start(tsrv_t *t)
+{
+    tsrv_serve(t, IOLOOP_ACCEPT_DEFAULT);
 }
 
 /* The documented order up to the server: stop the runtime, join, free the
@@ -75,9 +87,13 @@ static inline void tsrv_stop_server(tsrv_t *t)
     ioloop_listener_free(t->listener);
     ioloop_http_server_free(t->server);
     t->server = NULL;
-    ioloop_stats_t st;
-    ioloop_get_stats(t->loop, &st);
-    assert_int_equal(st.live_connections, t->expect_live);
+    int64_t live = 0;
+    for (int i = 0; i < ioloop_runtime_size(t->rt); i++) {
+        ioloop_stats_t st;
+        ioloop_get_stats(ioloop_runtime_loop(t->rt, i), &st);
+        live += st.live_connections;
+    }
+    assert_int_equal(live, t->expect_live);
 }
 
 static inline void tsrv_free_runtime(tsrv_t *t)
@@ -92,18 +108,39 @@ static inline void tsrv_stop(tsrv_t *t)
     tsrv_free_runtime(t);
 }
 
-/* A blocking client socket with a 5 s receive timeout. */
-static inline int tcli_connect(int port)
+/* Makes a client socket (a socketpair end the test hands to the server, or
+ * a connected one) blocking with a 5 s receive timeout: a server that never
+ * answers fails the read instead of hanging the suite. */
+static inline void tcli_blocking(int fd)
+{
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+/* A blocking client socket with a 5 s receive timeout, or -1 if the
+ * connect failed (refused: nothing listens there, or no longer). */
+static inline int tcli_try_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    tcli_blocking(fd);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+/* tcli_try_connect that must connect. */
+static inline int tcli_connect(int port)
+{
+    int fd = tcli_try_connect(port);
+    assert_true(fd >= 0);
     return fd;
 }
 

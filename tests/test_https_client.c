@@ -10,41 +10,13 @@
  */
 #include "test_https_util.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-
-extern char **environ;
 
 static tcerts_t certs;
 static pid_t nginx_pid = -1;
 static int nginx_port;
 static ioloop_tls_context_t *client_ctx, *client12_ctx, *system_ctx;
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static bool port_open(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return ok;
-}
 
 static int group_setup(void **state)
 {
@@ -52,7 +24,7 @@ static int group_setup(void **state)
     if (system("command -v nginx >/dev/null 2>&1") != 0)
         return 0; /* each test skips */
     tcerts_make(&certs);
-    nginx_port = free_port();
+    nginx_port = tu_free_port();
     char conf[256];
     snprintf(conf, sizeof(conf), "%s/nginx.conf", certs.dir);
     FILE *f = fopen(conf, "w");
@@ -72,10 +44,8 @@ static int group_setup(void **state)
     char dir[256];
     snprintf(dir, sizeof(dir), "%s", certs.dir);
     char *argv[] = {"nginx", "-c", conf, "-p", dir, "-e", errlog, NULL};
-    assert_int_equal(posix_spawnp(&nginx_pid, "nginx", NULL, NULL, argv, environ), 0);
-    for (int i = 0; i < 500 && !port_open(nginx_port); i++)
-        tu_sleep_ms(10);
-    assert_true(port_open(nginx_port));
+    nginx_pid = tu_spawn(argv, nginx_port);
+    assert_true(nginx_pid > 0);
     client_ctx = tcerts_client_context(certs.ca, IOLOOP_TLS_VERSION_DEFAULT);
     client12_ctx = tcerts_client_context(certs.ca, IOLOOP_TLS_1_2);
     system_ctx = tcerts_client_context(NULL, IOLOOP_TLS_VERSION_DEFAULT);
@@ -87,9 +57,7 @@ static int group_teardown(void **state)
     (void)state;
     if (nginx_pid < 0)
         return 0;
-    kill(nginx_pid, SIGTERM);
-    int status;
-    waitpid(nginx_pid, &status, 0);
+    tu_kill(nginx_pid);
     ioloop_tls_context_free(client_ctx);
     ioloop_tls_context_free(client12_ctx);
     ioloop_tls_context_free(system_ctx);

@@ -14,21 +14,6 @@
 #include <string.h>
 #include <sys/un.h>
 
-static const unsigned char SIG[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
-
-/* A v2 header into buf: preamble, then `body` of blen bytes; returns its length. */
-static size_t v2(unsigned char *buf, unsigned ver_cmd, unsigned fam, const void *body, size_t blen)
-{
-    memcpy(buf, SIG, 12);
-    buf[12] = (unsigned char)ver_cmd;
-    buf[13] = (unsigned char)fam;
-    buf[14] = (unsigned char)(blen >> 8);
-    buf[15] = (unsigned char)blen;
-    if (blen)
-        memcpy(buf + 16, body, blen);
-    return 16 + blen;
-}
-
 /* Every strict prefix of a valid header needs more bytes; the whole parses. */
 static void assert_prefixes_need_more(const void *hdr, size_t len)
 {
@@ -161,7 +146,7 @@ static void test_v2_inet(void **state)
     (void)state;
     unsigned char body[12] = {192, 0, 2, 7, 198, 51, 100, 1, 0xdc, 0x04, 0x01, 0xbb};
     unsigned char buf[64];
-    size_t n = v2(buf, 0x21, 0x11, body, sizeof(body));
+    size_t n = tu_proxy_v2_header(buf, 0x21, 0x11, body, sizeof(body));
     memcpy(buf + n, "GET", 3); /* payload after it */
     ioloop__proxy_header_t h;
     assert_int_equal(ioloop__proxy_header_parse(buf, n + 3, &h), (ssize_t)n);
@@ -188,7 +173,7 @@ static void test_v2_inet6_with_tlvs(void **state)
     memcpy(body + 39, "h2xyz", 5);
     body[44] = 0x04, body[45] = 0, body[46] = 0;
     unsigned char buf[128];
-    size_t n = v2(buf, 0x21, 0x21, body, sizeof(body));
+    size_t n = tu_proxy_v2_header(buf, 0x21, 0x21, body, sizeof(body));
     ioloop__proxy_header_t h;
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), (ssize_t)n);
     assert_in6(&h.src, "2001:db8::7", 12345);
@@ -196,10 +181,10 @@ static void test_v2_inet6_with_tlvs(void **state)
     assert_prefixes_need_more(buf, n);
     /* A TLV whose length runs past the block. */
     body[46] = 1;
-    n = v2(buf, 0x21, 0x21, body, sizeof(body));
+    n = tu_proxy_v2_header(buf, 0x21, 0x21, body, sizeof(body));
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
     /* A truncated TLV header (2 bytes left). */
-    n = v2(buf, 0x21, 0x21, body, 36 + 2);
+    n = tu_proxy_v2_header(buf, 0x21, 0x21, body, 36 + 2);
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
 }
 
@@ -211,7 +196,7 @@ static void test_v2_unix_local_unspec(void **state)
     strcpy((char *)body + 108, "/run/server.sock");
     unsigned char buf[256];
     ioloop__proxy_header_t h;
-    size_t n = v2(buf, 0x21, 0x31, body, sizeof(body));
+    size_t n = tu_proxy_v2_header(buf, 0x21, 0x31, body, sizeof(body));
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), (ssize_t)n);
     assert_false(h.local);
     const struct sockaddr_un *un = (const struct sockaddr_un *)&h.src;
@@ -220,18 +205,28 @@ static void test_v2_unix_local_unspec(void **state)
     assert_int_equal(h.src_len, offsetof(struct sockaddr_un, sun_path) + strlen("/run/client.sock"));
 
     /* LOCAL (a health check from the proxy itself): no address; any block skipped. */
-    n = v2(buf, 0x20, 0x00, NULL, 0);
+    n = tu_proxy_v2_header(buf, 0x20, 0x00, NULL, 0);
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), 16);
     assert_true(h.local);
     assert_int_equal(h.version, 2);
     assert_int_equal(h.src_len, 0);
-    n = v2(buf, 0x20, 0x31, body, sizeof(body)); /* LOCAL over a unix socket, as HAProxy sends it */
+    n = tu_proxy_v2_header(buf, 0x20, 0x31, body, sizeof(body)); /* LOCAL over a unix socket, as HAProxy sends it */
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), (ssize_t)n);
     assert_true(h.local);
     /* PROXY with AF_UNSPEC: keep the real peer too. */
-    n = v2(buf, 0x21, 0x00, NULL, 0);
+    n = tu_proxy_v2_header(buf, 0x21, 0x00, NULL, 0);
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), 16);
     assert_true(h.local);
+}
+
+/* A v2 header with an all-zero body of blen bytes is refused as malformed. */
+static void assert_v2_malformed(unsigned ver_cmd, unsigned fam, size_t blen)
+{
+    unsigned char body[256] = {0}, buf[16 + sizeof(body)];
+    ioloop__proxy_header_t h;
+    assert_true(blen <= sizeof(body));
+    size_t n = tu_proxy_v2_header(buf, ver_cmd, fam, body, blen);
+    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
 }
 
 static void test_v2_malformed_and_limits(void **state)
@@ -241,37 +236,28 @@ static void test_v2_malformed_and_limits(void **state)
     unsigned char buf[1200];
     ioloop__proxy_header_t h;
     /* bad version (1 and 3), bad command (2) */
-    size_t n = v2(buf, 0x11, 0x11, body, 12);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
-    n = v2(buf, 0x31, 0x11, body, 12);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
-    n = v2(buf, 0x22, 0x11, body, 12);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
+    assert_v2_malformed(0x11, 0x11, 12);
+    assert_v2_malformed(0x31, 0x11, 12);
+    assert_v2_malformed(0x22, 0x11, 12);
     /* bad family (4), datagram or unspecified transport with an address */
-    n = v2(buf, 0x21, 0x41, body, 12);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
-    n = v2(buf, 0x21, 0x12, body, 12);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
-    n = v2(buf, 0x21, 0x10, body, 12);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
+    assert_v2_malformed(0x21, 0x41, 12);
+    assert_v2_malformed(0x21, 0x12, 12);
+    assert_v2_malformed(0x21, 0x10, 12);
     /* address block shorter than the family needs */
-    n = v2(buf, 0x21, 0x11, body, 11);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
-    n = v2(buf, 0x21, 0x21, body, 35);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
-    n = v2(buf, 0x21, 0x31, body, 215);
-    assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);
+    assert_v2_malformed(0x21, 0x11, 11);
+    assert_v2_malformed(0x21, 0x21, 35);
+    assert_v2_malformed(0x21, 0x31, 215);
     /* the limit: 1024 bytes after the preamble pass (one NOOP TLV filling them),
      * 1025 are refused from the preamble alone */
     body[12] = 0x04, body[13] = (1024 - 15) >> 8, body[14] = (1024 - 15) & 0xff;
-    n = v2(buf, 0x21, 0x11, body, 1024);
+    size_t n = tu_proxy_v2_header(buf, 0x21, 0x11, body, 1024);
     assert_int_equal(n, IOLOOP__PROXY_V2_MAX);
     assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), (ssize_t)n);
-    n = v2(buf, 0x21, 0x11, body, 1025);
+    n = tu_proxy_v2_header(buf, 0x21, 0x11, body, 1025);
     assert_int_equal(ioloop__proxy_header_parse(buf, 16, &h), -EMSGSIZE);
     /* bad signature: every byte of it matters, and is refused at once */
     for (size_t i = 0; i < 12; i++) {
-        n = v2(buf, 0x21, 0x11, body, 12);
+        n = tu_proxy_v2_header(buf, 0x21, 0x11, body, 12);
         buf[i] ^= 0x20;
         assert_int_equal(ioloop__proxy_header_parse(buf, i + 1, &h), -EPROTO);
         assert_int_equal(ioloop__proxy_header_parse(buf, n, &h), -EPROTO);

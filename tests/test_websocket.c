@@ -419,8 +419,11 @@ static void test_client_rejects_bad_handshakes(void **state)
     assert_int_equal(connect_fake(""), -EPROTO);
     /* bad URLs; a refused port */
     wcli_t c;
-    const char *bad[] = {"http://x/",  "ws://",     "ws://:80/",     "ws://h:0/", "ws://h:99999/",
-                         "ws://[::1/", "ws://u@h/", "ws://h/a#frag", "ws://h/a b"};
+    /* (the HTTP client's schemes and any other are -EINVAL here, never -EPROTONOSUPPORT; a
+     * fragment is refused, not dropped, even with no path before it) */
+    const char *bad[] = {"http://x/",     "https://x/",  "ftp://x/",   "wsx://x/",      "ws://",
+                         "ws://:80/",     "ws://h:0/",   "ws://[::1/", "ws://h:99999/", "ws://u@h/",
+                         "ws://h/a#frag", "ws://h#frag", "ws://h/a b"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(wcli_connect(&c, bad[i], NULL), -EINVAL);
         wcli_finish(&c);

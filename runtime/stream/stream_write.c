@@ -124,7 +124,7 @@ static void drop_sent(ioloop_stream_t *stream, size_t n)
     }
 }
 
-/* A zero-length borrowed write just queued at the tail: done at once. */
+/* A zero-length borrowed or file write just queued at the tail: done at once. */
 static void drop_empty_tail(ioloop_stream_t *stream)
 {
     out_entry_t *entry = stream->out_tail, **link = &stream->out_head;
@@ -135,6 +135,39 @@ static void drop_empty_tail(ioloop_stream_t *stream)
     for (out_entry_t *e = stream->out_head; e; e = e->next)
         stream->out_tail = e;
     ioloop__stream_retire_entry(stream, entry);
+}
+
+static void link_tail(ioloop_stream_t *stream, out_entry_t *entry)
+{
+    if (stream->out_tail)
+        stream->out_tail->next = entry;
+    else
+        stream->out_head = entry;
+    stream->out_tail = entry;
+}
+
+/* Queues a whole entry of len bytes (borrowed or file) behind what is
+ * there; an empty one is done at once (released as a callback). */
+static void queue_entry(ioloop_stream_t *stream, out_entry_t *entry, size_t len)
+{
+    entry->len = len;
+    link_tail(stream, entry);
+    stream->out_bytes += len;
+    stream->queued_total += len;
+    if (len == 0)
+        drop_empty_tail(stream);
+}
+
+/* The end of a write call that queued an entry: the write timeout counts
+ * from the first byte left waiting, a full queue wants a drain callback, and
+ * the queue goes out at once unless corked or blocked. */
+static void entry_queued(ioloop_stream_t *stream, bool was_empty)
+{
+    if (was_empty && stream->out_bytes)
+        stream->write_since = stream_now(stream);
+    if (stream->out_bytes >= stream->max_out)
+        stream->drain_wanted = true;
+    ioloop__stream_update_io(stream);
 }
 
 /* At most this much per sendfile call (nginx's sendfile_max_chunk): one
@@ -388,11 +421,7 @@ static int queue_copy(ioloop_stream_t *stream, const struct iovec *iov, int iovc
                     tail->cap = len;
                     tail->data = tail->block;
                 }
-                if (stream->out_tail)
-                    stream->out_tail->next = tail;
-                else
-                    stream->out_head = tail;
-                stream->out_tail = tail;
+                link_tail(stream, tail);
             }
             size_t room = tail->cap - tail->used;
             size_t take = len < room ? len : room;
@@ -514,24 +543,9 @@ int ioloop_stream_write_borrowed(ioloop_stream_t *stream, const void *data, size
     if (sent < 0)
         sent = 0; /* ended: released when the stream finishes */
     entry->data = data;
-    entry->len = len;
-    if (stream->out_tail)
-        stream->out_tail->next = entry;
-    else
-        stream->out_head = entry;
-    stream->out_tail = entry;
-    stream->out_bytes += len;
-    stream->queued_total += len;
-    if (len == 0) {
-        /* Nothing to send: it is done at once (released as a callback). */
-        drop_empty_tail(stream);
-    }
+    queue_entry(stream, entry, len);
     drop_sent(stream, (size_t)sent); /* a fully sent entry moves to the released list */
-    if (was_empty && stream->out_bytes)
-        stream->write_since = stream_now(stream);
-    if (stream->out_bytes >= stream->max_out)
-        stream->drain_wanted = true;
-    ioloop__stream_update_io(stream);
+    entry_queued(stream, was_empty);
     return 0;
 }
 
@@ -554,25 +568,12 @@ int ioloop_stream_write_file(ioloop_stream_t *stream, int fd, off_t offset, size
     entry->file_copy = stream->transport != &ioloop_stream_transport_socket;
     entry->file_fd = fd;
     entry->file_off = offset;
-    entry->len = len;
     entry->data = entry->block;
     bool was_empty = !stream->out_bytes;
-    if (stream->out_tail)
-        stream->out_tail->next = entry;
-    else
-        stream->out_head = entry;
-    stream->out_tail = entry;
-    stream->out_bytes += len;
-    stream->queued_total += len;
-    if (len == 0)
-        drop_empty_tail(stream); /* nothing to send: done as soon as what precedes it */
+    queue_entry(stream, entry, len); /* an empty one: done as soon as what precedes it */
     if (done)
         completion_push(stream, done, arg, stream->queued_total);
-    if (was_empty && stream->out_bytes)
-        stream->write_since = stream_now(stream);
-    if (stream->out_bytes >= stream->max_out)
-        stream->drain_wanted = true;
-    ioloop__stream_update_io(stream); /* sends at once unless corked or blocked */
+    entry_queued(stream, was_empty);
     return 0;
 }
 

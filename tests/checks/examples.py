@@ -15,51 +15,22 @@ with nothing on stderr (sanitizer reports included). Memory bounds are
 checked only in plain builds ("sanitized" skips them: shadow memory and
 quarantines inflate RSS). Standard library only.
 """
+import functools
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_util  # noqa: E402
+
 BINDIR = sys.argv[1]
 SANITIZED = len(sys.argv) > 2 and sys.argv[2] not in ("", "OFF", "0")
-TIMEOUT = 60  # seconds for any one step: a hang fails instead of blocking ctest
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-class Server:
-    """A server example started on --port 0; the port is read from its banner."""
-
-    def __init__(self, name, *args):
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([os.path.join(BINDIR, name), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        banner = self.proc.stdout.readline()
-        match = re.search(r"listening on port (\d+)", banner)
-        check(match, f"{name}: no banner, got {banner!r}")
-        self.port = int(match.group(1))
-        self.name = name
-        self.banner = banner
-
-    def rss_kib(self):
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=TIMEOUT)
-        self.stderr.seek(0)
-        err = self.stderr.read().decode(errors="replace")
-        check(self.proc.returncode == 0, f"{self.name} exited {self.proc.returncode}: {err}")
-        check(err == "", f"{self.name} wrote to stderr: {err}")
+TIMEOUT, check = check_util.TIMEOUT, check_util.check
+Server = functools.partial(check_util.ExampleServer, BINDIR)  # Server(name, *args)
 
 
 def connect(port, rcvbuf=None):

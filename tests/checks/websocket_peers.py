@@ -20,44 +20,22 @@ Every server must exit 0 on SIGTERM with nothing on stderr (sanitizer reports
 included). Run with /usr/bin/python3 (Debian's websockets).
 """
 import asyncio
+import functools
 import os
-import re
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 
 import websockets
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_util  # noqa: E402
+
 BINDIR, TOOLDIR = sys.argv[1], sys.argv[2]
-TIMEOUT = 60
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-class Server:
-    def __init__(self, name, *args):
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([os.path.join(BINDIR, name), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        banner = self.proc.stdout.readline()
-        match = re.search(r"listening on port (\d+)", banner)
-        check(match, f"{name}: no banner, got {banner!r}")
-        self.port = int(match.group(1))
-        self.name = name
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=TIMEOUT)
-        self.stderr.seek(0)
-        err = self.stderr.read().decode(errors="replace")
-        check(rc == 0 and err == "", f"{self.name}: exit {rc}, stderr {err!r}")
+TIMEOUT, check = check_util.TIMEOUT, check_util.check
+Server = functools.partial(check_util.ExampleServer, BINDIR)  # Server(name, *args)
 
 
 def raw_open(port):
